@@ -1,0 +1,14 @@
+"""vlm-vision: the vision side of a LLaVA-NeXT-Video style model.
+
+Public API (everything else is private):
+"""
+
+from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
+from vlm_vision.tower import CLIPVisionTower
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CLIPVisionTower",
+    "vision_config",
+]

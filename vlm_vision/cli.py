@@ -1,0 +1,51 @@
+"""The `vlm-vision` console command.
+
+Each subcommand lives in the module that does the work and exposes two functions:
+`add_arguments(parser)` and `run(args) -> int`. This file only wires them together, importing a
+subcommand's module when that subcommand runs so `vlm-vision --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("vlm_vision.encode_cli", "encode images or frames with the tower and print token shapes"),
+    "extract": ("video.extract_cli", "extract per-frame pooled video tokens for one clip or a corpus"),
+    "train": ("vlm_vision.train_cli", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
+    "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlm-vision", description="Vision components of a LLaVA-style VLM.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"vlm-vision: unknown command {argv[0]!r}; choose from {sorted(SUBCOMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"vlm-vision {name}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Tower throughput and memory: ours vs transformers' CLIPVisionModel as LLaVA uses it.
+
+Reference path: `CLIPVisionModel(output_hidden_states=True)`, then `hidden_states[-2][:, 1:]`: every
+block runs and all 25 hidden states are kept. Ours runs the blocks up to the selected layer and
+keeps nothing else. Same random weights, same inputs; features compared.
+
+Each path runs in its own fresh process so its peak memory is its own.
+
+    python benchmarks/bench_tower.py --variant ViT-L/14@336 --batch 2 --runs 3            # CPU
+    python benchmarks/bench_tower.py --device cuda --dtype bfloat16 --batch 256 --compile  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import machine, median_time, peak_rss_mib, print_table, run_worker, write_json  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_reference(variant: str, folder: str) -> None:
+    """Random weights for `variant`, written once as a transformers folder both paths load."""
+    from transformers import CLIPVisionModel
+
+    from vlm_vision import vision_config
+
+    torch.manual_seed(0)
+    CLIPVisionModel(vision_config(variant)).save_pretrained(folder)
+
+
+def worker(args: argparse.Namespace) -> None:
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionModel
+
+    from vlm_vision import CLIPVisionTower, vision_config
+    from vlm_vision.checkpoints import hf_to_tower
+
+    dtype, device = DTYPES[args.dtype], args.device
+    cfg = vision_config(args.variant)
+    torch.manual_seed(1)
+    x = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
+    if args.path == "ours":
+        model = CLIPVisionTower.from_config(cfg)
+        model.load_tower_state_dict(hf_to_tower(load_file(os.path.join(args.weights, "model.safetensors"))))
+        model = model.to(device=device, dtype=dtype)
+        if args.compile:
+            model.compile()
+        fn = lambda: model(x_dev)  # noqa: E731
+    else:
+        model = CLIPVisionModel.from_pretrained(args.weights, attn_implementation="sdpa").eval()
+        model = model.to(device=device, dtype=dtype)
+
+        def fn():
+            with torch.no_grad():
+                return model(x_dev, output_hidden_states=True).hidden_states[-2][:, 1:]
+    x_dev = x.to(device=device, dtype=dtype)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t = median_time(fn, runs=args.runs, warmup=args.warmup, device=device)
+    out = fn().float().cpu()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib()
+    torch.save(out, args.out_features)
+    print(json.dumps({"seconds": t, "images_per_s": args.batch / t, "peak_mib": peak}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="ViT-L/14@336")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--compile", action="store_true", help="also time our tower under torch.compile")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--path", choices=["ours", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--out-features", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    weights = os.path.join(tmp, "weights")
+    save_reference(args.variant, weights)
+    common = ["--worker", "--weights", weights, "--variant", args.variant, "--batch", str(args.batch), "--runs", str(args.runs),
+              "--warmup", str(args.warmup), "--device", args.device, "--dtype", args.dtype]
+    results = {}
+    paths = [("ref", []), ("ours", [])] + ([("ours_compiled", ["--compile"])] if args.compile else [])
+    for name, extra in paths:
+        feat = os.path.join(tmp, f"{name}.pt")
+        results[name] = run_worker(__file__, common + ["--path", name.split("_")[0], "--out-features", feat] + extra)
+        results[name]["features"] = feat
+    ref_feat = torch.load(results["ref"]["features"])
+    rows = [("path", "images/s", "peak MiB", "max |diff| vs ref")]
+    for name, r in results.items():
+        diff = (torch.load(r.pop("features")) - ref_feat).abs().max().item()
+        r["max_abs_diff"] = diff
+        rows.append((name, f"{r['images_per_s']:.2f}", f"{r['peak_mib']:.0f}", f"{diff:.2e}"))
+    for name in results:
+        if name != "ref":
+            results[name]["speedup"] = results[name]["images_per_s"] / results["ref"]["images_per_s"]
+            results[name]["memory_ratio"] = results[name]["peak_mib"] / results["ref"]["peak_mib"]
+            rows.append((f"{name} / ref", f"{results[name]['speedup']:.2f}x",
+                         f"{results[name]['memory_ratio']:.2f}x", ""))
+    mem_kind = "peak GPU memory allocated" if args.device.startswith("cuda") else "peak process RSS"
+    print_table(f"Tower {args.variant}, batch {args.batch}, {args.device} {args.dtype} ({mem_kind})", rows)
+    write_json(args.json, {"machine": machine(), "config": vars(args), "results": results})
+
+
+if __name__ == "__main__":
+    main()

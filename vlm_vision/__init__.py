@@ -5,10 +5,12 @@ Public API (everything else is private):
 
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
 from vlm_vision.tower import CLIPVisionTower
+from vlm_vision.transforms import CLIPImageTransform
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "CLIPImageTransform",
     "CLIPVisionTower",
     "vision_config",
 ]

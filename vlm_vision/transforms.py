@@ -200,6 +200,24 @@ class CLIPImageTransform:
         return x
 
 
+def _config_side(value: Any, key: str) -> int | None:
+    """A processor config's `size` / `crop_size` (int, {"shortest_edge"} or square {"height", "width"}) -> side."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        if set(value) == {"shortest_edge"}:
+            return int(value["shortest_edge"])
+        if set(value) == {"height", "width"}:
+            if value["height"] != value["width"]:
+                raise ValueError(f"{key}={dict(value)!r} is not square (height != width); this transform makes "
+                                 f"square S x S inputs")
+            return int(value["height"])
+    raise ValueError(f"cannot read {key}={value!r}: expected an int, {{'shortest_edge': S}} or "
+                     f"{{'height': S, 'width': S}}")
+
+
 # ----- geometry (pure functions of sizes) -------------------------------------------------------
 
 def _shortest_edge_size(h: int, w: int, s: int) -> tuple[int, int]:

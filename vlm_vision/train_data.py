@@ -1,0 +1,468 @@
+"""Training data: LLaVA conversation records -> token ids, labels and media, ready to batch.
+
+A record is LLaVA's format: `{"id", "video" | "image", "conversations": [{"from": "human" | "gpt",
+"value": ...}, ...]}`, the media placeholder (`<video>` or `<image>`) inside a human turn, the media
+path relative to a media root. A `video` that ends in `.safetensors` is a file written by
+`vlm-vision extract`: pooled tower features, so training skips decoding and the tower.
+
+Why labels come from character spans: the conversation is rendered once with the tokenizer's own
+chat template and tokenized once, so the ids are exactly those the model sees at inference. Each
+assistant turn's span is found by rendering the conversation up to that turn (with the generation
+prompt) and up to its end; tokens that start inside such a span carry labels, every other token is
+-100. The span includes the template's end-of-turn marker, so the model learns to stop.
+
+Why the placeholder is expanded after tokenizing: `<video>` is a special token, so it is exactly one
+id in the tokenized text; it is then repeated once per visual token (the LLM sees one position per
+visual token), and those positions never carry labels.
+
+Bad records never stop a run: parse problems, missing media and visual spans that would be cut by
+`max_length` are found when the dataset is built (`scan_records`); a video that fails to decode is
+found when it is loaded. Both become a `Skipped(id, reason)` that the training loop counts and logs.
+
+Shapes: L sequence length, T frames, N' pooled tokens per frame, D tower width, S image side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+PLACEHOLDERS = {"video": "<video>", "image": "<image>"}
+CACHED_SUFFIX = ".safetensors"
+
+
+class BadSample(ValueError):
+    """A record that cannot be trained on; `reason` says why (it is skipped, not fatal)."""
+
+    def __init__(self, sample_id: str, reason: str):
+        super().__init__(f"sample {sample_id!r}: {reason}")
+        self.sample_id = sample_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Record:
+    """One parsed conversation; media is located but not loaded.
+
+    Attributes:
+        id: the record's `id` (or `#<index>` when it has none).
+        messages: chat-template messages `{"role": "system" | "user" | "assistant", "content": str}`.
+        media_kind: "video", "image" or None for text-only.
+        media_path: the resolved media file, or None.
+    """
+
+    id: str
+    messages: tuple[dict[str, str], ...]
+    media_kind: str | None = None
+    media_path: Path | None = None
+
+    @property
+    def cached(self) -> bool:
+        """True when the video is pre-extracted tower features (a `.safetensors` file)."""
+        return self.media_kind == "video" and self.media_path is not None and self.media_path.suffix == CACHED_SUFFIX
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample left out of training, with the reason."""
+
+    id: str
+    reason: str
+
+
+# ----- reading and parsing ----------------------------------------------------------------------
+
+
+def read_records(path: str | Path) -> list[dict[str, Any] | Skipped]:
+    """Read a JSON list or a JSONL file of records.
+
+    A JSONL line that is not valid JSON becomes a `Skipped`; a JSON file that does not parse, or
+    is not a list, is an error of the whole file.
+
+    Raises:
+        FileNotFoundError: when `path` does not exist.
+        ValueError: for a `.json` file that is not a JSON list of objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out: list[dict[str, Any] | Skipped] = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                out.append(Skipped(f"{path.name}:{n}", f"line {n} is not valid JSON ({e.msg})"))
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"data file {path} is not valid JSON: {e}") from e
+    if not isinstance(data, list):
+        raise ValueError(f"data file {path} must hold a JSON list of records, got {type(data).__name__}; "
+                         f"use .jsonl for one record per line")
+    return data
+
+
+def parse_record(raw: Any, media_root: str | Path, index: int = 0) -> Record:
+    """Check one raw record and turn it into a `Record`.
+
+    Args:
+        raw: the record as read from JSON.
+        media_root: folder that relative media paths are resolved against.
+        index: position in the file, used as the id when the record has none.
+
+    Raises:
+        BadSample: for a missing or empty conversation, an unknown role, a turn that is not text,
+            no assistant turn, placeholders that do not match the media, or missing media.
+    """
+    if not isinstance(raw, dict):
+        raise BadSample(f"#{index}", f"record must be a JSON object, got {type(raw).__name__}")
+    sample_id = str(raw.get("id", f"#{index}"))
+    turns = raw.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise BadSample(sample_id, "empty conversation")
+    messages = []
+    for n, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES:
+            got = turn.get("from") if isinstance(turn, dict) else turn
+            raise BadSample(sample_id, f"turn {n} has role {got!r}; expected one of {sorted(ROLES)}")
+        if not isinstance(turn.get("value"), str):
+            raise BadSample(sample_id, f"turn {n} has no text 'value'")
+        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if not roles or roles[0] != "user":
+        raise BadSample(sample_id, "conversation must start with a human turn")
+    if "assistant" not in roles:
+        raise BadSample(sample_id, "no gpt (assistant) turn to learn from")
+
+    kinds = [k for k in PLACEHOLDERS if raw.get(k) is not None]
+    if len(kinds) > 1:
+        raise BadSample(sample_id, "record has both 'video' and 'image'; one medium per record is supported")
+    kind = kinds[0] if kinds else None
+    for k, tag in PLACEHOLDERS.items():
+        in_user = sum(m["content"].count(tag) for m in messages if m["role"] == "user")
+        elsewhere = sum(m["content"].count(tag) for m in messages if m["role"] != "user")
+        expected = 1 if k == kind else 0
+        if in_user != expected or elsewhere:
+            raise BadSample(sample_id, f"found {in_user} {tag} in human turns and {elsewhere} elsewhere; "
+                                       f"expected {expected} in human turns for a record with "
+                                       f"{'a ' + kind if kind else 'no media'}")
+    path = None
+    if kind is not None:
+        if not isinstance(raw[kind], str) or not raw[kind]:
+            raise BadSample(sample_id, f"{kind!r} must be a path string, got {raw[kind]!r}")
+        path = Path(raw[kind]) if Path(raw[kind]).is_absolute() else Path(media_root) / raw[kind]
+        if not path.is_file():
+            raise BadSample(sample_id, f"missing media: {path}")
+    return Record(sample_id, tuple(messages), kind, path)
+
+
+# ----- tokenizing -------------------------------------------------------------------------------
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    """Fail early when a tokenizer cannot produce labels the way `tokenize_conversation` needs.
+
+    Raises:
+        ValueError: without a chat template, or when it is not a fast tokenizer (no offsets).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat_template; set tokenizer.chat_template "
+                         f"(a Jinja template) before training")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; labels need "
+                         f"offset mappings (load it with use_fast=True)")
+
+
+def assistant_char_spans(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` with the chat template and find each assistant turn's character span.
+
+    Returns:
+        (text, spans): the rendered conversation and `[start, end)` character spans, one per
+        assistant turn, from after its generation prompt to the end of its turn markers.
+
+    Raises:
+        ValueError: when the template does not render a conversation's beginning as a prefix of
+            the whole (labels cannot be placed then).
+    """
+    messages = list(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(before) and text.startswith(upto) and len(before) <= len(upto)):
+            raise ValueError(f"the chat template does not render turns 0..{i} as a prefix of the whole "
+                             f"conversation; cannot place assistant labels (before={before[-40:]!r}, "
+                             f"upto={upto[-40:]!r})")
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and labels that are -100 everywhere but assistant turns.
+
+    Args:
+        tokenizer: a fast tokenizer with a chat template.
+        messages: chat-template messages.
+
+    Returns:
+        (input_ids, labels), both of length L; `labels[j] == input_ids[j]` on assistant tokens.
+
+    Example:
+        >>> ids, labels = tokenize_conversation(tok, [{"role": "user", "content": "hi"},
+        ...                                           {"role": "assistant", "content": "red"}])
+    """
+    text, spans = assistant_char_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    for j, (start, _end) in enumerate(enc["offset_mapping"]):
+        if any(a <= start < b for a, b in spans):
+            labels[j] = ids[j]
+    return ids, labels
+
+
+def expand_placeholder(ids: Sequence[int], labels: Sequence[int], token_id: int,
+                       count: int) -> tuple[list[int], list[int]]:
+    """Repeat each `token_id` in `ids` `count` times (one per visual token); those labels are -100.
+
+    Example:
+        >>> expand_placeholder([1, 9, 2], [-100, -100, 2], token_id=9, count=3)
+        ([1, 9, 9, 9, 2], [-100, -100, -100, -100, 2])
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1 visual token, got {count}")
+    out_ids, out_labels = [], []
+    for i, lab in zip(ids, labels):
+        if i == token_id:
+            out_ids += [token_id] * count
+            out_labels += [IGNORE_INDEX] * count
+        else:
+            out_ids.append(i)
+            out_labels.append(lab)
+    return out_ids, out_labels
+
+
+def fit_length(ids: list[int], labels: list[int], max_length: int, visual_ids: Sequence[int],
+               sample_id: str = "?") -> tuple[list[int], list[int]]:
+    """Cut a sequence to `max_length` tokens, unless that would cut a visual span.
+
+    Raises:
+        BadSample: when a visual token lies at or past `max_length`, or when no assistant token is
+            left after the cut.
+    """
+    if len(ids) > max_length:
+        last_visual = max((j for j, i in enumerate(ids) if i in visual_ids), default=-1)
+        if last_visual >= max_length:
+            first_visual = next(j for j, i in enumerate(ids) if i in visual_ids)
+            raise BadSample(sample_id, f"visual span would be truncated: tokens {first_visual}..{last_visual} of "
+                                       f"{len(ids)}, max_length={max_length}")
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(lab == IGNORE_INDEX for lab in labels):
+        raise BadSample(sample_id, f"no assistant tokens within max_length={max_length}")
+    return ids, labels
+
+
+# ----- the dataset ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisualSpec:
+    """How the model turns media into placeholder tokens (all from the processor/model).
+
+    Attributes:
+        token_ids: placeholder id per media kind, e.g. {"video": 49153, "image": 49152}.
+        video_tokens: frames -> number of visual tokens for one video of that many frames.
+        image_tokens: number of visual tokens for one image.
+        tokens_per_frame: pooled tokens per frame N' a cached `.safetensors` must have.
+        num_frames: frames sampled from a raw video.
+    """
+
+    token_ids: dict[str, int]
+    video_tokens: Callable[[int], int]
+    image_tokens: int
+    tokens_per_frame: int
+    num_frames: int
+
+
+@dataclass
+class Example:
+    """One tokenized sample with its media tensor.
+
+    `media` is float[T, 3, S, S] frames for "video", float[T, N', D] tower features for
+    "video_features", float[1, 3, S, S] for "image", None for text.
+    """
+
+    id: str
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    media_kind: str | None
+    media: torch.Tensor | None
+
+
+def cached_frames(path: Path, tokens_per_frame: int, sample_id: str) -> int:
+    """Frames T in a cached token file, read from its header only.
+
+    Raises:
+        BadSample: when the file has no `tokens` float[T, N', D] with the expected N'.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if "tokens" not in f.keys():
+            raise BadSample(sample_id, f"{path} has no 'tokens' tensor (keys: {list(f.keys())})")
+        shape = f.get_slice("tokens").get_shape()
+    if len(shape) != 3 or shape[1] != tokens_per_frame:
+        raise BadSample(sample_id, f"{path} holds tokens of shape {list(shape)}; expected [T, {tokens_per_frame}, D]")
+    return shape[0]
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Records -> `Example`s, loading media lazily; a failed load returns a `Skipped`.
+
+    Args:
+        records: parsed records (see `scan_records` to drop bad ones up front).
+        tokenizer: fast tokenizer with a chat template and the placeholder tokens.
+        visual: placeholder ids and token counts.
+        max_length: longest sequence, visual tokens included.
+        load_video: path -> uint8[T, H, W, 3] frames (raw videos).
+        load_cached: path -> float[T, N', D] pooled tower features (`.safetensors`).
+        transform: uint8 frames or an image path -> float[T, 3, S, S].
+        decode_errors: exception types a media loader raises for unreadable media.
+    """
+
+    def __init__(self, records: Sequence[Record], tokenizer: Any, visual: VisualSpec, *, max_length: int,
+                 load_video: Callable[[Path], torch.Tensor], load_cached: Callable[[Path], torch.Tensor],
+                 transform: Callable[[Any], torch.Tensor], decode_errors: tuple[type[BaseException], ...] = ()):
+        self.records = list(records)
+        self.tokenizer = tokenizer
+        self.visual = visual
+        self.max_length = max_length
+        self.load_video = load_video
+        self.load_cached = load_cached
+        self.transform = transform
+        self.decode_errors = decode_errors
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Example | Skipped:
+        record = self.records[index]
+        try:
+            kind, media = self._load_media(record)
+            ids, labels = self._tokens(record, kind, media)
+        except BadSample as e:
+            return Skipped(record.id, e.reason)
+        except self.decode_errors as e:
+            return Skipped(record.id, f"media could not be decoded: {e}")
+        return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media)
+
+    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None]:
+        if record.media_kind is None:
+            return None, None
+        if record.media_kind == "image":
+            return "image", self.transform(record.media_path)  # (1, 3, S, S)
+        if record.cached:
+            tokens = self.load_cached(record.media_path)  # (T, N', D)
+            if tokens.ndim != 3 or tokens.shape[1] != self.visual.tokens_per_frame:
+                raise BadSample(record.id, f"cached tokens {record.media_path} have shape {list(tokens.shape)}; "
+                                           f"expected [T, {self.visual.tokens_per_frame}, D]")
+            return "video_features", tokens
+        frames = self.load_video(record.media_path)  # (T, H, W, 3) uint8
+        return "video", self.transform(frames)  # (T, 3, S, S)
+
+    def _tokens(self, record: Record, kind: str | None, media: torch.Tensor | None) -> tuple[list[int], list[int]]:
+        frames = media.shape[0] if kind in ("video", "video_features") else 1
+        return sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length)
+
+
+def visual_frames(record: Record, visual: VisualSpec) -> int:
+    """Frames a record's video will have, without decoding it (1 for images and text).
+
+    Raw videos are assumed to yield `visual.num_frames` frames; cached ones are read from the header.
+    """
+    if record.media_kind != "video":
+        return 1
+    return cached_frames(record.media_path, visual.tokens_per_frame, record.id) if record.cached else visual.num_frames
+
+
+def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
+                  max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a record, its placeholder expanded to its visual tokens, fitted to length.
+
+    Args:
+        frames: frames of the record's video (ignored for images and text).
+
+    Raises:
+        BadSample: when the rendered text does not hold exactly one placeholder, or the sequence
+            cannot be fitted (see `fit_length`).
+    """
+    ids, labels = tokenize_conversation(tokenizer, record.messages)
+    if record.media_kind is None:
+        return fit_length(ids, labels, max_length, (), record.id)
+    medium = record.media_kind
+    count = visual.image_tokens if medium == "image" else visual.video_tokens(frames)
+    token_id = visual.token_ids[medium]
+    if ids.count(token_id) != 1:
+        raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {medium} placeholder "
+                                   f"tokens (id {token_id}), expected 1")
+    ids, labels = expand_placeholder(ids, labels, token_id, count)
+    return fit_length(ids, labels, max_length, tuple(visual.token_ids.values()), record.id)
+
+
+def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: str | Path, tokenizer: Any,
+                 visual: VisualSpec, max_length: int) -> tuple[list[Record], list[Skipped]]:
+    """Parse every record and drop the ones that cannot be trained on.
+
+    Returns:
+        (kept, skipped): records in file order, and a `Skipped` with the reason for each dropped one
+        (bad structure, missing media, visual span past `max_length`, no assistant tokens left).
+    """
+    kept, skipped = [], []
+    for n, raw in enumerate(raw_records):
+        if isinstance(raw, Skipped):
+            skipped.append(raw)
+            continue
+        try:
+            record = parse_record(raw, media_root, n)
+            sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length)
+        except BadSample as e:
+            skipped.append(Skipped(e.sample_id, e.reason))
+            continue
+        kept.append(record)
+    return kept, skipped
+
+
+# ----- batching ---------------------------------------------------------------------------------
+
+
+def pad_batch(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ids (with `pad_token_id`), labels (-100) and the attention mask (0) to the longest.
+
+    Returns:
+        {"input_ids": long[B, L], "attention_mask": long[B, L], "labels": long[B, L]}.
+    """
+    b, length = len(examples), max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((b, length), pad_token_id, dtype=torch.long)  # (B, L)
+    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)  # (B, L)
+    attention_mask = torch.zeros((b, length), dtype=torch.long)  # (B, L)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[i, :n] = e.input_ids
+        labels[i, :n] = e.labels
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

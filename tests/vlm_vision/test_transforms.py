@@ -8,6 +8,10 @@ every photo at S = 336 and 224, both orientations, max 0.0150 (one grey level), 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -329,3 +333,17 @@ def test_attributes_and_repr():
     t = CLIPImageTransform(image_size=224, mode="pad")
     assert (t.image_size, t.mean, t.std, t.mode) == (224, CLIP_MEAN, CLIP_STD, "pad")
     assert "image_size=224" in repr(t) and "'pad'" in repr(t)
+
+
+@pytest.mark.slow
+def test_preprocess_benchmark_runs(tmp_path):
+    """benchmarks/bench_preprocess.py end to end on a tiny workload, in a fresh interpreter."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_preprocess.py"), "--frames", "3", "--height", "72",
+                    "--width", "128", "--size", "32", "--runs", "1", "--json", str(out)],
+                   check=True, cwd=root, capture_output=True, text=True,
+                   env={**os.environ, "PYTHONPATH": str(root)})
+    result = json.loads(out.read_text())
+    assert result["frames"] == [3, 72, 128, 3] and result["size"] == 32
+    assert result["max_abs_diff"] <= MAX_TOL and result["ours_ms"] > 0 and result["reference_ms"] > 0

@@ -3,11 +3,25 @@
 Public API (everything else is private):
 """
 
+from vlm_vision.anyres import (
+    DEFAULT_PINPOINTS,
+    anyres_num_tokens,
+    anyres_pixel_values,
+    pack_image_features,
+    select_best_resolution,
+    unpad_shape,
+)
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.transforms import CLIPImageTransform
 
 __all__ = [
+    "DEFAULT_PINPOINTS",
+    "anyres_num_tokens",
+    "anyres_pixel_values",
+    "pack_image_features",
+    "select_best_resolution",
+    "unpad_shape",
     "CLIP_MEAN",
     "CLIP_STD",
     "CLIPImageTransform",

@@ -35,6 +35,8 @@ TINY_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # the test models: 28 px tiles 
 
 EDGE_SIDES = [1, 2, 3, 7, 10, 14, 100, 224, 300, 335, 336, 337, 479, 480, 500, 640, 671, 672, 673, 700, 800,
               1000, 1007, 1008, 1009, 1080, 1344, 1920, 2000, 3000, 4000]
+# sizes whose unpadding, on the grid transformers picks, depends on int(round(x, 7)) vs int(x)
+ROUNDING_SENSITIVE = [(47, 1128), (55, 176), (88, 55), (205, 656), (396, 704), (423, 752), (792, 1408), (799, 376)]
 
 
 def sweep_sizes(sides=EDGE_SIDES, n_random=300, max_side=5000):
@@ -42,7 +44,7 @@ def sweep_sizes(sides=EDGE_SIDES, n_random=300, max_side=5000):
     sizes = [(h, w) for h in sides for w in sides]
     sizes += [(rng.randint(1, max_side), rng.randint(1, max_side)) for _ in range(n_random)]
     sizes += [(rng.randint(1, 400), rng.randint(1, 400)) for _ in range(n_random)]  # where ties live
-    return sizes
+    return sizes + ROUNDING_SENSITIVE
 
 
 # ----- oracles built from transformers' functions -------------------------------------------------
@@ -163,6 +165,12 @@ def test_unpad_rounding_conventions():
     assert unpad_shape(55, 88, 24, 24, convention="llava") == (14, 24)   # 14 rows, cut 5
     assert unpad_shape(88, 55, 24, 24) == (24, 16)
     assert unpad_shape(88, 55, 24, 24, convention="llava") == (24, 14)
+
+
+@pytest.mark.parametrize("hw", ROUNDING_SENSITIVE)
+def test_rounding_sensitive_sizes_really_are(hw):
+    rows, cols = anyres_grid_shape(*hw)
+    assert unpad_shape(*hw, 24 * rows, 24 * cols) != unpad_shape(*hw, 24 * rows, 24 * cols, convention="llava")
 
 
 def test_unpad_slices_the_centre():

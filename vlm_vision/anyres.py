@@ -47,10 +47,12 @@ from vlm_vision.transforms import CLIPImageTransform, ImageInput, _as_frames, _r
 __all__ = [
     "CONVENTIONS",
     "DEFAULT_PINPOINTS",
+    "anyres_batch",
     "anyres_grid_shape",
     "anyres_num_tokens",
     "anyres_pixel_values",
     "anyres_tiles",
+    "encode_anyres_images",
     "pack_image_features",
     "resize_and_pad_size",
     "select_best_resolution",
@@ -390,3 +392,89 @@ def pack_image_features(features: torch.Tensor, image_size: Sequence[int], image
         newline = image_newline.to(grid.dtype).to(grid.device).expand(kept_rows, 1, d)  # (rows, 1, D)
         grid = torch.cat([grid, newline], dim=1)  # (rows, cols + 1, D)
     return torch.cat([base, grid.reshape(-1, d)])  # (N + rows * (cols + 1), D)
+
+
+# ----- batches and the model side ------------------------------------------------------------------
+
+def anyres_batch(images: Sequence[ImageInput], transform: CLIPImageTransform | None = None, *,
+                 grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS, tile_size: int = 336,
+                 convention: Convention = "transformers") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Several images -> their crops (one tensor per image, counts differ) and their sizes.
+
+    Args:
+        images: the images in prompt order (each anything `anyres_pixel_values` takes).
+        transform, grid_pinpoints, tile_size, convention: as in `anyres_pixel_values`.
+
+    Returns:
+        (I x float[1 + R_i*C_i, 3, S, S], long[I, 2] of (height, width)).
+    """
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or len(images) == 0:
+        raise ValueError(f"images must be a non-empty list of images, got {type(images).__name__}")
+    transform = CLIPImageTransform(tile_size) if transform is None else transform
+    crops, sizes = [], []
+    for image in images:
+        pixels, size = anyres_pixel_values(image, transform, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
+                                           convention=convention)
+        crops.append(pixels)
+        sizes.append(size)
+    return crops, torch.tensor(sizes, dtype=torch.long)  # I x (P_i, 3, S, S), (I, 2)
+
+
+def _crop_list(pixel_values: torch.Tensor | Sequence[torch.Tensor], counts: list[int]) -> list[torch.Tensor]:
+    """Each image's crops from a list, or from transformers' zero-padded float[I, P_max, 3, S, S]."""
+    if isinstance(pixel_values, torch.Tensor):
+        if pixel_values.ndim != 5 or pixel_values.shape[0] != len(counts):
+            raise ValueError(f"pixel_values must be float[I, P, 3, S, S] with I = {len(counts)} images, "
+                             f"got shape {list(pixel_values.shape)}")
+        if pixel_values.shape[1] < max(counts):
+            raise ValueError(f"pixel_values hold {pixel_values.shape[1]} crops per image, but the image sizes "
+                             f"need up to {max(counts)} ({counts})")
+        return [image[:count] for image, count in zip(pixel_values, counts)]  # I x (P_i, 3, S, S)
+    crops = list(pixel_values)
+    if len(crops) != len(counts):
+        raise ValueError(f"got crops for {len(crops)} images but {len(counts)} image sizes")
+    for i, (image, count) in enumerate(zip(crops, counts)):
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != count:
+            shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image {i} must have float[{count}, 3, S, S] crops for its size, got {shape}")
+    return crops
+
+
+def encode_anyres_images(tower: torch.nn.Module, projector: torch.nn.Module,
+                         pixel_values: torch.Tensor | Sequence[torch.Tensor], image_sizes: torch.Tensor | Sequence,
+                         image_newline: torch.Tensor | None, *,
+                         grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS,
+                         convention: Convention = "transformers") -> list[torch.Tensor]:
+    """Tower -> projector -> packing for anyres images: one float[M_i, D] per image, in order.
+
+    All crops of all images go through the tower as one batch.
+
+    Args:
+        tower: a `CLIPVisionTower` that drops the CLS token (`select_feature="patch"`); its
+            `image_size` is the tile size.
+        projector: tower width -> LLM width.
+        pixel_values: I x float[1 + R_i*C_i, 3, S, S], or transformers' float[I, P_max, 3, S, S] whose
+            trailing all-zero crops are ignored.
+        image_sizes: long[I, 2] (or pairs) of original (height, width).
+        image_newline: float[D], or None.
+        grid_pinpoints, convention: as the crops were cut.
+
+    Returns:
+        I x float[N + rows_i * (cols_i + 1), D], N the tower's tokens per crop.
+    """
+    if getattr(tower, "select_feature", "patch") != "patch":
+        raise ValueError(f"anyres packing needs patch tokens only (select_feature='patch'), "
+                         f"got select_feature={tower.select_feature!r}")
+    tile_size = tower.image_size
+    sizes = [_size_pair(size, f"image_sizes[{i}]") for i, size in enumerate(image_sizes)]
+    counts = [1 + math.prod(anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
+                                              convention=convention)) for h, w in sizes]
+    crops = torch.cat(_crop_list(pixel_values, counts))  # (sum P, 3, S, S)
+    features = tower(crops)  # (sum P, N, D_v)
+    param = next(projector.parameters(), None)
+    if param is not None:
+        features = features.to(device=param.device, dtype=param.dtype)
+    projected = projector(features)  # (sum P, N, D)
+    return [pack_image_features(f, size, image_newline, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
+                                convention=convention)
+            for f, size in zip(projected.split(counts), sizes)]  # I x (M_i, D)

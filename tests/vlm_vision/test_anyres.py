@@ -19,10 +19,12 @@ from vlm_vision import CLIP_STD
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.anyres import (
     DEFAULT_PINPOINTS,
+    anyres_batch,
     anyres_grid_shape,
     anyres_num_tokens,
     anyres_pixel_values,
     anyres_tiles,
+    encode_anyres_images,
     pack_image_features,
     resize_and_pad_size,
     select_best_resolution,
@@ -363,3 +365,52 @@ def test_errors_name_the_input():
         anyres_pixel_values(np.zeros((2, 40, 40, 3), np.uint8))
     with pytest.raises(ValueError, match="tile_size=336"):
         anyres_pixel_values(np.zeros((40, 40, 3), np.uint8), transform=CLIPImageTransform(224))
+
+
+# ----- the model side: tower -> projector -> packing, against transformers -----------------------------
+
+def _pad_crops(crops):
+    """transformers' batch layout: float[I, P_max, 3, S, S], short images padded with zero crops."""
+    most = max(c.shape[0] for c in crops)
+    return torch.stack([torch.cat([c, c.new_zeros(most - c.shape[0], *c.shape[1:])]) for c in crops])
+
+
+def _ported(hf_model):
+    from projector import build_projector, load_projector
+    from vlm_vision import CLIPVisionTower
+
+    tower = CLIPVisionTower.from_transformers(hf_model.model.vision_tower, select_layer=-2)
+    projector = build_projector("mlp2x_gelu", tower.hidden_size, hf_model.config.text_config.hidden_size)
+    load_projector(projector, hf_model.state_dict())
+    return tower.eval(), projector.eval()
+
+
+def test_encode_anyres_images_matches_transformers(tiny_hf):
+    tower, projector = _ported(tiny_hf)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, hw + (3,), dtype=np.uint8) for hw in [(40, 90), (20, 30), (100, 57), (5, 300)]]
+    crops, sizes = anyres_batch(images, CLIPImageTransform(28), grid_pinpoints=TINY_PINPOINTS, tile_size=28)
+    assert sizes.tolist() == [[40, 90], [20, 30], [100, 57], [5, 300]]
+    padded = _pad_crops(crops)  # (I, P_max, 3, 28, 28)
+    with torch.no_grad():
+        theirs = tiny_hf.model.get_image_features(pixel_values=padded, image_sizes=sizes).pooler_output
+        newline = tiny_hf.model.image_newline
+        from_list = encode_anyres_images(tower, projector, crops, sizes, newline, grid_pinpoints=TINY_PINPOINTS)
+        from_padded = encode_anyres_images(tower, projector, padded, sizes, newline, grid_pinpoints=TINY_PINPOINTS)
+    assert len(from_list) == len(theirs) == 4
+    for ours, ours_padded, ref, (h, w) in zip(from_list, from_padded, theirs, sizes.tolist()):
+        assert ours.shape == ref.shape
+        assert ours.shape[0] == anyres_num_tokens(h, w, grid_pinpoints=TINY_PINPOINTS, tile_size=28, patch_size=7)
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ours, ours_padded)
+
+
+def test_encode_anyres_images_checks_crop_counts(tiny_hf):
+    tower, projector = _ported(tiny_hf)
+    crops = [torch.zeros(3, 3, 28, 28)]  # 40 x 90 takes 1 x 2 tiles: 3 crops
+    encode_anyres_images(tower, projector, crops, [(40, 90)], None, grid_pinpoints=TINY_PINPOINTS)
+    with pytest.raises(ValueError, match=r"image 0 must have float\[5, 3, S, S\]"):
+        encode_anyres_images(tower, projector, crops, [(100, 100)], None, grid_pinpoints=TINY_PINPOINTS)
+    with pytest.raises(ValueError, match="need up to 5"):
+        encode_anyres_images(tower, projector, torch.zeros(1, 3, 3, 28, 28), [(100, 100)], None,
+                             grid_pinpoints=TINY_PINPOINTS)

@@ -1,0 +1,494 @@
+"""Contrastive fine-tuning of CLIP on image-text or video-text pairs (`vlm-vision clip-train`).
+
+Two regimes:
+  - both towers trained: plain CLIP fine-tuning;
+  - image tower locked (LiT, Zhai et al., 2022): only the text tower, its projection and the
+    logit scale learn. The image embeddings stay those of the pretrained model, so whatever
+    already uses them (a LLaVA projector, a cached index) keeps working, and the image tower
+    costs no gradient memory.
+
+A video is one item of the batch: its sampled frames go through the image tower as images, and
+the video's embedding is the mean of the frames' unit embeddings (as in zero-shot
+classification), so images and videos can be mixed in one data file.
+
+Why retrieval recall on a held-out split before *and* after: the training loss falls whenever the
+model memorises its pairs; recall on pairs it never saw says whether it learned the pairing. Pairs
+whose captions are identical count as matches of each other (a caption shared by several images
+is no mistake to retrieve).
+
+Bad samples never stop a run: records with a missing caption or media file are dropped when the
+data is read, media that fail to decode are dropped from their batch, and every one is counted in
+`metrics.json`. With several processes a batch that ends up empty on any rank is skipped on all of
+them, so the collective calls stay in step.
+
+Layout: setup (data, model, optimizer, accelerate) -> loop (max_steps) -> save (model, tokenizer,
+preprocessor_config.json, metrics.json). Shapes: B pairs, T frames, L tokens, D embedding width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import CLIPModel
+
+from vlm_vision.clip_loss import LogitScale, clip_loss
+from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings, tokenize
+
+__all__ = ["ClipTrainConfig", "Pair", "add_arguments", "read_pairs", "retrieval_metrics", "run", "split_pairs",
+           "train"]
+
+RECALL_AT = (1, 5, 10)
+MEDIA_KINDS = ("image", "video")
+
+
+@dataclass
+class ClipTrainConfig:
+    """What `train` needs; the CLI flags map one to one onto these fields."""
+
+    model: str
+    """Hub id or folder of a `CLIPModel` with its tokenizer."""
+    data: Path
+    """JSON list or JSONL of {"image" or "video": path, "caption": text}."""
+    media_root: Path
+    """Folder the media paths in `data` are relative to."""
+    output_dir: Path
+    """Where the fine-tuned model and metrics.json go."""
+    max_steps: int = 1000
+    """Optimizer steps (the data is cycled as often as needed)."""
+    batch_size: int = 32
+    """Pairs per process per step; the loss sees batch_size x processes pairs."""
+    lr: float = 1e-5
+    """AdamW learning rate, constant."""
+    lock_image_tower: bool = False
+    """LiT: freeze the image tower and its projection; train text tower and logit scale."""
+    eval_fraction: float = 0.1
+    """Share of the pairs held out for retrieval metrics (0 disables them)."""
+    seed: int = 0
+    """Seed for the split, the shuffling and the initial state."""
+    num_frames: int = 8
+    """Frames sampled uniformly from each video."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: a media file and its caption."""
+
+    path: Path
+    kind: str  # "image" or "video"
+    caption: str
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def read_pairs(data: str | os.PathLike, media_root: str | os.PathLike) -> tuple[list[Pair], list[str]]:
+    """Read the pairs of a JSON or JSONL file, dropping (and explaining) the bad records.
+
+    Args:
+        data: a JSON file holding a list of records, or a JSONL file with one record per line.
+            A record is {"image": path, "caption": text} or {"video": path, "caption": text}.
+        media_root: the folder the media paths are relative to (absolute paths are kept).
+
+    Returns:
+        (pairs, skipped): the usable pairs, and one line per dropped record saying why.
+
+    Raises:
+        FileNotFoundError: if `data` or `media_root` does not exist.
+        ValueError: if a .json file is not valid JSON or not a list.
+    """
+    data, media_root = Path(data), Path(media_root)
+    if not data.is_file():
+        raise FileNotFoundError(f"data file not found: {data}")
+    if not media_root.is_dir():
+        raise FileNotFoundError(f"media root is not a folder: {media_root}")
+    text = data.read_text(encoding="utf-8")
+    records: list[tuple[str, Any]] = []
+    skipped: list[str] = []
+    if data.suffix == ".json":
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{data} is not valid JSON ({e}); use .jsonl for one record per line") from e
+        if not isinstance(parsed, list):
+            raise ValueError(f"{data} must hold a JSON list of records, got a {type(parsed).__name__}")
+        records = [(f"record {i}", r) for i, r in enumerate(parsed)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                skipped.append(f"line {number}: invalid JSON ({e.msg})")
+    pairs = []
+    for where, record in records:
+        pair, reason = _parse_record(record, media_root)
+        if pair is None:
+            skipped.append(f"{where}: {reason}")
+        else:
+            pairs.append(pair)
+    return pairs, skipped
+
+
+def _parse_record(record: Any, media_root: Path) -> tuple[Pair | None, str]:
+    if not isinstance(record, dict):
+        return None, f"expected an object, got {type(record).__name__}"
+    kinds = [k for k in MEDIA_KINDS if k in record]
+    if len(kinds) != 1:
+        return None, f"needs exactly one of 'image' or 'video', has keys {sorted(record)}"
+    caption = record.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        return None, f"caption must be a non-empty string, got {caption!r}"
+    path = media_root / str(record[kinds[0]])
+    if not path.is_file():
+        return None, f"{kinds[0]} file not found: {path}"
+    return Pair(path, kinds[0], caption), ""
+
+
+def split_pairs(pairs: Sequence[Pair], eval_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Shuffle with `seed` and hold out ceil(eval_fraction x N) pairs: (train, eval).
+
+    Raises:
+        ValueError: if the fraction is outside [0, 1) or leaves no training pair.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    order = list(pairs)
+    random.Random(seed).shuffle(order)
+    n_eval = math.ceil(eval_fraction * len(order))
+    if n_eval >= len(order):
+        raise ValueError(f"{len(order)} usable pairs leave none for training with eval_fraction={eval_fraction}")
+    return order[n_eval:], order[:n_eval]
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """Decoded pixels and pre-tokenized captions; a sample that fails to decode becomes None."""
+
+    def __init__(self, pairs: Sequence[Pair], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 transform: CLIPImageTransform, num_frames: int) -> None:
+        self.pairs, self.input_ids, self.attention_mask = list(pairs), input_ids, attention_mask
+        self.transform, self.num_frames = transform, num_frames
+        self.failed: dict[Path, str] = {}  # path -> why it could not be decoded
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
+        pair = self.pairs[i]
+        try:
+            return i, self._pixels(pair)  # (T, 3, S, S)
+        except (ValueError, OSError) as e:  # unreadable image, or video.VideoDecodeError (a ValueError)
+            self.failed[pair.path] = f"{pair.kind} cannot be decoded: {e}"
+            return i, None
+
+    def _pixels(self, pair: Pair) -> torch.Tensor:
+        if pair.kind == "image":
+            return self.transform(pair.path)  # (1, 3, S, S)
+        from video.decode import load_video  # decord is imported only when videos are used
+
+        return self.transform(load_video(pair.path, num_frames=self.num_frames).frames)  # (T, 3, S, S)
+
+    def collate(self, items: list[tuple[int, torch.Tensor | None]]) -> dict[str, Any]:
+        ok = [(i, px) for i, px in items if px is not None]
+        index = torch.tensor([i for i, _ in ok], dtype=torch.long)
+        mask = self.attention_mask[index]  # (B, L_max)
+        length = int(mask.sum(1).max()) if len(ok) else 1  # right padding: trailing columns are all pad
+        return {
+            "pixel_values": torch.cat([px for _, px in ok]) if ok else torch.empty(0),  # (sum T, 3, S, S)
+            "frame_counts": [px.shape[0] for _, px in ok],
+            "input_ids": self.input_ids[index, :length],  # (B, L)
+            "attention_mask": mask[:, :length],  # (B, L)
+        }
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+class _DualEncoder(nn.Module):
+    """CLIP's two towers and a clamped logit scale: what accelerate wraps and the optimizer updates."""
+
+    def __init__(self, clip: CLIPModel, lock_image_tower: bool) -> None:
+        super().__init__()
+        self.clip = clip
+        self.lock_image_tower = lock_image_tower
+        self.logit_scale = LogitScale(clip.logit_scale.item())
+        clip.logit_scale.requires_grad_(False)  # learned through `self.logit_scale`, copied back on save
+        for module in (clip.vision_model, clip.visual_projection):
+            module.requires_grad_(not lock_image_tower)
+
+    def forward(self, pixel_values: torch.Tensor, frame_counts: list[int], input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image or video embeddings float[B, D], text embeddings float[B, D], log scale)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image_tower):
+            frames = projected_embeddings(self.clip.get_image_features(pixel_values=pixel_values))  # (sum T, D)
+        visual = average_frame_embeddings(frames, frame_counts)  # (B, D)
+        text = projected_embeddings(
+            self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))  # (B, D)
+        return visual, text, self.logit_scale()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, captions: Sequence[str] | None = None,
+                      ks: Sequence[int] = RECALL_AT) -> dict[str, float]:
+    """Recall@k of image-to-text and text-to-image retrieval over N pairs (row i with row i).
+
+    An item's rank is the number of wrong candidates scoring at least as high as its best right
+    one (ties count against it). With `captions`, every pair with the same caption text is a right
+    candidate.
+
+    Args:
+        image_embeds: float[N, D] (need not be normalised).
+        text_embeds: float[N, D].
+        captions: the N captions, or None when only row i matches row i.
+        ks: the cut-offs.
+
+    Returns:
+        {"image_to_text_recall@1": ..., "text_to_image_recall@1": ..., ...}, each in [0, 1].
+
+    Example:
+        >>> retrieval_metrics(torch.eye(3), torch.eye(3), ks=(1,))["image_to_text_recall@1"]
+        1.0
+    """
+    n = image_embeds.shape[0]
+    if text_embeds.shape[0] != n or n == 0 or (captions is not None and len(captions) != n):
+        raise ValueError(f"need N >= 1 matching rows: {n} images, {text_embeds.shape[0]} texts, "
+                         f"{'no' if captions is None else len(captions)} captions")
+    sim = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T  # (N, N)
+    if captions is None:
+        right = torch.eye(n, dtype=torch.bool)
+    else:
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        label = torch.tensor([ids[c] for c in captions])
+        right = label[:, None] == label[None, :]  # (N, N), symmetric
+    metrics = {}
+    for name, scores in (("image_to_text", sim), ("text_to_image", sim.T)):
+        best_right = scores.masked_fill(~right, -math.inf).max(dim=1, keepdim=True).values  # (N, 1)
+        rank = ((scores >= best_right) & ~right).sum(dim=1)  # (N,)
+        for k in ks:
+            metrics[f"{name}_recall@{k}"] = (rank < k).float().mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def _evaluate(encoder: _DualEncoder, dataset: _PairDataset, batch_size: int, device: torch.device) -> dict[str, Any]:
+    was_training = encoder.training
+    encoder.eval()
+    visual, text, captions = [], [], []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    for batch in loader:
+        if not batch["frame_counts"]:
+            continue
+        v, t, _ = encoder(**_to_device(batch, device))
+        visual.append(v)
+        text.append(t)
+    for i in range(len(dataset)):
+        if dataset.pairs[i].path not in dataset.failed:
+            captions.append(dataset.pairs[i].caption)
+    encoder.train(was_training)
+    if not visual:
+        return {"num_pairs": 0}
+    metrics = retrieval_metrics(torch.cat(visual).cpu(), torch.cat(text).cpu(), captions)
+    return {"num_pairs": len(captions), **metrics}
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+def train(config: ClipTrainConfig) -> dict[str, Any]:
+    """Fine-tune, evaluate before and after, save; returns what is written to metrics.json.
+
+    Raises:
+        FileNotFoundError: for a missing data file or media root.
+        ValueError: for bad settings, or data with no usable pair.
+    """
+    _check_config(config)
+    # --- setup
+    accelerator = Accelerator()
+    set_seed(config.seed)
+    pairs, skipped = read_pairs(config.data, config.media_root)
+    if not pairs:
+        raise ValueError(f"no usable pairs in {config.data}: {len(skipped)} records skipped, e.g. {skipped[:3]}")
+    train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
+    clip, tokenizer, transform = load_clip(config.model)
+    max_len = clip.config.text_config.max_position_embeddings
+    train_set, eval_set = (_tokenized_dataset(p, tokenizer, max_len, transform, config.num_frames)
+                           for p in (train_pairs, eval_pairs))
+    encoder = _DualEncoder(clip, config.lock_image_tower).to(accelerator.device)
+    before = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                                         collate_fn=train_set.collate,
+                                         generator=torch.Generator().manual_seed(config.seed))
+    model, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+
+    # --- loop
+    step, losses = 0, []
+    progress = tqdm(total=config.max_steps, desc="clip-train", disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < config.max_steps:
+        steps_this_epoch = 0
+        for batch in loader:
+            if step >= config.max_steps:
+                break
+            if _any_rank_empty(accelerator, len(batch["frame_counts"])):
+                continue  # every sample of a batch failed to decode somewhere: skip it everywhere
+            visual, text, log_scale = model(**batch)
+            loss = clip_loss(visual, text, log_scale)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            step += 1
+            steps_this_epoch += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", scale=f"{log_scale.exp().item():.1f}")
+        if steps_this_epoch == 0:
+            raise ValueError(f"no training batch could be loaded: {len(train_set.failed)} of {len(train_set)} "
+                             f"samples failed to decode, e.g. {list(train_set.failed.values())[:3]}")
+    progress.close()
+
+    # --- save
+    encoder = accelerator.unwrap_model(model)
+    after = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+    skipped += [f"{path}: {why}" for d in (train_set, eval_set) for path, why in d.failed.items()]
+    metrics = {
+        "before": before,
+        "after": after,
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "logit_scale": encoder.logit_scale().exp().item(),
+        "num_train": len(train_pairs),
+        "num_eval": len(eval_pairs),
+        "skipped": len(skipped),
+        "skipped_reasons": skipped[:100],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save(encoder, tokenizer, transform, metrics, Path(config.output_dir))
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _check_config(config: ClipTrainConfig) -> None:
+    problems = [f"{name}={getattr(config, name)!r} must be positive" for name in
+                ("max_steps", "batch_size", "lr", "num_frames") if not getattr(config, name) > 0]
+    if config.weight_decay < 0:
+        problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
+    if problems:
+        raise ValueError("bad clip-train settings: " + "; ".join(problems))
+
+
+def _tokenized_dataset(pairs: Sequence[Pair], tokenizer: Any, max_len: int, transform: CLIPImageTransform,
+                       num_frames: int) -> _PairDataset:
+    if pairs:
+        batch = tokenize(tokenizer, [p.caption for p in pairs], max_len)  # warns once about long captions
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # (N, L)
+    else:
+        ids = mask = torch.zeros(0, 1, dtype=torch.long)
+    return _PairDataset(pairs, ids, mask, transform, num_frames)
+
+
+def _any_rank_empty(accelerator: Accelerator, n_local: int) -> bool:
+    if accelerator.num_processes == 1:
+        return n_local == 0
+    counts = accelerator.gather(torch.tensor([n_local], device=accelerator.device))  # (processes,)
+    return bool((counts == 0).any())
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _save(encoder: _DualEncoder, tokenizer: Any, transform: CLIPImageTransform, metrics: dict[str, Any],
+          out: Path) -> None:
+    """A folder `ZeroShotClassifier.from_pretrained` (and `CLIPModel.from_pretrained`) loads."""
+    out.mkdir(parents=True, exist_ok=True)
+    clip = encoder.clip
+    with torch.no_grad():
+        clip.logit_scale.copy_(encoder.logit_scale())  # the learned (clamped) scale goes with the model
+    clip.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(_processor_config(transform), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _processor_config(transform: CLIPImageTransform) -> dict[str, Any]:
+    """The `CLIPImageProcessor` settings that describe `transform` (crop mode)."""
+    s = transform.image_size
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True, "size": {"shortest_edge": s}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": s, "width": s},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
+        "do_convert_rgb": True,
+    }
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `vlm-vision clip-train`."""
+    d = ClipTrainConfig
+    parser.add_argument("--model", required=True, help="Hub id or folder of a CLIPModel with its tokenizer")
+    parser.add_argument("--data", required=True, type=Path,
+                        help='JSON list or JSONL of {"image" or "video": path, "caption": text}')
+    parser.add_argument("--media-root", required=True, type=Path, help="folder the media paths are relative to")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where the model and metrics.json go")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per process per step")
+    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    parser.add_argument("--lock-image-tower", action="store_true",
+                        help="LiT: freeze the image tower, train the text tower and logit scale")
+    parser.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
+                        help="share of pairs held out for retrieval recall (0: none)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--num-frames", type=int, default=d.num_frames, help="frames sampled per video")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `vlm-vision clip-train`; 0 on success, 2 for bad input (the reason on stderr)."""
+    config = ClipTrainConfig(
+        model=args.model, data=args.data, media_root=args.media_root, output_dir=args.output_dir,
+        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, lock_image_tower=args.lock_image_tower,
+        eval_fraction=args.eval_fraction, seed=args.seed, num_frames=args.num_frames,
+        weight_decay=args.weight_decay,
+    )
+    try:
+        metrics = train(config)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vlm-vision clip-train: error: {e}", file=sys.stderr)
+        return 2
+    print(_summary(metrics, Path(config.output_dir)))
+    return 0
+
+
+def _summary(metrics: dict[str, Any], out: Path) -> str:
+    lines = [f"trained {metrics['steps']} steps on {metrics['num_train']} pairs "
+             f"(loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}); "
+             f"skipped {metrics['skipped']} bad samples"]
+    if metrics["before"] and metrics["after"] and metrics["after"].get("num_pairs"):
+        for key in (k for k in metrics["after"] if "recall" in k):
+            lines.append(f"  {key}: {metrics['before'][key]:.3f} -> {metrics['after'][key]:.3f}")
+    lines.append(f"saved to {out} (metrics.json)")
+    return "\n".join(lines)

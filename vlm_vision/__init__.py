@@ -11,9 +11,11 @@ from vlm_vision.anyres import (
     select_best_resolution,
     unpad_shape,
 )
+from vlm_vision.clip_loss import LogitScale, clip_loss
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.zero_shot import ZeroShotClassifier
 
 __all__ = [
     "DEFAULT_PINPOINTS",
@@ -27,4 +29,7 @@ __all__ = [
     "CLIPImageTransform",
     "CLIPVisionTower",
     "vision_config",
+    "LogitScale",
+    "ZeroShotClassifier",
+    "clip_loss",
 ]

@@ -256,6 +256,15 @@ class CLIPVisionTower(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embed.weight.device
 
+    def compile(self, **kwargs) -> "CLIPVisionTower":
+        """Opt in to `torch.compile` for every later call (kwargs go to `torch.compile`); returns self.
+
+        Example:
+            >>> tower = CLIPVisionTower.from_config(vision_config("ViT-B/32")).compile(mode="max-autotune")  # doctest: +SKIP
+        """
+        super().compile(**kwargs)
+        return self
+
     # ----- forward ------------------------------------------------------------------------------
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ from vlm_vision.anyres import (
 )
 from vlm_vision.clip_loss import LogitScale, clip_loss
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
+from vlm_vision.fusion import VisionLanguageModel
+from vlm_vision.processor import VisionLanguageProcessor
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import ZeroShotClassifier
@@ -29,6 +31,8 @@ __all__ = [
     "CLIPImageTransform",
     "CLIPVisionTower",
     "vision_config",
+    "VisionLanguageModel",
+    "VisionLanguageProcessor",
     "LogitScale",
     "ZeroShotClassifier",
     "clip_loss",

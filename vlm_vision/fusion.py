@@ -1,0 +1,484 @@
+"""Fusion: visual tokens placed into a causal LM's input embeddings, the transformers way.
+
+The prompt already holds one placeholder token per visual token (`VisionLanguageProcessor` expands
+each `<image>` / `<video>` to the exact count). The model embeds the prompt, computes the visual
+tokens, and writes them over the placeholder rows with one `masked_scatter`. The sequence length
+never changes inside the model, so padding, attention masks and labels stay aligned with what the
+tokenizer produced, and a placeholder/feature count mismatch is an error at the boundary instead of
+a silent shift. (LLaVA's own code expands a single `-200` id inside the model and re-pads every
+batch; transformers' current LLaVA classes use the convention followed here.)
+
+Images follow LLaVA-1.5: tower -> projector, 576 tokens for a 336 px image (24 x 24 patches).
+
+Videos follow LLaVA-NeXT-Video v1 and transformers' `LlavaNextVideoForConditionalGeneration`:
+frames are folded into the batch, encoded by the tower, pooled on the tower's patch grid (2 x 2
+average: 24 x 24 -> 12 x 12 = 144 tokens per frame), projected, then unfolded. Pooling happens
+*before* the projector, on tower features; later LLaVA-NeXT code (OneVision, LLaVA-Video) pools
+after it, which is a different model because the MLP is nonlinear. `video_features` lets a caller
+skip the tower with tokens precomputed by `vlm-vision extract` (the same pooled tower features).
+
+Frames are concatenated in temporal order, row-major within a frame; `video_newline` optionally
+adds LLaVA-NeXT's learned `image_newline` embedding once at the end (`one_token`), after every frame
+(`frame`) or after every row of every frame (`grid`). transformers and NeXT-Video v1 add none.
+
+Labels at visual positions become -100 here (transformers leaves that to the caller). Position ids
+are counted from each sample's first real token, so a sample gives the same logits alone or in a
+left- or right-padded batch.
+
+Shapes: B batch, L sequence, I images, V videos, T frames, S image side, N tokens per image or
+frame (N' after pooling), D_v tower width, D LLM width, M visual tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from projector import build_projector, load_projector
+from vlm_vision.tower import CLIPVisionTower
+
+__all__ = [
+    "IGNORE_INDEX",
+    "VIDEO_NEWLINES",
+    "VisionLanguageModel",
+    "add_video_newlines",
+    "encode_images",
+    "encode_videos",
+    "mask_labels",
+    "position_ids_from_mask",
+    "project",
+    "splice",
+]
+
+IGNORE_INDEX = -100
+VIDEO_NEWLINES = ("no_token", "one_token", "frame", "grid")
+Videos = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+# ----- the steps, each a small function -----------------------------------------------------------
+
+
+def encode_images(tower: CLIPVisionTower, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Tower tokens of single-crop images (LLaVA-1.5); the one place images meet the tower.
+
+    Args:
+        pixel_values: float[I, 3, S, S], preprocessed by `tower.image_transform`.
+
+    Returns:
+        float[I, N, D_v] (N = 576 for ViT-L/14@336).
+    """
+    return tower(pixel_values)
+
+
+def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: str) -> list[torch.Tensor]:
+    """Pooled tower tokens of each video: frames folded into one tower batch, pooled, unfolded.
+
+    Args:
+        videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
+        stride: pooling window and stride on the patch grid (2: 24x24 -> 12x12).
+        mode: pooling mode passed to `video.spatial_pool` ("average" in every released model).
+
+    Returns:
+        One float[T_v, N', D_v] per video, in order.
+
+    Raises:
+        ValueError: for a tensor that is not [V, T, 3, S, S], or a tower that keeps the CLS token.
+    """
+    from video.pooling import spatial_pool
+
+    clips = _video_list(videos)
+    if tower.select_feature != "patch":
+        raise ValueError(f"videos are pooled on the patch grid, so the tower must drop the CLS token "
+                         f"(select_feature='patch'), got select_feature={tower.select_feature!r}")
+    lengths = [clip.shape[0] for clip in clips]
+    frames = torch.cat(clips)  # (sum T, 3, S, S)
+    features = tower(frames)  # (sum T, N, D_v)
+    pooled = spatial_pool(features, grid=tower.grid_size, stride=stride, mode=mode)  # (sum T, N', D_v)
+    return list(pooled.split(lengths))  # V x (T_v, N', D_v)
+
+
+def project(projector: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Map tower features float[..., D_v] to LLM width float[..., D] (in the projector's dtype)."""
+    param = next(projector.parameters(), None)
+    if param is not None:
+        features = features.to(device=param.device, dtype=param.dtype)
+    return projector(features)
+
+
+def add_video_newlines(features: torch.Tensor, newline: torch.Tensor, *, grid: tuple[int, int],
+                       layout: str) -> torch.Tensor:
+    """Flatten one video's projected tokens into sequence order, with LLaVA-NeXT's newline layouts.
+
+    Args:
+        features: float[T, N', D], N' = rows * cols of the pooled grid.
+        newline: float[D], the learned `image_newline` embedding.
+        grid: the pooled grid (rows, cols), e.g. (12, 12).
+        layout: "no_token" (T*N'), "one_token" (T*N' + 1), "frame" (T*(N' + 1)) or "grid" (T*rows*(cols + 1)).
+
+    Returns:
+        float[M, D] in the order the tokens take in the prompt.
+
+    Raises:
+        ValueError: for an unknown layout or a grid that does not match N'.
+    """
+    t, n, d = features.shape
+    rows, cols = grid
+    if rows * cols != n:
+        raise ValueError(f"pooled grid {rows}x{cols} does not hold the {n} tokens per frame")
+    newline = newline.to(features.dtype)
+    if layout == "no_token":
+        return features.reshape(t * n, d)  # (T*N', D)
+    if layout == "one_token":
+        return torch.cat([features.reshape(t * n, d), newline[None]])  # (T*N' + 1, D)
+    if layout == "frame":
+        ends = newline.expand(t, 1, d)  # (T, 1, D)
+        return torch.cat([features, ends], dim=1).reshape(t * (n + 1), d)  # (T*(N'+1), D)
+    if layout == "grid":
+        x = features.reshape(t, rows, cols, d)  # (T, rows, cols, D)
+        ends = newline.expand(t, rows, 1, d)  # (T, rows, 1, D)
+        return torch.cat([x, ends], dim=2).reshape(t * rows * (cols + 1), d)  # (T*rows*(cols+1), D)
+    raise ValueError(f"unknown video_newline layout {layout!r}; choose from {VIDEO_NEWLINES}")
+
+
+def splice(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor, *,
+           what: str) -> torch.Tensor:
+    """Write visual tokens over the placeholder rows, in prompt order (row-major over the batch).
+
+    Args:
+        inputs_embeds: float[B, L, D], the embedded prompt.
+        input_ids: long[B, L].
+        token_id: the placeholder id.
+        features: float[M, D]; M must equal the number of placeholders.
+        what: how the error message names the features ("images", "videos" and their counts).
+
+    Returns:
+        float[B, L, D], a new tensor.
+
+    Raises:
+        ValueError: stating both counts, in tokens, when they differ.
+    """
+    mask = input_ids == token_id  # (B, L)
+    n_tokens, n_features = int(mask.sum()), features.shape[0]
+    if n_tokens != n_features:
+        per_sample = mask.sum(dim=1).tolist()
+        raise ValueError(f"the prompt holds {n_tokens} placeholder tokens (id {token_id}; per sample {per_sample}) "
+                         f"but the {what} give {n_features} tokens; expand each placeholder to exactly its "
+                         f"token count (VisionLanguageProcessor does) and never truncate inside a visual span")
+    features = features.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)  # (B, L, D)
+
+
+def mask_labels(labels: torch.Tensor, input_ids: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    """A copy of `labels` (long[B, L]) with -100 wherever `input_ids` holds a visual placeholder."""
+    visual = torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))  # (B, L)
+    return labels.masked_fill(visual, IGNORE_INDEX)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions counted from each sample's first real token: long[B, length].
+
+    `attention_mask` (long[B, L_past + length]) may cover cached tokens too; the last `length`
+    positions are returned. Padding positions get 0 or repeat the last real position; the mask
+    hides them anyway.
+    """
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, L_past + length)
+    return positions.clamp(min=0)[:, -length:]  # (B, length)
+
+
+def _video_list(videos: Videos) -> list[torch.Tensor]:
+    if isinstance(videos, torch.Tensor):
+        if videos.ndim != 5 or videos.shape[2] != 3:
+            raise ValueError(f"pixel_values_videos must be float[V, T, 3, S, S], got shape {list(videos.shape)}")
+        return list(videos.unbind(0))
+    clips = list(videos)
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, torch.Tensor) or clip.ndim != 4 or clip.shape[1] != 3:
+            shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+            raise ValueError(f"video {i} must be float[T, 3, S, S], got {shape}")
+    return clips
+
+
+def _feature_list(video_features: Videos) -> list[torch.Tensor]:
+    if isinstance(video_features, torch.Tensor):
+        if video_features.ndim != 4:
+            raise ValueError(f"video_features must be float[V, T, N', D_v] or a list of float[T, N', D_v], "
+                             f"got shape {list(video_features.shape)}")
+        return list(video_features.unbind(0))
+    clips = list(video_features)
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, torch.Tensor) or clip.ndim != 3:
+            shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
+            raise ValueError(f"video_features[{i}] must be float[T, N', D_v], got {shape}")
+    return clips
+
+
+def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
+    return (linears[0].in_features, linears[-1].out_features) if linears else None
+
+
+# ----- the model ----------------------------------------------------------------------------------
+
+
+class VisionLanguageModel(nn.Module):
+    """A CLIP tower, a projector and any Hugging Face causal LM, fused by placeholder tokens.
+
+    Args:
+        tower: the vision tower (frozen by default).
+        projector: tower width -> LLM width (see `projector.build_projector`).
+        llm: a transformers causal LM (Llama, Mistral, Qwen2, ...).
+        image_token_id: the `<image>` placeholder id, or None for a model without images.
+        video_token_id: the `<video>` placeholder id, or None for a model without videos.
+        pool_stride: spatial pooling stride on the tower's patch grid for videos.
+        pool_mode: pooling mode for videos ("average" as released).
+        video_newline: "no_token" (transformers, NeXT-Video v1), "one_token", "frame" or "grid".
+        image_newline: float[D], initial `image_newline` embedding (random, std 1/sqrt(D), when None).
+
+    Example:
+        >>> model = VisionLanguageModel(tower, build_projector("mlp2x_gelu", 1024, 4096), llm,
+        ...                             image_token_id=32001, video_token_id=32000)
+        >>> out = model(input_ids, attention_mask=mask, pixel_values_videos=frames)  # frames (1, 32, 3, 336, 336)
+    """
+
+    def __init__(self, tower: CLIPVisionTower, projector: nn.Module, llm: nn.Module, *,
+                 image_token_id: int | None, video_token_id: int | None, pool_stride: int = 2,
+                 pool_mode: str = "average", video_newline: str = "no_token",
+                 image_newline: torch.Tensor | None = None):
+        super().__init__()
+        if video_newline not in VIDEO_NEWLINES:
+            raise ValueError(f"unknown video_newline {video_newline!r}; choose from {VIDEO_NEWLINES}")
+        if image_token_id is not None and image_token_id == video_token_id:
+            raise ValueError(f"image_token_id and video_token_id must differ, both are {image_token_id}")
+        embeddings = llm.get_input_embeddings()
+        width = embeddings.embedding_dim
+        widths = _linear_widths(projector)
+        if widths is not None and widths != (tower.hidden_size, width):
+            raise ValueError(f"projector maps {widths[0]} -> {widths[1]}, but the tower gives {tower.hidden_size} "
+                             f"and the LLM embeds in {width}")
+        self.tower = tower
+        self.projector = projector
+        self.llm = llm
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        self.pool_stride = pool_stride
+        self.pool_mode = pool_mode
+        self.video_newline = video_newline
+        if image_newline is None:
+            image_newline = torch.randn(width) / math.sqrt(width)
+        if tuple(image_newline.shape) != (width,):
+            raise ValueError(f"image_newline must have shape ({width},), got {tuple(image_newline.shape)}")
+        weight = embeddings.weight
+        self.image_newline = nn.Parameter(image_newline.detach().to(device=weight.device, dtype=weight.dtype))
+
+    # ----- token counts -------------------------------------------------------------------------
+
+    @property
+    def pooled_grid(self) -> tuple[int, int]:
+        """Rows and columns of a video frame's token grid after pooling, e.g. (12, 12)."""
+        rows, cols = self.tower.grid_size
+        return rows // self.pool_stride, cols // self.pool_stride
+
+    @property
+    def image_tokens(self) -> int:
+        """Placeholder tokens per image (576 for ViT-L/14@336)."""
+        return self.tower.num_patches
+
+    def video_tokens(self, num_frames: int) -> int:
+        """Placeholder tokens for a video of `num_frames` frames (32 frames, stride 2: 4608)."""
+        from video.pooling import num_video_tokens
+
+        return num_video_tokens(num_frames, grid=self.tower.grid_size, stride=self.pool_stride,
+                                newline=self.video_newline)
+
+    # ----- visual tokens ------------------------------------------------------------------------
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected tokens of all images, concatenated in order: float[I*N, D]."""
+        features = encode_images(self.tower, pixel_values)  # (I, N, D_v)
+        return project(self.projector, features).flatten(0, 1)  # (I*N, D)
+
+    def video_features(self, pixel_values_videos: Videos | None = None,
+                       video_features: Videos | None = None) -> list[torch.Tensor]:
+        """Projected tokens of each video in sequence order (newlines included): V x float[M_v, D].
+
+        Give either frames (`pixel_values_videos`, float[V, T, 3, S, S] or a list of float[T, 3, S, S])
+        or pooled tower tokens from extraction (`video_features`, float[V, T, N', D_v] or a list of
+        float[T, N', D_v]).
+        """
+        if (pixel_values_videos is None) == (video_features is None):
+            raise ValueError("give exactly one of pixel_values_videos and video_features")
+        if pixel_values_videos is not None:
+            pooled = encode_videos(self.tower, pixel_values_videos, stride=self.pool_stride, mode=self.pool_mode)
+        else:
+            pooled = _feature_list(video_features)
+        frames = [clip.shape[0] for clip in pooled]
+        projected = project(self.projector, torch.cat(pooled))  # (sum T, N', D)
+        return [add_video_newlines(clip, self.image_newline, grid=self.pooled_grid, layout=self.video_newline)
+                for clip in projected.split(frames)]  # V x (M_v, D)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              pixel_values_videos: Videos | None = None, video_features: Videos | None = None) -> torch.Tensor:
+        """The LLM's input embeddings float[B, L, D] with every placeholder replaced by its visual token.
+
+        Raises:
+            ValueError: when placeholders and visual tokens disagree in number (both counts given),
+                when placeholders have no media, or when an id is outside the LLM's vocabulary.
+        """
+        self._check_ids(input_ids)
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
+        if pixel_values is not None or self._has(input_ids, self.image_token_id):
+            self._need(self.image_token_id, pixel_values, input_ids, "image")
+            features = self.image_features(pixel_values)  # (I*N, D)
+            what = f"{pixel_values.shape[0]} images ({self.image_tokens} tokens each)"
+            embeds = splice(embeds, input_ids, self.image_token_id, features, what=what)
+        if pixel_values_videos is not None or video_features is not None or self._has(input_ids, self.video_token_id):
+            media = pixel_values_videos if pixel_values_videos is not None else video_features
+            self._need(self.video_token_id, media, input_ids, "video")
+            per_video = self.video_features(pixel_values_videos, video_features)  # V x (M_v, D)
+            what = f"{len(per_video)} videos ({[clip.shape[0] for clip in per_video]} tokens each)"
+            embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)
+        return embeds
+
+    # ----- forward and generate -----------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, pixel_values_videos: Videos | None = None,
+                video_features: Videos | None = None, labels: torch.Tensor | None = None,
+                **llm_kwargs: Any) -> Any:
+        """Run the LLM on the prompt with its visual tokens in place.
+
+        Args:
+            input_ids: long[B, L], one placeholder per visual token.
+            attention_mask: long[B, L] (or longer, covering cached tokens), 1 for real tokens.
+            pixel_values: float[I, 3, S, S], the images in prompt order.
+            pixel_values_videos: float[V, T, 3, S, S] (or a list of float[T, 3, S, S]) in prompt order.
+            video_features: pooled tower tokens instead of frames, float[V, T, N', D_v] or a list.
+            labels: long[B, L]; visual positions are set to -100 before the loss.
+            **llm_kwargs: passed to the LLM (`past_key_values`, `use_cache`, `position_ids`, ...).
+
+        Returns:
+            The LLM's output (`.logits` float[B, L, vocab], `.loss` when labels are given).
+        """
+        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features)  # (B, L, D)
+        if labels is not None:
+            labels = mask_labels(labels, input_ids, self._placeholder_ids())
+        if attention_mask is not None and "position_ids" not in llm_kwargs:
+            llm_kwargs["position_ids"] = position_ids_from_mask(attention_mask, input_ids.shape[1])
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, pixel_values_videos: Videos | None = None,
+                 video_features: Videos | None = None, **generate_kwargs: Any) -> torch.Tensor:
+        """Generate an answer; returns long[B, L + new] (the prompt, then the new tokens), like
+        transformers' decoder-only models. `generate_kwargs` go to the LLM's `generate`
+        (`max_new_tokens`, `do_sample`, ...). Batches should be left-padded.
+        """
+        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features)  # (B, L, D)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.llm.generate(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask,
+                                 **generate_kwargs)
+
+    # ----- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, llm: str | os.PathLike | nn.Module, tower: str | os.PathLike | CLIPVisionTower,
+                        projector: str | os.PathLike | dict | nn.Module | None = None, *,
+                        image_token_id: int | None, video_token_id: int | None,
+                        projector_kind: str = "mlp2x_gelu", select_layer: int = -2, select_feature: str = "patch",
+                        pool_stride: int = 2, pool_mode: str = "average", video_newline: str = "no_token",
+                        dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> "VisionLanguageModel":
+        """Assemble a model from an LLM, a tower and (optionally) trained projector weights.
+
+        Args:
+            llm: a transformers causal LM, or its Hub id / folder (`AutoModelForCausalLM`).
+            tower: a `CLIPVisionTower`, or anything `CLIPVisionTower.from_pretrained` reads.
+            projector: None for a fresh `projector_kind` projector, weights for `load_projector`
+                (`mm_projector.bin`, `.safetensors`, a state dict), or a built module.
+            image_token_id, video_token_id: placeholder ids (`VisionLanguageProcessor` gives them).
+            projector_kind, select_layer, select_feature, pool_stride, pool_mode, video_newline: as named.
+            dtype, device: where the assembled model lives.
+        """
+        if not isinstance(llm, nn.Module):
+            from transformers import AutoModelForCausalLM
+
+            llm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+        if not isinstance(tower, CLIPVisionTower):
+            tower = CLIPVisionTower.from_pretrained(tower, select_layer=select_layer, select_feature=select_feature)
+        if not isinstance(projector, nn.Module):
+            weights = projector
+            projector = build_projector(projector_kind, tower.hidden_size, llm.get_input_embeddings().embedding_dim)
+            if weights is not None:
+                load_projector(projector, weights)
+        model = cls(tower, projector, llm, image_token_id=image_token_id, video_token_id=video_token_id,
+                    pool_stride=pool_stride, pool_mode=pool_mode, video_newline=video_newline)
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_llava_next_video(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
+        """Convert a transformers `LlavaNextVideoForConditionalGeneration` (object or folder); see
+        `vlm_vision.interchange.from_transformers`."""
+        from vlm_vision.interchange import from_transformers
+
+        return from_transformers(model_or_path, kind="llava_next_video", dtype=dtype)
+
+    @classmethod
+    def from_llava(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
+        """Convert a transformers `LlavaForConditionalGeneration` (LLaVA-1.5; object or folder)."""
+        from vlm_vision.interchange import from_transformers
+
+        return from_transformers(model_or_path, kind="llava", dtype=dtype)
+
+    @classmethod
+    def from_llava_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "VisionLanguageModel":
+        """Read an original LLaVA / LLaVA-NeXT(-Video) checkpoint folder; see
+        `vlm_vision.interchange.from_llava_checkpoint` for the arguments."""
+        from vlm_vision.interchange import from_llava_checkpoint
+
+        return from_llava_checkpoint(path, **kwargs)
+
+    def save_llava_next_video(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Write a folder `LlavaNextVideoForConditionalGeneration.from_pretrained` loads."""
+        from vlm_vision.interchange import save_transformers
+
+        save_transformers(self, path, kind="llava_next_video", **kwargs)
+
+    def save_llava(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Write a folder `LlavaForConditionalGeneration.from_pretrained` loads (images only)."""
+        from vlm_vision.interchange import save_transformers
+
+        save_transformers(self, path, kind="llava", **kwargs)
+
+    # ----- checks -------------------------------------------------------------------------------
+
+    def _placeholder_ids(self) -> list[int]:
+        return [i for i in (self.image_token_id, self.video_token_id) if i is not None]
+
+    @staticmethod
+    def _has(input_ids: torch.Tensor, token_id: int | None) -> bool:
+        return token_id is not None and bool((input_ids == token_id).any())
+
+    @staticmethod
+    def _need(token_id: int | None, media: Any, input_ids: torch.Tensor, kind: str) -> None:
+        if token_id is None:
+            raise ValueError(f"{kind}s were given but this model has no {kind}_token_id")
+        if media is None:
+            n = int((input_ids == token_id).sum())
+            raise ValueError(f"the prompt holds {n} {kind} placeholder tokens (id {token_id}) but no {kind}s were given")
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+            shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be long[B, L], got {shape}")
+        vocab = self.llm.get_input_embeddings().num_embeddings
+        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+            raise ValueError(f"input_ids hold ids in [{int(input_ids.min())}, {int(input_ids.max())}] but the LLM "
+                             f"embeds {vocab}; after adding <image>/<video> to the tokenizer, resize the LLM's "
+                             f"embeddings (VisionLanguageProcessor.resize_embeddings)")

@@ -1,0 +1,511 @@
+"""Interchange with transformers' LLaVA classes and with original LLaVA checkpoints.
+
+Three places hold the same model under different names:
+
+- transformers' `LlavaNextVideoForConditionalGeneration` / `LlavaForConditionalGeneration`. In
+  memory (5.x): `model.vision_tower.*`, `model.multi_modal_projector.linear_{1,2}.*`,
+  `model.image_newline`, `model.language_model.*` (the decoder without its head) and `lm_head.weight`.
+  On disk, 4.x wrote `vision_tower.vision_model.*`, `language_model.model.*` and
+  `language_model.lm_head.weight`; 5.x writes the same but drops `vision_model.` from the tower.
+- LLaVA's own checkpoints: the LLM's keys as they are (`model.layers.*`, `lm_head.weight`),
+  `model.mm_projector.{0,2}.*`, the tower (when saved at all) under
+  `model.vision_tower.vision_tower.vision_model.*`, and the settings as `mm_*` config keys.
+- ours: `tower` (fused q/k/v, only the blocks up to the feature layer), `projector` (LLaVA's
+  Sequential indices), `llm` (a transformers causal LM), `image_newline`.
+
+Every conversion is a key map plus asserts: each source key lands in exactly one part or the
+conversion fails naming it, and shapes are checked on load.
+
+Converting from a transformers object shares the LLM's tensors (no copy of the billions of LLM
+weights); the tower is rebuilt (q/k/v fused) and the projector copied. Folders are loaded with
+transformers' own `from_pretrained` (it reads both the 4.x and 5.x layouts and sharded files),
+then converted.
+
+Saving writes the layout that loads in both 4.x and 5.x (`vision_tower.vision_model.*`,
+`language_model.*`). Our tower keeps only the blocks up to its feature layer, so the saved vision
+config has that many layers and `vision_feature_layer=-1`: the same features, the same logits,
+and no invented weights. (The pooled-CLS `post_layernorm`, which LLaVA never uses, is saved as an
+identity LayerNorm so the folder loads without missing keys.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from projector import build_projector, load_projector
+from projector.builders import projector_kind
+from vlm_vision.checkpoints import hf_to_tower
+from vlm_vision.fusion import VisionLanguageModel
+from vlm_vision.tower import CLIPVisionTower
+
+__all__ = ["from_llava_checkpoint", "from_transformers", "save_transformers", "split_transformers_keys",
+           "tower_to_hf"]
+
+# kind -> (transformers config class, model class)
+KINDS = {
+    "llava_next_video": ("LlavaNextVideoConfig", "LlavaNextVideoForConditionalGeneration"),
+    "llava": ("LlavaConfig", "LlavaForConditionalGeneration"),
+}
+# transformers' vision_feature_select_strategy <-> our select_feature
+_STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}
+_FEATURE_TO_STRATEGY = {v: k for k, v in _STRATEGY_TO_FEATURE.items()}
+_HF_POOL_MODES = ("average", "max")
+
+# Where each part of a transformers LLaVA model lives, in every layout (in memory or on disk, 4.x or 5.x).
+# Each pattern's group is the key inside that part. LLM keys get the causal LM's base prefix back.
+_TRANSFORMERS_KEYS: list[tuple[str, re.Pattern[str]]] = [
+    ("tower", re.compile(r"^(?:model\.)?vision_tower\.(.+)$")),
+    ("projector", re.compile(r"^(?:model\.)?(multi_modal_projector\..+)$")),
+    ("newline", re.compile(r"^(?:model\.)?(image_newline)$")),
+    ("pooler", re.compile(r"^(?:model\.)?vision_resampler\.(.+)$")),
+    ("llm", re.compile(r"^language_model\.(.+)$")),  # 4.x memory, 4.x/5.x disk: the whole causal LM
+    ("llm_base", re.compile(r"^model\.language_model\.(.+)$")),  # 5.x memory: the decoder alone
+    ("llm", re.compile(r"^(lm_head\..+)$")),  # 5.x memory: the head at the top
+]
+
+
+# ----- key maps ------------------------------------------------------------------------------------
+
+
+def split_transformers_keys(tensors: Mapping[str, torch.Tensor], *, base_prefix: str = "model") -> dict[str, dict]:
+    """Sort a transformers LLaVA state dict (any layout) into our parts.
+
+    Args:
+        tensors: names -> tensors of a `Llava*ForConditionalGeneration` (parameters and buffers).
+        base_prefix: the causal LM's `base_model_prefix` ("model" for Llama, Mistral, Qwen2).
+
+    Returns:
+        {"tower": ..., "projector": ..., "newline": ..., "pooler": ..., "llm": ...}, each a dict of
+        tensors keyed inside that part (LLM keys as the causal LM names them: `model.layers.0...`).
+
+    Raises:
+        ValueError: naming a key that belongs to no part, or two keys that map to one.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in ("tower", "projector", "newline", "pooler", "llm")}
+    for key, value in tensors.items():
+        for part, pattern in _TRANSFORMERS_KEYS:
+            if match := pattern.match(key):
+                name = match.group(1)
+                if part == "llm_base":
+                    part, name = "llm", f"{base_prefix}.{name}"
+                if name in parts[part]:
+                    raise ValueError(f"two source keys map to {part} key {name!r} (one of them is {key!r})")
+                parts[part][name] = value
+                break
+        else:
+            raise ValueError(f"key {key!r} belongs to no part of a LLaVA model (tower, projector, newline, LLM)")
+    return parts
+
+
+def tower_to_hf(tower: CLIPVisionTower) -> dict[str, torch.Tensor]:
+    """Our tower's weights under transformers `CLIPVisionModel` names (without `vision_model.`).
+
+    The inverse of `vlm_vision.checkpoints.hf_to_tower`: q, k and v are split back out of the fused
+    projection (in that order). Tensors are fresh copies.
+    """
+    src = {k: v.detach() for k, v in tower.state_dict().items()}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        used.add(key)
+        return src[key].clone()
+
+    out = {
+        "embeddings.patch_embedding.weight": take("patch_embed.weight"),
+        "embeddings.class_embedding": take("cls_token"),
+        "embeddings.position_embedding.weight": take("pos_embed"),
+        "pre_layrnorm.weight": take("ln_pre.weight"),
+        "pre_layrnorm.bias": take("ln_pre.bias"),
+    }
+    for i in range(len(tower.blocks)):
+        s, d = f"blocks.{i}.", f"encoder.layers.{i}."
+        for part in ("weight", "bias"):
+            for name, chunk in zip("qkv", take(s + f"attn.qkv.{part}").chunk(3, dim=0)):  # 3 x (D, ...)
+                out[d + f"self_attn.{name}_proj.{part}"] = chunk.clone()
+            out[d + f"self_attn.out_proj.{part}"] = take(s + f"attn.proj.{part}")
+            out[d + f"layer_norm1.{part}"] = take(s + f"ln_1.{part}")
+            out[d + f"layer_norm2.{part}"] = take(s + f"ln_2.{part}")
+            out[d + f"mlp.fc1.{part}"] = take(s + f"mlp.fc1.{part}")
+            out[d + f"mlp.fc2.{part}"] = take(s + f"mlp.fc2.{part}")
+    assert used == set(src), f"tower keys not mapped: {sorted(set(src) - used)}"
+    return out
+
+
+def _head_key(llm: nn.Module) -> str | None:
+    """The state-dict name of the LLM's output head weight (`lm_head.weight`), or None."""
+    head = llm.get_output_embeddings()
+    return next((f"{name}.weight" for name, m in llm.named_modules() if m is head), None) if head is not None else None
+
+
+def _assign(module: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Make `module`'s parameters and buffers *be* `tensors` (no copy); every name must be given.
+
+    A tied output head may be absent: it is tied again afterwards.
+    """
+    own = dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
+    tied = bool(getattr(getattr(module, "config", None), "tie_word_embeddings", False))
+    head_names = {_head_key(module)} if tied else set()
+    missing = sorted(set(own) - set(tensors) - head_names)
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: LLM weights do not match {type(module).__name__}; missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}")
+    for name, value in tensors.items():
+        if name in head_names:
+            continue
+        if value.shape != own[name].shape:
+            raise ValueError(f"{source}: LLM weight {name} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(own[name].shape)}")
+        parent, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(parent)
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = nn.Parameter(value, requires_grad=own[name].requires_grad)
+        else:
+            owner._buffers[leaf] = value
+    if tied:
+        module.tie_weights()
+    on_meta = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    assert not on_meta, f"{source}: tensors left unset: {on_meta[:8]}"
+
+
+# ----- transformers -> ours ---------------------------------------------------------------------------
+
+
+def _transformers_class(kind: str, which: int) -> Any:
+    if kind not in KINDS:
+        raise ValueError(f"unknown transformers LLaVA kind {kind!r}; choose from {sorted(KINDS)}")
+    import transformers
+
+    return getattr(transformers, KINDS[kind][which])
+
+
+def _settings(config: Any, kind: str) -> dict[str, Any]:
+    """Our constructor settings from a transformers LLaVA config; refuses what we cannot reproduce."""
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(f"vision_feature_layer={layer} concatenates several layers; only one layer is supported")
+    strategy = config.vision_feature_select_strategy
+    if strategy not in _STRATEGY_TO_FEATURE:
+        raise ValueError(f"unknown vision_feature_select_strategy {strategy!r}")
+    if config.projector_hidden_act != "gelu" or not getattr(config, "multimodal_projector_bias", True):
+        raise ValueError(f"only the exact-GELU projector with biases (mlp2x_gelu) is supported, got "
+                         f"projector_hidden_act={config.projector_hidden_act!r}, "
+                         f"multimodal_projector_bias={config.multimodal_projector_bias}")
+    settings = {"select_layer": layer, "select_feature": _STRATEGY_TO_FEATURE[strategy],
+                "image_token_id": config.image_token_id, "video_token_id": None}
+    if kind == "llava_next_video":
+        if config.spatial_pool_mode not in _HF_POOL_MODES:
+            raise ValueError(f"spatial_pool_mode={config.spatial_pool_mode!r} is not supported; "
+                             f"supported: {_HF_POOL_MODES} (every released model uses 'average')")
+        settings |= {"video_token_id": config.video_token_id, "pool_stride": config.spatial_pool_stride,
+                     "pool_mode": config.spatial_pool_mode}
+    return settings
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (persistent or not) by name, tied ones under every name."""
+    return dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+
+
+def from_transformers(model_or_path: Any, *, kind: str, dtype: torch.dtype | None = None) -> VisionLanguageModel:
+    """Convert a transformers LLaVA model (object or folder) into a `VisionLanguageModel`.
+
+    Args:
+        model_or_path: a `LlavaNextVideoForConditionalGeneration` / `LlavaForConditionalGeneration`,
+            or a folder (or Hub id) its `from_pretrained` loads.
+        kind: "llava_next_video" or "llava".
+        dtype: for a folder, the dtype to load in (the saved one when None).
+
+    Returns:
+        The model, sharing the LLM's tensors with the source object.
+
+    Raises:
+        ValueError: for settings we do not reproduce (several feature layers, conv pooling, a
+            non-GELU projector) or a key that belongs to no part.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model_class = _transformers_class(kind, 1)
+    source = str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else type(model_or_path).__name__
+    hf = model_class.from_pretrained(model_or_path, dtype=dtype) if isinstance(model_or_path, (str, os.PathLike)) \
+        else model_or_path
+    config = hf.config
+    settings = _settings(config, kind)
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(copy.deepcopy(config.text_config))
+    parts = split_transformers_keys(_named_tensors(hf), base_prefix=llm.base_model_prefix)
+    if parts["pooler"]:
+        raise ValueError(f"{source}: the video pooler has weights ({sorted(parts['pooler'])[:4]}); "
+                         f"only parameter-free pooling is supported")
+    _assign(llm, parts["llm"], source=source)
+    if getattr(hf, "generation_config", None) is not None:
+        llm.generation_config = copy.deepcopy(hf.generation_config)
+
+    tower = CLIPVisionTower(config.vision_config, select_layer=settings.pop("select_layer"),
+                            select_feature=settings.pop("select_feature"), image_transform=_transform_for(model_or_path))
+    tower.load_tower_state_dict(hf_to_tower(parts["tower"], config.vision_config.num_hidden_layers), source=source)
+    patch = next(v for k, v in parts["tower"].items() if k.endswith("patch_embedding.weight"))
+    tower.to(device=patch.device, dtype=patch.dtype)
+
+    projector = build_projector("mlp2x_gelu", config.vision_config.hidden_size, config.text_config.hidden_size)
+    load_projector(projector, parts["projector"])
+    proj_weight = parts["projector"]["multi_modal_projector.linear_1.weight"]
+    projector.to(device=proj_weight.device, dtype=proj_weight.dtype)
+    newline = parts["newline"].get("image_newline")
+    return VisionLanguageModel(tower, projector, llm, image_newline=newline, **settings)
+
+
+def _transform_for(model_or_path: Any) -> Any:
+    """The folder's own CLIP preprocessing when it ships a preprocessor config, else the default."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        config = Path(model_or_path) / "preprocessor_config.json"
+        if config.is_file():
+            from vlm_vision.transforms import CLIPImageTransform
+
+            return CLIPImageTransform.from_processor_config(config)
+    return None
+
+
+# ----- ours -> transformers ---------------------------------------------------------------------------
+
+
+def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
+    if projector_kind(model.projector) != "mlp2x_gelu":
+        raise ValueError(f"transformers' LLaVA classes have an mlp2x_gelu projector, this model has "
+                         f"{projector_kind(model.projector)}")
+    if model.image_token_id is None:
+        raise ValueError("transformers' LLaVA configs need an image token id; this model has none")
+    if kind == "llava_next_video":
+        if model.video_token_id is None:
+            raise ValueError("LlavaNextVideoConfig needs a video token id; this model has none")
+        if model.video_newline != "no_token":
+            raise ValueError(f"transformers adds no newline tokens to videos; this model uses "
+                             f"video_newline={model.video_newline!r}")
+        if model.pool_mode not in _HF_POOL_MODES:
+            raise ValueError(f"pool_mode={model.pool_mode!r} has no transformers equivalent; use one of {_HF_POOL_MODES}")
+    if model.llm.base_model_prefix != "model":
+        raise ValueError(f"the saved layout assumes an LLM whose decoder is `.model` (Llama, Mistral, Qwen2); "
+                         f"{type(model.llm).__name__} uses `.{model.llm.base_model_prefix}`")
+
+
+def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
+    tower = model.tower
+    vision = tower.config.to_dict()
+    vision["num_hidden_layers"] = len(tower.blocks)  # only the blocks that feed the features exist
+    common = dict(
+        vision_config=vision,
+        text_config=model.llm.config.to_dict(),
+        image_token_index=model.image_token_id,
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        vision_feature_select_strategy=_FEATURE_TO_STRATEGY[tower.select_feature],
+        vision_feature_layer=-1,
+        image_seq_length=tower.num_patches,
+        tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
+    )
+    if kind == "llava_next_video":
+        common |= dict(video_token_index=model.video_token_id, spatial_pool_mode=model.pool_mode,
+                       spatial_pool_stride=model.pool_stride)
+    config = _transformers_class(kind, 0)(**common)
+    config.architectures = [KINDS[kind][1]]
+    return config
+
+
+def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, kind: str,
+                      max_shard_size: str | int = "5GB") -> Path:
+    """Write `model` as a transformers LLaVA folder (config, generation config, safetensors shards).
+
+    Args:
+        kind: "llava_next_video" (`LlavaNextVideoForConditionalGeneration`) or "llava"
+            (`LlavaForConditionalGeneration`, images only).
+        max_shard_size: largest safetensors shard.
+
+    Raises:
+        ValueError: for a model transformers' classes cannot express (projector kind, video
+            newlines, pool mode, missing token ids).
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    _check_saveable(model, kind)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = _transformers_config(model, kind)
+    tensors = {f"vision_tower.vision_model.{k}": v for k, v in tower_to_hf(model.tower).items()}
+    width = model.tower.hidden_size
+    like = model.tower.ln_pre.weight
+    tensors["vision_tower.vision_model.post_layernorm.weight"] = torch.ones(width, dtype=like.dtype)
+    tensors["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(width, dtype=like.dtype)
+    for key, value in model.projector.state_dict().items():
+        index, param = key.split(".")
+        tensors[f"multi_modal_projector.linear_{int(index) // 2 + 1}.{param}"] = value
+    if kind == "llava_next_video":
+        tensors["image_newline"] = model.image_newline.data
+    head_key = _head_key(model.llm)
+    for key, value in model.llm.state_dict().items():
+        if config.tie_word_embeddings and key == head_key:
+            continue
+        tensors[f"language_model.{key}"] = value
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_torch_state_dict(tensors, path, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    config.save_pretrained(path)
+    model.llm.generation_config.save_pretrained(path)
+    return path
+
+
+# ----- original LLaVA checkpoints -----------------------------------------------------------------------
+
+# model_type in LLaVA's config.json -> transformers causal LM class
+LLAVA_LLM_CLASSES = {
+    "llava": "LlamaForCausalLM",
+    "llava_llama": "LlamaForCausalLM",
+    "llava_mistral": "MistralForCausalLM",
+    "llava_mixtral": "MixtralForCausalLM",
+    "llava_qwen": "Qwen2ForCausalLM",
+}
+# LLaVA's own fallbacks for keys a config may omit (`ModelArguments` / `builder.py`), in one place.
+LLAVA_DEFAULTS = {"mm_vision_select_feature": "patch", "mm_projector_type": "linear"}
+
+
+def read_checkpoint_tensors(folder: str | os.PathLike, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose names pass `keep`, from every shard.
+
+    Reads `model.safetensors`, `pytorch_model.bin`, or the shards their `.index.json` lists;
+    safetensors are read key by key (only the kept tensors are loaded), torch files weights-only.
+
+    Raises:
+        FileNotFoundError: when the folder has no weights file.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            break
+        if (folder / name).is_file():
+            files = [name]
+            break
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors, pytorch_model.bin or their index")
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        if file.endswith(".safetensors"):
+            with safe_open(folder / file, framework="pt") as f:
+                out |= {k: f.get_tensor(k) for k in f.keys() if keep(k)}
+        else:
+            out |= {k: v for k, v in torch.load(folder / file, map_location="cpu", weights_only=True).items() if keep(k)}
+    return out
+
+
+def _llm_from_llava_config(config: dict[str, Any], llm_class: Any) -> tuple[Any, Any]:
+    import transformers
+
+    model_type = config.get("model_type")
+    if llm_class is None:
+        if model_type not in LLAVA_LLM_CLASSES:
+            raise ValueError(f"unknown LLaVA model_type {model_type!r}; pass llm_class= (known: {sorted(LLAVA_LLM_CLASSES)})")
+        llm_class = getattr(transformers, LLAVA_LLM_CLASSES[model_type])
+    fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
+    return llm_class, llm_class.config_class.from_dict(fields)
+
+
+def _vision_config_for(config: dict[str, Any], vision_config: Any) -> Any:
+    if vision_config is not None:
+        return vision_config
+    from vlm_vision.configs import HUB_IDS, vision_config as named_config
+
+    names = {hub: name for name, hub in HUB_IDS.items()}
+    hub_id = config.get("mm_vision_tower")
+    if hub_id not in names:
+        raise ValueError(f"cannot tell the tower's architecture from mm_vision_tower={hub_id!r}; "
+                         f"pass vision_config= (a CLIPVisionConfig) or tower=")
+    return named_config(names[hub_id])
+
+
+def _video_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Pooling and newline settings the checkpoint's config states (the rest keep our defaults)."""
+    if config.get("mm_pooling_position", "before") != "before":
+        raise ValueError(f"mm_pooling_position={config['mm_pooling_position']!r}: only pooling before the "
+                         f"projector (NeXT-Video v1, transformers) is supported")
+    settings = {}
+    if "mm_spatial_pool_stride" in config and config["mm_spatial_pool_stride"] is not None:
+        settings["pool_stride"] = int(config["mm_spatial_pool_stride"])
+    if "mm_spatial_pool_mode" in config and config["mm_spatial_pool_mode"] is not None:
+        settings["pool_mode"] = config["mm_spatial_pool_mode"]
+    if str(config.get("mm_patch_merge_type", "")).startswith("spatial") and "mm_newline_position" in config:
+        settings["video_newline"] = config["mm_newline_position"]
+    return settings
+
+
+def from_llava_checkpoint(path: str | os.PathLike, *, image_token_id: int | None, video_token_id: int | None,
+                          tower: str | os.PathLike | CLIPVisionTower | None = None, vision_config: Any = None,
+                          llm_class: Any = None, dtype: torch.dtype | None = None,
+                          **overrides: Any) -> VisionLanguageModel:
+    """Read an original LLaVA / LLaVA-NeXT-Video checkpoint folder (LLaVA's own layout, not transformers').
+
+    The LLM is loaded by transformers from the same folder (it reads `model.layers.*`, `lm_head` and
+    skips the rest); projector and tower weights are read from the shards by name. Settings come
+    from the config's `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_projector_type`,
+    `mm_hidden_size`, `mm_spatial_pool_stride`, `mm_spatial_pool_mode` (and `mm_newline_position`
+    for `spatial*` merge types); `overrides` (e.g. `pool_stride=2`) win over them, as LLaVA's demo
+    overrides the config.
+
+    Args:
+        image_token_id, video_token_id: placeholder ids. LLaVA's tokenizers have no placeholder
+            tokens (LLaVA splices at id -200), so add them with `VisionLanguageProcessor` first,
+            pass its ids here, and then call `processor.resize_embeddings(model)`.
+        tower: the tower (or its path) when the checkpoint does not hold one (LLaVA-1.5 does not).
+        vision_config: the tower's `CLIPVisionConfig` when the checkpoint holds the weights; read
+            from `mm_vision_tower` for the OpenAI CLIP ids when None.
+        llm_class: the transformers causal LM class; from `model_type` when None.
+
+    Raises:
+        ValueError: for settings that cannot be reproduced or a missing tower.
+    """
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    for key in ("mm_vision_select_layer",):
+        if key not in config:
+            raise ValueError(f"{path}/config.json has no {key}; is this a LLaVA checkpoint?")
+    config = LLAVA_DEFAULTS | config
+    llm_class, llm_config = _llm_from_llava_config(config, llm_class)
+    llm = llm_class.from_pretrained(path, config=llm_config, dtype=dtype)
+    wanted = lambda k: "mm_projector" in k or "vision_tower" in k or k.endswith("image_newline")  # noqa: E731
+    tensors = read_checkpoint_tensors(path, wanted)
+    select = dict(select_layer=int(config["mm_vision_select_layer"]), select_feature=config["mm_vision_select_feature"])
+
+    if isinstance(tower, CLIPVisionTower):
+        pass
+    elif tower is not None:
+        tower = CLIPVisionTower.from_pretrained(tower, **select)
+    else:
+        vision = {k: v for k, v in tensors.items() if "vision_tower" in k}
+        if not vision:
+            raise ValueError(f"{path} holds no vision tower weights; pass tower= (a CLIPVisionTower or its path)")
+        tower = CLIPVisionTower(_vision_config_for(config, vision_config), **select)
+        tower.load_tower_state_dict(hf_to_tower(vision), source=str(path))
+    if "mm_hidden_size" in config and config["mm_hidden_size"] != tower.hidden_size:
+        raise ValueError(f"mm_hidden_size={config['mm_hidden_size']} but the tower's width is {tower.hidden_size}")
+
+    projector = build_projector(config["mm_projector_type"], tower.hidden_size, llm.get_input_embeddings().embedding_dim)
+    projector_file = path / "mm_projector.bin"
+    has_projector = any("mm_projector" in k for k in tensors)
+    load_projector(projector, tensors if has_projector or not projector_file.is_file() else projector_file)
+    newline = next((v for k, v in tensors.items() if k.endswith("image_newline")), None)
+    settings = _video_settings(config) | overrides
+    model = VisionLanguageModel(tower, projector, llm, image_token_id=image_token_id, video_token_id=video_token_id,
+                                image_newline=newline, **settings)
+    weight = llm.get_input_embeddings().weight
+    model.tower.to(device=weight.device, dtype=weight.dtype)
+    model.projector.to(device=weight.device, dtype=weight.dtype)
+    return model

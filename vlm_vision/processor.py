@@ -1,0 +1,317 @@
+"""Prompt + media -> model inputs, with one placeholder token per visual token.
+
+`VisionLanguageModel` follows transformers' convention: `<image>` and `<video>` are single special
+tokens in the tokenizer, and the prompt given to the model already repeats each one once per visual
+token (576 per 336 px image; frames x 144 per video at pool stride 2). This processor does that
+expansion *after* tokenizing, on ids, so the count is exact by construction and the text around
+the placeholder tokenizes exactly as it would at inference.
+
+The number of tokens comes from the same numbers the model uses (the tower's patch grid, the pool
+stride, the newline layout) through `video.num_video_tokens`; build the processor with
+`VisionLanguageProcessor.for_model` to take them from a model.
+
+Truncation is where the references hurt users most: cutting a sequence inside the 4608 tokens of a
+32-frame video gives "Video features and video tokens do not match: tokens 1004, features 4608" far
+from the cause. Here truncation only ever removes text; if the limit would cut a visual span the
+processor refuses, saying how many tokens the sample needs and how many were allowed.
+
+Shapes: B batch, L sequence, I images, V videos, T frames, S image side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+
+__all__ = ["VisionLanguageProcessor"]
+
+Message = Mapping[str, Any]
+TextInput = Union[str, Sequence[Message]]
+
+
+class VisionLanguageProcessor:
+    """Tokenizer + image transform + video loading for `VisionLanguageModel`.
+
+    Args:
+        tokenizer: a transformers tokenizer; `<image>` and `<video>` are added as special tokens
+            when missing (then resize the LLM's embeddings with `resize_embeddings`).
+        image_transform: callable images/frames -> float[T, 3, S, S] (`CLIPImageTransform`).
+        num_frames: frames sampled from a video given as a path.
+        pool_stride: the model's spatial pooling stride for videos.
+        grid: the tower's patch grid (rows, cols), (24, 24) for ViT-L/14@336.
+        video_newline: the model's video newline layout ("no_token", "one_token", "frame", "grid").
+        image_tokens: tokens per image (576 for ViT-L/14@336).
+        image_token, video_token: the placeholder strings.
+        padding_side: "left" (for generation) or "right"; the tokenizer's own side when None.
+
+    Example:
+        >>> processor = VisionLanguageProcessor(tokenizer, CLIPImageTransform(336))
+        >>> inputs = processor("USER: <video>\\nWhat happens? ASSISTANT:", videos=["clip.mp4"])
+        >>> inputs["input_ids"].shape, inputs["pixel_values_videos"].shape  # 32 x 144 = 4608 video tokens
+    """
+
+    def __init__(self, tokenizer: Any, image_transform: Any, *, num_frames: int = 32, pool_stride: int = 2,
+                 grid: tuple[int, int] = (24, 24), video_newline: str = "no_token", image_tokens: int = 576,
+                 image_token: str = "<image>", video_token: str = "<video>", padding_side: str | None = None):
+        from video.pooling import num_video_tokens
+
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        num_video_tokens(1, grid=tuple(grid), stride=pool_stride, newline=video_newline)  # validates early
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.num_frames = num_frames
+        self.pool_stride = pool_stride
+        self.grid = tuple(grid)
+        self.video_newline = video_newline
+        self.image_tokens = image_tokens
+        self.image_token = image_token
+        self.video_token = video_token
+        self.padding_side = _check_side(padding_side or tokenizer.padding_side)
+        self.added_tokens = _add_special_tokens(tokenizer, [image_token, video_token])
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(image_token)
+        self.video_token_id: int = tokenizer.convert_tokens_to_ids(video_token)
+
+    @classmethod
+    def for_model(cls, tokenizer: Any, model: Any, *, num_frames: int = 32, **kwargs: Any) -> "VisionLanguageProcessor":
+        """A processor whose token counts and preprocessing are those of `model` (a `VisionLanguageModel`).
+
+        Raises:
+            ValueError: when the tokenizer's placeholder ids differ from the model's.
+        """
+        processor = cls(tokenizer, model.tower.image_transform, num_frames=num_frames, pool_stride=model.pool_stride,
+                        grid=model.tower.grid_size, video_newline=model.video_newline,
+                        image_tokens=model.image_tokens, **kwargs)
+        for kind, ours, theirs in (("image", processor.image_token_id, model.image_token_id),
+                                   ("video", processor.video_token_id, model.video_token_id)):
+            if theirs is not None and ours != theirs:
+                raise ValueError(f"the tokenizer's {kind} placeholder has id {ours} but the model expects {theirs}")
+        return processor
+
+    # ----- counts and embeddings ----------------------------------------------------------------
+
+    def num_video_tokens(self, num_frames: int) -> int:
+        """Placeholder tokens for a video of `num_frames` frames."""
+        from video.pooling import num_video_tokens
+
+        return num_video_tokens(num_frames, grid=self.grid, stride=self.pool_stride, newline=self.video_newline)
+
+    def resize_embeddings(self, llm: Any) -> Any:
+        """Grow `llm`'s token embeddings (and head) to the tokenizer's size when tokens were added.
+
+        Accepts a transformers model or a `VisionLanguageModel` (its `.llm`). Returns the LLM.
+        """
+        llm = getattr(llm, "llm", llm)
+        if llm.get_input_embeddings().num_embeddings < len(self.tokenizer):
+            llm.resize_token_embeddings(len(self.tokenizer))
+        return llm
+
+    # ----- text ---------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        """Render a conversation with the tokenizer's chat template.
+
+        A message's content is a string holding `<image>`/`<video>`, or a list of parts
+        `{"type": "image" | "video"}` / `{"type": "text", "text": ...}` joined by newlines.
+        """
+        rendered = [{**m, "content": self._content(m.get("content", ""))} for m in messages]
+        return self.tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _content(self, content: Any) -> str:
+        if isinstance(content, str):
+            return content
+        placeholders = {"image": self.image_token, "video": self.video_token}
+        pieces = []
+        for part in content:
+            kind = part.get("type")
+            if kind in placeholders:
+                pieces.append(placeholders[kind])
+            elif kind == "text":
+                pieces.append(part["text"])
+            else:
+                raise ValueError(f"unknown message part type {kind!r}; use 'text', 'image' or 'video'")
+        return "\n".join(pieces)
+
+    # ----- media --------------------------------------------------------------------------------
+
+    def load_frames(self, video: Any) -> torch.Tensor:
+        """A video as uint8[T, H, W, 3]: a path is decoded and `num_frames` frames sampled;
+        a `VideoClip` gives its frames; an array/tensor of frames is used as it is."""
+        if isinstance(video, (str, os.PathLike)):
+            from video.decode import load_video
+
+            video = load_video(video, num_frames=self.num_frames)
+        frames = getattr(video, "frames", video)
+        return torch.as_tensor(frames)
+
+    def preprocess_videos(self, videos: Sequence[Any]) -> torch.Tensor | list[torch.Tensor]:
+        """float[V, T, 3, S, S] (a list of float[T_v, 3, S, S] when frame counts differ)."""
+        clips = [self.image_transform(self.load_frames(video)) for video in videos]  # V x (T_v, 3, S, S)
+        if len({clip.shape for clip in clips}) == 1:
+            return torch.stack(clips)  # (V, T, 3, S, S)
+        return clips
+
+    def preprocess_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """float[I, 3, S, S], one crop per image."""
+        return torch.cat([self.image_transform(image) for image in images])  # (I, 3, S, S)
+
+    # ----- the call -----------------------------------------------------------------------------
+
+    def __call__(self, text: TextInput | Sequence[TextInput], images: Sequence[Any] | None = None,
+                 videos: Sequence[Any] | None = None, *, padding: bool | str = True, padding_side: str | None = None,
+                 max_length: int | None = None, truncation: bool = False, add_special_tokens: bool | None = None,
+                 add_generation_prompt: bool = True) -> dict[str, Any]:
+        """Tokenize prompts, expand their placeholders, and preprocess their media.
+
+        Args:
+            text: a prompt string, a conversation (list of messages, rendered with the chat
+                template), or a list of either (one per sample).
+            images: every image of the batch in prompt order (one per `<image>`).
+            videos: every video of the batch in prompt order (one per `<video>`): paths, `VideoClip`s
+                or uint8[T, H, W, 3] frames.
+            padding: True / "longest", "max_length", or False (samples must then be of equal length).
+            padding_side: "left" or "right" for this call (the processor's default otherwise).
+            max_length: the longest allowed sequence, in tokens after expansion.
+            truncation: cut text beyond `max_length` (never a visual span; that raises instead).
+            add_special_tokens: add BOS etc.; default True for strings, False for rendered conversations
+                (chat templates write their own).
+            add_generation_prompt: for conversations, end with the assistant's turn opener.
+
+        Returns:
+            dict with `input_ids` long[B, L], `attention_mask` long[B, L], and `pixel_values`
+            float[I, 3, S, S] and/or `pixel_values_videos` float[V, T, 3, S, S] when media is given.
+
+        Raises:
+            ValueError: when placeholders and media disagree in number, or when `max_length` would
+                cut a visual span (the message gives the tokens needed and allowed).
+        """
+        samples = _as_samples(text)
+        images, videos = list(images or []), list(videos or [])
+        video_frames = [self.load_frames(video) for video in videos]
+        rendered, special = [], []
+        for sample in samples:
+            is_chat = not isinstance(sample, str)
+            rendered.append(self.apply_chat_template(sample, add_generation_prompt=add_generation_prompt)
+                            if is_chat else sample)
+            special.append((not is_chat) if add_special_tokens is None else add_special_tokens)
+        ids = [self.tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in zip(rendered, special)]
+        self._check_media_counts(ids, len(images), len(videos))
+        counts = iter([self.num_video_tokens(frames.shape[0]) for frames in video_frames])
+        image_count = self.image_tokens
+        ids = [self._expand(sample, image_count, counts) for sample in ids]
+        if max_length is not None:
+            ids = [self._fit(sample, max_length, truncation, i) for i, sample in enumerate(ids)]
+        out = self._pad(ids, padding, padding_side or self.padding_side, max_length)
+        if images:
+            out["pixel_values"] = self.preprocess_images(images)
+        if videos:
+            out["pixel_values_videos"] = self.preprocess_videos(video_frames)
+        return out
+
+    def batch_decode(self, ids: torch.Tensor, **kwargs: Any) -> list[str]:
+        """`tokenizer.batch_decode`, skipping special tokens (placeholders included) by default."""
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.tokenizer.batch_decode(ids, **kwargs)
+
+    # ----- steps of the call --------------------------------------------------------------------
+
+    def _check_media_counts(self, ids: list[list[int]], n_images: int, n_videos: int) -> None:
+        for kind, token_id, given in (("image", self.image_token_id, n_images), ("video", self.video_token_id, n_videos)):
+            found = sum(sample.count(token_id) for sample in ids)
+            if found != given:
+                token = self.image_token if kind == "image" else self.video_token
+                raise ValueError(f"the prompts hold {found} {token} placeholders but {given} {kind}s were given; "
+                                 f"give one {kind} per {token}, in prompt order")
+
+    def _expand(self, ids: list[int], image_count: int, video_counts: Any) -> list[int]:
+        out: list[int] = []
+        for token in ids:
+            if token == self.image_token_id:
+                out += [token] * image_count
+            elif token == self.video_token_id:
+                out += [token] * next(video_counts)
+            else:
+                out.append(token)
+        return out
+
+    def _fit(self, ids: list[int], max_length: int, truncation: bool, index: int) -> list[int]:
+        """Apply `max_length`: cut text only, on the tokenizer's truncation side."""
+        if len(ids) <= max_length or not truncation:
+            return ids
+        visual = [i for i, t in enumerate(ids) if t in (self.image_token_id, self.video_token_id)]
+        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
+        if visual:
+            needed = len(ids) - visual[0] if left else visual[-1] + 1
+            if needed > max_length:
+                raise ValueError(
+                    f"sample {index} needs at least {needed} tokens to keep its {len(visual)} visual tokens whole "
+                    f"({len(ids)} in all), but max_length is {max_length}; truncation never cuts a visual span. "
+                    f"Raise max_length, or use fewer frames (num_frames) or a larger pool stride")
+        return ids[len(ids) - max_length:] if left else ids[:max_length]
+
+    def _pad(self, ids: list[list[int]], padding: bool | str, side: str, max_length: int | None) -> dict[str, Any]:
+        side = _check_side(side)
+        longest = max(len(sample) for sample in ids)
+        if padding in (True, "longest"):
+            length = longest
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            length = max(max_length, longest)
+        elif padding is False:
+            if len({len(sample) for sample in ids}) > 1:
+                raise ValueError(f"padding=False but the samples have lengths {[len(s) for s in ids]}")
+            length = longest
+        else:
+            raise ValueError(f"padding must be True, 'longest', 'max_length' or False, got {padding!r}")
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id  # masked out; any id the LLM embeds will do
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token to pad with; set tokenizer.pad_token")
+        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)  # (B, L)
+        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)  # (B, L)
+        for row, sample in enumerate(ids):
+            span = slice(length - len(sample), length) if side == "left" else slice(0, len(sample))
+            input_ids[row, span] = torch.tensor(sample, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _as_samples(text: Any) -> list[TextInput]:
+    """One prompt or conversation -> a list of samples."""
+    if isinstance(text, str):
+        return [text]
+    items = list(text)
+    if not items:
+        raise ValueError("text is empty: give a prompt, a conversation, or a list of them")
+    if isinstance(items[0], Mapping):  # a single conversation
+        return [items]
+    for i, item in enumerate(items):
+        if not isinstance(item, str) and not (isinstance(item, Sequence) and all(isinstance(m, Mapping) for m in item)):
+            raise ValueError(f"text[{i}] must be a string or a list of chat messages, got {type(item).__name__}")
+    return items
+
+
+def _add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
+    """Add each missing token as one special, unnormalised token; returns the ones added."""
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    for t in tokens:
+        if len(tokenizer(t, add_special_tokens=False)["input_ids"]) != 1:
+            raise ValueError(f"{t!r} is in the vocabulary but does not tokenize to a single id; "
+                             f"it must be a special (added) token")
+    return missing
+
+
+def _check_side(side: str) -> str:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    return side

@@ -257,16 +257,16 @@ def _expected_shapes(config: CLIPVisionConfig) -> dict[str, tuple[int, ...]]:
 def _check_against(config: CLIPVisionConfig, m: _KeyMap, source: str) -> None:
     """Every converted tensor has the shape `config` implies; the error names the source key."""
     expected = _expected_shapes(config)
+    for k, shape in expected.items():  # embeddings first: the most telling mismatch comes first
+        if k in m.out and tuple(m.out[k].shape) != shape:
+            raise ValueError(f"{source}: {m.origin[k]} has shape {tuple(m.out[k].shape)}, "
+                             f"expected {shape} for this architecture")
     missing = sorted(set(expected) - set(m.out), key=_natural)
     extra = sorted(set(m.out) - set(expected), key=_natural)
     if missing or extra:
-        raise ValueError(f"{source}: the weights do not match the config ({config.num_hidden_layers} blocks, "
-                         f"width {config.hidden_size}): missing {missing[:4]}, "
-                         f"extra {[m.origin[k] for k in extra[:4]]}")
-    for k, shape in expected.items():
-        if tuple(m.out[k].shape) != shape:
-            raise ValueError(f"{source}: {m.origin[k]} has shape {tuple(m.out[k].shape)}, "
-                             f"expected {shape} for this architecture")
+        blocks = _count_blocks(m.out, "blocks.", "attn.qkv.weight")
+        raise ValueError(f"{source}: the config has {config.num_hidden_layers} blocks, the weights {blocks}; "
+                         f"missing {missing[:4]}, extra {[m.origin[k] for k in extra[:4]]}")
 
 
 def _natural(key: str) -> list:

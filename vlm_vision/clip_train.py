@@ -320,6 +320,7 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
     _check_config(config)
     # --- setup
     accelerator = Accelerator()
+    _check_launch(accelerator)
     set_seed(config.seed)
     pairs, skipped = read_pairs(config.data, config.media_root)
     if not pairs:
@@ -395,6 +396,17 @@ def _check_config(config: ClipTrainConfig) -> None:
         problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
     if problems:
         raise ValueError("bad clip-train settings: " + "; ".join(problems))
+
+
+def _check_launch(accelerator: Accelerator) -> None:
+    """Refuse a process group that accelerate does not use: the loss would gather unsharded batches."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world != accelerator.num_processes:
+        raise ValueError(f"torch.distributed has {world} processes but accelerate runs {accelerator.num_processes} "
+                         f"(no DDP, no data sharding); without GPUs, launch several CPU processes with "
+                         f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
 
 
 def _tokenized_dataset(pairs: Sequence[Pair], tokenizer: Any, max_len: int, transform: CLIPImageTransform,

@@ -22,8 +22,9 @@ adds LLaVA-NeXT's learned `image_newline` embedding once at the end (`one_token`
 (`frame`) or after every row of every frame (`grid`). transformers and NeXT-Video v1 add none.
 
 Labels at visual positions become -100 here (transformers leaves that to the caller). Position ids
-are counted from each sample's first real token, so a sample gives the same logits alone or in a
-left- or right-padded batch.
+are counted from each sample's first real token, as LLaVA does, so a sample gives the same logits
+alone or in a left- or right-padded batch. (RoPE only sees relative positions and would not notice
+the shift that left padding causes; LLMs with absolute position embeddings would.)
 
 Shapes: B batch, L sequence, I images, V videos, T frames, S image side, N tokens per image or
 frame (N' after pooling), D_v tower width, D LLM width, M visual tokens.
@@ -334,13 +335,13 @@ class VisionLanguageModel(nn.Module):
         if pixel_values is not None or self._has(input_ids, self.image_token_id):
             self._need(self.image_token_id, pixel_values, input_ids, "image")
             features = self.image_features(pixel_values)  # (I*N, D)
-            what = f"{pixel_values.shape[0]} images ({self.image_tokens} tokens each)"
+            what = f"{pixel_values.shape[0]} images ({self.image_tokens} tokens per image)"
             embeds = splice(embeds, input_ids, self.image_token_id, features, what=what)
         if pixel_values_videos is not None or video_features is not None or self._has(input_ids, self.video_token_id):
             media = pixel_values_videos if pixel_values_videos is not None else video_features
             self._need(self.video_token_id, media, input_ids, "video")
             per_video = self.video_features(pixel_values_videos, video_features)  # V x (M_v, D)
-            what = f"{len(per_video)} videos ({[clip.shape[0] for clip in per_video]} tokens each)"
+            what = f"{len(per_video)} videos (tokens per video: {[clip.shape[0] for clip in per_video]})"
             embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)
         return embeds
 

@@ -173,6 +173,10 @@ class OpenAIStyleCLIP(nn.Module):
 def write_torchscript(clip: CLIPModel, path: Path, how: str) -> Path:
     module = OpenAIStyleCLIP().eval()
     module.load_state_dict(openai_state_dict(clip))  # strict: the writer matches OpenAI's structure
+    # One tensor as a view into a larger storage (nonzero offset), as shared storages are saved.
+    pos = module.visual.positional_embedding
+    flat = torch.cat([torch.full((5,), 7.0), pos.detach().flatten()])
+    pos.data = flat[5:].view(pos.shape)
     if how == "script_fp16":  # openai/CLIP's archives hold fp16 weights
         archive = torch.jit.script(module.half())
     else:

@@ -50,7 +50,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from transformers import CLIPVisionConfig
 __all__ = ["find_prefix", "hf_to_tower", "openai_to_tower", "infer_vision_config", "load_vision_weights"]
 
 StateDict = dict[str, torch.Tensor]
+KeyFilter = Callable[[str], bool] | None
 
 HEAD_WIDTH = 64  # every released CLIP ViT has 64-wide attention heads
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -332,7 +333,7 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
-def _read_safetensors(path: Path, keep=None) -> StateDict:
+def _read_safetensors(path: Path, keep: KeyFilter = None) -> StateDict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -355,7 +356,7 @@ def _read_torch(path: Path, kind: str) -> StateDict:
     return tensors
 
 
-def _read_file(path: Path, keep=None) -> StateDict:
+def _read_file(path: Path, keep: KeyFilter = None) -> StateDict:
     """All (or the `keep`-selected) tensors of one weights file, by name."""
     kind = _sniff(path)
     if kind == "safetensors":
@@ -601,7 +602,9 @@ def _openai_config(m: _KeyMap, folder: Path, weights: Path, source: str) -> tupl
 
     options = _open_clip_options(folder)
     if options is None:
-        if weights.name.startswith("open_clip"):
+        named_open_clip = weights.name.startswith("open_clip") or (
+            weights.is_dir() and any((weights / n).is_file() for n in _OPEN_CLIP_WEIGHT_FILES))
+        if named_open_clip:
             warnings.warn(f"{source}: no open_clip_config.json beside the weights; assuming quick_gelu (OpenAI-"
                           f"trained). LAION-trained OpenCLIP ViTs use gelu: put their open_clip_config.json beside "
                           f"the file", stacklevel=3)

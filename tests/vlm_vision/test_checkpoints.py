@@ -392,9 +392,10 @@ def test_open_clip_gelu_model_follows_its_config(tmp_path, clip_gelu):
 
 def test_open_clip_without_config_warns_and_assumes_quick_gelu(tmp_path, clip):
     torch.save(openai_state_dict(clip), tmp_path / "open_clip_pytorch_model.bin")
-    with pytest.warns(UserWarning, match="assuming quick_gelu"):
-        tower = CLIPVisionTower.from_pretrained(tmp_path / "open_clip_pytorch_model.bin")
-    assert_matches(tower, clip)
+    for source in (tmp_path, tmp_path / "open_clip_pytorch_model.bin"):
+        with pytest.warns(UserWarning, match="no open_clip_config.json beside the weights; assuming quick_gelu"):
+            tower = CLIPVisionTower.from_pretrained(source)
+        assert_matches(tower, clip)
 
 
 def test_open_clip_unsupported_preprocessing_is_refused(tmp_path, clip):

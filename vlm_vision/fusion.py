@@ -9,6 +9,9 @@ a silent shift. (LLaVA's own code expands a single `-200` id inside the model an
 batch; transformers' current LLaVA classes use the convention followed here.)
 
 Images follow LLaVA-1.5: tower -> projector, 576 tokens for a 336 px image (24 x 24 patches).
+With `image_grid_pinpoints` set they follow LLaVA-NeXT's "anyres" scheme instead (`vlm_vision.anyres`):
+each image arrives as a base crop plus a grid of tiles, and its token count depends on its size
+(`image_sizes` must come with `pixel_values`), e.g. 2340 tokens for a 480 x 640 image.
 
 Videos follow LLaVA-NeXT-Video v1 and transformers' `LlavaNextVideoForConditionalGeneration`:
 frames are folded into the batch, encoded by the tower, pooled on the tower's patch grid (2 x 2
@@ -41,6 +44,7 @@ import torch
 from torch import nn
 
 from projector import build_projector, load_projector
+from vlm_vision.anyres import CONVENTIONS, anyres_num_tokens, encode_anyres_images
 from vlm_vision.tower import CLIPVisionTower
 
 __all__ = [
@@ -218,6 +222,22 @@ def _feature_list(video_features: Videos) -> list[torch.Tensor]:
     return clips
 
 
+def _check_pinpoints(pinpoints: Sequence[Sequence[int]] | None, tile_size: int,
+                     convention: str) -> tuple[tuple[int, int], ...] | None:
+    """Anyres canvases as a tuple of pairs, each a whole number of tiles; None stays None."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"anyres_convention must be one of {CONVENTIONS}, got {convention!r}")
+    if pinpoints is None:
+        return None
+    if isinstance(pinpoints, (str, bytes)) or len(pinpoints) == 0:
+        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [a, b] pairs, got {pinpoints!r}")
+    pairs = tuple((int(a), int(b)) for a, b in pinpoints)
+    bad = [p for p in pairs if min(p) <= 0 or p[0] % tile_size or p[1] % tile_size]
+    if bad:
+        raise ValueError(f"image_grid_pinpoints {bad} are not positive multiples of the tower's image size {tile_size}")
+    return pairs
+
+
 def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:
     linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
     return (linears[0].in_features, linears[-1].out_features) if linears else None
@@ -239,6 +259,10 @@ class VisionLanguageModel(nn.Module):
         pool_mode: pooling mode for videos ("average" as released).
         video_newline: "no_token" (transformers, NeXT-Video v1), "one_token", "frame" or "grid".
         image_newline: float[D], initial `image_newline` embedding (random, std 1/sqrt(D), when None).
+        image_grid_pinpoints: LLaVA-NeXT anyres canvases for images (multiples of the tower's image
+            size, e.g. `vlm_vision.anyres.DEFAULT_PINPOINTS`), or None for one crop per image (LLaVA-1.5).
+        anyres_convention: "transformers" (pinpoints as [height, width], rounded unpadding) or
+            "llava" (LLaVA's original code); see `vlm_vision.anyres`.
 
     Example:
         >>> model = VisionLanguageModel(tower, build_projector("mlp2x_gelu", 1024, 4096), llm,
@@ -249,7 +273,9 @@ class VisionLanguageModel(nn.Module):
     def __init__(self, tower: CLIPVisionTower, projector: nn.Module, llm: nn.Module, *,
                  image_token_id: int | None, video_token_id: int | None, pool_stride: int = 2,
                  pool_mode: str = "average", video_newline: str = "no_token",
-                 image_newline: torch.Tensor | None = None):
+                 image_newline: torch.Tensor | None = None,
+                 image_grid_pinpoints: Sequence[Sequence[int]] | None = None,
+                 anyres_convention: str = "transformers"):
         super().__init__()
         if video_newline not in VIDEO_NEWLINES:
             raise ValueError(f"unknown video_newline {video_newline!r}; choose from {VIDEO_NEWLINES}")
@@ -269,6 +295,8 @@ class VisionLanguageModel(nn.Module):
         self.pool_stride = pool_stride
         self.pool_mode = pool_mode
         self.video_newline = video_newline
+        self.image_grid_pinpoints = _check_pinpoints(image_grid_pinpoints, tower.image_size, anyres_convention)
+        self.anyres_convention = anyres_convention
         if image_newline is None:
             image_newline = torch.randn(width) / math.sqrt(width)
         if tuple(image_newline.shape) != (width,):
@@ -286,8 +314,17 @@ class VisionLanguageModel(nn.Module):
 
     @property
     def image_tokens(self) -> int:
-        """Placeholder tokens per image (576 for ViT-L/14@336)."""
+        """Placeholder tokens per image (576 for ViT-L/14@336); for anyres, per crop (see `num_image_tokens`)."""
         return self.tower.num_patches
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Placeholder tokens for an image of this size: `image_tokens`, or the anyres count
+        (480 x 640 with LLaVA-NeXT's pinpoints: 2340)."""
+        if self.image_grid_pinpoints is None:
+            return self.image_tokens
+        return anyres_num_tokens(height, width, grid_pinpoints=self.image_grid_pinpoints,
+                                 tile_size=self.tower.image_size, patch_size=self.tower.patch_size,
+                                 convention=self.anyres_convention)
 
     def video_tokens(self, num_frames: int) -> int:
         """Placeholder tokens for a video of `num_frames` frames (32 frames, stride 2: 4608)."""
@@ -298,10 +335,23 @@ class VisionLanguageModel(nn.Module):
 
     # ----- visual tokens ------------------------------------------------------------------------
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected tokens of all images, concatenated in order: float[I*N, D]."""
-        features = encode_images(self.tower, pixel_values)  # (I, N, D_v)
-        return project(self.projector, features).flatten(0, 1)  # (I*N, D)
+    def image_features(self, pixel_values: torch.Tensor | Sequence[torch.Tensor],
+                       image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected tokens of all images, concatenated in order: float[I*N, D].
+
+        For anyres models, `pixel_values` are each image's crops (a list of float[P_i, 3, S, S], or
+        float[I, P_max, 3, S, S] padded with zero crops as transformers' processor gives them), and
+        `image_sizes` long[I, 2] their (height, width); the result is float[sum M_i, D].
+        """
+        if self.image_grid_pinpoints is None:
+            features = encode_images(self.tower, pixel_values)  # (I, N, D_v)
+            return project(self.projector, features).flatten(0, 1)  # (I*N, D)
+        if image_sizes is None:
+            raise ValueError("this model tiles images (anyres): pass image_sizes, long[I, 2] of (height, width), "
+                             "with pixel_values")
+        per_image = encode_anyres_images(self.tower, self.projector, pixel_values, image_sizes, self.image_newline,
+                                         grid_pinpoints=self.image_grid_pinpoints, convention=self.anyres_convention)
+        return torch.cat(per_image)  # (sum M_i, D)
 
     def video_features(self, pixel_values_videos: Videos | None = None,
                        video_features: Videos | None = None) -> list[torch.Tensor]:
@@ -323,7 +373,8 @@ class VisionLanguageModel(nn.Module):
                 for clip in projected.split(frames)]  # V x (M_v, D)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-              pixel_values_videos: Videos | None = None, video_features: Videos | None = None) -> torch.Tensor:
+              pixel_values_videos: Videos | None = None, video_features: Videos | None = None,
+              image_sizes: torch.Tensor | None = None) -> torch.Tensor:
         """The LLM's input embeddings float[B, L, D] with every placeholder replaced by its visual token.
 
         Raises:
@@ -334,8 +385,12 @@ class VisionLanguageModel(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         if pixel_values is not None or self._has(input_ids, self.image_token_id):
             self._need(self.image_token_id, pixel_values, input_ids, "image")
-            features = self.image_features(pixel_values)  # (I*N, D)
-            what = f"{pixel_values.shape[0]} images ({self.image_tokens} tokens per image)"
+            features = self.image_features(pixel_values, image_sizes)  # (I*N, D), anyres (sum M_i, D)
+            what = f"{len(pixel_values)} images ({self.image_tokens} tokens per image)"
+            if self.image_grid_pinpoints is not None:
+                counts = [self.num_image_tokens(int(h), int(w)) for h, w in image_sizes]
+                what = f"{len(counts)} anyres images of sizes {[tuple(map(int, hw)) for hw in image_sizes]} " \
+                       f"(tokens per image: {counts})"
             embeds = splice(embeds, input_ids, self.image_token_id, features, what=what)
         if pixel_values_videos is not None or video_features is not None or self._has(input_ids, self.video_token_id):
             media = pixel_values_videos if pixel_values_videos is not None else video_features
@@ -350,7 +405,7 @@ class VisionLanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, pixel_values_videos: Videos | None = None,
                 video_features: Videos | None = None, labels: torch.Tensor | None = None,
-                **llm_kwargs: Any) -> Any:
+                image_sizes: torch.Tensor | None = None, **llm_kwargs: Any) -> Any:
         """Run the LLM on the prompt with its visual tokens in place.
 
         Args:
@@ -360,12 +415,14 @@ class VisionLanguageModel(nn.Module):
             pixel_values_videos: float[V, T, 3, S, S] (or a list of float[T, 3, S, S]) in prompt order.
             video_features: pooled tower tokens instead of frames, float[V, T, N', D_v] or a list.
             labels: long[B, L]; visual positions are set to -100 before the loss.
+            image_sizes: long[I, 2], each image's (height, width); needed by anyres models, whose
+                `pixel_values` are each image's crops (see `image_features`).
             **llm_kwargs: passed to the LLM (`past_key_values`, `use_cache`, `position_ids`, ...).
 
         Returns:
             The LLM's output (`.logits` float[B, L, vocab], `.loss` when labels are given).
         """
-        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features)  # (B, L, D)
+        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features, image_sizes)  # (B, L, D)
         if labels is not None:
             labels = mask_labels(labels, input_ids, self._placeholder_ids())
         if attention_mask is not None and "position_ids" not in llm_kwargs:
@@ -375,12 +432,13 @@ class VisionLanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, pixel_values_videos: Videos | None = None,
-                 video_features: Videos | None = None, **generate_kwargs: Any) -> torch.Tensor:
+                 video_features: Videos | None = None, image_sizes: torch.Tensor | None = None,
+                 **generate_kwargs: Any) -> torch.Tensor:
         """Generate an answer; returns long[B, L + new] (the prompt, then the new tokens), like
         transformers' decoder-only models. `generate_kwargs` go to the LLM's `generate`
         (`max_new_tokens`, `do_sample`, ...). Batches should be left-padded.
         """
-        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features)  # (B, L, D)
+        embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features, image_sizes)  # (B, L, D)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return self.llm.generate(input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask,
@@ -438,6 +496,14 @@ class VisionLanguageModel(nn.Module):
         return from_transformers(model_or_path, kind="llava", dtype=dtype)
 
     @classmethod
+    def from_llava_next(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
+        """Convert a transformers `LlavaNextForConditionalGeneration` (LLaVA-NeXT anyres images; object
+        or folder)."""
+        from vlm_vision.interchange import from_transformers
+
+        return from_transformers(model_or_path, kind="llava_next", dtype=dtype)
+
+    @classmethod
     def from_llava_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "VisionLanguageModel":
         """Read an original LLaVA / LLaVA-NeXT(-Video) checkpoint folder; see
         `vlm_vision.interchange.from_llava_checkpoint` for the arguments."""
@@ -456,6 +522,12 @@ class VisionLanguageModel(nn.Module):
         from vlm_vision.interchange import save_transformers
 
         save_transformers(self, path, kind="llava", **kwargs)
+
+    def save_llava_next(self, path: str | os.PathLike, **kwargs: Any) -> None:
+        """Write a folder `LlavaNextForConditionalGeneration.from_pretrained` loads (anyres images)."""
+        from vlm_vision.interchange import save_transformers
+
+        save_transformers(self, path, kind="llava_next", **kwargs)
 
     # ----- checks -------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Three places hold the same model under different names:
 
-- transformers' `LlavaNextVideoForConditionalGeneration` / `LlavaForConditionalGeneration`. In
+- transformers' `LlavaNextVideoForConditionalGeneration` / `LlavaNextForConditionalGeneration` /
+  `LlavaForConditionalGeneration`. In
   memory (5.x): `model.vision_tower.*`, `model.multi_modal_projector.linear_{1,2}.*`,
   `model.image_newline`, `model.language_model.*` (the decoder without its head) and `lm_head.weight`.
   On disk, 4.x wrote `vision_tower.vision_model.*`, `language_model.model.*` and
@@ -54,7 +55,9 @@ __all__ = ["from_llava_checkpoint", "from_transformers", "save_transformers", "s
 KINDS = {
     "llava_next_video": ("LlavaNextVideoConfig", "LlavaNextVideoForConditionalGeneration"),
     "llava": ("LlavaConfig", "LlavaForConditionalGeneration"),
+    "llava_next": ("LlavaNextConfig", "LlavaNextForConditionalGeneration"),
 }
+_ANYRES_KINDS = ("llava_next", "llava_next_video")  # transformers classes that tile images (anyres)
 # transformers' vision_feature_select_strategy <-> our select_feature
 _STRATEGY_TO_FEATURE = {"default": "patch", "full": "cls_patch"}
 _FEATURE_TO_STRATEGY = {v: k for k, v in _STRATEGY_TO_FEATURE.items()}
@@ -202,6 +205,8 @@ def _settings(config: Any, kind: str) -> dict[str, Any]:
                          f"multimodal_projector_bias={config.multimodal_projector_bias}")
     settings = {"select_layer": layer, "select_feature": _STRATEGY_TO_FEATURE[strategy],
                 "image_token_id": config.image_token_id, "video_token_id": None}
+    if kind in _ANYRES_KINDS:
+        settings["image_grid_pinpoints"] = config.image_grid_pinpoints
     if kind == "llava_next_video":
         if config.spatial_pool_mode not in _HF_POOL_MODES:
             raise ValueError(f"spatial_pool_mode={config.spatial_pool_mode!r} is not supported; "
@@ -222,7 +227,8 @@ def from_transformers(model_or_path: Any, *, kind: str, dtype: torch.dtype | Non
     Args:
         model_or_path: a `LlavaNextVideoForConditionalGeneration` / `LlavaForConditionalGeneration`,
             or a folder (or Hub id) its `from_pretrained` loads.
-        kind: "llava_next_video" or "llava".
+        kind: "llava_next_video", "llava_next" (anyres images: `image_grid_pinpoints` is read too)
+            or "llava".
         dtype: for a folder, the dtype to load in (the saved one when None).
 
     Returns:
@@ -284,6 +290,15 @@ def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
                          f"{projector_kind(model.projector)}")
     if model.image_token_id is None:
         raise ValueError("transformers' LLaVA configs need an image token id; this model has none")
+    if kind == "llava" and model.image_grid_pinpoints is not None:
+        raise ValueError("LlavaForConditionalGeneration has one crop per image; this model tiles images (anyres): "
+                         "save it with save_llava_next or save_llava_next_video")
+    if kind == "llava_next" and model.image_grid_pinpoints is None:
+        raise ValueError("LlavaNextForConditionalGeneration tiles images (anyres); this model has no "
+                         "image_grid_pinpoints")
+    if kind in _ANYRES_KINDS and model.image_grid_pinpoints is not None and model.anyres_convention != "transformers":
+        raise ValueError(f"transformers reads pinpoints as [height, width] and rounds when unpadding; this model "
+                         f"uses anyres_convention={model.anyres_convention!r}, which transformers cannot express")
     if kind == "llava_next_video":
         if model.video_token_id is None:
             raise ValueError("LlavaNextVideoConfig needs a video token id; this model has none")
@@ -315,6 +330,8 @@ def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
     if kind == "llava_next_video":
         common |= dict(video_token_index=model.video_token_id, spatial_pool_mode=model.pool_mode,
                        spatial_pool_stride=model.pool_stride)
+    if kind in _ANYRES_KINDS and model.image_grid_pinpoints is not None:
+        common["image_grid_pinpoints"] = [list(p) for p in model.image_grid_pinpoints]
     config = _transformers_class(kind, 0)(**common)
     config.architectures = [KINDS[kind][1]]
     return config
@@ -325,8 +342,9 @@ def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, ki
     """Write `model` as a transformers LLaVA folder (config, generation config, safetensors shards).
 
     Args:
-        kind: "llava_next_video" (`LlavaNextVideoForConditionalGeneration`) or "llava"
-            (`LlavaForConditionalGeneration`, images only).
+        kind: "llava_next_video" (`LlavaNextVideoForConditionalGeneration`), "llava_next"
+            (`LlavaNextForConditionalGeneration`, anyres images) or "llava"
+            (`LlavaForConditionalGeneration`, one crop per image).
         max_shard_size: largest safetensors shard.
 
     Raises:
@@ -347,7 +365,7 @@ def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, ki
     for key, value in model.projector.state_dict().items():
         index, param = key.split(".")
         tensors[f"multi_modal_projector.linear_{int(index) // 2 + 1}.{param}"] = value
-    if kind == "llava_next_video":
+    if kind in _ANYRES_KINDS:
         tensors["image_newline"] = model.image_newline.data
     head_key = _head_key(model.llm)
     for key, value in model.llm.state_dict().items():
@@ -447,6 +465,22 @@ def _video_settings(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _anyres_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """LLaVA-NeXT image tiling from `image_aspect_ratio='anyres'`, read in LLaVA's own convention."""
+    aspect = config.get("image_aspect_ratio")
+    if not (isinstance(aspect, str) and aspect.startswith("anyres")):
+        return {}
+    merge = config.get("mm_patch_merge_type", "flat")
+    if aspect != "anyres" or merge != "spatial_unpad":
+        raise ValueError(f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r}: only 'anyres' with "
+                         f"'spatial_unpad' (LLaVA-NeXT 1.6, NeXT-Video) is supported")
+    pinpoints = config.get("image_grid_pinpoints")
+    if not isinstance(pinpoints, list) or not all(isinstance(p, list) and len(p) == 2 for p in pinpoints):
+        raise ValueError(f"image_grid_pinpoints={pinpoints!r}: expected a list of [width, height] pairs "
+                         f"(the '(1x1),...,(6x6)' range form is not supported)")
+    return {"image_grid_pinpoints": pinpoints, "anyres_convention": "llava"}
+
+
 def from_llava_checkpoint(path: str | os.PathLike, *, image_token_id: int | None, video_token_id: int | None,
                           tower: str | os.PathLike | CLIPVisionTower | None = None, vision_config: Any = None,
                           llm_class: Any = None, dtype: torch.dtype | None = None,
@@ -457,7 +491,8 @@ def from_llava_checkpoint(path: str | os.PathLike, *, image_token_id: int | None
     skips the rest); projector and tower weights are read from the shards by name. Settings come
     from the config's `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_projector_type`,
     `mm_hidden_size`, `mm_spatial_pool_stride`, `mm_spatial_pool_mode` (and `mm_newline_position`
-    for `spatial*` merge types); `overrides` (e.g. `pool_stride=2`) win over them, as LLaVA's demo
+    for `spatial*` merge types), and anyres image tiling from `image_aspect_ratio='anyres'` with
+    `image_grid_pinpoints` (in LLaVA's convention, `anyres_convention='llava'`); `overrides` (e.g. `pool_stride=2`) win over them, as LLaVA's demo
     overrides the config.
 
     Args:
@@ -502,7 +537,7 @@ def from_llava_checkpoint(path: str | os.PathLike, *, image_token_id: int | None
     has_projector = any("mm_projector" in k for k in tensors)
     load_projector(projector, tensors if has_projector or not projector_file.is_file() else projector_file)
     newline = next((v for k, v in tensors.items() if k.endswith("image_newline")), None)
-    settings = _video_settings(config) | overrides
+    settings = _video_settings(config) | _anyres_settings(config) | overrides
     model = VisionLanguageModel(tower, projector, llm, image_token_id=image_token_id, video_token_id=video_token_id,
                                 image_newline=newline, **settings)
     weight = llm.get_input_embeddings().weight

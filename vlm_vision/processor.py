@@ -115,10 +115,20 @@ class VisionLanguageProcessor:
         """Render a conversation with the tokenizer's chat template.
 
         A message's content is a string holding `<image>`/`<video>`, or a list of parts
-        `{"type": "image" | "video"}` / `{"type": "text", "text": ...}` joined by newlines.
+        `{"type": "image" | "video"}` / `{"type": "text", "text": ...}`, joined by newlines into such
+        a string before the template runs (so text-only LLM templates work).
+
+        Raises:
+            ValueError: when the template does not copy every placeholder into its output.
         """
         rendered = [{**m, "content": self._content(m.get("content", ""))} for m in messages]
-        return self.tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = self.tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=add_generation_prompt)
+        for token in (self.image_token, self.video_token):
+            asked = sum(m["content"].count(token) for m in rendered)
+            if text.count(token) != asked:
+                raise ValueError(f"the chat template turned {asked} {token} placeholders into {text.count(token)}; "
+                                 f"it must copy message content as it is")
+        return text
 
     def _content(self, content: Any) -> str:
         if isinstance(content, str):

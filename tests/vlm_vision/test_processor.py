@@ -189,3 +189,33 @@ def test_for_model_checks_ids():
                                 image_token_id=5, video_token_id=6)
     with pytest.raises(ValueError, match="the tokenizer's image placeholder has id 24 but the model expects 5"):
         VisionLanguageProcessor.for_model(tok, model)
+
+
+def _write_video(path, n: int = 12, size: int = 32):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            image = np.full((size, size, 3), 20 * i, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_video_paths_are_decoded_with_num_frames(tmp_path):
+    from video.decode import load_video
+
+    path = _write_video(tmp_path / "ramp.mp4")
+    processor = make_processor(num_frames=4)
+    out = processor("what happens <video> ?", videos=[path])
+    assert out["pixel_values_videos"].shape == (1, 4, 3, 28, 28)
+    assert int((out["input_ids"] == processor.video_token_id).sum()) == 16
+    clip = load_video(path, num_frames=4)
+    torch.testing.assert_close(out["pixel_values_videos"][0], TRANSFORM(clip.frames))
+    from_clip = processor("what happens <video> ?", videos=[clip])
+    torch.testing.assert_close(from_clip["pixel_values_videos"], out["pixel_values_videos"])

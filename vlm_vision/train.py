@@ -693,6 +693,7 @@ def train(config: TrainConfig) -> Path:
             tokens += batch["attention_mask"].sum()
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -700,7 +701,6 @@ def train(config: TrainConfig) -> Path:
 
         step_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
         tokens_per_s = float(accelerator.reduce(tokens, reduction="sum")) / (time.perf_counter() - started)
-        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         lr = lrs.get("lora", lrs.get("projector", next(iter(lrs.values()))))
         log.write({"step": step, "loss": step_loss, "lr": lr, "projector_lr": lrs.get("projector", lr),
                    "tokens_per_s": round(tokens_per_s, 1)})

@@ -19,6 +19,7 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['cont
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+INIT_STD = 0.2
 QUESTION = "<video>\nWhat colour is this video?"
 
 _CORPUS = ["user assistant system", "What colour is this video? The video is mostly red green blue yellow.",
@@ -42,7 +43,7 @@ def make_llm(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=False, initializer_range=INIT_STD)
     return LlamaForCausalLM(config)
 
 

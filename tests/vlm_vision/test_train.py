@@ -1,0 +1,370 @@
+"""Training: what trains, what stays frozen, the output folder, reload, resume, cached tokens, merge.
+
+Runs the real loop (accelerate, peft, transformers) on a tiny random Llama and a tiny CLIP tower,
+on short synthetic one-colour videos: a few seconds per run on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.vlm_vision.train_fixtures import (
+    COLOURS,
+    QUESTION,
+    write_colour_dataset,
+    write_colour_video,
+    write_llm_folder,
+    write_tower_folder,
+)
+from vlm_vision.train import (
+    TrainConfig,
+    cosine_schedule,
+    micro_batch_indices,
+    train,
+)
+from vlm_vision.trained import load_llm, load_trained, merge_trained
+
+FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Tiny LLM folder, tower folder and an 8-video colour dataset, shared by the module."""
+    root = tmp_path_factory.mktemp("parts")
+    llm = write_llm_folder(root / "llm")
+    tower = write_tower_folder(root / "tower")
+    data = write_colour_dataset(root / "media", n=8, frames=FRAMES)
+    return {"llm": str(llm), "tower": str(tower), "data": str(data), "media_root": str(root / "media")}
+
+
+def config(parts, out: Path, **overrides) -> TrainConfig:
+    values = dict(parts, output_dir=str(out), stage=1, max_steps=3, batch_size=2, num_frames=FRAMES, max_length=128,
+                  lora_r=8, lora_alpha=16, warmup_ratio=0.0, progress=False, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def losses(out: Path) -> list[float]:
+    return [e["loss"] for e in _log(out) if "loss" in e]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+# ----- config, order, schedule (no model) --------------------------------------------------------
+
+
+def test_learning_rates_per_stage(parts, tmp_path):
+    s1 = config(parts, tmp_path)
+    assert (s1.lora_lr, s1.resolved_projector_lr) == (None, 1e-3)
+    s2 = config(parts, tmp_path, stage=2)
+    assert (s2.lora_lr, s2.resolved_projector_lr) == (2e-4, 2e-5)
+    # --lr is LoRA's in stage 2 and the projector's when --projector-lr is absent.
+    assert config(parts, tmp_path, stage=2, lr=1e-4).resolved_projector_lr == 1e-4
+    both = config(parts, tmp_path, stage=2, lr=1e-4, projector_lr=3e-5)
+    assert (both.lora_lr, both.resolved_projector_lr) == (1e-4, 3e-5)
+    assert config(parts, tmp_path, lr=5e-4).resolved_projector_lr == 5e-4
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"stage": 3}, "stage must be 1"), ({"max_steps": 0}, "max_steps"), ({"batch_size": 0}, "batch_size"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"), ({"lr": 0.0}, "lr must be > 0"),
+    ({"eval_every": 2}, "needs eval_data"), ({"model_dtype": "int8"}, "model_dtype"),
+])
+def test_config_rejects_bad_values(parts, tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        config(parts, tmp_path, **bad)
+
+
+def test_data_order_is_a_pure_function_of_seed_and_position():
+    kw = dict(num_samples=10, batch_size=2, num_processes=2, seed=3)
+    epoch0 = [micro_batch_indices(p, process_index=r, **kw) for p in range(2) for r in range(2)]
+    flat = [i for batch in epoch0 for i in batch]
+    assert len(flat) == len(set(flat)) == 8  # processes get disjoint samples; the incomplete rest is dropped
+    assert micro_batch_indices(1, process_index=1, **kw) == micro_batch_indices(1, process_index=1, **kw)
+    # Position 2 opens epoch 1: a new permutation, the same for every call.
+    assert micro_batch_indices(2, process_index=0, **kw) != micro_batch_indices(0, process_index=0, **kw)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        micro_batch_indices(0, num_samples=3, batch_size=2, num_processes=2, process_index=0, seed=0)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_schedule(opt, max_steps=10, warmup_ratio=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 8)))
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+# ----- stage 1 and 2 on the tiny model -----------------------------------------------------------
+
+
+def test_stage1_writes_the_output_folder(parts, tmp_path, capsys):
+    out = tmp_path / "s1"
+    final = train(config(parts, out, max_steps=4, save_every=2, keep_last=1, eval_data=parts["data"]))
+    printed = capsys.readouterr().out
+    assert "trainable parameters" in printed and "projector" in printed and "lora" not in printed
+    log = _log(out)
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
+    assert all(e["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (e["step"] - 1) / 4)))
+               for e in log if "loss" in e)
+    assert [e["step"] for e in log if "eval_loss" in e] == [4]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # keep_last=1
+    assert not list(out.glob(".tmp-*"))
+    assert {"vlm_config.json", "projector.safetensors", "new_tokens.safetensors", "tokenizer.json"} <= \
+        {p.name for p in final.iterdir()}
+    assert not (final / "adapter_model.safetensors").exists()
+    assert (out / "loss.png").stat().st_size > 1000
+    assert "model.mm_projector.0.weight" in load_file(final / "projector.safetensors")
+
+
+def test_stage2_trains_only_lora_and_projector(parts, tmp_path, capsys):
+    out = tmp_path / "s2"
+    base_llm = load_llm(parts["llm"])
+    final = train(config(parts, out, stage=2, max_steps=3, lr=1e-3))
+    printed = capsys.readouterr().out
+    assert "lora:" in printed and "projector:" in printed
+
+    model, _ = load_trained(final)
+    trainable_names = {n for n, _ in model.named_parameters() if "lora_" in n or n.startswith("projector.")}
+    assert any("q_proj.lora_A" in n for n in trainable_names) and any("down_proj.lora_B" in n for n in trainable_names)
+    # The base LLM under the adapter is bit-identical to the file it came from (placeholder rows aside).
+    fresh = dict(base_llm.named_parameters())
+    new_ids = json.loads((final / "vlm_config.json").read_text())["new_token_ids"]
+    for name, p in model.llm.get_base_model().named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace("base_layer.", "")
+        if "embed_tokens" in key or "lm_head" in key:
+            assert torch.equal(p[: fresh[key].shape[0]], fresh[key]), name
+            assert p.shape[0] == fresh[key].shape[0] + len(new_ids)
+        else:
+            assert torch.equal(p, fresh[key]), name
+    # LoRA B starts at zero: a nonzero B means the adapter trained.
+    lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    cfg = json.loads((final / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and cfg["task_type"] == "CAUSAL_LM"
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_tower_and_llm_frozen_across_an_optimizer_step(parts, tmp_path):
+    """Inside one process: snapshot every weight, train, and compare (litgpt's frozen-weights test)."""
+    from vlm_vision import train as train_module
+
+    captured = {}
+    original = train_module._setup
+
+    def spy(cfg, log, main):
+        run = original(cfg, log, main)
+        captured["model"] = run.model
+        captured["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        return run
+
+    train_module._setup = spy
+    try:
+        train(config(parts, tmp_path / "frozen", stage=2, max_steps=2, lr=1e-3))
+    finally:
+        train_module._setup = original
+    changed = {n for n, p in captured["model"].named_parameters() if not torch.equal(p, captured["before"][n])}
+    assert changed, "nothing trained"
+    assert all(n.startswith("projector.") or "lora_" in n for n in changed), sorted(changed)[:5]
+    assert any(n.startswith("projector.") for n in changed) and any("lora_A" in n for n in changed)
+    assert not any(n.startswith("tower.") for n in changed)
+
+
+def test_save_then_load_gives_identical_outputs(parts, tmp_path):
+    from vlm_vision import train as train_module
+
+    captured = {}
+    original = train_module._setup
+
+    def spy(cfg, log, main):
+        run = original(cfg, log, main)
+        captured["run"] = run
+        return run
+
+    train_module._setup = spy
+    try:
+        final = train(config(parts, tmp_path / "reload", stage=2, max_steps=2, lr=1e-3))
+    finally:
+        train_module._setup = original
+    trained, processor = captured["run"].model.eval(), captured["run"].processor
+    loaded, loaded_processor = load_trained(final)
+    assert loaded_processor.video_token_id == processor.video_token_id
+    inputs = loaded_processor([{"role": "user", "content": QUESTION}],
+                              videos=[Path(parts["media_root"]) / "videos/red_0.mp4"])
+    with torch.no_grad():
+        expected = trained(**inputs).logits
+        got = loaded(**inputs).logits
+    assert torch.equal(got, expected)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch):
+    from vlm_vision import train as train_module
+
+    straight = tmp_path / "straight"
+    train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3))
+
+    # The same run, killed right after writing checkpoint-3 ...
+    resumed = tmp_path / "resumed"
+    original = train_module._save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        raise _Crash
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
+    with pytest.raises(_Crash):
+        train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3))
+    monkeypatch.setattr(train_module, "_save_checkpoint", original)
+    # ... (a log line written after the checkpoint must not survive the resume) ...
+    with (resumed / "log.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 4, "loss": 123.0, "lr": 0.0}) + "\n")
+    # ... and resumed.
+    train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3, resume=True))
+    assert [e["step"] for e in _log(resumed) if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert losses(resumed) == losses(straight)
+    a, b = load_file(straight / "final/adapter_model.safetensors"), load_file(resumed / "final/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(parts, tmp_path):
+    out = tmp_path / "run"
+    train(config(parts, out, max_steps=2, save_every=2))
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config(parts, out, max_steps=2))
+    with pytest.raises(ValueError, match=r"cannot resume.*lora_r"):
+        train(config(parts, out, max_steps=4, resume=True, lora_r=4))
+
+
+def test_cached_tokens_train_like_raw_videos(parts, tmp_path):
+    """Same frames through `vlm-vision extract`'s writer -> the same losses without decoding or the tower."""
+    from video.extract import extract_video_tokens, save_video_tokens
+    from vlm_vision.tower import CLIPVisionTower
+
+    tower = CLIPVisionTower.from_pretrained(parts["tower"])
+    media = Path(parts["media_root"])
+    records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
+    for r in records:
+        tokens = extract_video_tokens(media / r["video"], tower, num_frames=FRAMES)
+        r["video"] = str(save_video_tokens(tokens, tmp_path / "cache" / (Path(r["video"]).stem + ".safetensors")))
+    cached = tmp_path / "cached.jsonl"
+    cached.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    train(config(parts, tmp_path / "raw", stage=2, max_steps=3, lr=1e-3))
+    train(config(parts, tmp_path / "tok", stage=2, max_steps=3, lr=1e-3, data=str(cached)))
+    raw, tok = losses(tmp_path / "raw"), losses(tmp_path / "tok")
+    assert tok == pytest.approx(raw, rel=1e-6, abs=1e-6)
+
+
+def test_bad_samples_are_skipped_counted_and_logged(parts, tmp_path):
+    media = Path(parts["media_root"])
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)
+    records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
+    records[0]["video"] = str(tmp_path / "broken.mp4")  # decodes badly -> skipped at run time
+    records += [{"id": "gone", "video": "videos/none.mp4", "conversations": records[1]["conversations"]},
+                {"id": "empty", "video": records[1]["video"], "conversations": []}]
+    data = tmp_path / "mixed.json"
+    data.write_text(json.dumps(records))
+    out = tmp_path / "bad"
+    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4))
+    assert len(losses(out)) == 4
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    reasons = {s["id"]: s["reason"] for s in skipped}
+    assert reasons["gone"].startswith("missing media") and reasons["empty"] == "empty conversation"
+    assert "could not be decoded" in reasons["s0"]
+
+
+def test_new_token_rows_train_when_asked_and_reload_onto_a_fresh_base(parts, tmp_path):
+    out = tmp_path / "rows"
+    final = train(config(parts, out, stage=2, max_steps=2, lr=1e-2, train_new_token_embeddings=True))
+    spec = json.loads((final / "vlm_config.json").read_text())
+    new_ids = spec["new_token_ids"]
+    assert len(new_ids) == 2
+    model, _ = load_trained(final)
+    base = model.llm.get_base_model()
+    fresh = load_llm(parts["llm"])
+    n = fresh.get_input_embeddings().num_embeddings
+    emb = base.get_input_embeddings().weight
+    assert torch.equal(emb[:n], fresh.get_input_embeddings().weight)  # old rows untouched
+    rows = load_file(final / "new_tokens.safetensors")
+    assert torch.equal(emb[new_ids], rows["input"])
+    # Without the flag the rows keep their initial values: same seed, same rows.
+    still = train(config(parts, tmp_path / "still", stage=2, max_steps=2, lr=1e-2))
+    assert not torch.equal(load_file(still / "new_tokens.safetensors")["output"], rows["output"])
+
+
+def test_merge_gives_the_same_outputs(parts, tmp_path):
+    final = train(config(parts, tmp_path / "m", stage=2, max_steps=2, lr=1e-3))
+    merged_dir = merge_trained(final, tmp_path / "merged")
+    assert (merged_dir / "llm" / "config.json").exists() and not (merged_dir / "adapter_config.json").exists()
+    model, processor = load_trained(final)
+    merged, _ = load_trained(merged_dir)
+    inputs = processor([{"role": "user", "content": QUESTION}],
+                       videos=[Path(parts["media_root"]) / "videos/blue_2.mp4"])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_trains_a_stage(parts, tmp_path):
+    from vlm_vision.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["train", "--llm", parts["llm"], "--tower", parts["tower"], "--data", parts["data"],
+               "--media-root", parts["media_root"], "--output-dir", str(out), "--stage", "2", "--max-steps", "2",
+               "--batch-size", "2", "--lr", "1e-3", "--projector-lr", "1e-3", "--lora-r", "4", "--lora-alpha", "8",
+               "--num-frames", str(FRAMES), "--seed", "1", "--max-length", "128", "--no-progress"])
+    assert rc == 0 and (out / "final" / "adapter_model.safetensors").exists()
+    spec = json.loads((out / "final" / "vlm_config.json").read_text())
+    assert spec["lora"]["r"] == 4 and spec["train"]["projector_lr"] == 1e-3 and spec["train"]["seed"] == 1
+    assert main(["train", "--llm", parts["llm"]]) == 2  # missing flags: a message, not a traceback
+
+
+def _answer_logprob(model, processor, video: Path, answer: str) -> float:
+    """Summed log-probability of the assistant turn `answer` after the colour question about `video`."""
+    from vlm_vision.train_data import expand_placeholder, tokenize_conversation
+
+    messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}]
+    ids, labels = tokenize_conversation(processor.tokenizer, messages)
+    frames = processor.load_frames(video)
+    ids, labels = expand_placeholder(ids, labels, processor.video_token_id, processor.num_video_tokens(frames.shape[0]))
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), pixel_values_videos=processor.preprocess_videos([frames])).logits[0]
+    logp = logits[:-1].log_softmax(-1)  # (L-1, V): position j predicts token j+1
+    targets = torch.tensor(labels[1:])
+    keep = targets != -100
+    return float(logp[keep].gather(1, targets[keep, None]).sum())
+
+
+def test_loss_goes_down_and_the_colour_is_learned(parts, tmp_path):
+    """Stage 1, then stage 2 from stage 1's projector, on 'what colour is this video?'; then the
+    trained model names the colour of videos it never saw."""
+    s1 = train(config(parts, tmp_path / "c1", stage=1, max_steps=10, lr=1e-2, batch_size=4))
+    s2 = train(config(parts, tmp_path / "c2", stage=2, max_steps=20, lr=1e-2, batch_size=4, init_from=str(s1)))
+    first, second = losses(tmp_path / "c1"), losses(tmp_path / "c2")
+    assert sum(first[-3:]) < sum(first[:3])  # stage 1 alone lowers the loss ...
+    assert second[0] < first[0]  # ... stage 2 starts where stage 1 ended ...
+    assert sum(second[-3:]) / 3 < 0.1 * first[0], (first, second)  # ... and goes far lower
+    model, processor = load_trained(s2)
+    names = list(COLOURS)
+    for i, colour in enumerate(names):
+        video = write_colour_video(tmp_path / f"held_out_{colour}.mp4", COLOURS[colour], frames=FRAMES, seed=100 + i)
+        scores = [_answer_logprob(model, processor, video, f"The video is mostly {c}.") for c in names]
+        assert names[scores.index(max(scores))] == colour, (colour, scores)

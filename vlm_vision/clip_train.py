@@ -46,6 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
+from video.decode import VideoDecodeError, load_video
 from vlm_vision.clip_loss import LogitScale, clip_loss
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings, tokenize
@@ -194,15 +195,13 @@ class _PairDataset(torch.utils.data.Dataset):
         pair = self.pairs[i]
         try:
             return i, self._pixels(pair)  # (T, 3, S, S)
-        except (ValueError, OSError) as e:  # unreadable image, or video.VideoDecodeError (a ValueError)
+        except (ValueError, OSError, VideoDecodeError) as e:  # an image or a video that does not decode
             self.failed[pair.path] = f"{pair.kind} cannot be decoded: {e}"
             return i, None
 
     def _pixels(self, pair: Pair) -> torch.Tensor:
         if pair.kind == "image":
             return self.transform(pair.path)  # (1, 3, S, S)
-        from video.decode import load_video  # decord is imported only when videos are used
-
         return self.transform(load_video(pair.path, num_frames=self.num_frames).frames)  # (T, 3, S, S)
 
     def collate(self, items: list[tuple[int, torch.Tensor | None]]) -> dict[str, Any]:

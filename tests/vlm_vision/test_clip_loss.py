@@ -1,16 +1,15 @@
 """clip_loss and LogitScale: a direct recomputation, the known values, the clamp, and 2 real processes."""
 
 import math
-import os
 import pathlib
 import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.vlm_vision._gather_worker import worker
 from vlm_vision.clip_loss import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, LogitScale, clip_loss
 
 
@@ -89,26 +88,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str, sizes: list[list[int]]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for case, per_rank in enumerate(sizes):
-            g = torch.Generator().manual_seed(case)
-            img = torch.randn(sum(per_rank), 8, generator=g)
-            txt = torch.randn(sum(per_rank), 8, generator=g)
-            start = sum(per_rank[:rank])
-            local_img = img[start : start + per_rank[rank]].clone().requires_grad_()
-            local_txt = txt[start : start + per_rank[rank]].clone().requires_grad_()
-            loss = clip_loss(local_img, local_txt, torch.tensor(1.5))
-            loss.backward()
-            torch.save({"loss": loss.detach(), "img_grad": local_img.grad, "txt_grad": local_txt.grad},
-                       f"{out}/case{case}_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def _per_rank_losses(img, txt, sizes, log_scale):
     """Each rank's loss computed in one process: its rows against the global columns."""
     img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
@@ -123,7 +102,7 @@ def _per_rank_losses(img, txt, sizes, log_scale):
 
 def test_two_processes_gather_the_global_batch(tmp_path: pathlib.Path):
     sizes = [[4, 4], [3, 5]]  # equal local batches, then unequal ones (a sample skipped on rank 0)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), sizes), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, _free_port(), str(tmp_path), sizes), nprocs=2, join=True)
     for case, per_rank in enumerate(sizes):
         g = torch.Generator().manual_seed(case)
         img = torch.randn(sum(per_rank), 8, generator=g).requires_grad_()

@@ -79,11 +79,13 @@ def test_locked_image_tower_is_bit_identical_and_the_text_tower_learns(colours, 
 def test_bad_samples_are_skipped_and_counted(colours, tmp_path):
     media = colours["media"]
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    (tmp_path / "corrupt.mp4").write_bytes(b"not a video")
     lines = [json.dumps({"image": f"{name}{k}.png", "caption": f"a {name} square"})
              for name in ("red", "blue") for k in range(3)]
     lines += [
         json.dumps({"image": "nowhere.png", "caption": "a missing file"}),
         json.dumps({"image": str(tmp_path / "corrupt.png"), "caption": "a corrupt file"}),
+        json.dumps({"video": str(tmp_path / "corrupt.mp4"), "caption": "a corrupt video"}),
         json.dumps({"image": "red0.png"}),
         json.dumps({"image": "red0.png", "video": "red0.png", "caption": "both kinds"}),
         "{not json",
@@ -94,10 +96,10 @@ def test_bad_samples_are_skipped_and_counted(colours, tmp_path):
                "--batch-size", "4", "--lr", "1e-4", "--eval-fraction", "0"])
     assert rc == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["skipped"] == 5 and metrics["steps"] == 3
+    assert metrics["skipped"] == 6 and metrics["steps"] == 3
     assert metrics["before"] is None and metrics["after"] is None
     reasons = "\n".join(metrics["skipped_reasons"])
-    for expected in ("nowhere.png", "corrupt.png", "caption must be", "exactly one of", "invalid JSON"):
+    for expected in ("nowhere.png", "corrupt.png", "corrupt.mp4", "caption must be", "exactly one of", "invalid JSON"):
         assert expected in reasons
 
 

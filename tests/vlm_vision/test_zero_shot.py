@@ -155,3 +155,11 @@ def test_classify_video_averages_frame_embeddings(clf, tmp_path):
     torch.testing.assert_close(probs, torch.cat(expected).detach())
     # an already decoded clip gives the same as its file
     torch.testing.assert_close(clf.classify_video(load_video(paths[1], num_frames=4), CLASSES), probs[1:])
+
+
+def test_a_video_that_does_not_decode_raises(clf, tmp_path):
+    from video.decode import VideoDecodeError
+
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        clf.classify_video(tmp_path / "broken.mp4", CLASSES)

@@ -1,0 +1,138 @@
+"""extract_video_tokens and the video-tokens file format, with a tiny random tower on real video."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from video import VideoTokens, extract_video_tokens, load_video, load_video_tokens, save_video_tokens, spatial_pool
+from video.extract import read_metadata, temporary_files, write_atomic
+from vlm_vision import CLIPVisionTower
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+            patch_size=7)  # 4x4 patch grid, pooled 2x2
+
+
+@pytest.fixture
+def tower() -> CLIPVisionTower:
+    return CLIPVisionTower.from_config(CLIPVisionConfig(**TINY))
+
+
+@pytest.fixture
+def realshort(data_dir) -> pathlib.Path:
+    return data_dir / "realshort.mp4"
+
+
+def test_tokens_are_tower_then_pool_on_the_sampled_frames(tower, realshort):
+    clip = load_video(realshort, num_frames=6)
+    pixels = tower.image_transform(clip.frames)  # (6, 3, 28, 28)
+    expected = spatial_pool(tower(pixels), grid=(4, 4), stride=2, mode="average")  # (6, 4, 32)
+
+    from_clip = extract_video_tokens(clip, tower, pool_stride=2)
+    from_path = extract_video_tokens(realshort, tower, num_frames=6, pool_stride=2)
+
+    assert from_clip.tokens.shape == (6, 4, 32)
+    assert torch.equal(from_clip.tokens, expected)
+    assert torch.equal(from_path.tokens, expected)
+    assert from_path.indices == list(clip.indices)
+    assert from_path.timestamps == pytest.approx(list(clip.timestamps))
+    assert from_path.grid == (4, 4) and from_path.pooled_grid == (2, 2)
+    assert from_path.layer == -2 and from_path.path == str(realshort)
+
+
+def test_matches_the_transformers_pipeline(realshort):
+    """CLIPVisionModel hidden_states[-2][:, 1:] + 2x2 average pooling on the same frames."""
+    reference = CLIPVisionModel(CLIPVisionConfig(**TINY)).eval()
+    tower = CLIPVisionTower.from_transformers(reference)
+    clip = load_video(realshort, num_frames=4)
+    pixels = tower.image_transform(clip.frames)  # (4, 3, 28, 28)
+    with torch.no_grad():
+        hidden = reference(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]  # (4, 16, 32)
+    grid = hidden.transpose(1, 2).reshape(4, 32, 4, 4)  # (T, D, 4, 4)
+    expected = torch.nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)  # (T, 4, D)
+
+    got = extract_video_tokens(clip, tower).tokens
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, stride, n", [("max", 2, 4), ("average", 1, 16), ("bilinear", 3, 4)])
+def test_pool_settings_reach_the_tokens(tower, realshort, mode, stride, n):
+    clip = load_video(realshort, num_frames=2)
+    got = extract_video_tokens(clip, tower, pool_stride=stride, pool_mode=mode)
+    assert got.tokens.shape == (2, n, 32)
+    assert got.pooled_grid[0] * got.pooled_grid[1] == n
+    expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=stride, mode=mode)
+    assert torch.equal(got.tokens, expected)
+
+
+def test_batch_size_does_not_change_the_tokens(tower, realshort):
+    clip = load_video(realshort, num_frames=5)
+    whole = extract_video_tokens(clip, tower).tokens
+    batched = extract_video_tokens(clip, tower, batch_size=2).tokens
+    torch.testing.assert_close(batched, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_arguments_are_refused(tower, realshort):
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_video_tokens(realshort, tower, batch_size=0)
+    with pytest.raises(TypeError, match="path or a VideoClip"):
+        extract_video_tokens(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), tower)
+    cls_tower = CLIPVisionTower.from_config(CLIPVisionConfig(**TINY), select_feature="cls_patch")
+    with pytest.raises(ValueError, match="CLS"):
+        extract_video_tokens(realshort, cls_tower, num_frames=2)
+
+
+def test_save_and_load_round_trip(tower, realshort, tmp_path):
+    vt = extract_video_tokens(realshort, tower.to(torch.bfloat16), num_frames=3, model="tiny", random_weights=True)
+    assert vt.tokens.dtype == torch.bfloat16
+    path = save_video_tokens(vt, tmp_path / "clip.safetensors", extra={"num_frames": 3})
+    back = load_video_tokens(path)
+
+    assert torch.equal(back.tokens, vt.tokens)
+    for field in ("indices", "timestamps", "native_fps", "num_total_frames", "duration", "path", "grid",
+                  "pooled_grid", "pool_stride", "pool_mode", "model", "layer", "random_weights", "sampling",
+                  "timestamp_shift"):
+        assert getattr(back, field) == getattr(vt, field), field
+    meta = read_metadata(path)
+    assert meta["random_weights"] is True and meta["model"] == "tiny" and meta["num_frames"] == 3
+    assert os.listdir(tmp_path) == ["clip.safetensors"]  # no temporary file left behind
+
+
+def test_extra_metadata_may_not_shadow_a_field(tower, realshort, tmp_path):
+    vt = extract_video_tokens(realshort, tower, num_frames=2)
+    with pytest.raises(ValueError, match="model"):
+        save_video_tokens(vt, tmp_path / "x.safetensors", extra={"model": "other"})
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_loading_a_foreign_safetensors_file_is_an_error(tmp_path):
+    save_file({"tokens": torch.zeros(2, 4, 8)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a video-tokens file"):
+        load_video_tokens(tmp_path / "other.safetensors")
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "out.safetensors"
+    target.write_bytes(b"old")
+
+    def fail(src, dst):
+        raise KeyboardInterrupt  # as if the process were stopped between writing and renaming
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert temporary_files(target) == []
+
+
+def test_video_tokens_is_exported():
+    import video
+
+    for name in ("VideoTokens", "extract_video_tokens", "save_video_tokens", "load_video_tokens"):
+        assert name in video.__all__
+    assert VideoTokens.__doc__

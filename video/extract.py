@@ -1,0 +1,283 @@
+"""Per-frame video tokens: sampled frames -> frozen tower -> spatial pooling, and their files.
+
+This is the vision half of LLaVA-NeXT-Video, stopped before the projector: each sampled frame goes
+through the CLIP tower as an independent image (frames are folded into the batch), its 24x24 patch
+grid is pooled 2x2 to 12x12 = 144 tokens, and the frames are unfolded again. transformers'
+`LlavaNextVideoForConditionalGeneration` and the first LLaVA-NeXT-Video release pool *before* the
+projector, so the tokens stored here are projector-agnostic: any projector trained on that layout
+can be applied later, and one extraction serves many experiments.
+
+Frames travel to the tower's device as uint8 (a quarter of the bytes of float32) and are
+preprocessed there by the tower's own `image_transform`.
+
+A `.safetensors` file holds one tensor, `tokens`, and the clip's metadata as safetensors' string
+metadata (JSON-encoded values), so any safetensors reader sees both. Files are written to a
+temporary name in the same folder and renamed into place: a reader, or a resumed extraction, never
+sees half a file.
+
+Shapes: T frames, H/W pixels, S tower input side, N patch tokens per frame, N' pooled tokens per
+frame, D tower width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from video.decode import VideoClip, load_video
+from video.pooling import spatial_pool
+
+__all__ = ["VideoTokens", "extract_video_tokens", "load_video_tokens", "save_video_tokens"]
+
+FORMAT = "vlm-vision/video-tokens/v1"
+
+
+@dataclasses.dataclass
+class VideoTokens:
+    """The pooled tokens of one clip and where they came from."""
+
+    tokens: torch.Tensor
+    """float[T, N', D]: per frame, tower -> pool, before any projector."""
+    indices: list[int]
+    """Frame index in the video of each of the T frames."""
+    timestamps: list[float]
+    """Presentation time of each frame, in seconds."""
+    native_fps: float
+    """The video's average frame rate."""
+    num_total_frames: int
+    """Frames in the video."""
+    duration: float
+    """Length of the video in seconds."""
+    path: str | None
+    """The video file, or None for a clip built in memory."""
+    grid: tuple[int, int]
+    """The tower's patch grid (rows, cols) before pooling, e.g. (24, 24)."""
+    pooled_grid: tuple[int, int]
+    """The grid of `tokens` after pooling, e.g. (12, 12); N' = rows * cols."""
+    pool_stride: int
+    pool_mode: str
+    model: str
+    """What produced the tokens: a Hub id, a path, or 'random:<variant>'."""
+    layer: int
+    """The tower layer the tokens come from (a `hidden_states` index, -2 for LLaVA)."""
+    random_weights: bool = False
+    """True when the tower had random weights: the tokens then carry no meaning."""
+    sampling: str = "exact"
+    """'exact' or 'keyframe' (indices moved to the nearest keyframe)."""
+    timestamp_shift: list[float] | None = None
+    """With keyframe sampling, how far (s) each frame moved from the uniform target."""
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def metadata(self) -> dict[str, str]:
+        """Everything but the tensor, as safetensors string metadata (JSON-encoded values)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tokens"}
+        meta = {name: json.dumps(value) for name, value in fields.items()}
+        meta["format"] = FORMAT
+        return meta
+
+
+def extract_video_tokens(
+    video: str | os.PathLike | VideoClip,
+    tower: torch.nn.Module,
+    *,
+    num_frames: int = 32,
+    fps: float | None = None,
+    pool_stride: int = 2,
+    pool_mode: str = "average",
+    batch_size: int | None = None,
+    sampling: str = "exact",
+    model: str | None = None,
+    random_weights: bool = False,
+) -> VideoTokens:
+    """Sample a video's frames, encode each with the tower, and pool each frame's patch grid.
+
+    Args:
+        video: a video file, or a `VideoClip` already decoded (then `num_frames`, `fps` and
+            `sampling` are not used).
+        tower: a `vlm_vision.CLIPVisionTower` (any module with `image_transform`, `grid_size`,
+            `select_layer`, `device` and float[B, 3, S, S] -> float[B, N, D] works).
+        num_frames: frames sampled uniformly over the video (LLaVA-NeXT-Video uses 32).
+        fps: sample about this many frames per second instead (at most `num_frames`).
+        pool_stride: spatial pooling stride; 2 turns 24x24 into 12x12 = 144 tokens, 1 keeps all.
+        pool_mode: "average", "max" or "bilinear" (see `video.spatial_pool`).
+        batch_size: frames per tower call; None encodes all frames in one call.
+        sampling: "exact" or "keyframe" (see `video.load_video`).
+        model: the label stored with the tokens (a Hub id or a path); defaults to the tower's class.
+        random_weights: record that the tower's weights are random.
+
+    Returns:
+        `VideoTokens` with tokens float[T, N', D] in the tower's dtype, on the tower's device.
+
+    Raises:
+        video.VideoDecodeError: when the file cannot be decoded.
+        ValueError: for a non-positive batch size, or a tower that keeps the CLS token (it has no
+            place on the pooling grid).
+
+    Example:
+        >>> vt = extract_video_tokens("cockatoo.mp4", tower, num_frames=8)
+        >>> vt.tokens.shape
+        torch.Size([8, 144, 1024])
+    """
+    if batch_size is not None and batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if isinstance(video, VideoClip):
+        clip = video
+    elif isinstance(video, (str, os.PathLike)):
+        clip = load_video(video, num_frames=num_frames, fps=fps, max_frames=num_frames if fps else None,
+                          sampling=sampling)
+    else:
+        raise TypeError(f"video must be a path or a VideoClip, got {type(video).__name__}")
+    frames = clip.frames.to(tower.device, non_blocking=True)  # (T, H, W, 3) uint8, on the tower's device
+    pixels = tower.image_transform(frames)  # (T, 3, S, S) float32
+    tokens = encode_pixels(pixels, tower, pool_stride=pool_stride, pool_mode=pool_mode, batch_size=batch_size)
+    if isinstance(video, VideoClip):
+        sampling = "keyframe" if clip.snapped else "exact"
+    return tokens_for_clip(clip, tokens, tower, pool_stride=pool_stride, pool_mode=pool_mode,
+                           model=model, random_weights=random_weights, sampling=sampling)
+
+
+def encode_pixels(pixels: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int, pool_mode: str,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Preprocessed frames float[T, 3, S, S] -> pooled tokens float[T, N', D] (tower, then pool)."""
+    if tower.select_feature != "patch":
+        raise ValueError(f"the tower keeps the CLS token (select_feature={tower.select_feature!r}); "
+                         f"video pooling needs patch tokens only: build it with select_feature='patch'")
+    step = pixels.shape[0] if batch_size is None else batch_size
+    pooled = []
+    for chunk in pixels.split(max(step, 1)):  # (b, 3, S, S) each
+        features = tower(chunk)  # (b, N, D)
+        pooled.append(spatial_pool(features, grid=tower.grid_size, stride=pool_stride, mode=pool_mode))  # (b, N', D)
+    return torch.cat(pooled)  # (T, N', D)
+
+
+def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int,
+                    pool_mode: str, model: str | None, random_weights: bool, sampling: str) -> VideoTokens:
+    """Wrap pooled tokens float[T, N', D] with the clip's and the tower's metadata."""
+    t = tokens.shape[0]
+    if t != len(clip.indices):
+        raise ValueError(f"{t} token frames for a clip of {len(clip.indices)} frames ({clip.path})")
+    return VideoTokens(
+        tokens=tokens,
+        indices=[int(i) for i in clip.indices],
+        timestamps=[float(s) for s in clip.timestamps],
+        native_fps=float(clip.native_fps),
+        num_total_frames=int(clip.num_total_frames),
+        duration=float(clip.duration),
+        path=None if clip.path is None else str(clip.path),
+        grid=tuple(tower.grid_size),
+        pooled_grid=pooled_grid(tuple(tower.grid_size), pool_stride, pool_mode),
+        pool_stride=pool_stride,
+        pool_mode=pool_mode,
+        model=model if model is not None else type(tower).__name__,
+        layer=int(tower.select_layer),
+        random_weights=random_weights,
+        sampling=sampling,
+        timestamp_shift=None if clip.timestamp_shift is None else [float(s) for s in clip.timestamp_shift],
+    )
+
+
+def pooled_grid(grid: tuple[int, int], stride: int, mode: str) -> tuple[int, int]:
+    """The grid after pooling: exact division for average/max, rounded up for bilinear."""
+    h, w = grid
+    if mode == "bilinear":
+        return -(-h // stride), -(-w // stride)
+    return h // stride, w // stride
+
+
+# ----- files ------------------------------------------------------------------------------------
+
+def save_video_tokens(tokens: VideoTokens, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write `tokens` to one .safetensors file, atomically.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is
+    renamed over `path`: `path` either does not exist or is complete.
+
+    Args:
+        tokens: what to write.
+        path: the .safetensors file.
+        extra: more JSON-serialisable metadata (e.g. the settings of the run); its keys must not
+            clash with `VideoTokens`' fields.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    meta = tokens.metadata()
+    for key, value in (extra or {}).items():
+        if key in meta:
+            raise ValueError(f"extra metadata key {key!r} clashes with a VideoTokens field")
+        meta[key] = json.dumps(value)
+    data = safetensors_bytes({"tokens": tokens.tokens.detach().contiguous().cpu()}, metadata=meta)
+    write_atomic(path, data)
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def temporary_files(path: Path) -> list[Path]:
+    """Leftover temporary files of `write_atomic(path, ...)` (from an interrupted run)."""
+    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a video-tokens file, without reading the tensor.
+
+    Raises:
+        ValueError: if the file is not a vlm-vision video-tokens file.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a video-tokens file (format {raw.get('format')!r}, expected {FORMAT!r})")
+    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+
+
+def load_video_tokens(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VideoTokens:
+    """Read a file written by `save_video_tokens`.
+
+    Raises:
+        ValueError: if the file is not a vlm-vision video-tokens file or lacks a field.
+    """
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        tokens = f.get_tensor("tokens")  # (T, N', D)
+    names = {f.name for f in dataclasses.fields(VideoTokens)} - {"tokens"}
+    missing = sorted(n for n in names if n not in meta and _required(n))
+    if missing:
+        raise ValueError(f"{path}: video-tokens metadata lacks {missing}")
+    fields = {k: v for k, v in meta.items() if k in names}
+    for key in ("grid", "pooled_grid"):
+        fields[key] = tuple(fields[key])
+    return VideoTokens(tokens=tokens, **fields)
+
+
+def _required(name: str) -> bool:
+    field = next(f for f in dataclasses.fields(VideoTokens) if f.name == name)
+    return field.default is dataclasses.MISSING

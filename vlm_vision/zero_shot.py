@@ -35,7 +35,7 @@ from transformers.utils import cached_file
 
 from vlm_vision.transforms import CLIPImageTransform
 
-__all__ = ["ZeroShotClassifier", "average_frame_embeddings", "load_clip", "tokenize"]
+__all__ = ["ZeroShotClassifier", "average_frame_embeddings", "load_clip", "projected_embeddings", "tokenize"]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -103,7 +103,7 @@ class ZeroShotClassifier:
         c, k = len(class_names), len(templates)
         prompts = [t.format(name) for name in class_names for t in templates]  # class-major: C x K
         batch = tokenize(self.tokenizer, prompts, self.max_text_length)
-        text = _pooled(self.model.get_text_features(
+        text = projected_embeddings(self.model.get_text_features(
             input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)))
         text = F.normalize(text, dim=-1).view(c, k, -1)  # (C, K, D)
         return F.normalize(text.mean(dim=1), dim=-1)  # (C, D)
@@ -187,7 +187,7 @@ class ZeroShotClassifier:
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image-tower embeddings (projected, not normalised) in chunks: float[B, D]."""
         dtype = self.model.visual_projection.weight.dtype
-        chunks = [_pooled(self.model.get_image_features(pixel_values=chunk.to(self.device, dtype)))
+        chunks = [projected_embeddings(self.model.get_image_features(pixel_values=chunk.to(self.device, dtype)))
                   for chunk in pixels.split(self.batch_size)]  # (b, D) each
         return torch.cat(chunks)  # (B, D)
 
@@ -246,7 +246,7 @@ def average_frame_embeddings(embeds: torch.Tensor, counts: Sequence[int]) -> tor
     return F.normalize(means, dim=-1)  # (V, D)
 
 
-def _pooled(output: Any) -> torch.Tensor:
+def projected_embeddings(output: Any) -> torch.Tensor:
     """The projected embedding from `get_image_features`/`get_text_features`: float[B, D].
 
     transformers 5 returns a model output whose `pooler_output` is the projection; 4.x returned

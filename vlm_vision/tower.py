@@ -190,12 +190,20 @@ class CLIPVisionTower(nn.Module):
         from vlm_vision.checkpoints import load_vision_weights
 
         config, state_dict, transform = load_vision_weights(name_or_path)
-        tower = cls(config, select_layer=select_layer, select_feature=select_feature, image_transform=transform)
-        tower.load_tower_state_dict(state_dict, source=str(name_or_path))
-        return tower.to(device=device, dtype=dtype)
+        # Built on the meta device: no random initialisation, and the loaded tensors become the
+        # parameters (assign) instead of being copied into a second set of buffers.
+        with torch.device("meta"):
+            tower = cls(config, select_layer=select_layer, select_feature=select_feature, image_transform=transform)
+        tower.load_tower_state_dict(state_dict, source=str(name_or_path), assign=True)
+        # Like transformers, float32 unless a dtype is asked for, whatever the file stores.
+        return tower.to(device=device, dtype=dtype or torch.float32)
 
-    def load_tower_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str = "state dict") -> None:
+    def load_tower_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str = "state dict",
+                              assign: bool = False) -> None:
         """Load weights in our own layout, ignoring blocks past the selected layer.
+
+        With `assign=True` the given tensors become the parameters (for a tower built on the meta
+        device); they keep the tower's frozen or trainable state.
 
         Raises:
             ValueError: naming any missing, unexpected or mis-shaped key.
@@ -211,7 +219,9 @@ class CLIPVisionTower(nn.Module):
         for k, v in kept.items():
             if v.shape != own[k].shape:
                 raise ValueError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
-        self.load_state_dict(kept, strict=True)
+        self.load_state_dict(kept, strict=True, assign=assign)
+        if assign:
+            self.requires_grad_(not self._frozen)
 
     # ----- freezing -----------------------------------------------------------------------------
 

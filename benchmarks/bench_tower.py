@@ -36,20 +36,16 @@ def save_reference(variant: str, folder: str) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from safetensors.torch import load_file
     from transformers import CLIPVisionModel
 
     from vlm_vision import CLIPVisionTower, vision_config
-    from vlm_vision.checkpoints import hf_to_tower
 
     dtype, device = DTYPES[args.dtype], args.device
     cfg = vision_config(args.variant)
     torch.manual_seed(1)
     x = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
     if args.path == "ours":
-        model = CLIPVisionTower.from_config(cfg)
-        model.load_tower_state_dict(hf_to_tower(load_file(os.path.join(args.weights, "model.safetensors"))))
-        model = model.to(device=device, dtype=dtype)
+        model = CLIPVisionTower.from_pretrained(args.weights, dtype=dtype, device=device)
         if args.compile:
             model.compile()
         fn = lambda: model(x_dev)  # noqa: E731

@@ -1,0 +1,313 @@
+"""`vlm-vision extract` end to end: bad files, resume, overwrite, preview, several processes, weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, truncate_file
+from video import load_video, load_video_tokens, spatial_pool
+from video.extract_cli import contact_sheet, find_videos, output_names, shard
+from vlm_vision import CLIPVisionTower
+from vlm_vision.cli import main
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+            patch_size=7)
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> pathlib.Path:
+    """A transformers CLIPVisionModel folder with tiny random weights, as a user would pass to --model."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(**TINY)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def videos(tmp_path) -> pathlib.Path:
+    """A folder of three small good videos, one of them in a subfolder."""
+    folder = tmp_path / "videos"
+    (folder / "sub").mkdir(parents=True)
+    make_numbered_video(folder / "a.mp4", 12)
+    make_numbered_video(folder / "b.mkv", 9)
+    make_numbered_video(folder / "sub" / "c.mp4", 15, size=(64, 96))
+    return folder
+
+
+def extract(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["extract", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def manifest(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def outputs(out: pathlib.Path) -> dict[str, float]:
+    """Output file name -> modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".safetensors", ".png")}
+
+
+# ----- pure helpers -----------------------------------------------------------------------------
+
+def test_find_videos_expands_folders_and_lists(tmp_path, videos):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my videos\nvideos/a.mp4\n\nvideos/missing.mp4\n")
+    (videos / "notes.txt").write_text("not a video")
+    found = find_videos([listing, videos])
+    assert found == [tmp_path / "videos/a.mp4", tmp_path / "videos/missing.mp4", videos / "b.mkv",
+                     videos / "sub" / "c.mp4"]  # a.mp4 once, notes.txt ignored, missing kept (reported later)
+
+
+def test_output_names_are_distinct_and_readable():
+    paths = [pathlib.Path(p) for p in ("/d/x/clip.mp4", "/d/y/clip.mp4", "/d/x/other.mp4")]
+    assert output_names(paths) == ["x__clip.mp4", "y__clip.mp4", "other"]
+    paths.append(pathlib.Path("/e/clip.mkv"))  # the common folder of the clashing group moves up to /
+    assert output_names(paths) == ["d__x__clip.mp4", "d__y__clip.mp4", "other", "e__clip.mkv"]
+    assert output_names([pathlib.Path("/d/clip.mp4"), pathlib.Path("/d/clip.mkv")]) == ["clip.mp4", "clip.mkv"]
+
+
+def test_shard_gives_every_item_to_exactly_one_process():
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == items
+    assert parts[1] == [1, 4, 7, 10]
+
+
+def test_contact_sheet_size():
+    frames = torch.zeros(10, 48, 64, 3, dtype=torch.uint8)
+    sheet = contact_sheet(frames, [0.1 * i for i in range(10)], columns=4, thumb_width=32, pad=2)
+    assert sheet.size == (4 * 32 + 5 * 2, 3 * 24 + 4 * 2)
+
+
+# ----- the command ------------------------------------------------------------------------------
+
+def test_tokens_equal_the_library_call(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    code, stdout, _ = extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 5,
+                              "--workers", 1)
+    assert code == 0
+    assert "a.mp4: tokens (5, 4, 32)" in stdout
+    got = load_video_tokens(out / "a.safetensors")
+    tower = CLIPVisionTower.from_pretrained(tiny_model)
+    clip = load_video(videos / "a.mp4", num_frames=5)
+    expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
+    torch.testing.assert_close(got.tokens, expected, rtol=1e-5, atol=1e-6)
+    assert got.indices == list(clip.indices) and got.model == str(tiny_model) and not got.random_weights
+    assert [r["status"] for r in manifest(out)] == ["ok"]
+
+
+def test_bad_files_are_reported_and_the_others_written(capsys, tmp_path, tiny_model, data_dir):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(data_dir / "realshort.mp4", folder / "good.mp4")
+    make_numbered_video(folder / "good2.mp4", 8)
+    corrupt_file(data_dir / "realshort.mp4", folder / "corrupt.mp4", start=0.0, length=20000)
+    truncate_file(data_dir / "realshort.mp4", folder / "truncated.mp4", keep=0.3)
+    (folder / "notes.mp4").write_text("this is a text file, not a video\n" * 50)
+    make_audio_only(folder / "audio.mp4")
+    out = tmp_path / "out"
+
+    code, stdout, _ = extract(capsys, folder, "--out", out, "--model", tiny_model, "--num-frames", 4,
+                              "--workers", 2)
+
+    assert code != 0
+    assert sorted(outputs(out)) == ["good.safetensors", "good2.safetensors"]
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    status = {pathlib.Path(r["video"]).name: r for r in manifest(out)}
+    assert {k: v["status"] for k, v in status.items()} == {
+        "audio.mp4": "error", "corrupt.mp4": "error", "good.mp4": "ok", "good2.mp4": "ok", "notes.mp4": "error",
+        "truncated.mp4": "error"}
+    assert all(status[k]["reason"] for k in ("audio.mp4", "corrupt.mp4", "notes.mp4", "truncated.mp4"))
+    assert "4 failed" in stdout and "notes.mp4" in stdout.split("failed videos")[1]
+    assert load_video_tokens(out / "good.safetensors").tokens.shape == (4, 4, 32)
+
+
+def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    assert extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 3, "--workers", 0)[0] == 0
+    before = outputs(out)
+    assert sorted(before) == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    # Interrupted while writing c: its output is missing and a temporary file is left over.
+    (out / "c.safetensors").unlink()
+    leftover = out / ".c.safetensors.abc123.tmp"
+    leftover.write_bytes(b"half a file")
+    time.sleep(0.01)
+
+    code, stdout, _ = extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 3)
+
+    assert code == 0
+    after = outputs(out)
+    assert after["a.safetensors"] == before["a.safetensors"] and after["b.safetensors"] == before["b.safetensors"]
+    assert load_video_tokens(out / "c.safetensors").tokens.shape == (3, 4, 32)
+    assert not leftover.exists()
+    second_run = manifest(out)[3:]
+    assert sorted((pathlib.Path(r["video"]).name, r["status"]) for r in second_run) == [
+        ("a.mp4", "skipped-existing"), ("b.mkv", "skipped-existing"), ("c.mp4", "ok")]
+    assert "a.mp4: tokens (3, 4, 32) (already done)" in stdout
+
+
+def test_overwrite_redoes_and_changed_settings_are_not_silently_kept(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    args = [videos / "a.mp4", "--out", out, "--model", tiny_model, "--workers", 0]
+    assert extract(capsys, *args, "--num-frames", 3)[0] == 0
+    first = outputs(out)["a.safetensors"]
+
+    code, stdout, _ = extract(capsys, *args, "--num-frames", 5)
+    assert code != 0 and "different settings" in stdout and "--overwrite" in stdout
+    assert outputs(out)["a.safetensors"] == first
+
+    time.sleep(0.01)
+    assert extract(capsys, *args, "--num-frames", 5, "--overwrite")[0] == 0
+    assert outputs(out)["a.safetensors"] != first
+    assert load_video_tokens(out / "a.safetensors").tokens.shape[0] == 5
+
+
+def test_workers_do_not_change_the_tokens(capsys, tmp_path, tiny_model, videos):
+    for workers in (0, 2):
+        assert extract(capsys, videos, "--out", tmp_path / f"w{workers}", "--model", tiny_model, "--num-frames", 4,
+                       "--workers", workers)[0] == 0
+    for name in ("a", "b", "c"):
+        assert torch.equal(load_video_tokens(tmp_path / "w0" / f"{name}.safetensors").tokens,
+                           load_video_tokens(tmp_path / "w2" / f"{name}.safetensors").tokens)
+
+
+def test_preview_contact_sheet(capsys, tmp_path, tiny_model, data_dir):
+    out = tmp_path / "out"
+    code, _, _ = extract(capsys, data_dir / "realshort.mp4", "--out", out, "--model", tiny_model, "--num-frames", 4,
+                         "--preview", "--workers", 0)
+    assert code == 0
+    with Image.open(out / "realshort.png") as sheet:  # 4 thumbnails of 192 x 144 (320x240 video) in one row
+        assert sheet.size == (4 * 192 + 5 * 4, 144 + 2 * 4)
+
+
+def test_same_stem_in_two_folders_gives_two_outputs(capsys, tmp_path, tiny_model):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        make_numbered_video(tmp_path / sub / "clip.mp4", 6)
+    out = tmp_path / "out"
+    assert extract(capsys, tmp_path / "x", tmp_path / "y", "--out", out, "--model", tiny_model,
+                   "--num-frames", 2, "--workers", 0)[0] == 0
+    assert sorted(outputs(out)) == ["x__clip.mp4.safetensors", "y__clip.mp4.safetensors"]
+
+
+def test_missing_default_weights_point_to_random_weights(capsys, tmp_path, videos, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    out = tmp_path / "out"
+    code, _, err = extract(capsys, videos / "a.mp4", "--out", out)
+    assert code == 2
+    assert "openai/clip-vit-large-patch14-336" in err and "not available" in err and "--random-weights" in err
+    assert not list(out.glob("*.safetensors"))
+
+
+def test_random_weights_are_labelled(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    code, stdout, err = extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--random-weights",
+                                "--num-frames", 2, "--workers", 0)
+    assert code == 0
+    assert "RANDOM WEIGHTS" in stdout and "RANDOM WEIGHTS" in err
+    got = load_video_tokens(out / "a.safetensors")
+    assert got.random_weights and got.model.startswith("random:")
+    assert manifest(out)[0]["random_weights"] is True
+
+
+def test_random_weights_need_an_architecture(capsys, tmp_path, videos):
+    with pytest.raises(ValueError, match="architecture"):
+        main(["extract", str(videos / "a.mp4"), "--out", str(tmp_path), "--random-weights", "--model", "nonsense"])
+
+
+def test_no_videos_found(capsys, tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    code, _, err = extract(capsys, tmp_path / "empty", "--out", tmp_path / "out", "--model", tiny_model)
+    assert code == 1 and "no videos found" in err
+
+
+# ----- processes --------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_console_script(tmp_path, tiny_model, videos):
+    script = pathlib.Path(sys.executable).parent / "vlm-vision"
+    out = tmp_path / "out"
+    done = subprocess.run([str(script), "extract", str(videos / "b.mkv"), "--out", str(out), "--model",
+                           str(tiny_model), "--num-frames", "2", "--workers", "0"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "b.mkv: tokens (2, 4, 32)" in done.stdout
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_nothing_lost_or_written_twice(tmp_path, tiny_model):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):
+        make_numbered_video(folder / f"v{i:02d}.mp4", 30)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
+           str(tiny_model), "--num-frames", "8", "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.safetensors")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = outputs(out)
+    assert 1 <= len(first) <= 12
+    for name in first:  # whatever exists is complete
+        assert load_video_tokens(out / name).tokens.shape == (8, 4, 32)
+
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = outputs(out)
+    assert len(after) == 12 and all(after[n] == t for n, t in first.items())
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    last = {}
+    for r in manifest(out):
+        last[r["video"]] = r["status"]
+    assert set(last.values()) <= {"ok", "skipped-existing"} and len(last) == 12
+
+
+@pytest.mark.slow
+def test_accelerate_launch_splits_the_videos(tmp_path, tiny_model, videos):
+    make_numbered_video(videos / "d.mp4", 7)
+    out = tmp_path / "out"
+    accelerate = pathlib.Path(sys.executable).parent / "accelerate"
+    # `--cpu --num_processes 2` starts a single process unless MPI is set up; `--multi_gpu` starts two
+    # through torchrun, and without CUDA the command joins them over gloo on the CPU.
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "vlm_vision.cli", "extract", str(videos), "--out", str(out), "--model", str(tiny_model),
+           "--num-frames", "2", "--workers", "0"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(outputs(out)) == ["a.safetensors", "b.safetensors", "c.safetensors", "d.safetensors"]
+    records = manifest(out)
+    assert sorted(pathlib.Path(r["video"]).name for r in records) == ["a.mp4", "b.mkv", "c.mp4", "d.mp4"]
+    assert {r["rank"] for r in records} == {0, 1} and all(r["status"] == "ok" for r in records)
+    assert not list(out.glob("manifest.rank*.jsonl"))

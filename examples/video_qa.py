@@ -90,7 +90,7 @@ def answer(model: VisionLanguageModel, tokenizer, video: str, question: str, *, 
     inputs = processor(text, videos=[clip])  # tokens, placeholders expanded, frames preprocessed
     print(f"prompt: {inputs['input_ids'].shape[1]} tokens, {model.video_tokens(clip.frames.shape[0])} of them video")
     device = next(model.llm.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: v.to(device) for k, v in inputs.items()}  # one video: every value is a tensor
     # tower -> pool -> project -> splice -> LLM, inside generate
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id)

@@ -238,6 +238,19 @@ def _check_pinpoints(pinpoints: Sequence[Sequence[int]] | None, tile_size: int,
     return pairs
 
 
+def _check_pooling(grid: tuple[int, int], stride: int, mode: str) -> None:
+    """Fail at construction, not at the first video, on a pooling the tower's grid cannot take."""
+    from video.pooling import POOL_MODES
+
+    if mode not in POOL_MODES:
+        raise ValueError(f"unknown pool_mode {mode!r}; choose from {POOL_MODES}")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"pool_stride must be an int >= 1, got {stride!r}")
+    if mode != "bilinear" and (grid[0] % stride or grid[1] % stride):
+        raise ValueError(f"{mode} pooling with stride {stride} needs a patch grid divisible by it, "
+                         f"the tower's is {grid[0]}x{grid[1]}")
+
+
 def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:
     linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
     return (linears[0].in_features, linears[-1].out_features) if linears else None
@@ -294,6 +307,7 @@ class VisionLanguageModel(nn.Module):
         self.video_token_id = video_token_id
         self.pool_stride = pool_stride
         self.pool_mode = pool_mode
+        _check_pooling(tower.grid_size, pool_stride, pool_mode)
         self.video_newline = video_newline
         self.image_grid_pinpoints = _check_pinpoints(image_grid_pinpoints, tower.image_size, anyres_convention)
         self.anyres_convention = anyres_convention
@@ -310,7 +324,7 @@ class VisionLanguageModel(nn.Module):
     def pooled_grid(self) -> tuple[int, int]:
         """Rows and columns of a video frame's token grid after pooling, e.g. (12, 12)."""
         rows, cols = self.tower.grid_size
-        return rows // self.pool_stride, cols // self.pool_stride
+        return math.ceil(rows / self.pool_stride), math.ceil(cols / self.pool_stride)
 
     @property
     def image_tokens(self) -> int:

@@ -259,7 +259,7 @@ class VisionLanguageProcessor:
                 raise ValueError(
                     f"sample {index} needs at least {needed} tokens to keep its {len(visual)} visual tokens whole "
                     f"({len(ids)} in all), but max_length is {max_length}; truncation never cuts a visual span. "
-                    f"Raise max_length, or use fewer frames (num_frames) or a larger pool stride")
+                    f"Raise max_length, or use fewer frames (num_frames) or a larger pool stride.")
         return ids[len(ids) - max_length:] if left else ids[:max_length]
 
     def _pad(self, ids: list[list[int]], padding: bool | str, side: str, max_length: int | None) -> dict[str, Any]:

@@ -74,6 +74,16 @@ def test_model_features_have_the_advertised_length(layout):
         assert tokens.shape == (model.video_tokens(frames), 64)
 
 
+@torch.no_grad()
+def test_bilinear_pooling_of_an_odd_grid():
+    """A 4x4 grid at stride 3 pools bilinearly to 2x2 (ceil), and the grid layout still lines up."""
+    model = make_model("grid")
+    model.pool_stride, model.pool_mode = 3, "bilinear"
+    assert model.pooled_grid == (2, 2)
+    (tokens,) = model.video_features(pixels(1, 2))
+    assert tokens.shape == (model.video_tokens(2), 64) == (2 * 2 * 3, 64)
+
+
 # ----- encoding and splicing ---------------------------------------------------------------------------
 
 
@@ -141,6 +151,12 @@ def test_projector_width_is_checked():
     tower, llm = CLIPVisionTower(vision_config()), LlamaForCausalLM(text_config())
     with pytest.raises(ValueError, match="projector maps 32 -> 48, but the tower gives 32 and the LLM embeds in 64"):
         VisionLanguageModel(tower, build_projector("mlp2x_gelu", 32, 48), llm, image_token_id=1, video_token_id=2)
+    with pytest.raises(ValueError, match="stride 3 needs a patch grid divisible by it, the tower's is 4x4"):
+        VisionLanguageModel(tower, build_projector("linear", 32, 64), llm, image_token_id=1, video_token_id=2,
+                            pool_stride=3)
+    with pytest.raises(ValueError, match="unknown pool_mode 'mean'"):
+        VisionLanguageModel(tower, build_projector("linear", 32, 64), llm, image_token_id=1, video_token_id=2,
+                            pool_mode="mean")
     with pytest.raises(ValueError, match="unknown video_newline 'rows'"):
         VisionLanguageModel(tower, build_projector("linear", 32, 64), llm, image_token_id=1, video_token_id=2,
                             video_newline="rows")

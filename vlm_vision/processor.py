@@ -26,6 +26,8 @@ from typing import Any, Union
 
 import torch
 
+from vlm_vision.anyres import anyres_batch, anyres_num_tokens
+
 __all__ = ["VisionLanguageProcessor"]
 
 Message = Mapping[str, Any]
@@ -44,6 +46,9 @@ class VisionLanguageProcessor:
         grid: the tower's patch grid (rows, cols), (24, 24) for ViT-L/14@336.
         video_newline: the model's video newline layout ("no_token", "one_token", "frame", "grid").
         image_tokens: tokens per image (576 for ViT-L/14@336).
+        image_grid_pinpoints: LLaVA-NeXT anyres canvases; when set, each image becomes a base crop
+            plus tiles and its token count depends on its size (`vlm_vision.anyres`).
+        anyres_convention: "transformers" or "llava" (see `vlm_vision.anyres`).
         image_token, video_token: the placeholder strings.
         padding_side: "left" (for generation) or "right"; the tokenizer's own side when None.
 
@@ -55,7 +60,8 @@ class VisionLanguageProcessor:
 
     def __init__(self, tokenizer: Any, image_transform: Any, *, num_frames: int = 32, pool_stride: int = 2,
                  grid: tuple[int, int] = (24, 24), video_newline: str = "no_token", image_tokens: int = 576,
-                 image_token: str = "<image>", video_token: str = "<video>", padding_side: str | None = None):
+                 image_token: str = "<image>", video_token: str = "<video>", padding_side: str | None = None,
+                 image_grid_pinpoints: Sequence[Sequence[int]] | None = None, anyres_convention: str = "transformers"):
         from video.pooling import num_video_tokens
 
         if num_frames < 1:
@@ -68,6 +74,10 @@ class VisionLanguageProcessor:
         self.grid = tuple(grid)
         self.video_newline = video_newline
         self.image_tokens = image_tokens
+        self.image_grid_pinpoints = image_grid_pinpoints
+        self.anyres_convention = anyres_convention
+        if image_grid_pinpoints is not None:  # validates pinpoints, tile and patch sizes early
+            self.num_image_tokens(image_transform.image_size, image_transform.image_size)
         self.image_token = image_token
         self.video_token = video_token
         self.padding_side = _check_side(padding_side or tokenizer.padding_side)
@@ -84,7 +94,8 @@ class VisionLanguageProcessor:
         """
         processor = cls(tokenizer, model.tower.image_transform, num_frames=num_frames, pool_stride=model.pool_stride,
                         grid=model.tower.grid_size, video_newline=model.video_newline,
-                        image_tokens=model.image_tokens, **kwargs)
+                        image_tokens=model.image_tokens, image_grid_pinpoints=model.image_grid_pinpoints,
+                        anyres_convention=model.anyres_convention, **kwargs)
         for kind, ours, theirs in (("image", processor.image_token_id, model.image_token_id),
                                    ("video", processor.video_token_id, model.video_token_id)):
             if theirs is not None and ours != theirs:
@@ -168,6 +179,27 @@ class VisionLanguageProcessor:
         """float[I, 3, S, S], one crop per image."""
         return torch.cat([self.image_transform(image) for image in images])  # (I, 3, S, S)
 
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Placeholder tokens for an image of this size (`image_tokens` unless images are tiled)."""
+        if self.image_grid_pinpoints is None:
+            return self.image_tokens
+        tile = self.image_transform.image_size
+        if tile % self.grid[0]:
+            raise ValueError(f"image size {tile} is not a whole number of patches of the {self.grid} grid")
+        return anyres_num_tokens(height, width, grid_pinpoints=self.image_grid_pinpoints, tile_size=tile,
+                                 patch_size=tile // self.grid[0], convention=self.anyres_convention)
+
+    def preprocess_anyres_images(self, images: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiled images as transformers' LLaVA-NeXT processor gives them: float[I, P_max, 3, S, S]
+        (base crop then tiles, short images padded with zero crops) and long[I, 2] (height, width)."""
+        crops, sizes = anyres_batch(images, self.image_transform, grid_pinpoints=self.image_grid_pinpoints,
+                                    tile_size=self.image_transform.image_size, convention=self.anyres_convention)
+        most = max(c.shape[0] for c in crops)
+        padded = torch.zeros((len(crops), most, *crops[0].shape[1:]), dtype=crops[0].dtype)  # (I, P_max, 3, S, S)
+        for i, c in enumerate(crops):
+            padded[i, :c.shape[0]] = c
+        return padded, sizes
+
     # ----- the call -----------------------------------------------------------------------------
 
     def __call__(self, text: TextInput | Sequence[TextInput], images: Sequence[Any] | None = None,
@@ -193,6 +225,8 @@ class VisionLanguageProcessor:
         Returns:
             dict with `input_ids` long[B, L], `attention_mask` long[B, L], and `pixel_values`
             float[I, 3, S, S] and/or `pixel_values_videos` float[V, T, 3, S, S] when media is given.
+            With `image_grid_pinpoints`, `pixel_values` is float[I, P_max, 3, S, S] (see
+            `preprocess_anyres_images`) and `image_sizes` long[I, 2] is added.
 
         Raises:
             ValueError: when placeholders and media disagree in number, or when `max_length` would
@@ -210,12 +244,18 @@ class VisionLanguageProcessor:
         ids = [self.tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in zip(rendered, special)]
         self._check_media_counts(ids, len(images), len(videos))
         counts = iter([self.num_video_tokens(frames.shape[0]) for frames in video_frames])
-        image_count = self.image_tokens
-        ids = [self._expand(sample, image_count, counts) for sample in ids]
+        if images and self.image_grid_pinpoints is not None:
+            pixel_values, image_sizes = self.preprocess_anyres_images(images)
+            image_counts = iter([self.num_image_tokens(h, w) for h, w in image_sizes.tolist()])
+        else:
+            image_counts = iter([self.image_tokens] * len(images))
+        ids = [self._expand(sample, image_counts, counts) for sample in ids]
         if max_length is not None:
             ids = [self._fit(sample, max_length, truncation, i) for i, sample in enumerate(ids)]
         out = self._pad(ids, padding, padding_side or self.padding_side, max_length)
-        if images:
+        if images and self.image_grid_pinpoints is not None:
+            out["pixel_values"], out["image_sizes"] = pixel_values, image_sizes
+        elif images:
             out["pixel_values"] = self.preprocess_images(images)
         if videos:
             out["pixel_values_videos"] = self.preprocess_videos(video_frames)
@@ -236,11 +276,11 @@ class VisionLanguageProcessor:
                 raise ValueError(f"the prompts hold {found} {token} placeholders but {given} {kind}s were given; "
                                  f"give one {kind} per {token}, in prompt order")
 
-    def _expand(self, ids: list[int], image_count: int, video_counts: Any) -> list[int]:
+    def _expand(self, ids: list[int], image_counts: Any, video_counts: Any) -> list[int]:
         out: list[int] = []
         for token in ids:
             if token == self.image_token_id:
-                out += [token] * image_count
+                out += [token] * next(image_counts)
             elif token == self.video_token_id:
                 out += [token] * next(video_counts)
             else:

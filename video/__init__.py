@@ -1,3 +1,20 @@
 """Video: frame sampling (pure), decoding (decord), spatial pooling, per-frame token extraction."""
 
-__all__: list[str] = []
+from video.decode import VideoClip, VideoDecodeError, load_video
+from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens
+from video.pooling import num_video_tokens, spatial_pool
+from video.sampling import fps_indices, uniform_indices
+
+__all__: list[str] = [
+    "uniform_indices",
+    "fps_indices",
+    "load_video",
+    "VideoClip",
+    "VideoDecodeError",
+    "spatial_pool",
+    "num_video_tokens",
+    "VideoTokens",
+    "extract_video_tokens",
+    "save_video_tokens",
+    "load_video_tokens",
+]

@@ -1,0 +1,420 @@
+"""Decoding the sampled frames of a video with decord, so that a bad file costs an exception.
+
+`load_video` asks `video.sampling` which frames to take and decord for their pixels. decord is
+fast and exact, but on some files it hangs for ever in native code while holding the GIL
+(dmlc/decord#269, #373, #375), and a hang, a crash or a slow memory leak (#208) in a training
+process takes the whole run down. So decord runs in a separate worker process
+(`video/_decode_worker.py`): started once per Python process (about 0.2 s, it imports only decord
+and numpy), reused for every video, replaced after a time-out, a crash or every
+`_VIDEOS_PER_WORKER` videos. Frames come back over a socket straight into the output array.
+A hang is a time-out: the worker is killed and the caller gets `VideoDecodeError`.
+
+Frame counts are verified, not trusted. decord numbers frames by the packets its container lists;
+when a packet does not decode (a broken last frame, a file cut short), decord silently returns a
+copy of a neighbouring frame for it, or hangs. The worker opens files so that any such substituted
+frame raises instead; then `load_video` counts the frames that really decode (from the last
+keyframe on), samples again within them and warns. Substituted frames anywhere else mean a corrupt
+stream, and that is an error: returned frames are always the frames their indices name.
+
+Frames are exact: each returned index holds the pixels a plain sequential decode gives for that
+frame (decord seeks to the keyframe before it and decodes forward, as `get_batch` does). The
+`sampling="keyframe"` mode trades time accuracy for speed: every target frame is replaced by its
+nearest keyframe, which decodes without decoding any other frame; the clip records by how many
+seconds each frame moved.
+
+Shapes: T frames, H/W pixels.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import numbers
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from video import _decode_worker as _wire
+from video.sampling import (
+    fps_indices,
+    indices_to_timestamps,
+    snap_to_keyframes,
+    time_window_to_frames,
+    uniform_indices,
+)
+
+__all__ = ["VideoClip", "VideoDecodeError", "load_video", "shutdown_worker"]
+
+Sampling = Literal["exact", "keyframe"]
+
+_VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds decord's leaks
+_NUM_THREADS = 0  # decord/FFmpeg decoding threads in the worker; 0 lets FFmpeg choose
+_WORKER_FILE = pathlib.Path(__file__).with_name("_decode_worker.py")
+# Loads the worker file by path, so the child never imports the `video` package (and torch).
+_LOADER = (
+    "import sys, importlib.util as u; "
+    "s = u.spec_from_file_location('_video_decode_worker', sys.argv[1]); "
+    "m = u.module_from_spec(s); s.loader.exec_module(m); m.main(int(sys.argv[2]))"
+)
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be decoded: missing, not a video, corrupt, or the decoder hung/crashed.
+
+    Attributes:
+        path: the file that was asked for.
+        reason: what went wrong, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path!r}: {reason}")
+
+    def __reduce__(self):  # keeps (path, reason) through pickling, e.g. out of DataLoader workers
+        return type(self), (self.path, self.reason)
+
+
+@dataclass
+class VideoClip:
+    """Frames sampled from one video, with where and when they come from.
+
+    Attributes:
+        frames: uint8[T, H, W, 3], RGB.
+        indices: frame index in the video of each of the T frames (non-decreasing).
+        timestamps: seconds at which each frame is shown, `index / native_fps`.
+        native_fps: the video's average frame rate.
+        num_total_frames: frames in the video that decode (may be fewer than the container lists).
+        duration: `num_total_frames / native_fps`, seconds.
+        path: the file the frames come from, None when not read from a file.
+        snapped: True when the indices were moved to keyframes (`sampling="keyframe"`).
+        timestamp_shift: per frame, seconds between the frame returned and the one asked for
+            (returned minus asked; all zeros unless snapped).
+    """
+
+    frames: torch.Tensor
+    indices: list[int]
+    timestamps: list[float]
+    native_fps: float
+    num_total_frames: int
+    duration: float
+    path: str | None
+    snapped: bool = False
+    timestamp_shift: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.timestamp_shift:
+            self.timestamp_shift = [0.0] * len(self.indices)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _SubstitutedFrame(VideoDecodeError):
+    """decord met a frame that does not decode and would have copied a neighbour in its place."""
+
+
+class _Worker:
+    """One decoder process and the socket it listens on."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _LOADER, str(_WORKER_FILE), str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # the worker keeps FFmpeg's log itself, for error messages
+        )
+        theirs.close()
+        self.sock = ours
+        self.owner = os.getpid()
+        self.videos = 0
+
+    def request(self, message: tuple, timeout: float | None) -> tuple:
+        _wire.send_message(self.sock, message)
+        return self.reply(timeout)
+
+    def reply(self, timeout: float | None) -> tuple:
+        self.sock.settimeout(timeout)
+        try:
+            return _wire.recv_message(self.sock)
+        except socket.timeout as error:
+            raise _Timeout from error
+
+    def recv_frame(self, out: np.ndarray, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            _wire.recv_into(self.sock, memoryview(out).cast("B"))
+        except socket.timeout as error:
+            raise _Timeout from error
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.sock.close()
+
+    def close(self) -> None:
+        try:
+            _wire.send_message(self.sock, ("exit",))
+            self.process.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
+        self.sock.close()
+
+
+_worker: _Worker | None = None
+_worker_lock = threading.Lock()  # one request at a time per process; threads take turns
+
+
+def _get_worker() -> _Worker:
+    global _worker
+    if _worker is not None:
+        if _worker.owner != os.getpid():
+            _worker = None  # inherited through fork: that worker belongs to the parent
+        elif _worker.process.poll() is not None or _worker.videos >= _VIDEOS_PER_WORKER:
+            _worker.close()
+            _worker = None
+    if _worker is None:
+        _worker = _Worker()
+    return _worker
+
+
+def _drop_worker(kill: bool) -> None:
+    global _worker
+    if _worker is not None and _worker.owner == os.getpid():
+        _worker.kill() if kill else _worker.close()
+    _worker = None
+
+
+def shutdown_worker() -> None:
+    """Stop this process's decoder process now (it also stops at exit, or when it is next needed)."""
+    with _worker_lock:
+        _drop_worker(kill=False)
+
+
+atexit.register(shutdown_worker)
+
+
+class _Session:
+    """Requests about one file; turns every failure into VideoDecodeError for that file."""
+
+    def __init__(self, worker: _Worker, path: str, timeout: float | None):
+        self.worker, self.path, self.timeout = worker, path, timeout
+        self.complaints = ""  # what FFmpeg logged during the last `frames` request
+
+    def error(self, reply: tuple) -> VideoDecodeError:
+        kind, message = reply[1], reply[2]
+        if kind == "DECORDLimitReachedError":
+            return _SubstitutedFrame(self.path, f"a frame does not decode ({message})")
+        if "cannot find video stream" in message:
+            return VideoDecodeError(self.path, f"the file has no video stream ({message})")
+        if kind == "RuntimeError" and message.startswith("Error reading"):
+            return VideoDecodeError(self.path, f"FFmpeg cannot open it as a video ({message})")
+        return VideoDecodeError(self.path, f"{kind}: {message}")
+
+    def call(self, message: tuple, expect: str) -> tuple:
+        reply = self.worker.request(message, self.timeout)
+        if reply[0] != expect:
+            raise self.error(reply)
+        return reply
+
+    def open(self) -> dict:
+        return self.call(("open", self.path, _NUM_THREADS), "meta")[1]
+
+    def count(self) -> int:
+        return self.call(("count",), "count")[1]
+
+    def frames(self, indices: list[int], keyframes_only: bool = False, fps: float = 0.0) -> np.ndarray:
+        """uint8[len(indices), H, W, 3] for increasing, distinct `indices`."""
+        request = ("keyframes", indices, fps) if keyframes_only else ("frames", indices)
+        _wire.send_message(self.worker.sock, request)
+        out = None
+        for k in range(len(indices)):
+            reply = self.worker.reply(self.timeout)
+            if reply[0] != "frame":
+                raise self.error(reply)
+            shape = tuple(reply[2])
+            if out is None:
+                out = np.empty((len(indices), *shape), dtype=np.uint8)  # (T, H, W, 3)
+            if shape != out.shape[1:]:  # decord scales every frame to the first one's size
+                raise RuntimeError(f"decoder sent a {shape} frame into a {out.shape} clip")
+            self.worker.recv_frame(out[k], self.timeout)
+        reply = self.worker.reply(self.timeout)
+        if reply[0] != "done":
+            raise self.error(reply)
+        self.complaints = reply[1]
+        return out
+
+
+def _plan(
+    total: int,
+    native_fps: float,
+    num_frames: int,
+    fps: float | None,
+    max_frames: int | None,
+    start: float | None,
+    end: float | None,
+) -> tuple[list[int], int, int]:
+    """Frame indices to return, and the frame window they were drawn from."""
+    first, last = 0, total
+    if start is not None or end is not None:
+        first, last = time_window_to_frames(total, native_fps, start, end)
+    if fps is not None:
+        indices = fps_indices(total, native_fps, fps, max_frames, start_frame=first, end_frame=last)
+    else:
+        indices = uniform_indices(total, num_frames, start_frame=first, end_frame=last)
+    return indices, first, last
+
+
+def _check_args(num_frames, fps, max_frames, sampling, timeout) -> None:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+    if fps is not None and (not isinstance(fps, numbers.Real) or not fps > 0):
+        raise ValueError(f"fps must be a positive number of frames per second or None, got {fps!r}")
+    if max_frames is not None and fps is None:
+        raise ValueError("max_frames bounds fps sampling; pass fps=..., or num_frames for uniform sampling")
+    if sampling not in ("exact", "keyframe"):
+        raise ValueError(f"sampling must be 'exact' or 'keyframe', got {sampling!r}")
+    if timeout is not None and (not isinstance(timeout, numbers.Real) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+
+
+def load_video(
+    path: str | os.PathLike,
+    *,
+    num_frames: int = 32,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    sampling: Sampling = "exact",
+    timeout: float | None = 60.0,
+) -> VideoClip:
+    """Decode sampled frames of a video file.
+
+    By default `num_frames` frames spread uniformly from the first to the last frame, as
+    LLaVA-NeXT-Video (`video.sampling.uniform_indices`). With `fps`, about `fps` frames per second
+    of video instead, at most `max_frames` (`video.sampling.fps_indices`).
+
+    Args:
+        path: video file (anything FFmpeg reads: mp4, mkv, webm, avi, ...).
+        num_frames: frames for uniform sampling; ignored when `fps` is given.
+        fps: sample about this many frames per second of video instead of `num_frames`.
+        max_frames: with `fps`, the most frames to return (uniform over the window beyond that).
+        start: window start in seconds; None means the beginning.
+        end: window end in seconds; None means the end (a later time is clamped to it).
+        sampling: "exact" returns exactly the sampled frames; "keyframe" moves each one to its
+            nearest keyframe within the window (much faster to decode; see `timestamp_shift`).
+        timeout: longest wait, in seconds, for any one step of the decoder (opening the file, each
+            frame); past it the decoder process is killed. None waits for ever.
+
+    Returns:
+        A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.
+
+    Raises:
+        VideoDecodeError: the file is missing, not a video, has no video stream, is corrupt, or
+            the decoder hung or crashed; `.path` and `.reason` say which and why.
+        ValueError: bad arguments, or a time window outside the video.
+
+    Example:
+        >>> clip = load_video("tests/data/realshort.mp4", num_frames=8)
+        >>> clip.frames.shape, clip.indices
+        (torch.Size([8, 240, 320, 3]), [0, 5, 10, 15, 20, 25, 30, 35])
+    """
+    _check_args(num_frames, fps, max_frames, sampling, timeout)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "no such file")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "not a regular file")
+    with _worker_lock:
+        worker = _get_worker()
+        session = _Session(worker, path, timeout)
+        try:
+            clip = _load(session, num_frames, fps, max_frames, start, end, sampling)
+        except _Timeout:
+            _drop_worker(kill=True)
+            raise VideoDecodeError(
+                path, f"the decoder made no progress for {timeout} s and was killed (a decord hang?)"
+            ) from None
+        except (EOFError, ConnectionError):
+            code = worker.process.poll()
+            _drop_worker(kill=True)
+            raise VideoDecodeError(path, f"the decoder process died (exit status {code})") from None
+        except VideoDecodeError:
+            worker.videos += 1
+            raise
+        except BaseException:  # protocol out of step, KeyboardInterrupt mid-transfer, ...: start afresh
+            _drop_worker(kill=True)
+            raise
+        worker.videos += 1
+        return clip
+
+
+def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoClip:
+    meta = session.open()
+    total, native_fps, keyframes = meta["num_frames"], meta["fps"], meta["keyframes"]
+    if not (math.isfinite(native_fps) and native_fps > 0):
+        raise VideoDecodeError(session.path, f"the video stream has no usable frame rate ({native_fps})")
+    for attempt in range(2):
+        targets, first, last = _plan(total, native_fps, num_frames, fps, max_frames, start, end)
+        indices, snapped = targets, False
+        if sampling == "keyframe":
+            # nearest keyframe inside the window, else the last one before its end
+            candidates = [k for k in keyframes if first <= k < last] or [k for k in keyframes if k < last]
+            if candidates:  # (decord lists at least frame 0 as a keyframe for any real stream)
+                indices, snapped = snap_to_keyframes(targets, candidates), True
+        unique = sorted(set(indices))
+        try:
+            decoded = session.frames(unique, keyframes_only=snapped, fps=native_fps)  # (U, H, W, 3)
+            problem = session.complaints
+        except _SubstitutedFrame as error:
+            decoded, problem = None, error.reason
+        if not problem or attempt:
+            if decoded is None:
+                raise VideoDecodeError(session.path, f"corrupt stream: {problem}")
+            break
+        # FFmpeg complained: a listed frame may not decode. Count the frames that do; if that
+        # is fewer than listed, sample again from those.
+        real = session.count()
+        if real >= total and decoded is not None:
+            break  # errors the decoder concealed; every listed frame exists
+        if real >= total:
+            raise VideoDecodeError(session.path, f"corrupt stream: {problem}")
+        if real == 0:
+            raise VideoDecodeError(session.path, "no frame decodes")
+        warnings.warn(
+            f"{session.path}: the container lists {total} frames but only {real} decode; sampling from those",
+            stacklevel=3,
+        )
+        total = real
+        keyframes = [k for k in keyframes if k < real]
+        session.open()
+    frames = torch.from_numpy(decoded)  # (U, H, W, 3)
+    if unique != indices:
+        position = {index: k for k, index in enumerate(unique)}
+        frames = frames[[position[i] for i in indices]]  # (T, H, W, 3)
+    shift = [(i - t) / native_fps for i, t in zip(indices, targets)]
+    return VideoClip(
+        frames=frames,
+        indices=list(indices),
+        timestamps=indices_to_timestamps(indices, native_fps),
+        native_fps=native_fps,
+        num_total_frames=total,
+        duration=total / native_fps,
+        path=session.path,
+        snapped=snapped,
+        timestamp_shift=shift,
+    )

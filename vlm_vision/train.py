@@ -510,7 +510,10 @@ def _setup(config: TrainConfig, log: RunLog, main: bool) -> _Run:
     if config.video_newline != "no_token":
         model.image_newline.data = model.image_newline.data.float()
     if config.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.llm, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.llm.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.llm.enable_input_require_grads()
     model.llm.config.use_cache = False
     if config.stage == 2:

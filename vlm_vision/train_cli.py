@@ -108,5 +108,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vlm-vision train: {e}")
         return 2
     final = train(config)
-    print(f"trained model written to {final}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"trained model written to {final}")
     return 0

@@ -333,7 +333,8 @@ def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
 
     The output holds the merged LLM (`llm/`, a transformers folder with its tokenizer), the projector,
     the newline and a config pointing at `./llm`; `load_trained(output_dir)` reads it. With
-    `llava_next_video_dir`, the model is also written in transformers' LLaVA-NeXT-Video layout.
+    `llava_next_video_dir`, the model is also written in transformers' LLaVA-NeXT-Video layout
+    (weights, config and tokenizer; `LlavaNextVideoForConditionalGeneration.from_pretrained` reads it).
 
     Returns:
         The output folder.
@@ -353,4 +354,5 @@ def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
         (tmp / CONFIG_NAME).write_text(merged.to_json())
     if llava_next_video_dir is not None:
         model.save_llava_next_video(llava_next_video_dir)
+        processor.tokenizer.save_pretrained(str(llava_next_video_dir))
     return Path(output_dir)

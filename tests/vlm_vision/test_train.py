@@ -311,16 +311,30 @@ def test_new_token_rows_train_when_asked_and_reload_onto_a_fresh_base(parts, tmp
     assert not torch.equal(load_file(still / "new_tokens.safetensors")["output"], rows["output"])
 
 
-def test_merge_gives_the_same_outputs(parts, tmp_path):
-    final = train(config(parts, tmp_path / "m", stage=2, max_steps=2, lr=1e-3))
-    merged_dir = merge_trained(final, tmp_path / "merged")
+def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    final = train(config(parts, tmp_path / "m", stage=2, max_steps=2, lr=1e-2))
+    merged_dir = merge_trained(final, tmp_path / "merged", llava_next_video_dir=tmp_path / "hf")
     assert (merged_dir / "llm" / "config.json").exists() and not (merged_dir / "adapter_config.json").exists()
     model, processor = load_trained(final)
     merged, _ = load_trained(merged_dir)
+    hf = LlavaNextVideoForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     inputs = processor([{"role": "user", "content": QUESTION}],
                        videos=[Path(parts["media_root"]) / "videos/blue_2.mp4"])
     with torch.no_grad():
-        torch.testing.assert_close(merged(**inputs).logits, model(**inputs).logits, rtol=1e-4, atol=1e-4)
+        expected = model(**inputs).logits
+        torch.testing.assert_close(merged(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hf(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_gradient_checkpointing_accumulation_and_periodic_eval(parts, tmp_path):
+    out = tmp_path / "bf16"
+    train(config(parts, out, stage=2, max_steps=2, batch_size=1, grad_accum=2, mixed_precision="bf16",
+                 gradient_checkpointing=True, eval_data=parts["data"], eval_every=1))
+    log = _log(out)
+    assert [(e["step"], "eval_loss" in e) for e in log] == [(1, False), (1, True), (2, False), (2, True)]
+    assert all(math.isfinite(e.get("loss", e.get("eval_loss"))) for e in log)
 
 
 def test_cli_trains_a_stage(parts, tmp_path):

@@ -25,6 +25,7 @@ and written to `skipped.jsonl`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -469,7 +470,7 @@ def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpe
 
 def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
              log: RunLog, main: bool) -> ConversationDataset:
-    from video import VideoDecodeError, load_video, load_video_tokens
+    from video import VideoDecodeError
 
     root = Path(media_root) if media_root else Path(path).parent
     visual = _visual_spec(model, processor, config.num_frames)
@@ -484,10 +485,21 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
                          f"(first reasons: {[s.reason for s in skipped[:3]]})")
     return ConversationDataset(
         records, processor.tokenizer, visual, max_length=config.max_length,
-        load_video=lambda p: load_video(p, num_frames=config.num_frames).frames,
-        load_cached=lambda p: load_video_tokens(p).tokens,
-        transform=model.tower.image_transform,
-        decode_errors=(VideoDecodeError,))
+        load_video=functools.partial(_video_frames, num_frames=config.num_frames), load_cached=_cached_tokens,
+        transform=model.tower.image_transform, decode_errors=(VideoDecodeError,))
+
+
+# Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
+def _video_frames(path: Path, num_frames: int) -> torch.Tensor:
+    from video import load_video
+
+    return load_video(path, num_frames=num_frames).frames  # (T, H, W, 3) uint8
+
+
+def _cached_tokens(path: Path) -> torch.Tensor:
+    from video import load_video_tokens
+
+    return load_video_tokens(path).tokens  # (T, N', D)
 
 
 def _setup(config: TrainConfig, log: RunLog, main: bool) -> _Run:
@@ -726,7 +738,21 @@ def train(config: TrainConfig) -> Path:
         plot_loss(log.entries(), out / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    _release_accelerator_state()
     return final
+
+
+def _release_accelerator_state() -> None:
+    """Let a later `train` call in this process choose another mixed precision / accumulation.
+
+    accelerate keeps its settings in process-wide singletons that refuse to change once set (a
+    script running stage 1 in fp32 and stage 2 in bf16 would fail). The process group
+    (`PartialState`) is kept: it belongs to the launcher.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def _save_checkpoint(accelerator: Any, model: nn.Module, run: _Run, config: TrainConfig, out: Path, step: int,

@@ -284,7 +284,7 @@ def test_bad_samples_are_skipped_counted_and_logged(parts, tmp_path):
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(records))
     out = tmp_path / "bad"
-    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4))
+    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4, num_workers=1))
     assert len(losses(out)) == 4
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     reasons = {s["id"]: s["reason"] for s in skipped}

@@ -16,6 +16,8 @@ from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
 from vlm_vision.fusion import VisionLanguageModel
 from vlm_vision.processor import VisionLanguageProcessor
 from vlm_vision.tower import CLIPVisionTower
+from vlm_vision.train import TrainConfig, train
+from vlm_vision.trained import load_trained, merge_trained
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import ZeroShotClassifier
 
@@ -36,4 +38,8 @@ __all__ = [
     "LogitScale",
     "ZeroShotClassifier",
     "clip_loss",
+    "TrainConfig",
+    "train",
+    "load_trained",
+    "merge_trained",
 ]

@@ -6,6 +6,7 @@ on short synthetic one-colour videos: a few seconds per run on two CPU cores.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_stage2_trains_only_lora_and_projector(parts, tmp_path, capsys):
 
 def test_tower_and_llm_frozen_across_an_optimizer_step(parts, tmp_path):
     """Inside one process: snapshot every weight, train, and compare (litgpt's frozen-weights test)."""
-    from vlm_vision import train as train_module
+    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
 
     captured = {}
     original = train_module._setup
@@ -186,7 +187,7 @@ def test_tower_and_llm_frozen_across_an_optimizer_step(parts, tmp_path):
 
 
 def test_save_then_load_gives_identical_outputs(parts, tmp_path):
-    from vlm_vision import train as train_module
+    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
 
     captured = {}
     original = train_module._setup
@@ -217,7 +218,7 @@ class _Crash(Exception):
 
 
 def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch):
-    from vlm_vision import train as train_module
+    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
 
     straight = tmp_path / "straight"
     train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3))

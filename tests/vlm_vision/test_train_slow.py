@@ -100,3 +100,14 @@ def test_smollm2_lora_steps_on_real_videos(tmp_path):
     # SmolLM2 has no <image>/<video>: both were added after its 49152 ids; its head is tied.
     assert sorted(spec["new_token_ids"]) == [49152, 49153] and spec["vocab_size"] == 49154
     assert set(load_file(final / "new_tokens.safetensors")) == {"ids", "input"}
+
+
+@pytest.mark.slow
+def test_example_trains_both_stages_and_names_held_out_colours(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "train_stage1_stage2.py"), "--workdir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for colour in ("red", "green", "blue", "yellow"):
+        assert f"{colour} video -> 'The video is mostly {colour}.'" in proc.stdout, proc.stdout
+    assert (tmp_path / "stage2" / "loss.png").exists() and (tmp_path / "merged" / "llm" / "config.json").exists()

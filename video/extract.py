@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from video.decode import VideoClip, load_video
-from video.pooling import spatial_pool
+from video.pooling import POOL_MODES, spatial_pool
 
 __all__ = ["VideoTokens", "extract_video_tokens", "load_video_tokens", "save_video_tokens"]
 
@@ -131,6 +131,7 @@ def extract_video_tokens(
     """
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    check_pooling(tower, pool_stride, pool_mode)  # before decoding, which is the slow part
     if isinstance(video, VideoClip):
         clip = video
     elif isinstance(video, (str, os.PathLike)):
@@ -147,12 +148,30 @@ def extract_video_tokens(
                            model=model, random_weights=random_weights, sampling=sampling)
 
 
-def encode_pixels(pixels: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int, pool_mode: str,
-                  batch_size: int | None = None) -> torch.Tensor:
-    """Preprocessed frames float[T, 3, S, S] -> pooled tokens float[T, N', D] (tower, then pool)."""
+def check_pooling(tower: torch.nn.Module, stride: int, mode: str) -> None:
+    """Fail early when the tower's output cannot be pooled as asked.
+
+    Raises:
+        ValueError: the tower keeps the CLS token, an unknown mode, or (average/max) a patch grid
+            that the stride does not divide.
+    """
     if tower.select_feature != "patch":
         raise ValueError(f"the tower keeps the CLS token (select_feature={tower.select_feature!r}); "
                          f"video pooling needs patch tokens only: build it with select_feature='patch'")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"pool_stride must be an int >= 1, got {stride!r}")
+    if mode not in POOL_MODES:
+        raise ValueError(f"unknown pool_mode {mode!r}; choose from {POOL_MODES}")
+    h, w = tower.grid_size
+    if mode != "bilinear" and (h % stride or w % stride):
+        raise ValueError(f"{mode} pooling with stride {stride} does not divide the tower's {h}x{w} patch grid; "
+                         f"use a stride that divides it or pool_mode='bilinear' (rounds up)")
+
+
+def encode_pixels(pixels: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int, pool_mode: str,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Preprocessed frames float[T, 3, S, S] -> pooled tokens float[T, N', D] (tower, then pool)."""
+    check_pooling(tower, pool_stride, pool_mode)
     step = pixels.shape[0] if batch_size is None else batch_size
     pooled = []
     for chunk in pixels.split(max(step, 1)):  # (b, 3, S, S) each

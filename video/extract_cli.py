@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from video.extract import (
+    check_pooling,
     encode_pixels,
     read_metadata,
     save_video_tokens,
@@ -208,12 +209,13 @@ def _architecture(model: str):
 
 
 def _unavailable_message(model: str, why: str) -> str:
-    return (f"the weights of {model!r} are not available on this machine ({why}).\n"
-            f"  - to use them, download them once with network access (e.g. `huggingface-cli download {model}`) "
-            f"or pass --model with a local folder or checkpoint file;\n"
-            f"  - to run offline anyway, add --random-weights: the same architecture with random weights. The "
-            f"tokens then have the right shapes but no meaning, and are labelled as random in the output "
-            f"files and the manifest.")
+    return (f"the weights of {model!r} are not available on this machine.\n"
+            f"  Why: {why}\n"
+            f"  To use them: download them once while online (`hf download {model}`), or pass --model with a "
+            f"local folder or checkpoint file.\n"
+            f"  To run offline anyway: add --random-weights, which runs the same architecture with random "
+            f"weights; the tokens then have the right shapes but no meaning, and are labelled as random in the "
+            f"output files, the manifest and the summary.")
 
 
 def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
@@ -407,6 +409,11 @@ def run(args: argparse.Namespace) -> int:
         tower, model_label = load_tower(args.model, random_weights=args.random_weights, device=device, dtype=dtype)
     except WeightsUnavailable as e:
         print(f"vlm-vision extract: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_pooling(tower, args.pool_stride, args.pool_mode)
+    except ValueError as e:
+        print(f"vlm-vision extract: {args.model}: {e}", file=sys.stderr)
         return 2
     videos = find_videos(args.inputs)
     if not videos:

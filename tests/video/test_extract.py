@@ -82,6 +82,10 @@ def test_bad_arguments_are_refused(tower, realshort):
         extract_video_tokens(realshort, tower, batch_size=0)
     with pytest.raises(TypeError, match="path or a VideoClip"):
         extract_video_tokens(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), tower)
+    with pytest.raises(ValueError, match="stride 3 does not divide the tower's 4x4"):
+        extract_video_tokens(realshort, tower, pool_stride=3)
+    with pytest.raises(ValueError, match="pool_mode"):
+        extract_video_tokens(realshort, tower, pool_mode="mean")
     cls_tower = CLIPVisionTower.from_config(CLIPVisionConfig(**TINY), select_feature="cls_patch")
     with pytest.raises(ValueError, match="CLS"):
         extract_video_tokens(realshort, cls_tower, num_frames=2)

@@ -232,6 +232,13 @@ def test_random_weights_need_an_architecture(capsys, tmp_path, videos):
         main(["extract", str(videos / "a.mp4"), "--out", str(tmp_path), "--random-weights", "--model", "nonsense"])
 
 
+def test_pooling_that_does_not_fit_the_tower_fails_before_decoding(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    code, _, err = extract(capsys, videos, "--out", out, "--model", tiny_model, "--pool-stride", 3)
+    assert code == 2 and "4x4 patch grid" in err
+    assert not list(out.glob("*.safetensors")) and not (out / "manifest.jsonl").exists()
+
+
 def test_no_videos_found(capsys, tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     code, _, err = extract(capsys, tmp_path / "empty", "--out", tmp_path / "out", "--model", tiny_model)

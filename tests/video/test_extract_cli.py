@@ -318,3 +318,18 @@ def test_accelerate_launch_splits_the_videos(tmp_path, tiny_model, videos):
     assert sorted(pathlib.Path(r["video"]).name for r in records) == ["a.mp4", "b.mkv", "c.mp4", "d.mp4"]
     assert {r["rank"] for r in records} == {0, 1} and all(r["status"] == "ok" for r in records)
     assert not list(out.glob("manifest.rank*.jsonl"))
+
+
+@pytest.mark.slow
+def test_video_benchmark_runs(tmp_path, data_dir):
+    """benchmarks/bench_video.py end to end on a tiny workload, in a fresh interpreter."""
+    result_file = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_video.py"), "--video", str(data_dir / "realshort.mp4"),
+                    "--frames", "4", "--runs", "1", "--folder-videos", "2", "--folder-runs", "1", "--workers", "0", "1",
+                    "--json", str(result_file)], check=True, cwd=REPO, capture_output=True, text=True, env=_env(),
+                   timeout=300)
+    result = json.loads(result_file.read_text())
+    assert result["one_clip"]["tokens_shape"] == [4, 144, 64]
+    assert result["one_clip"]["max_abs_frame_diff_uint8"] == 0  # both pipelines decode the same frames
+    assert result["one_clip"]["max_abs_token_diff"] < 0.05 * result["one_clip"]["token_abs_max"]
+    assert set(result["folder"]["results"]) == {"reference", "extract --workers 0", "extract --workers 1"}

@@ -554,7 +554,7 @@ def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:
     if init.lora is not None:
         raise ValueError(f"init_from {folder} holds a LoRA adapter; merge it first (merge_trained) and train "
                          f"on the merged LLM")
-    load_trained_weights(model, folder, dataclasses.replace(init, new_token_ids=init.new_token_ids))
+    load_trained_weights(model, folder, init)
 
 
 def _print_trainable(model: nn.Module, trainable: dict[str, int]) -> None:

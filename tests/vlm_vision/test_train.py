@@ -275,22 +275,34 @@ def test_cached_tokens_train_like_raw_videos(parts, tmp_path):
     assert tok == pytest.approx(raw, rel=1e-6, abs=1e-6)
 
 
-def test_bad_samples_are_skipped_counted_and_logged(parts, tmp_path):
+def test_mixed_media_and_bad_samples_train_without_stopping(parts, tmp_path):
+    """Videos, an image and a text-only record train together; bad records are skipped, counted, logged."""
+    import numpy as np
+    from PIL import Image
+
     media = Path(parts["media_root"])
+    Image.fromarray(np.full((30, 40, 3), (200, 30, 30), np.uint8)).save(tmp_path / "red.png")
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)
     records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
-    records[0]["video"] = str(tmp_path / "broken.mp4")  # decodes badly -> skipped at run time
-    records += [{"id": "gone", "video": "videos/none.mp4", "conversations": records[1]["conversations"]},
-                {"id": "empty", "video": records[1]["video"], "conversations": []}]
+    records[0]["video"] = str(tmp_path / "broken.mp4")  # fails to decode -> skipped at run time
+    records += [
+        {"id": "image", "image": str(tmp_path / "red.png"),
+         "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]},
+        {"id": "text", "conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "blue"}]},
+        {"id": "gone", "video": "videos/none.mp4", "conversations": records[1]["conversations"]},
+        {"id": "empty", "video": records[1]["video"], "conversations": []},
+    ]
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(records))
-    out = tmp_path / "bad"
-    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4, num_workers=1))
-    assert len(losses(out)) == 4
+    out = tmp_path / "mixed"
+    # 9 usable records, batch 3: three batches per epoch, so every record is loaded in 4 steps.
+    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4, batch_size=3, num_workers=1))
+    assert len(losses(out)) == 4 and all(math.isfinite(x) for x in losses(out))
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     reasons = {s["id"]: s["reason"] for s in skipped}
     assert reasons["gone"].startswith("missing media") and reasons["empty"] == "empty conversation"
-    assert "could not be decoded" in reasons["s0"]
+    assert "could not be decoded" in reasons["s0"] and "broken.mp4" in reasons["s0"]
+    assert "image" not in reasons and "text" not in reasons
 
 
 def test_new_token_rows_train_when_asked_and_reload_onto_a_fresh_base(parts, tmp_path):

@@ -429,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
     record_base = {"model": model_label, "random_weights": args.random_weights, "rank": rank}
     tag = " [RANDOM WEIGHTS]" if args.random_weights else ""
     if rank == 0:
-        print(f"vlm-vision extract: {len(videos)} videos -> {out} with {model_label}{tag} on {device} ({args.dtype}), "
+        print(f"vlm-vision extract: {_plural(len(videos), 'video')} -> {out} with {model_label}{tag} on {device} ({args.dtype}), "
               f"{args.num_frames} frames, pool {args.pool_mode} stride {args.pool_stride}"
               + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
 
@@ -467,10 +467,11 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{frames_done / max(time.perf_counter() - start, 1e-9):.1f} frames/s")
     bar.close()
 
+    loop_seconds = time.perf_counter() - start
     _barrier(world)
     if rank == 0 and world > 1:
         merge_rank_manifests(out)
-    _print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, frames_done)
+    _print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, loop_seconds, frames_done)
     return 1 if any(o.status == "error" for o in outcomes) else 0
 
 
@@ -524,8 +525,12 @@ def _record(outcome: Outcome, out: Path) -> dict[str, Any]:
     return record
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _print_summary(outcomes: list[Outcome], out: Path, rank: int, world: int, tag: str, seconds: float,
-                   frames: int) -> None:
+                   loop_seconds: float, frames: int) -> None:
     prefix = f"[process {rank}/{world}] " if world > 1 else ""
     done = [o for o in outcomes if o.status == "ok"]
     skipped = [o for o in outcomes if o.status == "skipped-existing"]
@@ -533,8 +538,10 @@ def _print_summary(outcomes: list[Outcome], out: Path, rank: int, world: int, ta
     for o in done + skipped:
         note = "" if o.status == "ok" else " (already done)"
         print(f"{prefix}{o.video.name}: tokens {o.shape}{note} -> {o.output.name}")
+    rate = max(loop_seconds, 1e-9)
     print(f"{prefix}{len(done)} extracted, {len(skipped)} already done, {len(errors)} failed in {seconds:.1f} s "
-          f"({len(done) / seconds:.2f} videos/s, {frames / seconds:.1f} frames/s){tag}; outputs in {out}")
+          f"({len(done) / rate:.2f} videos/s, {frames / rate:.1f} frames/s after loading the tower){tag}; "
+          f"outputs in {out}")
     if errors:
         print(f"{prefix}failed videos (see {out / MANIFEST}):")
         for o in errors:

@@ -1,6 +1,6 @@
 """Training: stage 1 fits the projector, stage 2 adds LoRA on the LLM; the tower never trains.
 
-LLaVA's two-stage recipe (reference §6). Stage 1 aligns the projector to a frozen LLM at a high
+LLaVA-1.5's two-stage recipe (its `scripts/v1_5`). Stage 1 aligns the projector to a frozen LLM at a high
 learning rate (1e-3). Stage 2 keeps training the projector at a low rate (2e-5) while LoRA adapts
 the LLM's attention and MLP projections (r=128, alpha=256, dropout 0.05; 2e-4). What trains is
 declared once, in `mark_trainable`, and printed at start.
@@ -20,6 +20,9 @@ visual spans past `max_length`, empty conversations) and the survivors only can 
 time; a sample that fails then is replaced by the next one in the epoch order, so every process
 still sees a full batch and stays in step with the others. Every skip is logged with its reason
 and written to `skipped.jsonl`.
+
+Shapes: B batch, L sequence, I images, V videos, T frames, S image side, N' pooled tokens per
+frame, D_v tower width.
 """
 
 from __future__ import annotations
@@ -333,12 +336,9 @@ class _ReplaceBad(torch.utils.data.Dataset):
                            f"{[s.reason for s in skipped[:3]]}")
 
 
-class _Collate:
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, items: list[tuple[Example, list[Skipped]]]) -> tuple[list[Example], list[Skipped]]:
-        return [example for example, _ in items], [s for _, skipped in items for s in skipped]
+def _collate(items: list[tuple[Example, list[Skipped]]]) -> tuple[list[Example], list[Skipped]]:
+    # Padding happens in `model_inputs`, on the main process, where the tower lives.
+    return [example for example, _ in items], [s for _, skipped in items for s in skipped]
 
 
 def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
@@ -629,10 +629,11 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.output_dir)
     log = RunLog(out, enabled=main)
     checkpoint = latest_checkpoint(out) if config.resume else None
+    # Every process checks (and raises), so none is left waiting for the others.
+    if not config.resume and (log.path.exists() or latest_checkpoint(out) is not None):
+        raise ValueError(f"{out} already holds a run (log.jsonl or checkpoints); pass resume=True "
+                         f"(--resume) to continue it, or choose another output_dir")
     if main:
-        if not config.resume and (log.path.exists() or latest_checkpoint(out) is not None):
-            raise ValueError(f"{out} already holds a run (log.jsonl or checkpoints); pass resume=True "
-                             f"(--resume) to continue it, or choose another output_dir")
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
@@ -672,7 +673,7 @@ def train(config: TrainConfig) -> Path:
         batch_sampler=_BatchOrder(position, num_samples=len(run.dataset), batch_size=config.batch_size,
                                   num_processes=accelerator.num_processes, process_index=accelerator.process_index,
                                   seed=config.seed),
-        collate_fn=_Collate(pad_id), num_workers=config.num_workers,
+        collate_fn=_collate, num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed))  # never draws from the global RNG
     batches = iter(loader)
     params = [p for p in model.parameters() if p.requires_grad]

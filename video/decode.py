@@ -1,26 +1,27 @@
-"""Decoding the sampled frames of a video with decord, so that a bad file costs an exception.
+"""Decoding the sampled frames of a video, exactly, so that a bad file costs an exception.
 
-`load_video` asks `video.sampling` which frames to take and decord for their pixels. decord is
-fast and exact, but on some files it hangs for ever in native code while holding the GIL
-(dmlc/decord#269, #373, #375), and a hang, a crash or a slow memory leak (#208) in a training
-process takes the whole run down. So decord runs in a separate worker process
-(`video/_decode_worker.py`): started once per Python process (about 0.2 s, it imports only decord
-and numpy), reused for every video, replaced after a time-out, a crash or every
-`_VIDEOS_PER_WORKER` videos. Frames come back over a socket straight into the output array.
-A hang is a time-out: the worker is killed and the caller gets `VideoDecodeError`.
+`load_video` asks `video.sampling` which frames to take and FFmpeg (through PyAV) for their
+pixels. Decoding runs in a separate worker process (`video/_decode_worker.py`): started once per
+Python process (about 0.2 s; it imports PyAV and numpy, not torch), reused for every video, and
+killed and replaced after a time-out, a crash, or every `_VIDEOS_PER_WORKER` videos. A native
+decoder can hang for ever holding the GIL or crash its process on a bad file (decord does both:
+dmlc/decord#269, #373, #375), and that must not take a training run down: here it costs the
+caller a `VideoDecodeError` naming the file and the reason. Frames come back over a socket
+straight into the output array.
 
-Frame counts are verified, not trusted. decord numbers frames by the packets its container lists;
-when a packet does not decode (a broken last frame, a file cut short), decord silently returns a
-copy of a neighbouring frame for it, or hangs. The worker opens files so that any such substituted
-frame raises instead; then `load_video` counts the frames that really decode (from the last
-keyframe on), samples again within them and warns. Substituted frames anywhere else mean a corrupt
-stream, and that is an error: returned frames are always the frames their indices name.
+Frames are exact: frame i is the i-th frame a plain sequential decode outputs, and the worker
+checks every frame it returns against the stream's timestamp index, falling back to a sequential
+decode when the two disagree. decord, the loader LLaVA-NeXT uses, does not check; on
+tests/data/box.mp4 its `get_batch([227, 340])` returns frame 338 for 340, silently.
 
-Frames are exact: each returned index holds the pixels a plain sequential decode gives for that
-frame (decord seeks to the keyframe before it and decodes forward, as `get_batch` does). The
-`sampling="keyframe"` mode trades time accuracy for speed: every target frame is replaced by its
-nearest keyframe, which decodes without decoding any other frame; the clip records by how many
-seconds each frame moved.
+Frame counts are verified, not trusted. Containers list one packet per frame, but some list
+packets that never decode (a broken last frame, junk at the end; box.mp4 lists 456 frames and 455
+decode). When a sampled frame never comes out, `load_video` samples again from the frames that do
+and warns. `num_total_frames` and `duration` then describe the frames that decode.
+
+`sampling="keyframe"` trades time accuracy for speed: every target frame is replaced by its nearest
+keyframe, decoded from its own packet alone (one intra frame instead of half a keyframe interval
+of frames); the clip records by how many seconds each frame moved.
 
 Shapes: T frames, H/W pixels.
 """
@@ -56,8 +57,7 @@ __all__ = ["VideoClip", "VideoDecodeError", "load_video", "shutdown_worker"]
 
 Sampling = Literal["exact", "keyframe"]
 
-_VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds decord's leaks
-_NUM_THREADS = 0  # decord/FFmpeg decoding threads in the worker; 0 lets FFmpeg choose
+_VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds any leak
 _WORKER_FILE = pathlib.Path(__file__).with_name("_decode_worker.py")
 # Loads the worker file by path, so the child never imports the `video` package (and torch).
 _LOADER = (
@@ -118,10 +118,6 @@ class VideoClip:
 
 class _Timeout(Exception):
     pass
-
-
-class _SubstitutedFrame(VideoDecodeError):
-    """decord met a frame that does not decode and would have copied a neighbour in its place."""
 
 
 class _Worker:
@@ -212,50 +208,42 @@ class _Session:
 
     def __init__(self, worker: _Worker, path: str, timeout: float | None):
         self.worker, self.path, self.timeout = worker, path, timeout
-        self.complaints = ""  # what FFmpeg logged during the last `frames` request
 
     def error(self, reply: tuple) -> VideoDecodeError:
+        if reply[0] != "error":
+            return VideoDecodeError(self.path, f"unexpected reply from the decoder: {reply[0]!r}")
         kind, message = reply[1], reply[2]
-        if kind == "DECORDLimitReachedError":
-            return _SubstitutedFrame(self.path, f"a frame does not decode ({message})")
-        if "cannot find video stream" in message:
-            return VideoDecodeError(self.path, f"the file has no video stream ({message})")
-        if kind == "RuntimeError" and message.startswith("Error reading"):
-            return VideoDecodeError(self.path, f"FFmpeg cannot open it as a video ({message})")
+        if kind.endswith("InvalidDataError") or kind in ("FileNotFoundError", "IsADirectoryError", "PermissionError"):
+            return VideoDecodeError(self.path, f"FFmpeg cannot read it as a video ({kind}: {message})")
         return VideoDecodeError(self.path, f"{kind}: {message}")
 
-    def call(self, message: tuple, expect: str) -> tuple:
-        reply = self.worker.request(message, self.timeout)
-        if reply[0] != expect:
-            raise self.error(reply)
-        return reply
-
     def open(self) -> dict:
-        return self.call(("open", self.path, _NUM_THREADS), "meta")[1]
+        reply = self.worker.request(("open", self.path), self.timeout)
+        if reply[0] != "meta":
+            raise self.error(reply)
+        return reply[1]
 
-    def count(self) -> int:
-        return self.call(("count",), "count")[1]
-
-    def frames(self, indices: list[int], keyframes_only: bool = False, fps: float = 0.0) -> np.ndarray:
-        """uint8[len(indices), H, W, 3] for increasing, distinct `indices`."""
-        request = ("keyframes", indices, fps) if keyframes_only else ("frames", indices)
-        _wire.send_message(self.worker.sock, request)
-        out = None
-        for k in range(len(indices)):
+    def frames(self, indices: list[int], keyframes_only: bool) -> tuple[np.ndarray | None, int | None]:
+        """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, and None; or None and
+        the number of frames that really decode, when some index is past it."""
+        _wire.send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
+        out, received = None, 0
+        while True:
             reply = self.worker.reply(self.timeout)
+            if reply[0] == "done" and received == len(indices):
+                return out, None
+            if reply[0] == "short":
+                return None, reply[1]
             if reply[0] != "frame":
                 raise self.error(reply)
-            shape = tuple(reply[2])
+            k, shape = reply[1], tuple(reply[2])
             if out is None:
                 out = np.empty((len(indices), *shape), dtype=np.uint8)  # (T, H, W, 3)
-            if shape != out.shape[1:]:  # decord scales every frame to the first one's size
-                raise RuntimeError(f"decoder sent a {shape} frame into a {out.shape} clip")
+            if shape != out.shape[1:]:  # a stream that changes resolution midway
+                raise VideoDecodeError(self.path, f"frame {indices[k]} is {shape[1]}x{shape[0]}, "
+                                                  f"frame {indices[0]} was {out.shape[2]}x{out.shape[1]}")
             self.worker.recv_frame(out[k], self.timeout)
-        reply = self.worker.reply(self.timeout)
-        if reply[0] != "done":
-            raise self.error(reply)
-        self.complaints = reply[1]
-        return out
+            received += 1
 
 
 def _plan(
@@ -346,11 +334,12 @@ def load_video(
             clip = _load(session, num_frames, fps, max_frames, start, end, sampling)
         except _Timeout:
             _drop_worker(kill=True)
-            raise VideoDecodeError(
-                path, f"the decoder made no progress for {timeout} s and was killed (a decord hang?)"
-            ) from None
+            raise VideoDecodeError(path, f"the decoder made no progress for {timeout} s and was killed") from None
         except (EOFError, ConnectionError):
-            code = worker.process.poll()
+            try:
+                code = worker.process.wait(timeout=5)  # the socket closes a moment before exit
+            except subprocess.TimeoutExpired:
+                code = None
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder process died (exit status {code})") from None
         except VideoDecodeError:
@@ -374,39 +363,26 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoCl
         if sampling == "keyframe":
             # nearest keyframe inside the window, else the last one before its end
             candidates = [k for k in keyframes if first <= k < last] or [k for k in keyframes if k < last]
-            if candidates:  # (decord lists at least frame 0 as a keyframe for any real stream)
+            if candidates:  # none when the stream has no timestamps: exact frames instead
                 indices, snapped = snap_to_keyframes(targets, candidates), True
         unique = sorted(set(indices))
-        try:
-            decoded = session.frames(unique, keyframes_only=snapped, fps=native_fps)  # (U, H, W, 3)
-            problem = session.complaints
-        except _SubstitutedFrame as error:
-            decoded, problem = None, error.reason
-        if not problem or attempt:
-            if decoded is None:
-                raise VideoDecodeError(session.path, f"corrupt stream: {problem}")
+        decoded, decodable = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
+        if decoded is not None:
             break
-        # FFmpeg complained: a listed frame may not decode. Count the frames that do; if that
-        # is fewer than listed, sample again from those.
-        real = session.count()
-        if real >= total and decoded is not None:
-            break  # errors the decoder concealed; every listed frame exists
-        if real >= total:
-            raise VideoDecodeError(session.path, f"corrupt stream: {problem}")
-        if real == 0:
-            raise VideoDecodeError(session.path, "no frame decodes")
+        if attempt or not 0 < decodable < total:
+            raise VideoDecodeError(
+                session.path, f"the container lists {total} frames but frame {unique[-1]} does not decode "
+                              f"({decodable} do)")
         warnings.warn(
-            f"{session.path}: the container lists {total} frames but only {real} decode; sampling from those",
+            f"{session.path}: the container lists {total} frames but only {decodable} decode; sampling from those",
             stacklevel=3,
         )
-        total = real
-        keyframes = [k for k in keyframes if k < real]
-        session.open()
+        total = decodable
+        keyframes = [k for k in keyframes if k < decodable]
     frames = torch.from_numpy(decoded)  # (U, H, W, 3)
     if unique != indices:
         position = {index: k for k, index in enumerate(unique)}
         frames = frames[[position[i] for i in indices]]  # (T, H, W, 3)
-    shift = [(i - t) / native_fps for i, t in zip(indices, targets)]
     return VideoClip(
         frames=frames,
         indices=list(indices),
@@ -416,5 +392,5 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoCl
         duration=total / native_fps,
         path=session.path,
         snapped=snapped,
-        timestamp_shift=shift,
+        timestamp_shift=[(i - t) / native_fps for i, t in zip(indices, targets)],
     )

@@ -126,6 +126,34 @@ def make_audio_only(path: str | pathlib.Path, seconds: float = 0.5, rate: int = 
     return path
 
 
+def append_undecodable_packets(src: str | pathlib.Path, dst: str | pathlib.Path, count: int = 10) -> pathlib.Path:
+    """Copy the H.264 MP4 `src` to `dst` with `count` extra video packets that decode to no frame.
+
+    Each extra packet holds only an end-of-sequence NAL unit: the container then lists
+    `count` more frames than any decoder produces, the way some real files over-report their
+    frame count (dmlc/decord#373). decord's `len()` counts them; asked for one of those frames it
+    returns another frame's pixels.
+    """
+    nal = b"\x00\x00\x00\x01\x0a"  # AVCC length prefix (1) + end-of-sequence NAL header
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        stream_in = source.streams.video[0]
+        stream_out = target.add_stream_from_template(stream_in)
+        last_pts = last_dts = duration = 0
+        for packet in source.demux(stream_in):
+            if packet.dts is None:  # the demuxer's final empty packet
+                continue
+            last_pts, last_dts, duration = max(last_pts, packet.pts), packet.dts, packet.duration
+            packet.stream = stream_out
+            target.mux(packet)
+        for k in range(1, count + 1):
+            packet = av.Packet(nal)
+            packet.stream = stream_out
+            packet.pts, packet.dts, packet.duration = last_pts + k * duration, last_dts + k * duration, duration
+            packet.time_base = stream_in.time_base
+            target.mux(packet)
+    return pathlib.Path(dst)
+
+
 def truncate_file(src: str | pathlib.Path, dst: str | pathlib.Path, keep: float = 0.5) -> pathlib.Path:
     """Copy the first `keep` fraction of `src`'s bytes to `dst` (a download cut short)."""
     data = pathlib.Path(src).read_bytes()

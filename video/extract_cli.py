@@ -433,16 +433,9 @@ def run(args: argparse.Namespace) -> int:
               f"{args.num_frames} frames, pool {args.pool_mode} stride {args.pool_stride}"
               + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
 
-    outcomes: list[Outcome] = []
-    todo: list[tuple[Path, Path]] = []
-    for video, name in mine:
-        output = out / f"{name}.safetensors"
-        if output.exists() and not args.overwrite:
-            outcome = _existing(video, output, settings)
-            outcomes.append(outcome)
-            append_line(manifest, {**record_base, **_record(outcome, out)})
-        else:
-            todo.append((video, output))
+    outcomes, todo = _sort_out_existing(mine, out, settings, overwrite=args.overwrite)
+    for outcome in outcomes:
+        append_line(manifest, {**record_base, **_record(outcome)})
 
     load_kwargs = {"num_frames": args.num_frames, "fps": args.fps, "sampling": args.sampling,
                    "max_frames": args.num_frames if args.fps else None}
@@ -462,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
             outcome = _encode_and_save(item, video, output, tower, args, model_label, settings)
             frames_done += outcome.shape[0]
         outcomes.append(outcome)
-        append_line(manifest, {**record_base, **_record(outcome, out)})
+        append_line(manifest, {**record_base, **_record(outcome)})
         bar.update(1)
         bar.set_postfix_str(f"{frames_done / max(time.perf_counter() - start, 1e-9):.1f} frames/s")
     bar.close()
@@ -473,6 +466,25 @@ def run(args: argparse.Namespace) -> int:
         merge_rank_manifests(out)
     _print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, loop_seconds, frames_done)
     return 1 if any(o.status == "error" for o in outcomes) else 0
+
+
+def _sort_out_existing(mine: list[tuple[Path, str]], out: Path, settings: dict[str, Any], *,
+                       overwrite: bool) -> tuple[list[Outcome], list[tuple[Path, Path]]]:
+    """(outcomes of videos done by an earlier run, (video, output) pairs still to do).
+
+    Also removes the temporary files an interrupted run left for these outputs: this process is
+    their only writer.
+    """
+    done, todo = [], []
+    for video, name in mine:
+        output = out / f"{name}.safetensors"
+        for leftover in temporary_files(output) + temporary_files(output.with_suffix(".png")):
+            leftover.unlink(missing_ok=True)
+        if output.exists() and not overwrite:
+            done.append(_existing(video, output, settings))
+        else:
+            todo.append((video, output))
+    return done, todo
 
 
 def _encode_and_save(item: Decoded, video: Path, output: Path, tower, args, model_label: str,
@@ -488,8 +500,6 @@ def _encode_and_save(item: Decoded, video: Path, output: Path, tower, args, mode
                            batch_size=args.batch_size)  # (T, N', D)
     result = tokens_for_clip(clip, tokens, tower, pool_stride=args.pool_stride, pool_mode=args.pool_mode,
                              model=model_label, random_weights=args.random_weights, sampling=args.sampling)
-    for leftover in temporary_files(output) + temporary_files(output.with_suffix(".png")):
-        leftover.unlink(missing_ok=True)  # from an interrupted run; this process is the only writer
     if item.sheet is not None:
         write_atomic(output.with_suffix(".png"), item.sheet)
     save_video_tokens(result, output, extra={"num_frames": settings["num_frames"], "fps": settings["fps"]})
@@ -515,7 +525,7 @@ def _existing(video: Path, output: Path, settings: dict[str, Any]) -> Outcome:
     return Outcome(video, output, "skipped-existing", shape=shape)
 
 
-def _record(outcome: Outcome, out: Path) -> dict[str, Any]:
+def _record(outcome: Outcome) -> dict[str, Any]:
     record: dict[str, Any] = {"video": str(outcome.video), "output": outcome.output.name, "status": outcome.status}
     if outcome.reason is not None:
         record["reason"] = outcome.reason

@@ -146,6 +146,8 @@ def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_pa
     (out / "c.safetensors").unlink()
     leftover = out / ".c.safetensors.abc123.tmp"
     leftover.write_bytes(b"half a file")
+    stale = out / ".a.safetensors.def456.tmp"  # an interrupted --overwrite of a finished output
+    stale.write_bytes(b"half a file")
     time.sleep(0.01)
 
     code, stdout, _ = extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 3)
@@ -154,7 +156,7 @@ def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_pa
     after = outputs(out)
     assert after["a.safetensors"] == before["a.safetensors"] and after["b.safetensors"] == before["b.safetensors"]
     assert load_video_tokens(out / "c.safetensors").tokens.shape == (3, 4, 32)
-    assert not leftover.exists()
+    assert not leftover.exists() and not stale.exists()
     second_run = manifest(out)[3:]
     assert sorted((pathlib.Path(r["video"]).name, r["status"]) for r in second_run) == [
         ("a.mp4", "skipped-existing"), ("b.mkv", "skipped-existing"), ("c.mp4", "ok")]

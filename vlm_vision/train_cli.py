@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num-frames", type=int, default=d["num_frames"], help="frames per raw video")
     model.add_argument("--max-length", type=int, default=d["max_length"], help="longest sequence, visual tokens included")
     model.add_argument("--pool-stride", type=int, default=d["pool_stride"])
+    model.add_argument("--pool-mode", default=d["pool_mode"], choices=("average", "max", "bilinear"))
+    model.add_argument("--select-layer", type=int, default=d["select_layer"], help="tower layer (default %(default)s)")
     model.add_argument("--video-newline", default=d["video_newline"], choices=("no_token", "one_token", "frame", "grid"))
     model.add_argument("--model-dtype", default=d["model_dtype"], choices=("float32", "bfloat16", "float16"),
                        help="dtype of the frozen tower and base LLM")

@@ -120,6 +120,10 @@ class _Timeout(Exception):
     pass
 
 
+class _OutOfStep(VideoDecodeError):
+    """The conversation with the worker cannot go on (bytes still in flight): it must be killed."""
+
+
 class _Worker:
     """One decoder process and the socket it listens on."""
 
@@ -130,7 +134,7 @@ class _Worker:
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,  # the worker keeps FFmpeg's log itself, for error messages
+            stderr=subprocess.DEVNULL,  # FFmpeg chatter; failures come back as error messages
         )
         theirs.close()
         self.sock = ours
@@ -211,7 +215,7 @@ class _Session:
 
     def error(self, reply: tuple) -> VideoDecodeError:
         if reply[0] != "error":
-            return VideoDecodeError(self.path, f"unexpected reply from the decoder: {reply[0]!r}")
+            return _OutOfStep(self.path, f"unexpected reply from the decoder: {reply[0]!r}")
         kind, message = reply[1], reply[2]
         if kind.endswith("InvalidDataError") or kind in ("FileNotFoundError", "IsADirectoryError", "PermissionError"):
             return VideoDecodeError(self.path, f"FFmpeg cannot read it as a video ({kind}: {message})")
@@ -240,8 +244,8 @@ class _Session:
             if out is None:
                 out = np.empty((len(indices), *shape), dtype=np.uint8)  # (T, H, W, 3)
             if shape != out.shape[1:]:  # a stream that changes resolution midway
-                raise VideoDecodeError(self.path, f"frame {indices[k]} is {shape[1]}x{shape[0]}, "
-                                                  f"frame {indices[0]} was {out.shape[2]}x{out.shape[1]}")
+                raise _OutOfStep(self.path, f"the resolution changes: frame {indices[k]} is {shape[1]}x{shape[0]}, "
+                                            f"an earlier one {out.shape[2]}x{out.shape[1]}")
             self.worker.recv_frame(out[k], self.timeout)
             received += 1
 
@@ -342,7 +346,10 @@ def load_video(
                 code = None
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder process died (exit status {code})") from None
-        except VideoDecodeError:
+        except _OutOfStep as error:
+            _drop_worker(kill=True)
+            raise VideoDecodeError(path, error.reason) from None
+        except (VideoDecodeError, ValueError):  # a bad file or window; the worker is in step
             worker.videos += 1
             raise
         except BaseException:  # protocol out of step, KeyboardInterrupt mid-transfer, ...: start afresh

@@ -118,8 +118,10 @@ def test_time_window(media):
     assert clip.timestamps[0] == pytest.approx(1.0)
     tail = load_video(media["mp4"], num_frames=3, start=2.5, end=99.0)  # end clamped to the video
     assert tail.indices == [75, 82, 89] and numbers(tail) == tail.indices
+    worker = decode_module._worker
     with pytest.raises(ValueError, match="at or past the end of the video"):
         load_video(media["mp4"], start=3.0)
+    assert decode_module._worker is worker and worker.process.poll() is None  # a bad window is no crash
 
 
 def test_short_video_repeats_frames(media):

@@ -2,7 +2,7 @@
 
 `load_video` asks `video.sampling` which frames to take and FFmpeg (through PyAV) for their
 pixels. Decoding runs in a separate worker process (`video/_decode_worker.py`): started once per
-Python process (about 0.2 s; it imports PyAV and numpy, not torch), reused for every video, and
+Python process (about 0.3 s; it imports PyAV and numpy, not torch), reused for every video, and
 killed and replaced after a time-out, a crash, or every `_VIDEOS_PER_WORKER` videos. A native
 decoder can hang for ever holding the GIL or crash its process on a bad file (decord does both:
 dmlc/decord#269, #373, #375), and that must not take a training run down: here it costs the

@@ -89,15 +89,6 @@ class Reference:
             return self.pooler(hidden)  # (T, N', D)
 
 
-def median_of(fn, runs: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
 def one_clip(video: pathlib.Path, weights: pathlib.Path, args) -> dict:
     """Part 1: one 32-frame clip, both pipelines in turns."""
     from video import extract_video_tokens, load_video
@@ -143,30 +134,36 @@ def folder(video: pathlib.Path, weights: pathlib.Path, args, root: pathlib.Path)
     reference = Reference(weights, args.frames)
     paths = sorted(videos.iterdir())
     n, frames = len(paths), len(paths) * args.frames
-    results: dict[str, dict] = {}
-    # The reference loops over the files in one process, as LLaVA-NeXT's scripts do.
-    med, times = median_of(lambda: [reference(p) for p in paths], args.folder_runs)
-    results["reference"] = {"median_s": med, "seconds": times}
-    for workers in args.workers:
-        def cli() -> None:
-            out = root / "out"
-            shutil.rmtree(out, ignore_errors=True)
-            parser = argparse.ArgumentParser()
-            add_arguments(parser)
-            argv = [str(videos), "--out", str(out), "--model", str(weights), "--num-frames", str(args.frames),
-                    "--workers", str(workers)]
-            with open(os.devnull, "w") as null:
-                stdout, stderr = sys.stdout, sys.stderr
-                sys.stdout = sys.stderr = null
-                try:
-                    code = run(parser.parse_args(argv))
-                finally:
-                    sys.stdout, sys.stderr = stdout, stderr
-            if code != 0:
-                raise RuntimeError(f"vlm-vision extract {' '.join(argv)} exited with {code}")
 
-        med, times = median_of(cli, args.folder_runs)
-        results[f"extract --workers {workers}"] = {"median_s": med, "seconds": times}
+    def cli(workers: int) -> None:
+        out = root / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        argv = [str(videos), "--out", str(out), "--model", str(weights), "--num-frames", str(args.frames),
+                "--workers", str(workers)]
+        with open(os.devnull, "w") as null:
+            stdout, stderr = sys.stdout, sys.stderr
+            sys.stdout = sys.stderr = null
+            try:
+                code = run(parser.parse_args(argv))
+            finally:
+                sys.stdout, sys.stderr = stdout, stderr
+        if code != 0:
+            raise RuntimeError(f"vlm-vision extract {' '.join(argv)} exited with {code}")
+
+    # The reference loops over the files in one process, as LLaVA-NeXT's scripts do. All pipelines
+    # run in turns, so that load from elsewhere on a shared machine falls on all of them alike.
+    pipelines = {"reference": lambda: [reference(p) for p in paths]}
+    for workers in args.workers:
+        pipelines[f"extract --workers {workers}"] = lambda w=workers: cli(w)
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(args.folder_runs):
+        for name, fn in pipelines.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    results = {name: {"median_s": statistics.median(t), "seconds": t} for name, t in times.items()}
     for r in results.values():
         r["videos_per_s"] = n / r["median_s"]
         r["frames_per_s"] = frames / r["median_s"]

@@ -188,6 +188,27 @@ def test_workers_do_not_change_the_tokens(capsys, tmp_path, tiny_model, videos):
                            load_video_tokens(tmp_path / "w2" / f"{name}.safetensors").tokens)
 
 
+def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_path, tiny_model, videos):
+    """The GPU layout (uint8 frames to the tower, preprocessed there) gives the CPU layout's tokens."""
+    import argparse
+
+    from video.extract_cli import DecodeJobs, _encode_and_save
+
+    tower = CLIPVisionTower.from_pretrained(tiny_model)
+    kwargs = {"num_frames": 4, "fps": None, "max_frames": None, "sampling": "exact"}
+    in_worker = DecodeJobs([videos / "a.mp4"], load_kwargs=kwargs, transform=tower.image_transform)[0]
+    as_uint8 = DecodeJobs([videos / "a.mp4"], load_kwargs=kwargs, transform=None)[0]
+    assert in_worker.pixels is not None and in_worker.clip.frames.numel() == 0
+    assert as_uint8.pixels is None and as_uint8.clip.frames.dtype == torch.uint8
+    args = argparse.Namespace(pool_stride=2, pool_mode="average", batch_size=None, random_weights=False,
+                              sampling="exact")
+    settings = {"num_frames": 4, "fps": None}
+    for name, item in (("worker", in_worker), ("device", as_uint8)):
+        _encode_and_save(item, videos / "a.mp4", tmp_path / f"{name}.safetensors", tower, args, "tiny", settings)
+    assert torch.equal(load_video_tokens(tmp_path / "worker.safetensors").tokens,
+                       load_video_tokens(tmp_path / "device.safetensors").tokens)
+
+
 def test_preview_contact_sheet(capsys, tmp_path, tiny_model, data_dir):
     out = tmp_path / "out"
     code, _, _ = extract(capsys, data_dir / "realshort.mp4", "--out", out, "--model", tiny_model, "--num-frames", 4,

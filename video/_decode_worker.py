@@ -1,4 +1,5 @@
-"""The decoder process behind `video.decode`: FFmpeg (through PyAV) in a process of its own.
+"""The decoder process behind `video.decode`: FFmpeg (through PyAV), or decord on request, in a
+process of its own.
 
 A decoder can hang in native code while holding the GIL (decord does: dmlc/decord#269, #373,
 #375), kill its process on a bad file, or grow in memory over many files (#208). None of that can
@@ -19,6 +20,13 @@ Why not decord, which the rest of the stack knew first: its `get_batch` identifi
 counting after a seek without checking the decoder's output, and on box.mp4 it returns frame 338
 when asked for 340 (and frame 453 for 455, a frame that does not exist), with no error.
 
+decord is still here, on request (`DecordVideo`): some users need the very pixels LLaVA-NeXT-Video's
+own loader gives, right or wrong. It is imported the first time a file is opened that way, never
+before, and it runs in this process for the same reason PyAV does: its hangs and crashes must cost
+the parent an error, not its life. Before decord decodes, the exact decoder checks that the last
+frame asked for exists (`DecordVideo.check`), because decord asked for a frame past the frames
+that really decode returns another frame's pixels or never returns (dmlc/decord#373).
+
 This file is loaded by path (`python -c <loader> this_file FD`, which calls `main(FD)`), never
 imported as part of the `video` package: it needs only PyAV and numpy, so the process starts in a
 fraction of a second without importing torch. It speaks a small protocol over one stream socket,
@@ -26,10 +34,13 @@ one request at a time. Messages are length-prefixed pickles (`send_message` / `r
 also used by the parent); frame pixels follow their header as raw bytes, so the parent receives
 them straight into the output array:
 
-    ("open", path)              -> ("meta", {"num_frames", "fps", "keyframes"})
+    ("open", path, backend)     -> ("meta", {"num_frames", "fps", "keyframes"}); backend is
+                                   "exact" (PyAV, `Video`) or "decord" (`DecordVideo`)
     ("frames", indices)         -> per index, in any order, ("frame", k, shape) + the RGB bytes;
                                    then ("done",), or ("short", n) when only n frames decode
     ("keyframes", indices)      -> the same for keyframe indices, one packet decoded each
+                                   (decord: both are one `get_batch`, after which the file is closed)
+    ("check", index)            -> decord only: ("done",) when frame `index` decodes, else ("short", n)
     ("exit",)                   -> the process ends
 
 Any request may instead get ("error", kind, message): the exception's class name and message.
@@ -221,14 +232,94 @@ class Video:
                 yield k, frames[0]
 
 
+class DecordError(Exception):
+    """decord refused the file or failed while decoding it; the message is what decord said."""
+
+
+DECORD_THREADS = 0  # 0: decord chooses, as in LLaVA-NeXT-Video v1's loader; the pixels do not depend on it
+
+
+class DecordVideo:
+    """One file read the way LLaVA-NeXT-Video reads it: `decord.VideoReader` and one `get_batch`.
+
+    Frame counts, rates and keyframes are decord's own. Its pixels are not checked: returning them
+    as decord gives them is the point. What is checked, with the exact decoder, is that the last
+    frame asked for exists (`check`).
+    """
+
+    def __init__(self, path: str):
+        import decord  # first imported here: never for the exact backend
+
+        self.path = path
+        self.reader = _decord_call(
+            "cannot read it as a video", decord.VideoReader, path, ctx=decord.cpu(0), num_threads=DECORD_THREADS
+        )
+        self.num_frames = len(self.reader)
+        self.fps = float(self.reader.get_avg_fps())
+        self.keyframes = [int(k) for k in self.reader.get_key_indices()]
+        self._exact: Video | None = None
+
+    def check(self, index: int) -> None:
+        """Return when frame `index` decodes; raise _Short(n) when only n frames do.
+
+        "Decodes" as the exact decoder defines it. It decodes from the keyframe before `index`,
+        about one keyframe interval, a fraction of what `get_batch` costs; but from the first frame
+        on files whose timestamps the exact decoder cannot seek by (box.mp4).
+        """
+        if self._exact is None:
+            self._exact = Video(self.path)
+        exact = self._exact
+        last = min(index, exact.num_frames - 1)  # decord also counts packets FFmpeg discards (box.mp4)
+        for _ in exact.exact([last]):
+            pass
+        if last < index:
+            raise _Short(exact.num_frames)
+
+    def frames(self, indices: list[int]) -> Iterator[tuple[int, object]]:
+        """Yield (k, uint8[H, W, 3]) for `indices`, from one `get_batch` call; closes the reader."""
+        reader, self.reader = self.reader, None
+        if reader is None:
+            raise ValueError(f"{self.path}: decord's reader was already used and closed; open the file again")
+        batch = _decord_call("failed in get_batch", reader.get_batch, indices).asnumpy()  # (T, H, W, 3)
+        reader.seek(0)  # decord keeps decoded buffers until a seek (dmlc/decord#208); LLaVA-NeXT does the same
+        del reader
+        yield from enumerate(batch)
+
+
+def _decord_call(what: str, function, *args, **kwargs):
+    import decord
+
+    try:
+        return function(*args, **kwargs)
+    except (RuntimeError, decord.DECORDError) as error:  # decord raises both; the parent gets the reason
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DecordError(f"decord {what} ({type(error).__name__}: {first_line})") from error
+
+
 def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]]) -> None:
     import numpy as np
 
     for k, frame in frames:
+        if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays
+            frame = frame.to_ndarray(format="rgb24")
         # rows of odd widths come padded: make the bytes contiguous before announcing them
-        pixels = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
+        pixels = np.ascontiguousarray(frame)  # (H, W, 3) uint8
         send_message(sock, ("frame", k, pixels.shape))
         sock.sendall(pixels)
+
+
+def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, argument) -> None:
+    """Serve one frames/keyframes/check request about the open file (_Short when frames are missing)."""
+    if video is None:
+        raise ValueError(f"{op!r} before a file was opened")
+    if op == "check":
+        if not isinstance(video, DecordVideo):
+            raise ValueError("'check' is a request of the decord backend only")
+        video.check(argument)
+    elif isinstance(video, DecordVideo):  # decord decodes keyframes like any frame
+        _send_frames(sock, video.frames(argument))
+    else:
+        _send_frames(sock, video.exact(argument) if op == "frames" else video.keyframe_frames(argument))
 
 
 def serve(sock: socket.socket) -> None:
@@ -246,17 +337,18 @@ def serve(sock: socket.socket) -> None:
                 return
             if op == "open":
                 video = None  # drop the previous file first
-                video = Video(request[1])
+                video = DecordVideo(request[1]) if request[2] == "decord" else Video(request[1])
                 meta = {"num_frames": video.num_frames, "fps": video.fps, "keyframes": video.keyframes}
                 send_message(sock, ("meta", meta))
-            elif op in ("frames", "keyframes"):
-                frames = video.exact(request[1]) if op == "frames" else video.keyframe_frames(request[1])
+            elif op in ("frames", "keyframes", "check"):
                 try:
-                    _send_frames(sock, frames)
+                    _answer(sock, video, op, request[1])
                 except _Short as short:
                     send_message(sock, ("short", short.count))
                 else:
                     send_message(sock, ("done",))
+                if isinstance(video, DecordVideo) and op != "check":
+                    video = None  # decord's reader is closed after its one batch
             else:
                 send_message(sock, ("error", "ValueError", f"unknown request {op!r}"))
         except Exception as error:  # reported to the parent, which raises VideoDecodeError

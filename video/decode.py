@@ -1,27 +1,44 @@
-"""Decoding the sampled frames of a video, exactly, so that a bad file costs an exception.
+"""Decoding the sampled frames of a video, so that a bad file costs an exception, not a run.
 
-`load_video` asks `video.sampling` which frames to take and FFmpeg (through PyAV) for their
-pixels. Decoding runs in a separate worker process (`video/_decode_worker.py`): started once per
-Python process (about 0.3 s; it imports PyAV and numpy, not torch), reused for every video, and
-killed and replaced after a time-out, a crash, or every `_VIDEOS_PER_WORKER` videos. A native
-decoder can hang for ever holding the GIL or crash its process on a bad file (decord does both:
+`load_video` asks `video.sampling` which frames to take and a decoder for their pixels. Decoding
+runs in a separate worker process (`video/_decode_worker.py`): started once per Python process
+(about 0.3 s; it imports PyAV and numpy, not torch), reused for every video, and killed and
+replaced after a time-out, a crash, or every `_VIDEOS_PER_WORKER` videos. A native decoder can
+hang for ever holding the GIL or crash its process on a bad file (decord does both:
 dmlc/decord#269, #373, #375), and that must not take a training run down: here it costs the
 caller a `VideoDecodeError` naming the file and the reason. Frames come back over a socket
 straight into the output array.
 
-Frames are exact: frame i is the i-th frame a plain sequential decode outputs, and the worker
-checks every frame it returns against the stream's timestamp index, falling back to a sequential
-decode when the two disagree. decord, the loader LLaVA-NeXT uses, does not check; on
-tests/data/box.mp4 its `get_batch([227, 340])` returns frame 338 for 340, silently.
+Two decoders (`backend=`), one machinery (the worker, the time-outs, the errors, the sampling):
 
-Frame counts are verified, not trusted. Containers list one packet per frame, but some list
-packets that never decode (a broken last frame, junk at the end; box.mp4 lists 456 frames and 455
-decode). When a sampled frame never comes out, `load_video` samples again from the frames that do
-and warns. `num_total_frames` and `duration` then describe the frames that decode.
+- "exact", the default: FFmpeg through PyAV, and frames are exact. Frame i is the i-th frame a
+  plain sequential decode outputs; the worker checks every frame it returns against the stream's
+  timestamp index, falling back to a sequential decode when the two disagree.
+- "decord": what LLaVA-NeXT-Video's own loader returns, for users who need those very pixels
+  (to reproduce a model's evaluation, or to feed it the frames it was trained on). The file is
+  opened with `decord.VideoReader(path, ctx=cpu(0))`, sampled from decord's frame count and
+  average rate with the same `video.sampling` functions, decoded with one `get_batch`, and closed
+  (`seek(0)` first, as LLaVA-NeXT does against decord's memory growth, dmlc/decord#208). decord
+  identifies frames by counting after a seek and does not check what comes out: on most files
+  the two backends agree bit for bit, but on tests/data/box.mp4 decord's `get_batch([227, 340])`
+  returns frame 338 for 340, silently. That is kept, on purpose; it is the reason "exact" is the
+  default. decord is imported in the worker only when this backend is first used.
 
-`sampling="keyframe"` trades time accuracy for speed: every target frame is replaced by its nearest
-keyframe, decoded from its own packet alone (one intra frame instead of half a keyframe interval
-of frames); the clip records by how many seconds each frame moved.
+Frame counts are verified, not trusted, with either backend. Containers list one packet per
+frame, but some list packets that never decode (a broken last frame, junk at the end; box.mp4
+lists 456 frames and 455 decode). The exact decoder finds out when a sampled frame never comes
+out. decord cannot tell: asked for such a frame it returns another frame's pixels or never
+returns (#373), so before decord decodes, the exact decoder checks that the last sampled frame
+exists (about one keyframe interval of decoding). Either way, `load_video` then samples again
+from the frames that do decode, and warns; `num_total_frames` and `duration` describe those.
+
+`sampling="keyframe"` trades time accuracy for speed, with either backend: every target frame is
+replaced by its nearest keyframe (the backend's own keyframe list); the exact backend decodes
+each from its own packet alone (one intra frame instead of half a keyframe interval of frames).
+The clip records by how many seconds each frame moved. With decord, keyframe sampling skips the
+frame-count check, which would cost more than the keyframes themselves: the frames it can return
+are packets marked as keyframes, which the never-decoding packets seen so far were not (a time-out
+still guards the rest).
 
 Shapes: T frames, H/W pixels.
 """
@@ -56,6 +73,7 @@ from video.sampling import (
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "shutdown_worker"]
 
 Sampling = Literal["exact", "keyframe"]
+Backend = Literal["exact", "decord"]
 
 _VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds any leak
 _WORKER_FILE = pathlib.Path(__file__).with_name("_decode_worker.py")
@@ -99,6 +117,7 @@ class VideoClip:
         snapped: True when the indices were moved to keyframes (`sampling="keyframe"`).
         timestamp_shift: per frame, seconds between the frame returned and the one asked for
             (returned minus asked; all zeros unless snapped).
+        backend: the decoder that produced the frames, "exact" or "decord" (see `load_video`).
     """
 
     frames: torch.Tensor
@@ -110,6 +129,7 @@ class VideoClip:
     path: str | None
     snapped: bool = False
     timestamp_shift: list[float] = field(default_factory=list)
+    backend: Backend = "exact"
 
     def __post_init__(self) -> None:
         if not self.timestamp_shift:
@@ -219,13 +239,24 @@ class _Session:
         kind, message = reply[1], reply[2]
         if kind.endswith("InvalidDataError") or kind in ("FileNotFoundError", "IsADirectoryError", "PermissionError"):
             return VideoDecodeError(self.path, f"FFmpeg cannot read it as a video ({kind}: {message})")
+        if kind == "DecordError":  # the message already says what decord did
+            return VideoDecodeError(self.path, message)
         return VideoDecodeError(self.path, f"{kind}: {message}")
 
-    def open(self) -> dict:
-        reply = self.worker.request(("open", self.path), self.timeout)
+    def open(self, backend: Backend) -> dict:
+        reply = self.worker.request(("open", self.path, backend), self.timeout)
         if reply[0] != "meta":
             raise self.error(reply)
         return reply[1]
+
+    def check(self, index: int) -> int | None:
+        """None when frame `index` decodes, else the number of frames that do (decord backend)."""
+        reply = self.worker.request(("check", index), self.timeout)
+        if reply[0] == "done":
+            return None
+        if reply[0] == "short":
+            return reply[1]
+        raise self.error(reply)
 
     def frames(self, indices: list[int], keyframes_only: bool) -> tuple[np.ndarray | None, int | None]:
         """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, and None; or None and
@@ -270,7 +301,7 @@ def _plan(
     return indices, first, last
 
 
-def _check_args(num_frames, fps, max_frames, sampling, timeout) -> None:
+def _check_args(num_frames, fps, max_frames, sampling, timeout, backend) -> None:
     if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     if fps is not None and (not isinstance(fps, numbers.Real) or not fps > 0):
@@ -281,6 +312,8 @@ def _check_args(num_frames, fps, max_frames, sampling, timeout) -> None:
         raise ValueError(f"sampling must be 'exact' or 'keyframe', got {sampling!r}")
     if timeout is not None and (not isinstance(timeout, numbers.Real) or not timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if backend not in ("exact", "decord"):
+        raise ValueError(f"backend must be 'exact' or 'decord', got {backend!r}")
 
 
 def load_video(
@@ -293,6 +326,7 @@ def load_video(
     end: float | None = None,
     sampling: Sampling = "exact",
     timeout: float | None = 60.0,
+    backend: Backend = "exact",
 ) -> VideoClip:
     """Decode sampled frames of a video file.
 
@@ -310,7 +344,11 @@ def load_video(
         sampling: "exact" returns exactly the sampled frames; "keyframe" moves each one to its
             nearest keyframe within the window (much faster to decode; see `timestamp_shift`).
         timeout: longest wait, in seconds, for any one step of the decoder (opening the file, each
-            frame); past it the decoder process is killed. None waits for ever.
+            frame; with decord, its whole `get_batch`); past it the decoder process is killed. None
+            waits for ever.
+        backend: "exact" decodes with FFmpeg (PyAV) and checks every frame against the stream's
+            timestamps; "decord" returns what decord's `VideoReader.get_batch` returns, as
+            LLaVA-NeXT-Video's loader does, wrong frames included (module docstring).
 
     Returns:
         A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.
@@ -324,8 +362,10 @@ def load_video(
         >>> clip = load_video("tests/data/realshort.mp4", num_frames=8)
         >>> clip.frames.shape, clip.indices
         (torch.Size([8, 240, 320, 3]), [0, 5, 10, 15, 20, 25, 30, 35])
+        >>> load_video("tests/data/realshort.mp4", num_frames=8, backend="decord").backend
+        'decord'
     """
-    _check_args(num_frames, fps, max_frames, sampling, timeout)
+    _check_args(num_frames, fps, max_frames, sampling, timeout, backend)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -335,7 +375,7 @@ def load_video(
         worker = _get_worker()
         session = _Session(worker, path, timeout)
         try:
-            clip = _load(session, num_frames, fps, max_frames, start, end, sampling)
+            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend)
         except _Timeout:
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder made no progress for {timeout} s and was killed") from None
@@ -359,8 +399,8 @@ def load_video(
         return clip
 
 
-def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoClip:
-    meta = session.open()
+def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -> VideoClip:
+    meta = session.open(backend)
     total, native_fps, keyframes = meta["num_frames"], meta["fps"], meta["keyframes"]
     if not (math.isfinite(native_fps) and native_fps > 0):
         raise VideoDecodeError(session.path, f"the video stream has no usable frame rate ({native_fps})")
@@ -373,7 +413,13 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoCl
             if candidates:  # none when the stream has no timestamps: exact frames instead
                 indices, snapped = snap_to_keyframes(targets, candidates), True
         unique = sorted(set(indices))
-        decoded, decodable = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
+        decoded, decodable = None, None
+        # Past the frames that decode, decord lies or hangs: check the last one first. A second
+        # attempt samples below the count the check returned, so it needs no check.
+        if backend == "decord" and not snapped and attempt == 0:
+            decodable = session.check(unique[-1])
+        if decodable is None:
+            decoded, decodable = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
         if decoded is not None:
             break
         if attempt or not 0 < decodable < total:
@@ -400,4 +446,5 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling) -> VideoCl
         path=session.path,
         snapped=snapped,
         timestamp_shift=[(i - t) / native_fps for i, t in zip(indices, targets)],
+        backend=backend,
     )

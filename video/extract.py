@@ -74,6 +74,8 @@ class VideoTokens:
     """'exact' or 'keyframe' (indices moved to the nearest keyframe)."""
     timestamp_shift: list[float] | None = None
     """With keyframe sampling, how far (s) each frame moved from the uniform target."""
+    backend: str = "exact"
+    """The decoder of the frames: 'exact' or 'decord' (see `video.load_video`)."""
 
     @property
     def num_frames(self) -> int:
@@ -99,12 +101,13 @@ def extract_video_tokens(
     sampling: str = "exact",
     model: str | None = None,
     random_weights: bool = False,
+    backend: str = "exact",
 ) -> VideoTokens:
     """Sample a video's frames, encode each with the tower, and pool each frame's patch grid.
 
     Args:
-        video: a video file, or a `VideoClip` already decoded (then `num_frames`, `fps` and
-            `sampling` are not used).
+        video: a video file, or a `VideoClip` already decoded (then `num_frames`, `fps`,
+            `sampling` and `backend` are not used; the clip says how it was decoded).
         tower: a `vlm_vision.CLIPVisionTower` (any module with `image_transform`, `grid_size`,
             `select_layer`, `device` and float[B, 3, S, S] -> float[B, N, D] works).
         num_frames: frames sampled uniformly over the video (LLaVA-NeXT-Video uses 32).
@@ -115,6 +118,7 @@ def extract_video_tokens(
         sampling: "exact" or "keyframe" (see `video.load_video`).
         model: the label stored with the tokens (a Hub id or a path); defaults to the tower's class.
         random_weights: record that the tower's weights are random.
+        backend: "exact" or "decord", the decoder (see `video.load_video`); recorded with the tokens.
 
     Returns:
         `VideoTokens` with tokens float[T, N', D] in the tower's dtype, on the tower's device.
@@ -136,7 +140,7 @@ def extract_video_tokens(
         clip = video
     elif isinstance(video, (str, os.PathLike)):
         clip = load_video(video, num_frames=num_frames, fps=fps, max_frames=num_frames if fps else None,
-                          sampling=sampling)
+                          sampling=sampling, backend=backend)
     else:
         raise TypeError(f"video must be a path or a VideoClip, got {type(video).__name__}")
     frames = clip.frames.to(tower.device, non_blocking=True)  # (T, H, W, 3) uint8, on the tower's device
@@ -203,6 +207,7 @@ def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Modul
         random_weights=random_weights,
         sampling=sampling,
         timestamp_shift=None if clip.timestamp_shift is None else [float(s) for s in clip.timestamp_shift],
+        backend=clip.backend,
     )
 
 

@@ -52,7 +52,8 @@ DEFAULT_MODEL = "openai/clip-vit-large-patch14-336"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MANIFEST = "manifest.jsonl"
 # Settings that must match for an existing output to count as done.
-RESUME_KEYS = ("model", "layer", "pool_stride", "pool_mode", "random_weights", "sampling", "num_frames", "fps")
+RESUME_KEYS = ("model", "layer", "pool_stride", "pool_mode", "random_weights", "sampling", "num_frames", "fps",
+               "backend")
 
 
 class WeightsUnavailable(RuntimeError):
@@ -78,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=_positive_float, default=None, help="sample about this many frames per second")
     parser.add_argument("--sampling", choices=("exact", "keyframe"), default="exact",
                         help="exact frames, or each target moved to the nearest keyframe (much faster decoding)")
+    parser.add_argument("--backend", choices=("exact", "decord"), default="exact",
+                        help="decoder: exact frames (PyAV, checked against the timestamps), or decord's get_batch "
+                             "as LLaVA-NeXT-Video's loader (its pixels, wrong frames included, for parity)")
     parser.add_argument("--pool-stride", type=_positive_int, default=2, help="2 turns 24x24 patches into 144 tokens")
     parser.add_argument("--pool-mode", choices=("average", "max", "bilinear"), default="average")
     parser.add_argument("--device", default=None,
@@ -424,13 +428,13 @@ def run(args: argparse.Namespace) -> int:
     mine = shard(list(zip(videos, names)), rank, world)
     settings = {"model": model_label, "layer": int(tower.select_layer), "pool_stride": args.pool_stride,
                 "pool_mode": args.pool_mode, "random_weights": args.random_weights, "sampling": args.sampling,
-                "num_frames": args.num_frames, "fps": args.fps}
+                "num_frames": args.num_frames, "fps": args.fps, "backend": args.backend}
     manifest = manifest_path(out, rank, world)
     record_base = {"model": model_label, "random_weights": args.random_weights, "rank": rank}
     tag = " [RANDOM WEIGHTS]" if args.random_weights else ""
     if rank == 0:
         print(f"vlm-vision extract: {_plural(len(videos), 'video')} -> {out} with {model_label}{tag} on {device} ({args.dtype}), "
-              f"{args.num_frames} frames, pool {args.pool_mode} stride {args.pool_stride}"
+              f"{args.num_frames} frames ({args.backend} decoding), pool {args.pool_mode} stride {args.pool_stride}"
               + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
 
     outcomes, todo = _sort_out_existing(mine, out, settings, overwrite=args.overwrite)
@@ -438,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
         append_line(manifest, {**record_base, **_record(outcome)})
 
     load_kwargs = {"num_frames": args.num_frames, "fps": args.fps, "sampling": args.sampling,
-                   "max_frames": args.num_frames if args.fps else None}
+                   "max_frames": args.num_frames if args.fps else None, "backend": args.backend}
     on_cpu = device.type == "cpu"
     jobs = DecodeJobs([v for v, _ in todo], load_kwargs=load_kwargs, preview=args.preview,
                       transform=tower.image_transform if on_cpu else None)
@@ -513,6 +517,7 @@ def _existing(video: Path, output: Path, settings: dict[str, Any]) -> Outcome:
     except (ValueError, OSError) as e:
         return Outcome(video, output, "error", reason=f"{output} exists but is not a readable video-tokens file "
                                                       f"({e}); remove it or pass --overwrite")
+    meta.setdefault("backend", "exact")  # files from before --backend were decoded exactly
     differ = {k: (meta.get(k), settings[k]) for k in RESUME_KEYS if meta.get(k) != settings[k]}
     if differ:
         described = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differ.items())

@@ -140,3 +140,15 @@ def test_video_tokens_is_exported():
     for name in ("VideoTokens", "extract_video_tokens", "save_video_tokens", "load_video_tokens"):
         assert name in video.__all__
     assert VideoTokens.__doc__
+
+
+def test_decord_backend_reaches_load_video_and_the_file(tower, realshort, tmp_path):
+    clip = load_video(realshort, num_frames=4, backend="decord")
+    tokens = extract_video_tokens(realshort, tower, num_frames=4, backend="decord")
+    expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
+    assert tokens.backend == "decord" and torch.equal(tokens.tokens, expected)
+    assert extract_video_tokens(clip, tower).backend == "decord"  # a decoded clip says how it was decoded
+    assert extract_video_tokens(realshort, tower, num_frames=4).backend == "exact"
+    save_video_tokens(tokens, tmp_path / "t.safetensors")
+    assert read_metadata(tmp_path / "t.safetensors")["backend"] == "decord"
+    assert load_video_tokens(tmp_path / "t.safetensors").backend == "decord"

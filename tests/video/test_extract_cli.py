@@ -356,3 +356,18 @@ def test_video_benchmark_runs(tmp_path, data_dir):
     assert result["one_clip"]["max_abs_frame_diff_uint8"] == 0  # both pipelines decode the same frames
     assert result["one_clip"]["max_abs_token_diff"] < 0.05 * result["one_clip"]["token_abs_max"]
     assert set(result["folder"]["results"]) == {"reference", "extract --workers 0", "extract --workers 1"}
+
+
+def test_backend_decord_is_used_and_recorded(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    args = [videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 5, "--workers", 1]
+    code, stdout, stderr = extract(capsys, *args, "--backend", "decord")
+    assert code == 0 and "(decord decoding)" in stderr
+    got = load_video_tokens(out / "a.safetensors")
+    tower = CLIPVisionTower.from_pretrained(tiny_model)
+    clip = load_video(videos / "a.mp4", num_frames=5, backend="decord")
+    expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
+    assert got.backend == "decord" and got.indices == clip.indices
+    torch.testing.assert_close(got.tokens, expected, rtol=1e-5, atol=1e-6)
+    code, stdout, _ = extract(capsys, *args)  # the default backend is a different setting, not "done"
+    assert code != 0 and "backend: 'decord' there, 'exact' now" in stdout

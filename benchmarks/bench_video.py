@@ -150,7 +150,8 @@ def folder(video: pathlib.Path, weights: pathlib.Path, args, root: pathlib.Path)
             finally:
                 sys.stdout, sys.stderr = stdout, stderr
         if code != 0:
-            raise RuntimeError(f"vlm-vision extract {' '.join(argv)} exited with {code}")
+            errors = [line for line in (out / "manifest.jsonl").read_text().splitlines() if '"error"' in line]
+            raise RuntimeError(f"vlm-vision extract {' '.join(argv)} exited with {code}: {errors}")
 
     # The reference loops over the files in one process, as LLaVA-NeXT's scripts do. All pipelines
     # run in turns, so that load from elsewhere on a shared machine falls on all of them alike.

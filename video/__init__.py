@@ -1,4 +1,5 @@
-"""Video: frame sampling (pure), decoding (decord), spatial pooling, per-frame token extraction."""
+"""Video: frame sampling (pure), decoding (frame-exact FFmpeg, or decord on request, in a worker
+process), spatial pooling, per-frame token extraction."""
 
 from video.decode import VideoClip, VideoDecodeError, load_video
 from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens

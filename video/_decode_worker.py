@@ -16,6 +16,15 @@ rest of the request decodes sequentially from the first frame and counts frames 
 the definition itself. A frame listed by the container that never comes out means the container
 over-reports its frame count: the reply says how many frames really decode.
 
+Frames nothing is predicted from are not decoded unless asked for. An H.264 picture whose slices
+all carry nal_ref_idc 0 (x264's non-reference B-frames: 4 in 10 frames of the benchmark video) is
+never a reference, so leaving its packet out changes no other frame's pixels. The index pass
+marks such packets (H.264 in AVCC form only, packets holding nothing but those slices, delimiters
+and filler), the seeking path does not send them to the decoder unless they are targets, and the
+rank check expects them to be missing from the output. A stream that ends right after dropped
+frames could hide frames that do not decode, so that case is counted sequentially. The
+sequential path decodes every packet.
+
 Why not decord, which the rest of the stack knew first: its `get_batch` identifies frames by
 counting after a seek without checking the decoder's output, and on box.mp4 it returns frame 338
 when asked for 340 (and frame 453 for 455, a frame that does not exist), with no error.
@@ -106,7 +115,8 @@ class Video:
                 raise ValueError("the file has no video stream")
             rate = stream.average_rate or stream.guessed_rate
             self.fps = float(rate) if rate else 0.0
-            stamps, key_stamps, has_pts = [], [], True
+            length_size = _avcc_length_size(stream.codec_context)
+            stamps, key_stamps, disposable_stamps, has_pts = [], [], [], True
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:  # the final empty packet; edit-list cuts
                     continue
@@ -115,6 +125,8 @@ class Video:
                 stamps.append(packet.pts)
                 if packet.is_keyframe:
                     key_stamps.append(packet.pts)
+                elif length_size and _is_disposable(memoryview(packet), length_size):
+                    disposable_stamps.append(packet.pts)
         if not stamps:
             raise ValueError("the video stream has no packets")
         self.num_frames = len(stamps)
@@ -122,6 +134,9 @@ class Video:
         self.pts = sorted(stamps) if has_pts else None
         self.sequential = not has_pts or len(set(stamps)) != len(stamps)
         self.keyframes = [] if self.sequential else sorted({self.rank(p) for p in key_stamps})
+        # frames no other frame is decoded from: a seek skips their packets unless they are asked for
+        self.disposable = set() if self.sequential else {self.rank(p) for p in disposable_stamps}
+        self.skipped = 0  # packets the seeking path did not send to the decoder (a statistic)
 
     def rank(self, pts: int | None) -> int | None:
         """Frame index of the frame with timestamp `pts`, None if no packet has it."""
@@ -138,12 +153,19 @@ class Video:
         stream.thread_type = "AUTO"  # frame and slice threads
         return container, stream
 
-    def _decoded(self, container, stream) -> Iterator:
-        """Frames in output order; a packet the decoder rejects is skipped, as FFmpeg's CLI does."""
+    def _decoded(self, container, stream, wanted: frozenset[int] = frozenset()) -> Iterator:
+        """Frames in output order; a packet the decoder rejects is skipped, as FFmpeg's CLI does.
+
+        With `wanted` (the seeking path), the packets of disposable frames not in `wanted` are not
+        decoded at all.
+        """
         import av
 
         codec = stream.codec_context
         for packet in container.demux(stream):
+            if wanted and not packet.is_discard and self._dropped(self.rank(packet.pts), wanted):
+                self.skipped += 1
+                continue
             try:
                 yield from codec.decode(packet)  # the final empty packet drains the decoder
             except av.error.InvalidDataError:
@@ -160,7 +182,17 @@ class Video:
                 self.sequential = True  # for the rest of this file
         yield from self._sequential([i for i in indices if i not in done], indices)
 
+    def _dropped(self, index: int | None, wanted: frozenset[int]) -> bool:
+        return index in self.disposable and index not in wanted
+
+    def _next_shown(self, index: int, wanted: frozenset[int]) -> int:
+        """The first frame from `index` on that a seeking decode outputs (dropped frames never are)."""
+        while self._dropped(index, wanted):
+            index += 1
+        return index
+
     def _seeking(self, indices: list[int], done: set[int]) -> Iterator[tuple[int, object]]:
+        wanted = frozenset(indices)
         container, stream = self._open_stream()
         with container:
             frames, last = None, None  # decoded-frame iterator and the index it last gave
@@ -169,20 +201,22 @@ class Video:
                 if frames is None or last is None or not key <= last < target:
                     container.seek(self.pts[key], stream=stream, backward=True)
                     stream.codec_context.flush_buffers()
-                    frames, last, expect = self._decoded(container, stream), None, key
+                    frames, last, expect = self._decoded(container, stream, wanted), None, key
                 for frame in frames:
                     index = self.rank(frame.pts)
                     if index is not None and index < key and last is None:
                         continue  # leading frames of an open GOP, shown before the keyframe
                     if index != expect:
                         raise _OutOfStep
-                    last, expect = index, index + 1
+                    last, expect = index, self._next_shown(index + 1, wanted)
                     if index == target:
                         done.add(target)
                         yield k, frame
                         break
-                else:
-                    raise _Short(expect)  # the stream ended: frames from `expect` on do not decode
+                else:  # the stream ended: frames from `expect` on do not decode
+                    if expect != (key if last is None else last + 1):
+                        raise _OutOfStep  # dropped frames before `expect`: only a full decode can count
+                    raise _Short(expect)
 
     def _sequential(self, todo: list[int], indices: list[int]) -> Iterator[tuple[int, object]]:
         if not todo:
@@ -230,6 +264,37 @@ class Video:
                 if len(frames) != 1 or frames[0].pts != packet.pts:
                     raise ValueError(f"keyframe {index} does not decode on its own ({len(frames)} frames out)")
                 yield k, frames[0]
+
+
+def _avcc_length_size(codec) -> int | None:
+    """Bytes in the NAL unit length prefix of an H.264 stream stored as AVCC (MP4, MKV), else None."""
+    extradata = codec.extradata
+    if codec.name != "h264" or not extradata or len(extradata) < 7 or extradata[0] != 1:
+        return None  # another codec, or Annex-B start codes: no frame is skipped
+    return (extradata[4] & 3) + 1
+
+
+_DISPOSABLE_NAL_TYPES = (1, 9, 12)  # non-IDR slice, access unit delimiter, filler data
+
+
+def _is_disposable(data: memoryview, length_size: int) -> bool:
+    """True when an AVCC H.264 packet holds one picture that no other picture references.
+
+    Every NAL unit must be a slice with nal_ref_idc 0, a delimiter or filler: a parameter set, an
+    SEI or anything unexpected makes the packet one to decode, as does a malformed length.
+    """
+    position, slices = 0, 0
+    while position < len(data):
+        start = position + length_size
+        if start >= len(data):
+            return False
+        size = int.from_bytes(data[position:start], "big")
+        header = data[start]
+        if size == 0 or header & 0xE0 or (header & 0x1F) not in _DISPOSABLE_NAL_TYPES:
+            return False  # forbidden bit or nal_ref_idc set, or another kind of unit
+        slices += (header & 0x1F) == 1
+        position = start + size
+    return slices > 0 and position == len(data)
 
 
 class DecordError(Exception):

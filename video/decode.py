@@ -13,7 +13,9 @@ Two decoders (`backend=`), one machinery (the worker, the time-outs, the errors,
 
 - "exact", the default: FFmpeg through PyAV, and frames are exact. Frame i is the i-th frame a
   plain sequential decode outputs; the worker checks every frame it returns against the stream's
-  timestamp index, falling back to a sequential decode when the two disagree.
+  timestamp index, falling back to a sequential decode when the two disagree. Frames that no
+  other frame references (H.264 non-reference B-frames) are skipped unless sampled, which
+  changes no pixel and saves about a fifth of the decoding.
 - "decord": what LLaVA-NeXT-Video's own loader returns, for users who need those very pixels
   (to reproduce a model's evaluation, or to feed it the frames it was trained on). The file is
   opened with `decord.VideoReader(path, ctx=cpu(0))`, sampled from decord's frame count and

@@ -1,0 +1,77 @@
+"""The exact decoder's seeking path skips the packets of frames nothing references, and only those.
+
+The worker's `Video` is driven directly (it is plain Python and PyAV) so that its `skipped`
+statistic can be read; `load_video` on the same file is then compared with a sequential decode.
+Frame identity is read back from the pixels (tests/video/synth.py).
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from video import _decode_worker as worker
+from video import load_video
+from tests.video.synth import make_numbered_video, read_frame_number
+
+
+@pytest.fixture(scope="module")
+def bframes_video(tmp_path_factory):
+    # x264's default preset: 3 B-frames with a pyramid, so some B-frames are references and some not
+    return make_numbered_video(tmp_path_factory.mktemp("skip") / "b.mp4", 120, gop=30)
+
+
+def test_the_synthetic_video_has_disposable_b_frames(bframes_video):
+    video = worker.Video(str(bframes_video))
+    assert not video.sequential
+    assert 20 <= len(video.disposable) < 120 - len(video.keyframes)
+    assert not set(video.disposable) & set(video.keyframes)
+
+
+def test_skipped_frames_are_not_missed_and_targets_are_decoded(bframes_video):
+    video = worker.Video(str(bframes_video))
+    disposable = sorted(video.disposable)
+    # disposable targets must still come out; 29 and 59 sit at the end of a GOP, after many skips
+    indices = sorted({disposable[0], disposable[5], 29, 44, disposable[-1], 59, 119})
+    got = {k: frame.to_ndarray(format="rgb24") for k, frame in video.exact(indices)}
+    assert not video.sequential  # no fall-back: the skipping path itself produced these frames
+    assert video.skipped > 5
+    assert [read_frame_number(got[k]) for k in range(len(indices))] == indices
+
+
+def test_load_video_equals_sequential_decode_with_skipping(bframes_video):
+    with av.open(str(bframes_video)) as container:
+        reference = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    clip = load_video(bframes_video, num_frames=11)
+    assert len(clip.indices) == 11
+    assert set(clip.indices) & worker.Video(str(bframes_video)).disposable  # some targets are disposable
+    for frame, index in zip(clip.frames.numpy(), clip.indices):
+        np.testing.assert_array_equal(frame, reference[index])
+
+
+def _avcc(*units: bytes) -> memoryview:
+    return memoryview(b"".join(len(unit).to_bytes(4, "big") + unit for unit in units))
+
+
+@pytest.mark.parametrize(
+    "units, disposable",
+    [
+        ((b"\x01\x9a\x00", b"\x01\x9a\x01"), True),  # two slices, nal_ref_idc 0
+        ((b"\x09\xf0", b"\x01\x9a\x00"), True),  # access unit delimiter + slice
+        ((b"\x41\x9a\x00",), False),  # nal_ref_idc 2
+        ((b"\x65\x88\x00",), False),  # IDR slice
+        ((b"\x06\x05\x00", b"\x01\x9a\x00"), False),  # an SEI rides along: decode it
+        ((b"\x68\xee",), False),  # picture parameter set
+        ((b"\x09\xf0",), False),  # no slice at all
+    ],
+)
+def test_is_disposable(units, disposable):
+    assert worker._is_disposable(_avcc(*units), 4) is disposable
+
+
+def test_is_disposable_refuses_malformed_lengths():
+    data = _avcc(b"\x01\x9a\x00")
+    assert not worker._is_disposable(data[:-1], 4)  # the unit runs past the packet
+    assert not worker._is_disposable(memoryview(bytes(data) + b"\x00\x00"), 4)  # a cut length prefix
+    assert not worker._is_disposable(memoryview(b"\x00\x00\x00\x00\x01"), 4)  # an empty unit

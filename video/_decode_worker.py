@@ -153,6 +153,30 @@ class Video:
         stream.thread_type = "AUTO"  # frame and slice threads
         return container, stream
 
+    def _primed_stream(self, thread_type: str = "AUTO"):
+        """`_open_stream` with `thread_type`, after the decoder has seen the stream's first packet.
+
+        Decoders keep facts from the first packet that change how later frames decode: FFmpeg's
+        H.264 decoder reads the x264 version from the SEI there and works around old x264 bugs
+        by it. A decode that seeks past that packet gives other pixels (99% of them differ from
+        frame 76 on in tests/data/cockatoo.mp4, x264 4:4:4). Decoding it first costs one frame.
+        """
+        import av
+
+        container, stream = self._open_stream()
+        stream.thread_type = thread_type  # before the decoder opens
+        codec = stream.codec_context
+        for packet in container.demux(stream):
+            if packet.size:
+                try:
+                    codec.decode(packet)
+                    codec.decode(None)
+                except av.error.InvalidDataError:
+                    pass  # a first packet that does not decode leaves nothing to learn from
+                break
+        codec.flush_buffers()
+        return container, stream
+
     def _decoded(self, container, stream, wanted: frozenset[int] = frozenset()) -> Iterator:
         """Frames in output order; a packet the decoder rejects is skipped, as FFmpeg's CLI does.
 
@@ -193,7 +217,7 @@ class Video:
 
     def _seeking(self, indices: list[int], done: set[int]) -> Iterator[tuple[int, object]]:
         wanted = frozenset(indices)
-        container, stream = self._open_stream()
+        container, stream = self._primed_stream()
         with container:
             frames, last = None, None  # decoded-frame iterator and the index it last gave
             for k, target in enumerate(indices):
@@ -242,8 +266,8 @@ class Video:
         keyframe comes out (B-frame reordering and frame threading hold it back); sending its
         packet alone and then draining the decoder costs one intra frame.
         """
-        container, stream = self._open_stream()
-        stream.thread_type = "SLICE"  # frame threads would only add latency to a lone packet
+        # frame threads would only add latency to a lone packet
+        container, stream = self._primed_stream(thread_type="SLICE")
         codec = stream.codec_context
         with container:
             for k, index in enumerate(indices):

@@ -7,6 +7,8 @@ Frame identity is read back from the pixels (tests/video/synth.py).
 
 from __future__ import annotations
 
+import pathlib
+
 import av
 import numpy as np
 import pytest
@@ -75,3 +77,37 @@ def test_is_disposable_refuses_malformed_lengths():
     assert not worker._is_disposable(data[:-1], 4)  # the unit runs past the packet
     assert not worker._is_disposable(memoryview(bytes(data) + b"\x00\x00"), 4)  # a cut length prefix
     assert not worker._is_disposable(memoryview(b"\x00\x00\x00\x00\x01"), 4)  # an empty unit
+
+
+# what the first packet teaches the decoder -------------------------------------------------------
+
+
+COCKATOO = pathlib.Path(__file__).parents[1] / "data" / "cockatoo.mp4"
+
+
+@pytest.fixture(scope="module")
+def cockatoo_frames() -> list[np.ndarray]:
+    """Frames 0..80 of cockatoo.mp4 (x264 4:4:4, keyframes 0, 76, 145), decoded sequentially."""
+    with av.open(str(COCKATOO)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == 81:
+                return frames
+    raise AssertionError("cockatoo.mp4 has fewer than 81 frames")
+
+
+def test_a_seek_past_the_first_packet_gives_the_sequential_pixels(cockatoo_frames):
+    # Seeking straight to keyframe 76 used to skip the x264 version SEI in packet 0, and FFmpeg
+    # then decoded every later frame differently from a sequential decode.
+    clip = load_video(COCKATOO, num_frames=2, start=3.8, end=4.05)
+    assert clip.indices == [76, 80]
+    for frame, index in zip(clip.frames.numpy(), clip.indices):
+        np.testing.assert_array_equal(frame, cockatoo_frames[index])
+
+
+def test_a_lone_keyframe_past_the_first_packet_gives_the_sequential_pixels(cockatoo_frames):
+    video = worker.Video(str(COCKATOO))
+    assert 76 in video.keyframes
+    [(k, frame)] = list(video.keyframe_frames([76]))
+    np.testing.assert_array_equal(frame.to_ndarray(format="rgb24"), cockatoo_frames[76])

@@ -43,7 +43,7 @@ PRESETS = {
 VIDEO_ID, IMAGE_ID = 3, 4
 
 
-def build_reference(preset: str, dtype: torch.dtype):
+def build_reference(preset: str, dtype: torch.dtype, device: str = "cpu"):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
     text, vision, *_ = PRESETS[preset]
@@ -52,13 +52,15 @@ def build_reference(preset: str, dtype: torch.dtype):
                                   video_token_index=VIDEO_ID, image_token_index=IMAGE_ID,
                                   spatial_pool_stride=2, spatial_pool_mode="average", vision_feature_layer=-2)
     torch.manual_seed(0)
-    with torch.device("meta") if preset == "7b" else torch.device("cpu"):
-        model = LlavaNextVideoForConditionalGeneration(config)
-    if preset == "7b":  # random weights straight on the device, without a CPU copy of 7B parameters
-        model = model.to_empty(device="cpu")
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-    return model.to(dtype)
+    if preset != "7b":
+        return LlavaNextVideoForConditionalGeneration(config).to(dtype)
+    # 7B: random weights made on the device in the target dtype, never a float32 CPU copy.
+    with torch.device("meta"):
+        model = LlavaNextVideoForConditionalGeneration(config).to(dtype)
+    model = model.to_empty(device=device)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return model
 
 
 def batch(preset: str, device: str):
@@ -81,7 +83,7 @@ def worker(args: argparse.Namespace) -> None:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     device = args.device
     *_, r, alpha = PRESETS[args.preset]
-    hf = build_reference(args.preset, dtype)
+    hf = build_reference(args.preset, dtype, device)
     inputs = batch(args.preset, "cpu")
     if args.path == "ref":
         model = hf

@@ -21,10 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _tower(r):
-    out = [(f"tower {r['config']['variant']} ({r['config']['device']}, {r['config']['dtype']})",
-            r["results"]["ours"]["speedup"], 1.5)]
+    target = 1.5 if r["config"]["device"].startswith("cuda") else None  # the target is for bf16 on a GPU
+    out = [(f"tower {r['config']['variant']} batch {r['config']['batch']} ({r['config']['device']}, "
+            f"{r['config']['dtype']})", r["results"]["ours"]["speedup"], target)]
     if "ours_compiled" in r["results"]:
-        out.append(("tower, torch.compile", r["results"]["ours_compiled"]["speedup"], 1.5))
+        out.append(("tower, torch.compile", r["results"]["ours_compiled"]["speedup"], target))
     return out
 
 
@@ -42,7 +43,11 @@ def _decode(r):
 
 
 def _video(r):
-    return [(label, ratio, target) for label, ratio, target in r.get("plot", [])]
+    out = [("video -> tokens, one 720p clip (tiny tower)", r["one_clip"]["speedup"], 1.5)]
+    for name, res in r["folder"]["results"].items():
+        if name != "reference":
+            out.append((f"video -> tokens, folder, {name}", res["speedup"], None))
+    return out
 
 
 def _train(r):

@@ -13,7 +13,6 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("vlm_vision.encode_cli", "encode images or frames with the tower and print token shapes"),
     "extract": ("video.extract_cli", "extract per-frame pooled video tokens for one clip or a corpus"),
     "train": ("vlm_vision.train_cli", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),

@@ -101,3 +101,18 @@ def make_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
                                   unk_token="<unk>", padding_side=padding_side)
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def to_llava_layout(hf: nn.Module) -> dict[str, torch.Tensor]:
+    """Invert transformers' conversion script: the keys an lmms-lab LLaVA-NeXT-Video checkpoint holds."""
+    out = {}
+    for k, v in hf.state_dict().items():
+        if k.startswith("model.language_model."):
+            k = "model." + k.removeprefix("model.language_model.")
+        elif k.startswith("model.multi_modal_projector.linear_"):
+            index = int(k.split("linear_")[1][0])
+            k = f"model.mm_projector.{2 * (index - 1)}." + k.rsplit(".", 1)[1]
+        elif k.startswith("model.vision_tower."):
+            k = "model.vision_tower.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
+        out[k] = v.clone()
+    return out

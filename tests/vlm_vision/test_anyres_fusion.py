@@ -15,7 +15,7 @@ from transformers.models.llava_next import LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from tests.vlm_vision.fusion_fixtures import (FRAME_TOKENS, IMAGE_ID, VIDEO_ID, hf_video_model, make_tokenizer, pad,
-                                              pixels, scramble, text_config, vision_config)
+                                              pixels, scramble, text_config, to_llava_layout, vision_config)
 from vlm_vision import VisionLanguageModel, anyres_num_tokens
 from vlm_vision.anyres import anyres_batch
 from vlm_vision.processor import VisionLanguageProcessor
@@ -213,16 +213,7 @@ def test_processor_output_gives_the_same_logits_in_both_models(with_tokenizer):
 # ----- original LLaVA-NeXT checkpoints ----------------------------------------------------------------
 
 def test_original_llava_next_checkpoint_reads_anyres_settings(tmp_path, hf_next):
-    tensors = {}
-    for k, v in hf_next.state_dict().items():
-        if k.startswith("model.language_model."):
-            k = "model." + k.removeprefix("model.language_model.")
-        elif k.startswith("model.multi_modal_projector.linear_"):
-            index = int(k.split("linear_")[1][0])
-            k = f"model.mm_projector.{2 * (index - 1)}." + k.rsplit(".", 1)[1]
-        elif k.startswith("model.vision_tower."):
-            k = "model.vision_tower.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
-        tensors[k] = v.clone()
+    tensors = to_llava_layout(hf_next)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     text = {k: v for k, v in hf_next.config.text_config.to_dict().items() if k != "model_type"}
     # LLaVA lists pinpoints as [width, height]: the same list in LLaVA's order holds the same shapes

@@ -10,7 +10,7 @@ from transformers import (CLIPVisionModel, LlamaForCausalLM, LlavaForConditional
 
 from projector import build_projector
 from tests.vlm_vision.fusion_fixtures import (IMAGE_ID, VIDEO_ID, hf_image_model, hf_video_model, pixels, prompt,
-                                              scramble, text_config, vision_config)
+                                              scramble, text_config, to_llava_layout, vision_config)
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
 from vlm_vision.checkpoints import hf_to_tower
 from vlm_vision.fusion import encode_videos
@@ -252,19 +252,6 @@ def test_tower_to_hf_inverts_hf_to_tower():
 # ----- original LLaVA checkpoints ----------------------------------------------------------------------
 
 
-def _to_llava_layout(hf) -> dict[str, torch.Tensor]:
-    """Invert transformers' conversion script: the keys an lmms-lab LLaVA-NeXT-Video checkpoint holds."""
-    out = {}
-    for k, v in hf.state_dict().items():
-        if k.startswith("model.language_model."):
-            k = "model." + k.removeprefix("model.language_model.")
-        elif k.startswith("model.multi_modal_projector.linear_"):
-            index = int(k.split("linear_")[1][0])
-            k = f"model.mm_projector.{2 * (index - 1)}." + k.rsplit(".", 1)[1]
-        elif k.startswith("model.vision_tower."):
-            k = "model.vision_tower.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
-        out[k] = v.clone()
-    return out
 
 
 def _llava_config(hf, **extra) -> dict:
@@ -277,7 +264,7 @@ def _llava_config(hf, **extra) -> dict:
 
 
 def test_original_llava_next_video_checkpoint(tmp_path, hf_video):
-    tensors = _to_llava_layout(hf_video)
+    tensors = to_llava_layout(hf_video)
     assert "model.mm_projector.2.bias" in tensors and "model.layers.0.self_attn.q_proj.weight" in tensors
     # two safetensors shards and an index, as large checkpoints ship
     keys = sorted(tensors)
@@ -295,7 +282,7 @@ def test_original_llava_next_video_checkpoint(tmp_path, hf_video):
 
 def test_original_llava_checkpoint_without_tower(tmp_path, hf_image):
     """LLaVA-1.5 folders hold no tower: it comes from its own path; projector from mm_projector.bin."""
-    tensors = _to_llava_layout(hf_image)
+    tensors = to_llava_layout(hf_image)
     llm_only = {k: v for k, v in tensors.items() if "vision_tower" not in k and "mm_projector" not in k}
     torch.save(llm_only, tmp_path / "pytorch_model.bin")
     torch.save({k: v for k, v in tensors.items() if "mm_projector" in k}, tmp_path / "mm_projector.bin")
@@ -311,7 +298,7 @@ def test_original_llava_checkpoint_without_tower(tmp_path, hf_image):
 
 
 def test_original_checkpoint_settings(tmp_path, hf_video):
-    save_file(_to_llava_layout(hf_video), tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(to_llava_layout(hf_video), tmp_path / "model.safetensors", metadata={"format": "pt"})
     config = _llava_config(hf_video, mm_spatial_pool_stride=4, mm_patch_merge_type="spatial_unpad",
                            mm_newline_position="frame")
     (tmp_path / "config.json").write_text(json.dumps(config))

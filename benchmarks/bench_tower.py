@@ -7,7 +7,12 @@ keeps nothing else. Same random weights, same inputs; features compared.
 Each path runs in its own fresh process so its peak memory is its own.
 
     python benchmarks/bench_tower.py --variant ViT-L/14@336 --batch 2 --runs 3            # CPU
-    python benchmarks/bench_tower.py --device cuda --dtype bfloat16 --batch 256 --compile  # GPU
+    python benchmarks/bench_tower.py --device cuda --dtype bfloat16 --batch 256 --compile --fp8  # GPU
+
+`--compile` adds our tower under `torch.compile` (default mode), `--compile-mode reduce-overhead`
+under CUDA graphs, and `--fp8` our tower with FP8 matmuls (`tower.to_fp8()`, bfloat16 only), whose
+distance from the bfloat16 features is reported as the cosine similarity of each token to the
+reference's.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ def worker(args: argparse.Namespace) -> None:
     x = torch.randn(args.batch, 3, cfg.image_size, cfg.image_size)
     if args.path == "ours":
         model = CLIPVisionTower.from_pretrained(args.weights, dtype=dtype, device=device)
+        if args.fp8:
+            model.to_fp8()
         if args.compile:
-            model.compile()
+            model.compile(**({"mode": args.compile_mode} if args.compile_mode else {}))
         fn = lambda: model(x_dev)  # noqa: E731
     else:
         model = CLIPVisionModel.from_pretrained(args.weights, attn_implementation="sdpa").eval()
@@ -76,6 +83,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--compile", action="store_true", help="also time our tower under torch.compile")
+    p.add_argument("--compile-mode", default=None,
+                   help="also time our tower under torch.compile with this mode (reduce-overhead: CUDA graphs)")
+    p.add_argument("--fp8", action="store_true", help="also time our tower with FP8 matmuls (bfloat16 only)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--path", choices=["ours", "ref"], help=argparse.SUPPRESS)
@@ -93,17 +103,28 @@ def main() -> None:
     common = ["--worker", "--weights", weights, "--variant", args.variant, "--batch", str(args.batch), "--runs", str(args.runs),
               "--warmup", str(args.warmup), "--device", args.device, "--dtype", args.dtype]
     results = {}
-    paths = [("ref", []), ("ours", [])] + ([("ours_compiled", ["--compile"])] if args.compile else [])
+    paths = [("ref", []), ("ours", [])]
+    if args.compile:
+        paths.append(("ours_compiled", ["--compile"]))
+    if args.compile_mode:
+        paths.append((f"ours_compiled_{args.compile_mode}", ["--compile", "--compile-mode", args.compile_mode]))
+    if args.fp8:
+        paths.append(("ours_fp8", ["--fp8"]))
+        if args.compile:
+            paths.append(("ours_fp8_compiled", ["--fp8", "--compile"]))
     for name, extra in paths:
         feat = os.path.join(tmp, f"{name}.pt")
         results[name] = run_worker(__file__, common + ["--path", name.split("_")[0], "--out-features", feat] + extra)
         results[name]["features"] = feat
     ref_feat = torch.load(results["ref"]["features"])
-    rows = [("path", "images/s", "peak MiB", "max |diff| vs ref")]
+    rows = [("path", "images/s", "peak MiB", "max |diff| vs ref, min / mean token cosine")]
     for name, r in results.items():
-        diff = (torch.load(r.pop("features")) - ref_feat).abs().max().item()
-        r["max_abs_diff"] = diff
-        rows.append((name, f"{r['images_per_s']:.2f}", f"{r['peak_mib']:.0f}", f"{diff:.2e}"))
+        feat = torch.load(r.pop("features"))
+        cos = torch.nn.functional.cosine_similarity(feat, ref_feat, dim=-1)  # (B, N)
+        r["max_abs_diff"] = (feat - ref_feat).abs().max().item()
+        r["min_token_cosine"], r["mean_token_cosine"] = cos.min().item(), cos.mean().item()
+        rows.append((name, f"{r['images_per_s']:.2f}", f"{r['peak_mib']:.0f}",
+                     f"{r['max_abs_diff']:.2e}, {r['min_token_cosine']:.5f} / {r['mean_token_cosine']:.5f}"))
     for name in results:
         if name != "ref":
             results[name]["speedup"] = results[name]["images_per_s"] / results["ref"]["images_per_s"]

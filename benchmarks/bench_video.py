@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, print_table, write_json  # noqa: E402
+from _common import cores_busy, cpu_jiffies, machine, print_table, write_json  # noqa: E402
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=336,
             patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)
@@ -159,12 +159,18 @@ def folder(video: pathlib.Path, weights: pathlib.Path, args, root: pathlib.Path)
     for workers in args.workers:
         pipelines[f"extract --workers {workers}"] = lambda w=workers: cli(w)
     times: dict[str, list[float]] = {name: [] for name in pipelines}
+    busy: dict[str, list[float]] = {name: [] for name in pipelines}
     for _ in range(args.folder_runs):
         for name, fn in pipelines.items():
-            t0 = time.perf_counter()
+            t0, j0 = time.perf_counter(), cpu_jiffies()
             fn()
             times[name].append(time.perf_counter() - t0)
-    results = {name: {"median_s": statistics.median(t), "seconds": t} for name, t in times.items()}
+            cores = cores_busy(j0, cpu_jiffies())
+            if cores is not None:
+                busy[name].append(cores)
+    results = {name: {"median_s": statistics.median(t), "seconds": t,
+                      "cores_busy": statistics.median(busy[name]) if busy[name] else None}
+               for name, t in times.items()}
     for r in results.values():
         r["videos_per_s"] = n / r["median_s"]
         r["frames_per_s"] = frames / r["median_s"]
@@ -204,12 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         result = {"machine": machine(), "config": {k: str(v) for k, v in vars(args).items()}, "one_clip": clip}
         if args.folder_videos:
             many = folder(video, weights, args, root)
-            rows = [("pipeline", "median s", "videos/s", "frames/s", "speed")]
+            rows = [("pipeline", "median s", "videos/s", "frames/s", "speed", "cores busy")]
             for name, r in many["results"].items():
+                cores = "n/a" if r["cores_busy"] is None else f"{r['cores_busy']:.2f} of {os.cpu_count()}"
                 rows.append((name, f"{r['median_s']:.2f}", f"{r['videos_per_s']:.3f}", f"{r['frames_per_s']:.1f}",
-                             f"{r['speedup']:.2f}x"))
-            print(f"\nFolder: {many['videos']} x {video.name}, {args.frames} frames each, median of {args.folder_runs}")
-            widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                             f"{r['speedup']:.2f}x", cores))
+            print(f"\nFolder: {many['videos']} x {video.name}, {args.frames} frames each, median of {args.folder_runs}"
+                  " (cores busy: machine-wide average over the run, process start-up included)")
+            widths = [max(len(r[i]) for r in rows) for i in range(6)]
             for r in rows:
                 print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
             result["folder"] = many

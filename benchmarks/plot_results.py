@@ -24,8 +24,11 @@ def _tower(r):
     target = 1.5 if r["config"]["device"].startswith("cuda") else None  # the target is for bf16 on a GPU
     out = [(f"tower {r['config']['variant']} batch {r['config']['batch']} ({r['config']['device']}, "
             f"{r['config']['dtype']})", r["results"]["ours"]["speedup"], target)]
-    if "ours_compiled" in r["results"]:
-        out.append(("tower, torch.compile", r["results"]["ours_compiled"]["speedup"], target))
+    labels = {"ours_compiled": "torch.compile", "ours_compiled_reduce-overhead": "compile, CUDA graphs",
+              "ours_fp8": "FP8 matmuls", "ours_fp8_compiled": "FP8 + torch.compile"}
+    for name, label in labels.items():
+        if name in r["results"]:
+            out.append((f"tower {r['config']['variant']} batch {r['config']['batch']}, {label}", r["results"][name]["speedup"], target))
     return out
 
 

@@ -190,13 +190,21 @@ class CLIPVisionTower(nn.Module):
         from vlm_vision.checkpoints import load_vision_weights
 
         config, state_dict, transform = load_vision_weights(name_or_path)
+        # Like transformers, float32 unless a dtype is asked for, whatever the file stores. Cast one
+        # tensor at a time, so that the file's copy of each is freed as its cast is made: the peak
+        # stays at one copy of the weights instead of the file's plus the cast's.
+        # Blocks past the selected layer are dropped here, before they are cast.
+        dtype, blocks_run = dtype or torch.float32, resolve_layer(select_layer, config.num_hidden_layers)
+        for key in list(state_dict):
+            tensor = state_dict.pop(key)
+            if not _is_unused_block(key, blocks_run):
+                state_dict[key] = tensor.to(device=device, dtype=dtype)
         # Built on the meta device: no random initialisation, and the loaded tensors become the
         # parameters (assign) instead of being copied into a second set of buffers.
         with torch.device("meta"):
             tower = cls(config, select_layer=select_layer, select_feature=select_feature, image_transform=transform)
         tower.load_tower_state_dict(state_dict, source=str(name_or_path), assign=True)
-        # Like transformers, float32 unless a dtype is asked for, whatever the file stores.
-        return tower.to(device=device, dtype=dtype or torch.float32)
+        return tower.to(device=device, dtype=dtype)
 
     def load_tower_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str = "state dict",
                               assign: bool = False) -> None:
@@ -234,6 +242,9 @@ class CLIPVisionTower(nn.Module):
 
     def unfreeze(self) -> "CLIPVisionTower":
         """Let the tower be fine-tuned: parameters require grad and `.train()` works again."""
+        if self.is_fp8:
+            raise ValueError("this tower runs FP8 matmuls (to_fp8()), which are inference only; "
+                             "load it again to fine-tune it")
         self._frozen = False
         self.requires_grad_(True)
         return self
@@ -265,6 +276,25 @@ class CLIPVisionTower(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.patch_embed.weight.device
+
+    @property
+    def is_fp8(self) -> bool:
+        """Whether `to_fp8()` turned the blocks' matmuls into FP8 ones."""
+        from vlm_vision.fp8 import FP8Linear
+
+        return any(isinstance(m, FP8Linear) for m in self.modules())
+
+    def to_fp8(self) -> "CLIPVisionTower":
+        """Opt in to FP8 matmuls in the blocks (frozen bfloat16 towers; see `vlm_vision.fp8`); returns self.
+
+        Example:
+            >>> tower = CLIPVisionTower.from_config(vision_config("ViT-B/32")).to(torch.bfloat16).to_fp8()
+            >>> tower(torch.zeros(1, 3, 224, 224)).dtype
+            torch.bfloat16
+        """
+        from vlm_vision.fp8 import to_fp8
+
+        return to_fp8(self)
 
     def compile(self, **kwargs) -> "CLIPVisionTower":
         """Opt in to `torch.compile` for every later call (kwargs go to `torch.compile`); returns self.

@@ -28,7 +28,8 @@ def _tower(r):
               "ours_fp8": "FP8 matmuls", "ours_fp8_compiled": "FP8 + torch.compile"}
     for name, label in labels.items():
         if name in r["results"]:
-            out.append((f"tower {r['config']['variant']} batch {r['config']['batch']}, {label}", r["results"][name]["speedup"], target))
+            c = r["config"]
+            out.append((f"tower {c['variant']} batch {c['batch']}, {label}", r["results"][name]["speedup"], target))
     return out
 
 

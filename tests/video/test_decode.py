@@ -145,7 +145,7 @@ def test_variable_frame_rate(media):
     assert clip.timestamps == pytest.approx([i / clip.native_fps for i in clip.indices])
 
 
-@pytest.mark.parametrize("name, window", [("realshort.mp4", {}), ("cockatoo.mp4", dict(end=3.0))])
+@pytest.mark.parametrize("name, window", [("realshort.mp4", {}), ("cockatoo.mp4", dict(end=3.0)), ("cup.mp4", {})])
 def test_real_files_match_sequential_decode(data_dir, name, window):
     path = data_dir / name
     clip = load_video(path, num_frames=6, **window)
@@ -229,7 +229,7 @@ def test_keyframe_mode_returns_keyframes_and_reports_the_shift(media):
     assert torch.equal(clip.frames, exact.frames[clip.indices])
 
 
-@pytest.mark.parametrize("name", ["realshort.mp4", "cockatoo.mp4"])
+@pytest.mark.parametrize("name", ["realshort.mp4", "cockatoo.mp4", "cup.mp4"])
 def test_keyframe_mode_real_files_equal_sequential_decode(data_dir, name):
     path = data_dir / name
     keyframes = decord.VideoReader(str(path)).get_key_indices()

@@ -1,45 +1,85 @@
 """vlm-vision: the vision side of a LLaVA-NeXT-Video style model.
 
-Public API (everything else is private):
+The names below are the public API (everything else is private). They are imported on first use,
+so that `import vlm_vision` (and `vlm-vision --help`) does not pay for torch and transformers until
+something needs them.
 """
 
-from vlm_vision.anyres import (
-    DEFAULT_PINPOINTS,
-    anyres_num_tokens,
-    anyres_pixel_values,
-    pack_image_features,
-    select_best_resolution,
-    unpad_shape,
-)
-from vlm_vision.clip_loss import LogitScale, clip_loss
-from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config
-from vlm_vision.fusion import VisionLanguageModel
-from vlm_vision.processor import VisionLanguageProcessor
-from vlm_vision.tower import CLIPVisionTower
-from vlm_vision.train import TrainConfig, train
-from vlm_vision.trained import load_trained, merge_trained
-from vlm_vision.transforms import CLIPImageTransform
-from vlm_vision.zero_shot import ZeroShotClassifier
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_PINPOINTS",
-    "anyres_num_tokens",
-    "anyres_pixel_values",
-    "pack_image_features",
-    "select_best_resolution",
-    "unpad_shape",
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "CLIPImageTransform",
-    "CLIPVisionTower",
-    "vision_config",
-    "VisionLanguageModel",
-    "VisionLanguageProcessor",
-    "LogitScale",
-    "ZeroShotClassifier",
-    "clip_loss",
-    "TrainConfig",
-    "train",
-    "load_trained",
-    "merge_trained",
-]
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_PINPOINTS": "vlm_vision.anyres",
+    "anyres_num_tokens": "vlm_vision.anyres",
+    "anyres_pixel_values": "vlm_vision.anyres",
+    "pack_image_features": "vlm_vision.anyres",
+    "select_best_resolution": "vlm_vision.anyres",
+    "unpad_shape": "vlm_vision.anyres",
+    "CLIP_MEAN": "vlm_vision.configs",
+    "CLIP_STD": "vlm_vision.configs",
+    "CLIPImageTransform": "vlm_vision.transforms",
+    "CLIPVisionTower": "vlm_vision.tower",
+    "vision_config": "vlm_vision.configs",
+    "VisionLanguageModel": "vlm_vision.fusion",
+    "VisionLanguageProcessor": "vlm_vision.processor",
+    "LogitScale": "vlm_vision.clip_loss",
+    "ZeroShotClassifier": "vlm_vision.zero_shot",
+    "clip_loss": "vlm_vision.clip_loss",
+    "TrainConfig": "vlm_vision.train",
+    "train": "vlm_vision.train",
+    "load_trained": "vlm_vision.trained",
+    "merge_trained": "vlm_vision.trained",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vlm_vision' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """`train` and `clip_loss` are functions named like the submodules that define them. Importing
+    a submodule sets it as an attribute of its package; here that would hide the function, so a
+    public name is never overwritten by a submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from vlm_vision.anyres import (  # noqa: F401
+        DEFAULT_PINPOINTS,
+        anyres_num_tokens,
+        anyres_pixel_values,
+        pack_image_features,
+        select_best_resolution,
+        unpad_shape,
+    )
+    from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
+    from vlm_vision.transforms import CLIPImageTransform  # noqa: F401
+    from vlm_vision.tower import CLIPVisionTower  # noqa: F401
+    from vlm_vision.fusion import VisionLanguageModel  # noqa: F401
+    from vlm_vision.processor import VisionLanguageProcessor  # noqa: F401
+    from vlm_vision.clip_loss import LogitScale, clip_loss  # noqa: F401
+    from vlm_vision.zero_shot import ZeroShotClassifier  # noqa: F401
+    from vlm_vision.train import TrainConfig, train  # noqa: F401
+    from vlm_vision.trained import load_trained, merge_trained  # noqa: F401

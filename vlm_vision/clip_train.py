@@ -21,8 +21,8 @@ data is read, media that fail to decode are dropped from their batch, and every 
 `metrics.json`. With several processes a batch that ends up empty on any rank is skipped on all of
 them, so the collective calls stay in step.
 
-Layout: setup (data, model, optimizer, accelerate) -> loop (max_steps) -> save (model, tokenizer,
-preprocessor_config.json, metrics.json). Shapes: B pairs, T frames, L tokens, D embedding width.
+Layout: setup (data, model, optimizer, schedule, accelerate) -> loop (max_steps; one line per step
+in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json). Shapes: B pairs, T frames, L tokens, D embedding width.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from transformers import CLIPModel
 
 from video.decode import VideoDecodeError, load_video
 from vlm_vision.clip_loss import LogitScale, clip_loss
+from vlm_vision.train import _release_accelerator_state, cosine_schedule
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings, tokenize
 
@@ -75,7 +76,13 @@ class ClipTrainConfig:
     batch_size: int = 32
     """Pairs per process per step; the loss sees batch_size x processes pairs."""
     lr: float = 1e-5
-    """AdamW learning rate, constant."""
+    """Peak AdamW learning rate."""
+    lr_schedule: str = "cosine"
+    """"cosine": linear warmup over `warmup_ratio` of the steps, then cosine decay to 0; "constant"."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming up (cosine schedule)."""
+    mixed_precision: str = "no"
+    """"no", "bf16" or "fp16" (accelerate's autocast; the weights and the saved model stay float32)."""
     lock_image_tower: bool = False
     """LiT: freeze the image tower and its projection; train text tower and logit scale."""
     eval_fraction: float = 0.1
@@ -317,8 +324,15 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
         ValueError: for bad settings, or data with no usable pair.
     """
     _check_config(config)
+    try:
+        return _fit(config)
+    finally:
+        _release_accelerator_state()  # a later call in this process may choose another precision
+
+
+def _fit(config: ClipTrainConfig) -> dict[str, Any]:
     # --- setup
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
     _check_launch(accelerator)
     set_seed(config.seed)
     pairs, skipped = read_pairs(config.data, config.media_root)
@@ -336,7 +350,14 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                                          collate_fn=train_set.collate,
                                          generator=torch.Generator().manual_seed(config.seed))
+    schedule = (cosine_schedule(optimizer, config.max_steps, config.warmup_ratio) if config.lr_schedule == "cosine"
+                else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
     model, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+    out = Path(config.output_dir)
+    log = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "log.jsonl", "w", buffering=1)  # a line per step, flushed as it is written
 
     # --- loop
     step, losses = 0, []
@@ -352,17 +373,26 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
             visual, text, log_scale = model(**batch)
             loss = clip_loss(visual, text, log_scale)
             accelerator.backward(loss)
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
             step += 1
+            if log is not None:
+                log.write(json.dumps({"step": step, "loss": losses[-1], "lr": lr,
+                                      "logit_scale": log_scale.exp().item()}) + "\n")
             steps_this_epoch += 1
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}", scale=f"{log_scale.exp().item():.1f}")
         if steps_this_epoch == 0:
+            if log is not None:
+                log.close()
             raise ValueError(f"no training batch could be loaded: {len(train_set.failed)} of {len(train_set)} "
                              f"samples failed to decode, e.g. {list(train_set.failed.values())[:3]}")
     progress.close()
+    if log is not None:
+        log.close()
 
     # --- save
     encoder = accelerator.unwrap_model(model)
@@ -383,7 +413,7 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save(encoder, tokenizer, transform, metrics, Path(config.output_dir))
+        _save(encoder, tokenizer, transform, metrics, out)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -393,6 +423,12 @@ def _check_config(config: ClipTrainConfig) -> None:
                 ("max_steps", "batch_size", "lr", "num_frames") if not getattr(config, name) > 0]
     if config.weight_decay < 0:
         problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
+    if config.lr_schedule not in ("cosine", "constant"):
+        problems.append(f"lr_schedule={config.lr_schedule!r} must be 'cosine' or 'constant'")
+    if not 0 <= config.warmup_ratio < 1:
+        problems.append(f"warmup_ratio={config.warmup_ratio!r} must be in [0, 1)")
+    if config.mixed_precision not in ("no", "bf16", "fp16"):
+        problems.append(f"mixed_precision={config.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")
     if problems:
         raise ValueError("bad clip-train settings: " + "; ".join(problems))
 
@@ -467,7 +503,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, type=Path, help="where the model and metrics.json go")
     parser.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per process per step")
-    parser.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
+                        help="cosine: linear warmup, then cosine decay to 0")
+    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="share of steps warming up")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=d.mixed_precision,
+                        help="autocast precision (weights stay float32)")
     parser.add_argument("--lock-image-tower", action="store_true",
                         help="LiT: freeze the image tower, train the text tower and logit scale")
     parser.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
@@ -483,7 +524,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, media_root=args.media_root, output_dir=args.output_dir,
         max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, lock_image_tower=args.lock_image_tower,
         eval_fraction=args.eval_fraction, seed=args.seed, num_frames=args.num_frames,
-        weight_decay=args.weight_decay,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, warmup_ratio=args.warmup_ratio,
+        mixed_precision=args.mixed_precision,
     )
     try:
         metrics = train(config)

@@ -1,6 +1,7 @@
 """clip-train: held-out recall rises on a learnable pairing; LiT keeps the image tower; bad samples are counted."""
 
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -74,6 +75,40 @@ def test_locked_image_tower_is_bit_identical_and_the_text_tower_learns(colours, 
     assert all(torch.equal(original[k], tuned[k]) for k in image_keys)
     assert not all(torch.equal(original[k], tuned[k]) for k in text_keys)
     assert not torch.equal(original["text_projection.weight"], tuned["text_projection.weight"])
+
+
+def _log(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_cosine_schedule_with_warmup_and_constant(colours, tmp_path):
+    _train(colours, tmp_path / "cos", "--warmup-ratio", "0.2", "--eval-fraction", "0", steps=10)
+    log = _log(tmp_path / "cos")
+    assert [r["step"] for r in log] == list(range(1, 11))
+    lrs = [r["lr"] for r in log]
+    # 2 warmup steps at 1/3 and 2/3 of the peak, then cosine over the 8 others: 1, 0.96, ..., 0.04
+    expected = [1 / 3, 2 / 3] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert lrs == pytest.approx([1e-3 * f for f in expected], rel=1e-6)
+    assert all(math.isfinite(r["loss"]) and r["logit_scale"] > 0 for r in log)
+    _train(colours, tmp_path / "const", "--lr-schedule", "constant", "--eval-fraction", "0", steps=3)
+    assert [r["lr"] for r in _log(tmp_path / "const")] == [1e-3] * 3
+
+
+def test_bf16_mixed_precision_trains_float32_weights(colours, tmp_path):
+    full = _train(colours, tmp_path / "fp32", "--eval-fraction", "0", steps=2)
+    mixed = _train(colours, tmp_path / "bf16", "--mixed-precision", "bf16", "--eval-fraction", "0", steps=2)
+    # autocast really ran (bfloat16 matmuls move the loss), and the loss is still the same loss
+    assert mixed["first_loss"] != full["first_loss"]
+    assert mixed["first_loss"] == pytest.approx(full["first_loss"], rel=0.02)
+    saved = CLIPModel.from_pretrained(tmp_path / "bf16").state_dict()
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_bad_schedule_settings_are_refused(colours, tmp_path, capsys):
+    rc = main(["clip-train", "--model", str(colours["model"]), "--data", str(colours["data"]),
+               "--media-root", str(colours["media"]), "--output-dir", str(tmp_path / "x"), "--warmup-ratio", "1.5"])
+    assert rc == 2
+    assert "warmup_ratio=1.5 must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_bad_samples_are_skipped_and_counted(colours, tmp_path):

@@ -1,0 +1,54 @@
+"""The package's public API: every exported name resolves, on first use, to the object its module
+defines; `import vlm_vision` and `vlm-vision --help` import neither torch nor transformers."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import types
+
+import pytest
+
+import vlm_vision
+
+
+def run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_import_and_help_stay_light():
+    heavy = run_python("import sys, vlm_vision; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    assert heavy == "[]"
+    code = ("import sys, contextlib, io\n"
+            "from vlm_vision.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as f: main(['--help'])\n"
+            "print('torch' in sys.modules, 'extract' in f.getvalue())")
+    assert run_python(code) == "False True"
+
+
+@pytest.mark.parametrize("name", vlm_vision.__all__)
+def test_every_public_name_is_its_module_object(name):
+    value = getattr(vlm_vision, name)
+    module = importlib.import_module(vlm_vision._EXPORTS[name])
+    assert value is getattr(module, name)
+    assert not isinstance(value, types.ModuleType)
+
+
+def test_functions_named_like_their_modules_stay_functions():
+    # Importing vlm_vision.train / vlm_vision.clip_loss sets the submodule on the package; the public
+    # functions of the same names must win, in a fresh interpreter where nothing was resolved yet.
+    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.clip_loss, vlm_vision.train\n"
+            "import vlm_vision\n"
+            "from vlm_vision import train, clip_loss\n"
+            "print(type(train).__name__, type(clip_loss).__name__, type(vlm_vision.train).__name__)")
+    assert run_python(code) == "function function function"
+
+
+def test_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'CLIPVisionTowr'"):
+        vlm_vision.CLIPVisionTowr  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from vlm_vision import CLIPVisionTowr", {})
+    assert set(vlm_vision.__all__) <= set(dir(vlm_vision))

@@ -133,6 +133,11 @@ class TrainConfig:
     pool_stride: int = 2
     pool_mode: str = "average"
     video_newline: str = "no_token"
+    image_grid_pinpoints: list[list[int]] | None = None
+    """LLaVA-NeXT "anyres" canvases for images, [height, width] multiples of the tower's image size
+    (e.g. `vlm_vision.DEFAULT_PINPOINTS`); None: every image is one crop of 576 tokens (LLaVA-1.5)."""
+    anyres_convention: str = "transformers"
+    """"transformers" or "llava" (LLaVA's original code); see `vlm_vision.anyres`."""
     model_dtype: str = "float32"
     """dtype of the frozen tower and base LLM ("bfloat16" halves their memory on GPUs)."""
     num_workers: int = 0
@@ -141,7 +146,13 @@ class TrainConfig:
     """Show a tqdm progress bar."""
 
     def __post_init__(self) -> None:
+        from vlm_vision.anyres import CONVENTIONS
+
         self.lora_targets = tuple(self.lora_targets)
+        if self.image_grid_pinpoints is not None:  # lists, as they come back from JSON (resume compares them)
+            self.image_grid_pinpoints = [[int(v) for v in p] for p in self.image_grid_pinpoints]
+        if self.anyres_convention not in CONVENTIONS:
+            raise ValueError(f"anyres_convention must be one of {CONVENTIONS}, got {self.anyres_convention!r}")
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 (projector) or 2 (LoRA + projector), got {self.stage!r}")
         for name in ("max_steps", "batch_size", "grad_accum", "num_frames", "max_length", "lora_r", "keep_last"):
@@ -201,7 +212,7 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
     """Declare what trains, in one place; everything else is frozen.
 
     Trains: the projector (both stages); LoRA weights (stage 2); the image newline when the video
-    layout uses it; the rows of `new_token_ids` when `config.train_new_token_embeddings` (the
+    layout or anyres images use it; the rows of `new_token_ids` when `config.train_new_token_embeddings` (the
     embedding matrices require grad, but a gradient hook keeps every other row at zero gradient).
 
     Returns:
@@ -209,7 +220,7 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
     """
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
-    if config.video_newline != "no_token":
+    if _uses_newline(config):
         model.image_newline.requires_grad_(True)
     if config.stage == 2:
         for name, param in model.llm.named_parameters():
@@ -220,6 +231,11 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
             weight.requires_grad_(True)
             weight.register_hook(_row_mask_hook(new_token_ids))
     return {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _uses_newline(config: TrainConfig) -> bool:
+    """Whether the model's `image_newline` appears in its inputs (and so trains)."""
+    return config.video_newline != "no_token" or config.image_grid_pinpoints is not None
 
 
 def _group_of(name: str) -> str:
@@ -345,7 +361,8 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
                  pool_stride: int = 2, pool_mode: str = "average") -> dict[str, Any]:
     """A padded batch in `VisionLanguageModel.forward`'s arguments.
 
-    Media stay in prompt order: images as float[I, 3, S, S]; videos as a list of frames
+    Media stay in prompt order: images as float[I, 3, S, S] (anyres: a list of each image's crops
+    float[P_i, 3, S, S] and `image_sizes` long[I, 2]); videos as a list of frames
     float[T, 3, S, S] (`pixel_values_videos`), or, when any video of the batch is cached, a list of
     pooled tower tokens float[T, N', D_v] (`video_features`; raw videos in that batch are encoded
     here with the frozen `tower`).
@@ -353,10 +370,13 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
     from vlm_vision.fusion import encode_videos
 
     batch: dict[str, Any] = pad_batch(examples, pad_token_id)
-    images = [e.media for e in examples if e.media_kind == "image"]
+    images = [e for e in examples if e.media_kind == "image"]
     videos = [e for e in examples if e.media_kind in ("video", "video_features")]
-    if images:
-        batch["pixel_values"] = torch.cat(images)  # (I, 3, S, S)
+    if images and images[0].image_size is not None:  # anyres: crops per image, and the images' sizes
+        batch["pixel_values"] = [e.media for e in images]  # I x (P_i, 3, S, S)
+        batch["image_sizes"] = torch.tensor([e.image_size for e in images], dtype=torch.long)  # (I, 2)
+    elif images:
+        batch["pixel_values"] = torch.cat([e.media for e in images])  # (I, 3, S, S)
     if videos and all(e.media_kind == "video" for e in videos):
         batch["pixel_values_videos"] = [e.media for e in videos]  # V x (T, 3, S, S)
     elif videos:
@@ -465,7 +485,8 @@ def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpe
     rows, cols = model.pooled_grid
     return VisualSpec(token_ids={"image": processor.image_token_id, "video": processor.video_token_id},
                       video_tokens=model.video_tokens, image_tokens=model.image_tokens,
-                      tokens_per_frame=rows * cols, num_frames=num_frames)
+                      tokens_per_frame=rows * cols, num_frames=num_frames,
+                      anyres_tokens=model.num_image_tokens if model.image_grid_pinpoints is not None else None)
 
 
 def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
@@ -483,10 +504,14 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
     if not records:
         raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
                          f"(first reasons: {[s.reason for s in skipped[:3]]})")
+    load_anyres = None
+    if model.image_grid_pinpoints is not None:
+        load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,
+                                        grid_pinpoints=model.image_grid_pinpoints, convention=model.anyres_convention)
     return ConversationDataset(
         records, processor.tokenizer, visual, max_length=config.max_length,
         load_video=functools.partial(_video_frames, num_frames=config.num_frames), load_cached=_cached_tokens,
-        transform=model.tower.image_transform, decode_errors=(VideoDecodeError,))
+        transform=model.tower.image_transform, load_anyres=load_anyres, decode_errors=(VideoDecodeError,))
 
 
 # Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
@@ -494,6 +519,14 @@ def _video_frames(path: Path, num_frames: int) -> torch.Tensor:
     from video import load_video
 
     return load_video(path, num_frames=num_frames).frames  # (T, H, W, 3) uint8
+
+
+def _anyres_crops(path: Path, transform: Any, grid_pinpoints: Sequence[Sequence[int]],
+                  convention: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    from vlm_vision.anyres import anyres_pixel_values
+
+    return anyres_pixel_values(path, transform, grid_pinpoints=grid_pinpoints, tile_size=transform.image_size,
+                               convention=convention)  # (P, 3, S, S), (H, W)
 
 
 def _cached_tokens(path: Path) -> torch.Tensor:
@@ -510,6 +543,7 @@ def _setup(config: TrainConfig, log: RunLog, main: bool) -> _Run:
                        image_token_id=None, video_token_id=None, select_layer=config.select_layer,
                        pool_stride=config.pool_stride, pool_mode=config.pool_mode,
                        video_newline=config.video_newline, num_frames=config.num_frames, stage=config.stage,
+                       image_grid_pinpoints=config.image_grid_pinpoints, anyres_convention=config.anyres_convention,
                        train=dataclasses.asdict(config))
     model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
     spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id
@@ -519,7 +553,7 @@ def _setup(config: TrainConfig, log: RunLog, main: bool) -> _Run:
         _init_from(model, config.init_from, spec)
     # Trainable weights live in float32 whatever the frozen parts' dtype (autocast computes in bf16/fp16).
     model.projector.float()
-    if config.video_newline != "no_token":
+    if _uses_newline(config):
         model.image_newline.data = model.image_newline.data.float()
     if config.gradient_checkpointing:
         if hasattr(model.llm, "activation_checkpointing_enable"):  # the name since transformers 5.x

@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--pool-mode", default=d["pool_mode"], choices=("average", "max", "bilinear"))
     model.add_argument("--select-layer", type=int, default=d["select_layer"], help="tower layer (default %(default)s)")
     model.add_argument("--video-newline", default=d["video_newline"], choices=("no_token", "one_token", "frame", "grid"))
+    model.add_argument("--image-grid-pinpoints", type=_pinpoints, default=None, metavar="default|JSON",
+                       help='anyres images (LLaVA-NeXT tiling): "default" for LLaVA-NeXT\'s canvases, or a JSON '
+                            'list of [height, width] pairs, e.g. "[[336, 672], [672, 336], [672, 672]]"')
+    model.add_argument("--anyres-convention", default=d["anyres_convention"], choices=("transformers", "llava"),
+                       help="pinpoint order and unpadding rule (default %(default)s)")
     model.add_argument("--model-dtype", default=d["model_dtype"], choices=("float32", "bfloat16", "float16"),
                        help="dtype of the frozen tower and base LLM")
 
@@ -74,6 +79,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--merge-output", metavar="DIR", help="where the merged model goes (with --merge)")
     export.add_argument("--llava-next-video", metavar="DIR",
                         help="also write transformers' LlavaNextVideoForConditionalGeneration layout (with --merge)")
+
+
+def _pinpoints(text: str) -> list[list[int]]:
+    """`--image-grid-pinpoints`: "default" or a JSON list of [height, width] pairs."""
+    import json
+
+    from vlm_vision.anyres import DEFAULT_PINPOINTS
+
+    if text == "default":
+        return [list(p) for p in DEFAULT_PINPOINTS]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from e
+    if not (isinstance(value, list) and value and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and v > 0 for v in p) for p in value)):
+        raise argparse.ArgumentTypeError(f"expected a list of [height, width] pairs of positive ints, got {text!r}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

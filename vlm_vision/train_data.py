@@ -17,7 +17,7 @@ visual token), and those positions never carry labels.
 
 Bad records never stop a run: parse problems, missing media and visual spans that would be cut by
 `max_length` are found when the dataset is built (`scan_records`); a video that fails to decode is
-found when it is loaded. Both become a `Skipped(id, reason)` that the training loop counts and logs.
+found when it is loaded, and so is an image that cannot be read. Both become a `Skipped(id, reason)` that the training loop counts and logs.
 
 Shapes: L sequence length, T frames, N' pooled tokens per frame, D tower width, S image side.
 """
@@ -287,9 +287,11 @@ class VisualSpec:
     Attributes:
         token_ids: placeholder id per media kind, e.g. {"video": 49153, "image": 49152}.
         video_tokens: frames -> number of visual tokens for one video of that many frames.
-        image_tokens: number of visual tokens for one image.
+        image_tokens: number of visual tokens for one image (one crop).
         tokens_per_frame: pooled tokens per frame N' a cached `.safetensors` must have.
         num_frames: frames sampled from a raw video.
+        anyres_tokens: for anyres models (LLaVA-NeXT tiling), (height, width) -> visual tokens of an
+            image of that size; None when every image is one crop of `image_tokens`.
     """
 
     token_ids: dict[str, int]
@@ -297,6 +299,7 @@ class VisualSpec:
     image_tokens: int
     tokens_per_frame: int
     num_frames: int
+    anyres_tokens: Callable[[int, int], int] | None = None
 
 
 @dataclass
@@ -304,7 +307,8 @@ class Example:
     """One tokenized sample with its media tensor.
 
     `media` is float[T, 3, S, S] frames for "video", float[T, N', D] tower features for
-    "video_features", float[1, 3, S, S] for "image", None for text.
+    "video_features", float[1, 3, S, S] for "image" (float[P, 3, S, S], its crops, for anyres),
+    None for text. `image_size` is an anyres image's (height, width).
     """
 
     id: str
@@ -312,6 +316,7 @@ class Example:
     labels: torch.Tensor
     media_kind: str | None
     media: torch.Tensor | None
+    image_size: tuple[int, int] | None = None
 
 
 def cached_frames(path: Path, tokens_per_frame: int, sample_id: str) -> int:
@@ -342,12 +347,18 @@ class ConversationDataset(torch.utils.data.Dataset):
         load_video: path -> uint8[T, H, W, 3] frames (raw videos).
         load_cached: path -> float[T, N', D] pooled tower features (`.safetensors`).
         transform: uint8 frames or an image path -> float[T, 3, S, S].
+        load_anyres: for anyres models, an image path -> (its crops float[P, 3, S, S], (height, width)).
         decode_errors: exception types a media loader raises for unreadable media.
     """
 
     def __init__(self, records: Sequence[Record], tokenizer: Any, visual: VisualSpec, *, max_length: int,
                  load_video: Callable[[Path], torch.Tensor], load_cached: Callable[[Path], torch.Tensor],
-                 transform: Callable[[Any], torch.Tensor], decode_errors: tuple[type[BaseException], ...] = ()):
+                 transform: Callable[[Any], torch.Tensor],
+                 load_anyres: Callable[[Path], tuple[torch.Tensor, tuple[int, int]]] | None = None,
+                 decode_errors: tuple[type[BaseException], ...] = ()):
+        if (visual.anyres_tokens is None) != (load_anyres is None):
+            raise ValueError("an anyres VisualSpec needs load_anyres, and load_anyres needs an anyres VisualSpec")
+        self.load_anyres = load_anyres
         self.records = list(records)
         self.tokenizer = tokenizer
         self.visual = visual
@@ -363,31 +374,34 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Example | Skipped:
         record = self.records[index]
         try:
-            kind, media = self._load_media(record)
-            ids, labels = self._tokens(record, kind, media)
+            kind, media, size = self._load_media(record)
+            frames = media.shape[0] if kind in ("video", "video_features") else 1
+            ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length, image_size=size)
         except BadSample as e:
             return Skipped(record.id, e.reason)
         except self.decode_errors as e:
             return Skipped(record.id, f"media could not be decoded: {e}")
-        return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media)
+        return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media, size)
 
-    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None]:
+    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None, tuple[int, int] | None]:
         if record.media_kind is None:
-            return None, None
+            return None, None, None
         if record.media_kind == "image":
-            return "image", self.transform(record.media_path)  # (1, 3, S, S)
+            try:
+                if self.load_anyres is not None:
+                    crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
+                    return "image", crops, size
+                return "image", self.transform(record.media_path), None  # (1, 3, S, S)
+            except (ValueError, TypeError, OSError) as e:  # what the image readers raise for a bad file
+                raise BadSample(record.id, f"image could not be read: {e}") from e
         if record.cached:
             tokens = self.load_cached(record.media_path)  # (T, N', D)
             if tokens.ndim != 3 or tokens.shape[1] != self.visual.tokens_per_frame:
                 raise BadSample(record.id, f"cached tokens {record.media_path} have shape {list(tokens.shape)}; "
                                            f"expected [T, {self.visual.tokens_per_frame}, D]")
-            return "video_features", tokens
+            return "video_features", tokens, None
         frames = self.load_video(record.media_path)  # (T, H, W, 3) uint8
-        return "video", self.transform(frames)  # (T, 3, S, S)
-
-    def _tokens(self, record: Record, kind: str | None, media: torch.Tensor | None) -> tuple[list[int], list[int]]:
-        frames = media.shape[0] if kind in ("video", "video_features") else 1
-        return sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length)
+        return "video", self.transform(frames), None  # (T, 3, S, S)
 
 
 def visual_frames(record: Record, visual: VisualSpec) -> int:
@@ -400,12 +414,29 @@ def visual_frames(record: Record, visual: VisualSpec) -> int:
     return cached_frames(record.media_path, visual.tokens_per_frame, record.id) if record.cached else visual.num_frames
 
 
+def image_size(record: Record) -> tuple[int, int]:
+    """(height, width) of a record's image, from the file's header only.
+
+    Raises:
+        BadSample: when the file is not an image PIL can read.
+    """
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(record.media_path) as image:
+            width, height = image.size
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
+        raise BadSample(record.id, f"image could not be read: {record.media_path}: {e}") from e
+    return height, width
+
+
 def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
-                  max_length: int) -> tuple[list[int], list[int]]:
+                  max_length: int, *, image_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]]:
     """Token ids and labels of a record, its placeholder expanded to its visual tokens, fitted to length.
 
     Args:
         frames: frames of the record's video (ignored for images and text).
+        image_size: (height, width) of the record's image; needed by anyres models only.
 
     Raises:
         BadSample: when the rendered text does not hold exactly one placeholder, or the sequence
@@ -415,7 +446,14 @@ def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: in
     if record.media_kind is None:
         return fit_length(ids, labels, max_length, (), record.id)
     medium = record.media_kind
-    count = visual.image_tokens if medium == "image" else visual.video_tokens(frames)
+    if medium == "video":
+        count = visual.video_tokens(frames)
+    elif visual.anyres_tokens is None:
+        count = visual.image_tokens
+    elif image_size is None:
+        raise ValueError(f"sample {record.id!r}: an anyres model needs the image's size to count its tokens")
+    else:
+        count = visual.anyres_tokens(*image_size)
     token_id = visual.token_ids[medium]
     if ids.count(token_id) != 1:
         raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {medium} placeholder "
@@ -439,7 +477,8 @@ def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: st
             continue
         try:
             record = parse_record(raw, media_root, n)
-            sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length)
+            size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
+            sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length, image_size=size)
         except BadSample as e:
             skipped.append(Skipped(e.sample_id, e.reason))
             continue

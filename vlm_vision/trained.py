@@ -66,6 +66,9 @@ class TrainedSpec:
     pool_mode: str = "average"
     video_newline: str = "no_token"
     num_frames: int = 32
+    image_grid_pinpoints: list[list[int]] | None = None
+    """LLaVA-NeXT anyres canvases for images; None: one crop per image."""
+    anyres_convention: str = "transformers"
     stage: int = 1
     train: dict[str, Any] | None = None
     """The `TrainConfig` that produced the weights, for the record."""
@@ -252,7 +255,9 @@ def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = Non
         if tower is None else tower
     processor = VisionLanguageProcessor(tokenizer, tower.image_transform, num_frames=spec.num_frames,
                                         pool_stride=spec.pool_stride, grid=tower.grid_size,
-                                        video_newline=spec.video_newline, image_tokens=tower.num_patches)
+                                        video_newline=spec.video_newline, image_tokens=tower.num_patches,
+                                        image_grid_pinpoints=spec.image_grid_pinpoints,
+                                        anyres_convention=spec.anyres_convention)
     ids = (processor.image_token_id, processor.video_token_id)
     if spec.vocab_size and ids != (spec.image_token_id, spec.video_token_id):
         raise ValueError(f"the tokenizer gives placeholder ids (image, video) = {ids}, the trained weights were "
@@ -265,7 +270,8 @@ def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = Non
     projector = build_projector(spec.projector_type, tower.hidden_size, llm.get_input_embeddings().embedding_dim)
     model = VisionLanguageModel(tower, projector, llm, image_token_id=ids[0], video_token_id=ids[1],
                                 pool_stride=spec.pool_stride, pool_mode=spec.pool_mode,
-                                video_newline=spec.video_newline)
+                                video_newline=spec.video_newline, image_grid_pinpoints=spec.image_grid_pinpoints,
+                                anyres_convention=spec.anyres_convention)
     return model, processor
 
 

@@ -341,6 +341,71 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
         torch.testing.assert_close(hf(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
 
 
+ANYRES_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # [height, width], multiples of the tiny tower's 28 px
+
+
+def test_anyres_images_train_reload_and_export(parts, tmp_path):
+    """Images of several shapes tiled LLaVA-NeXT's way: the newline trains with the projector, the
+    trained folder reloads to the same logits, and the export agrees with transformers."""
+    import numpy as np
+    from PIL import Image
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    from vlm_vision.anyres import anyres_num_tokens
+
+    sizes = {"wide": (30, 70), "tall": (70, 30), "square": (40, 40)}
+    records = []
+    for (colour, rgb), (shape, (h, w)) in zip(COLOURS.items(), [*sizes.items(), ("wide", (30, 70))]):
+        Image.fromarray(np.full((h, w, 3), rgb, np.uint8)).save(tmp_path / f"{colour}.png")
+        records.append({"id": colour, "image": f"{colour}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": colour}]})
+    (tmp_path / "bad.png").write_bytes(b"no image here")
+    records.append({**records[0], "id": "bad", "image": "bad.png"})
+    data = tmp_path / "images.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    train_module = importlib.import_module("vlm_vision.train")
+    captured, original = {}, train_module._setup
+
+    def spy(cfg, log, main):
+        captured["run"] = run = original(cfg, log, main)
+        captured["newline"] = run.model.image_newline.detach().clone()
+        return run
+
+    train_module._setup = spy
+    try:
+        final = train(config(parts, tmp_path / "anyres", data=str(data), media_root=str(tmp_path), stage=2,
+                             max_steps=3, batch_size=2, lr=1e-2, image_grid_pinpoints=ANYRES_PINPOINTS))
+    finally:
+        train_module._setup = original
+    run = captured["run"]
+    assert "image_newline" in run.trainable
+    assert all(math.isfinite(x) for x in losses(tmp_path / "anyres"))
+    skipped = [json.loads(line) for line in (tmp_path / "anyres" / "skipped.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in skipped] == ["bad"] and "image could not be read" in skipped[0]["reason"]
+    # Each example holds as many placeholders as transformers' count for its size (a wide image: 2 crops + base).
+    image_id = run.processor.image_token_id
+    for i, (h, w) in enumerate(sizes.values()):
+        example = run.dataset[i]
+        assert example.image_size == (h, w)
+        expected = anyres_num_tokens(h, w, grid_pinpoints=ANYRES_PINPOINTS, tile_size=28, patch_size=7)
+        assert int((example.input_ids == image_id).sum()) == expected
+
+    loaded, processor = load_trained(final)
+    assert [list(p) for p in loaded.image_grid_pinpoints] == ANYRES_PINPOINTS
+    assert not torch.equal(loaded.image_newline.float(), captured["newline"].float())  # it trained
+    image = Image.open(tmp_path / "red.png")
+    inputs = processor([{"role": "user", "content": "<image>\nWhat colour?"}], images=[image])
+    assert inputs["image_sizes"].tolist() == [[30, 70]]
+    with torch.no_grad():
+        expected = run.model.eval()(**inputs).logits
+        torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=0, atol=0)
+    merge_trained(final, tmp_path / "merged", llava_next_video_dir=tmp_path / "hf")
+    hf = LlavaNextVideoForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_gradient_checkpointing_accumulation_and_periodic_eval(parts, tmp_path):
     out = tmp_path / "bf16"
     train(config(parts, out, stage=2, max_steps=2, batch_size=1, grad_accum=2, mixed_precision="bf16",
@@ -362,6 +427,26 @@ def test_cli_trains_a_stage(parts, tmp_path):
     spec = json.loads((out / "final" / "vlm_config.json").read_text())
     assert spec["lora"]["r"] == 4 and spec["train"]["projector_lr"] == 1e-3 and spec["train"]["seed"] == 1
     assert main(["train", "--llm", parts["llm"]]) == 2  # missing flags: a message, not a traceback
+
+
+def test_cli_image_grid_pinpoints_flag():
+    import argparse
+
+    from vlm_vision import DEFAULT_PINPOINTS
+    from vlm_vision.train_cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--llm", "l", "--tower", "t", "--data", "d.jsonl", "--output-dir", "o"]
+    cfg = config_from_args(parser.parse_args([*base, "--image-grid-pinpoints", "default"]))
+    assert cfg.image_grid_pinpoints == [list(p) for p in DEFAULT_PINPOINTS]
+    cfg = config_from_args(parser.parse_args([*base, "--image-grid-pinpoints", "[[336, 672], [672, 336]]",
+                                              "--anyres-convention", "llava"]))
+    assert cfg.image_grid_pinpoints == [[336, 672], [672, 336]] and cfg.anyres_convention == "llava"
+    assert config_from_args(parser.parse_args(base)).image_grid_pinpoints is None
+    for bad in ("[[336]]", "nope", "[]"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--image-grid-pinpoints", bad])
 
 
 def _answer_logprob(model, processor, video: Path, answer: str) -> float:

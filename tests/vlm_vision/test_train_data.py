@@ -177,6 +177,55 @@ def test_dataset_expands_video_and_skips_undecodable_media(tmp_path, tok):
     assert isinstance(bad, Skipped) and "could not be decoded" in bad.reason and "broken.mp4" in bad.reason
 
 
+def _image_record(name):
+    return _record(video=None, question="<image>\nWhat colour?", answer="red", image=name)
+
+
+def test_an_unreadable_image_is_skipped_not_fatal(tmp_path, tok):
+    import numpy as np
+    from PIL import Image
+
+    from vlm_vision.transforms import CLIPImageTransform
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"this is no image")
+    records, _ = scan_records([_image_record("ok.png"), _image_record("bad.png")], tmp_path, tok, _visual(tok), 256)
+    ds = ConversationDataset(records, tok, _visual(tok), max_length=256, load_video=None, load_cached=None,
+                             transform=CLIPImageTransform(8))
+    ok, bad = ds[0], ds[1]
+    assert isinstance(ok, Example) and ok.media.shape == (1, 3, 8, 8) and ok.image_size is None
+    assert int((ok.input_ids == tok.convert_tokens_to_ids("<image>")).sum()) == 9
+    assert isinstance(bad, Skipped) and "image could not be read" in bad.reason and "bad.png" in bad.reason
+
+
+def test_anyres_image_tokens_follow_each_image_size(tmp_path, tok):
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    for name, (h, w) in {"wide.png": (20, 50), "tall.png": (50, 20)}.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"this is no image")
+    visual = dataclasses.replace(_visual(tok), anyres_tokens=lambda h, w: h + w)  # a count that tells sizes apart
+    raw = [_image_record("wide.png"), _image_record("tall.png"), _image_record("bad.png")]
+    records, skipped = scan_records(raw, tmp_path, tok, visual, 256)
+    assert len(records) == 2 and "image could not be read" in skipped[0].reason  # found from the header alone
+
+    def load_anyres(path):
+        h, w = Image.open(path).size[::-1]
+        return torch.zeros(3 if w > h else 2, 3, 8, 8), (h, w)  # (P, 3, S, S), (H, W)
+
+    ds = ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None,
+                             transform=None, load_anyres=load_anyres)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    wide, tall = ds[0], ds[1]
+    assert wide.image_size == (20, 50) and tall.image_size == (50, 20) and wide.media.shape[0] == 3
+    assert int((wide.input_ids == image_id).sum()) == 70 == int((tall.input_ids == image_id).sum())
+    with pytest.raises(ValueError, match="anyres VisualSpec needs load_anyres"):
+        ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None, transform=None)
+
+
 def test_pad_batch_right_pads():
     a = Example("a", torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7]), None, None)
     b = Example("b", torch.tensor([8]), torch.tensor([8]), None, None)

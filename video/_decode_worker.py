@@ -377,7 +377,14 @@ class DecordVideo:
         reader, self.reader = self.reader, None
         if reader is None:
             raise ValueError(f"{self.path}: decord's reader was already used and closed; open the file again")
-        batch = _decord_call("failed in get_batch", reader.get_batch, indices).asnumpy()  # (T, H, W, 3)
+        try:
+            batch = _decord_call("failed in get_batch", reader.get_batch, indices).asnumpy()  # (T, H, W, 3)
+        except DecordError as error:
+            if "size must exactly match" in str(error):  # decord's batch copy fails on a quarter turn
+                raise DecordError("decord's get_batch cannot read a video whose container rotates it a quarter "
+                                  "turn (a phone's portrait video), and so neither can LLaVA-NeXT-Video's loader; "
+                                  "the exact backend returns its frames upright") from error
+            raise
         reader.seek(0)  # decord keeps decoded buffers until a seek (dmlc/decord#208); LLaVA-NeXT does the same
         del reader
         yield from enumerate(batch)
@@ -397,8 +404,13 @@ def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]]) -> N
     import numpy as np
 
     for k, frame in frames:
-        if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays
-            frame = frame.to_ndarray(format="rgb24")
+        if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
+            # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
+            # in the container. Turn the frame upright, as players and decord show it.
+            turns = round(getattr(frame, "rotation", 0) / 90) % 4
+            frame = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+            if turns:
+                frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
         # rows of odd widths come padded: make the bytes contiguous before announcing them
         pixels = np.ascontiguousarray(frame)  # (H, W, 3) uint8
         send_message(sock, ("frame", k, pixels.shape))

@@ -334,7 +334,8 @@ def load_video(
 
     By default `num_frames` frames spread uniformly from the first to the last frame, as
     LLaVA-NeXT-Video (`video.sampling.uniform_indices`). With `fps`, about `fps` frames per second
-    of video instead, at most `max_frames` (`video.sampling.fps_indices`).
+    of video instead, at most `max_frames` (`video.sampling.fps_indices`). Frames come upright: a
+    display rotation stored in the container (phones' portrait videos) is applied.
 
     Args:
         path: video file (anything FFmpeg reads: mp4, mkv, webm, avi, ...).

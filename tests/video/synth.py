@@ -67,6 +67,7 @@ def make_numbered_video(
     gop: int | None = None,
     timestamps: Sequence[float] | None = None,
     crf: int = 18,
+    rotation: int = 0,
 ) -> pathlib.Path:
     """Write a video whose frame i shows the number i.
 
@@ -81,6 +82,8 @@ def make_numbered_video(
         timestamps: per-frame presentation times in seconds, for variable frame rate; None gives
             i / fps.
         crf: x264 quality (0 is lossless).
+        rotation: display rotation in degrees counterclockwise, stored in the container's display
+            matrix as phones do (-90 is a portrait phone video stored landscape); 0 stores none.
 
     Returns:
         The path written.
@@ -98,6 +101,8 @@ def make_numbered_video(
         rate = fractions.Fraction(fps).limit_denominator(1001)
         stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         if gop is not None:
             stream.codec_context.gop_size = gop
         if timestamps is not None:

@@ -374,6 +374,8 @@ def load_video(
         raise VideoDecodeError(path, "no such file")
     if not os.path.isfile(path):
         raise VideoDecodeError(path, "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "the file is empty (0 bytes)")
     with _worker_lock:
         worker = _get_worker()
         session = _Session(worker, path, timeout)

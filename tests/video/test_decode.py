@@ -296,6 +296,9 @@ def test_missing_file_and_directory(tmp_path):
     assert info.value.path == os.fspath(tmp_path / "nope.mp4") and info.value.reason == "no such file"
     with pytest.raises(VideoDecodeError, match="not a regular file"):
         load_video(tmp_path)
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(VideoDecodeError, match=r"empty \(0 bytes\)"):
+        load_video(tmp_path / "empty.mp4", backend="decord")
 
 
 def test_corrupt_data_inside_the_stream_never_crashes(media):

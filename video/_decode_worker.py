@@ -135,16 +135,24 @@ class Video:
                     key_stamps.append(packet.pts)
                 elif length_size and _is_disposable(memoryview(packet), length_size):
                     disposable_stamps.append(packet.pts)
+            time_base = stream.time_base
         if not stamps:
             raise ValueError("the video stream has no packets")
         self.num_frames = len(stamps)
         # Without timestamps there is no index to seek by: decode sequentially, keyframes unknown.
         self.pts = sorted(stamps) if has_pts else None
+        self.time_base = time_base
         self.sequential = not has_pts or len(set(stamps)) != len(stamps)
         self.keyframes = [] if self.sequential else sorted({self.rank(p) for p in key_stamps})
         # frames no other frame is decoded from: a seek skips their packets unless they are asked for
         self.disposable = set() if self.sequential else {self.rank(p) for p in disposable_stamps}
         self.skipped = 0  # packets the seeking path did not send to the decoder (a statistic)
+
+    def presentation_times(self, indices: list[int]) -> list[float | None]:
+        """Seconds at which frames `indices` are shown, from the first frame's time (None: unknown)."""
+        if not self.pts or not self.time_base:
+            return [None] * len(indices)
+        return [float((self.pts[i] - self.pts[0]) * self.time_base) for i in indices]
 
     def rank(self, pts: int | None) -> int | None:
         """Frame index of the frame with timestamp `pts`, None if no packet has it."""
@@ -400,10 +408,16 @@ def _decord_call(what: str, function, *args, **kwargs):
         raise DecordError(f"decord {what} ({type(error).__name__}: {first_line})") from error
 
 
-def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]]) -> None:
+def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]],
+                 times: list[float | None] | None = None) -> None:
+    """Send (k, frame) pairs as ("frame", k, shape, seconds) messages, each followed by its pixels.
+
+    `seconds` is `times[k]`, the frame's presentation time; None when unknown (decord's frames).
+    """
     import numpy as np
 
     for k, frame in frames:
+        seconds = times[k] if times else None
         if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
             # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
             # in the container. Turn the frame upright, as players and decord show it.
@@ -413,7 +427,7 @@ def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]]) -> N
                 frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
         # rows of odd widths come padded: make the bytes contiguous before announcing them
         pixels = np.ascontiguousarray(frame)  # (H, W, 3) uint8
-        send_message(sock, ("frame", k, pixels.shape))
+        send_message(sock, ("frame", k, pixels.shape, seconds))
         sock.sendall(pixels)
 
 
@@ -428,7 +442,9 @@ def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, arg
     elif isinstance(video, DecordVideo):  # decord decodes keyframes like any frame
         _send_frames(sock, video.frames(argument))
     else:
-        _send_frames(sock, video.exact(argument) if op == "frames" else video.keyframe_frames(argument))
+        # every frame is matched to the timestamp index, so its time is the index's
+        _send_frames(sock, video.exact(argument) if op == "frames" else video.keyframe_frames(argument),
+                     video.presentation_times(argument))
 
 
 def serve(sock: socket.socket) -> None:

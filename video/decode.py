@@ -111,7 +111,12 @@ class VideoClip:
     Attributes:
         frames: uint8[T, H, W, 3], RGB.
         indices: frame index in the video of each of the T frames (non-decreasing).
-        timestamps: seconds at which each frame is shown, `index / native_fps`.
+        timestamps: seconds at which each frame is shown, `index / native_fps` (what LLaVA-NeXT-Video
+            computes and puts in its prompts).
+        presentation_times: seconds at which each frame is shown according to the container's own
+            timestamps, counted from the first frame. Equal to `timestamps` for a constant frame
+            rate; the true times for variable-rate video (phones). `timestamps` when the container
+            has none, and with the decord backend.
         native_fps: the video's average frame rate.
         num_total_frames: frames in the video that decode (may be fewer than the container lists).
         duration: `num_total_frames / native_fps`, seconds.
@@ -132,10 +137,13 @@ class VideoClip:
     snapped: bool = False
     timestamp_shift: list[float] = field(default_factory=list)
     backend: Backend = "exact"
+    presentation_times: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.timestamp_shift:
             self.timestamp_shift = [0.0] * len(self.indices)
+        if not self.presentation_times:
+            self.presentation_times = list(self.timestamps)
 
 
 class _Timeout(Exception):
@@ -260,20 +268,22 @@ class _Session:
             return reply[1]
         raise self.error(reply)
 
-    def frames(self, indices: list[int], keyframes_only: bool) -> tuple[np.ndarray | None, int | None]:
-        """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, and None; or None and
-        the number of frames that really decode, when some index is past it."""
+    def frames(self, indices: list[int],
+               keyframes_only: bool) -> tuple[np.ndarray | None, int | None, list[float | None]]:
+        """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, None, and each frame's
+        presentation time (None where unknown); or None, the number of frames that really decode
+        when some index is past it, and []."""
         _wire.send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
-        out, received = None, 0
+        out, received, times = None, 0, [None] * len(indices)
         while True:
             reply = self.worker.reply(self.timeout)
             if reply[0] == "done" and received == len(indices):
-                return out, None
+                return out, None, times
             if reply[0] == "short":
-                return None, reply[1]
+                return None, reply[1], []
             if reply[0] != "frame":
                 raise self.error(reply)
-            k, shape = reply[1], tuple(reply[2])
+            k, shape, times[reply[1]] = reply[1], tuple(reply[2]), reply[3]
             if out is None:
                 out = np.empty((len(indices), *shape), dtype=np.uint8)  # (T, H, W, 3)
             if shape != out.shape[1:]:  # a stream that changes resolution midway
@@ -418,13 +428,13 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -
             if candidates:  # none when the stream has no timestamps: exact frames instead
                 indices, snapped = snap_to_keyframes(targets, candidates), True
         unique = sorted(set(indices))
-        decoded, decodable = None, None
+        decoded, decodable, times = None, None, []
         # Past the frames that decode, decord lies or hangs: check the last one first. A second
         # attempt samples below the count the check returned, so it needs no check.
         if backend == "decord" and not snapped and attempt == 0:
             decodable = session.check(unique[-1])
         if decodable is None:
-            decoded, decodable = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
+            decoded, decodable, times = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
         if decoded is not None:
             break
         if attempt or not 0 < decodable < total:
@@ -438,9 +448,10 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -
         total = decodable
         keyframes = [k for k in keyframes if k < decodable]
     frames = torch.from_numpy(decoded)  # (U, H, W, 3)
+    position = {index: k for k, index in enumerate(unique)}
     if unique != indices:
-        position = {index: k for k, index in enumerate(unique)}
         frames = frames[[position[i] for i in indices]]  # (T, H, W, 3)
+    shown = [times[position[i]] for i in indices]
     return VideoClip(
         frames=frames,
         indices=list(indices),
@@ -452,4 +463,5 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -
         snapped=snapped,
         timestamp_shift=[(i - t) / native_fps for i, t in zip(indices, targets)],
         backend=backend,
+        presentation_times=[] if None in shown else shown,
     )

@@ -76,6 +76,9 @@ class VideoTokens:
     """With keyframe sampling, how far (s) each frame moved from the uniform target."""
     backend: str = "exact"
     """The decoder of the frames: 'exact' or 'decord' (see `video.load_video`)."""
+    presentation_times: list[float] | None = None
+    """Each frame's time (s) from the container's timestamps; differs from `timestamps` on
+    variable-frame-rate video (see `VideoClip.presentation_times`)."""
 
     @property
     def num_frames(self) -> int:
@@ -207,6 +210,7 @@ def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Modul
         random_weights=random_weights,
         sampling=sampling,
         timestamp_shift=None if clip.timestamp_shift is None else [float(s) for s in clip.timestamp_shift],
+        presentation_times=[float(s) for s in clip.presentation_times],
         backend=clip.backend,
     )
 

@@ -44,6 +44,10 @@ def sequential_pyav(path) -> list[np.ndarray]:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
+# A variable-rate stream: 20 fps steps with jitter, and a 0.5 s gap from frame 15 on.
+VFR_TIMES = [i * 0.05 + (0.5 if i >= 15 else 0.0) + 0.02 * (i % 3) for i in range(30)]
+
+
 def numbers(clip: VideoClip) -> list[int]:
     return [read_frame_number(frame) for frame in clip.frames.numpy()]
 
@@ -58,9 +62,7 @@ def media(tmp_path_factory) -> dict[str, pathlib.Path]:
         "mkv": make_numbered_video(root / "n.mkv", 90, gop=10),
         "odd": make_numbered_video(root / "odd.mp4", 12, size=(321, 241), pix_fmt="yuv444p", gop=5),
         "short": make_numbered_video(root / "short.mp4", 5),
-        "vfr": make_numbered_video(
-            root / "vfr.mp4", 30, timestamps=[i * 0.05 + (0.5 if i >= 15 else 0.0) + 0.02 * (i % 3) for i in range(30)]
-        ),
+        "vfr": make_numbered_video(root / "vfr.mp4", 30, timestamps=VFR_TIMES),
         "audio": make_audio_only(root / "audio.m4a"),
     }
     files["over"] = append_undecodable_packets(files["mp4"], root / "over.mp4", count=7)
@@ -141,8 +143,21 @@ def test_odd_size_yuv444p(media):
 def test_variable_frame_rate(media):
     clip = load_video(media["vfr"], num_frames=6)
     assert numbers(clip) == clip.indices == [0, 5, 11, 17, 23, 29]
-    # timestamps are the nominal index / average fps, in seconds
+    # timestamps are the nominal index / average fps, in seconds (LLaVA-NeXT-Video's)
     assert clip.timestamps == pytest.approx([i / clip.native_fps for i in clip.indices])
+    # presentation times are the container's: when each frame is really shown
+    assert clip.presentation_times == pytest.approx([VFR_TIMES[i] for i in clip.indices], abs=1e-9)
+    assert max(abs(a - b) for a, b in zip(clip.presentation_times, clip.timestamps)) > 0.1
+    snapped = load_video(media["vfr"], num_frames=3, sampling="keyframe")
+    assert snapped.presentation_times == pytest.approx([VFR_TIMES[i] for i in snapped.indices], abs=1e-9)
+    # the decord backend has no per-frame times: nominal ones
+    assert load_video(media["vfr"], num_frames=6, backend="decord").presentation_times == clip.timestamps
+
+
+def test_constant_rate_presentation_times_equal_timestamps(data_dir):
+    for name in ("cup.mp4", "cockatoo.mp4"):
+        clip = load_video(data_dir / name, num_frames=5)
+        assert clip.presentation_times == pytest.approx(clip.timestamps, abs=1e-6)
 
 
 @pytest.mark.parametrize("name, window", [("realshort.mp4", {}), ("cockatoo.mp4", dict(end=3.0)), ("cup.mp4", {})])
@@ -275,7 +290,7 @@ def test_keyframe_mode_stays_in_the_window(media):
     [
         ("audio", "the file has no video stream"),
         ("text", "FFmpeg cannot read it as a video"),
-        ("empty", "FFmpeg cannot read it as a video"),
+        ("empty", "the file is empty (0 bytes)"),
         ("truncated", "FFmpeg cannot read it as a video"),
         ("corrupt_head", "FFmpeg cannot read it as a video"),
         ("corrupt_tail", "FFmpeg cannot read it as a video"),
@@ -522,7 +537,7 @@ def test_box_mp4_the_backends_disagree(data_dir, box_frames):
     [
         ("audio", "decord cannot read it as a video (DECORDError"),
         ("text", "decord cannot read it as a video (RuntimeError: Error reading"),
-        ("empty", "decord cannot read it as a video (RuntimeError: Error reading"),
+        ("empty", "the file is empty (0 bytes)"),
         ("truncated", "decord cannot read it as a video (RuntimeError: Error reading"),
         ("corrupt_head", "decord cannot read it as a video (RuntimeError: Error reading"),
         ("corrupt_tail", "decord cannot read it as a video (RuntimeError: Error reading"),

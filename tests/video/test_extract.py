@@ -100,8 +100,9 @@ def test_save_and_load_round_trip(tower, realshort, tmp_path):
     assert torch.equal(back.tokens, vt.tokens)
     for field in ("indices", "timestamps", "native_fps", "num_total_frames", "duration", "path", "grid",
                   "pooled_grid", "pool_stride", "pool_mode", "model", "layer", "random_weights", "sampling",
-                  "timestamp_shift"):
+                  "timestamp_shift", "presentation_times", "backend"):
         assert getattr(back, field) == getattr(vt, field), field
+    assert vt.presentation_times == pytest.approx(vt.timestamps, abs=1e-3)  # realshort: constant rate
     meta = read_metadata(path)
     assert meta["random_weights"] is True and meta["model"] == "tiny" and meta["num_frames"] == 3
     assert os.listdir(tmp_path) == ["clip.safetensors"]  # no temporary file left behind

@@ -4,7 +4,9 @@ Both paths start from the same random weights (the same seeded transformers mode
 the LLM's q/k/v/o/gate/up/down, train the projector, keep the tower frozen, and take AdamW steps on
 the same batch: one video of T frames and a short text, labels -100 on the visual tokens. Ours is
 `VisionLanguageModel.from_llava_next_video(model)` set up as `vlm-vision train --stage 2` sets it up
-(`mark_trainable`). A third path feeds ours the pooled tower tokens that `vlm-vision extract` would
+(`mark_trainable`), with the loss as `vlm-vision train` computes it (`labelled_loss`: the LM head
+runs only where a label follows; `--preset small-32k` shows what that saves with a 7B's
+vocabulary). A third path feeds ours the pooled tower tokens that `vlm-vision extract` would
 have cached (the tower is then not run at all).
 
 Each path runs in a fresh process so its peak memory (GPU allocator peak, or process RSS on the CPU)
@@ -35,6 +37,11 @@ PRESETS = {
                    num_key_value_heads=4, vocab_size=4096),
               dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                    image_size=112, patch_size=14), 8, 64, 16, 32),
+    # the small models with a 7B's vocabulary and 32 frames: where the LM head's logits matter
+    "small-32k": (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=32064),
+                  dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                       image_size=112, patch_size=14), 32, 64, 16, 32),
     "7b": (dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, vocab_size=32064),
            dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -99,7 +106,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from vlm_vision import TrainConfig, VisionLanguageModel
         from vlm_vision.fusion import encode_videos
-        from vlm_vision.train import mark_trainable
+        from vlm_vision.train import labelled_loss, mark_trainable
 
         model = VisionLanguageModel.from_llava_next_video(hf)
         del hf
@@ -123,7 +130,8 @@ def worker(args: argparse.Namespace) -> None:
     losses = []
 
     def step():
-        loss = model(**inputs).loss
+        # ours computes the loss the way `vlm-vision train` does (LM head only where a label follows)
+        loss = model(**inputs).loss if args.path == "ref" else labelled_loss(model, inputs)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

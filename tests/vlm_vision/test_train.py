@@ -341,6 +341,46 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
         torch.testing.assert_close(hf(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
+    """The training loss runs the LM head only where a label follows: same loss, same gradients."""
+    from vlm_vision.train import RunLog, _setup, _takes_logits_to_keep, labelled_loss, model_inputs
+
+    out = tmp_path / "ll"
+    out.mkdir()
+    run = _setup(config(parts, out, stage=2, lora_dropout=0.0), RunLog(out, enabled=False), main=True)
+    model = run.model.train()
+    examples = [run.dataset[i] for i in range(3)]
+    batch = model_inputs(examples, run.processor.tokenizer.pad_token_id, model.tower)
+    assert _takes_logits_to_keep(model.llm)
+    labelled = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+    assert 0 < labelled < batch["input_ids"].shape[1] // 2  # most positions are visual or prompt
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full, full_grads = loss_and_grads(lambda: model(**batch).loss)
+    mine, my_grads = loss_and_grads(lambda: labelled_loss(model, batch))
+    torch.testing.assert_close(mine, full, rtol=1e-6, atol=1e-6)
+    assert full_grads.keys() == my_grads.keys() and any("lora_" in n for n in my_grads)
+    for name in full_grads:
+        torch.testing.assert_close(my_grads[name], full_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_llms_without_logits_to_keep_get_the_plain_call():
+    from torch import nn
+
+    from vlm_vision.train import _takes_logits_to_keep
+
+    class Plain(nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None, labels=None):
+            return None
+
+    assert not _takes_logits_to_keep(Plain())
+
+
 ANYRES_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # [height, width], multiples of the tiny tower's 28 px
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
+_EXIF_ORIENTATION = 0x0112
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 PLACEHOLDERS = {"video": "<video>", "image": "<image>"}
 CACHED_SUFFIX = ".safetensors"
@@ -415,7 +416,7 @@ def visual_frames(record: Record, visual: VisualSpec) -> int:
 
 
 def image_size(record: Record) -> tuple[int, int]:
-    """(height, width) of a record's image, from the file's header only.
+    """(height, width) of a record's image, upright (EXIF orientation applied), from the header only.
 
     Raises:
         BadSample: when the file is not an image PIL can read.
@@ -425,6 +426,8 @@ def image_size(record: Record) -> tuple[int, int]:
     try:
         with PIL.Image.open(record.media_path) as image:
             width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):  # a quarter turn: the sides swap
+                width, height = height, width
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
         raise BadSample(record.id, f"image could not be read: {record.media_path}: {e}") from e
     return height, width

@@ -31,6 +31,7 @@ from typing import Any, Union
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
@@ -315,7 +316,11 @@ def _as_frames(images: ImageInput) -> list[torch.Tensor]:
 
 
 def _open_image(path: Path) -> PIL.Image.Image:
-    """Open and decode an image file; anything unreadable (or a decompression bomb) is a ValueError."""
+    """Open and decode an image file, upright; anything unreadable (or a decompression bomb) is a ValueError.
+
+    Phones store photos as the sensor saw them and an EXIF orientation tag that says how to turn
+    them; the tag is applied, as transformers' `load_image` does.
+    """
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
@@ -323,6 +328,7 @@ def _open_image(path: Path) -> PIL.Image.Image:
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(path)
             image.load()
+            image = PIL.ImageOps.exif_transpose(image)  # corrupt EXIF: a warning, the image as stored
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
         raise ValueError(f"refusing {path}: too many pixels for PIL's decompression-bomb limit "
                          f"({PIL.Image.MAX_IMAGE_PIXELS} pixels): {e}") from e

@@ -226,6 +226,22 @@ def test_anyres_image_tokens_follow_each_image_size(tmp_path, tok):
         ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None, transform=None)
 
 
+def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlm_vision.anyres import anyres_pixel_values
+    from vlm_vision.train_data import Record, image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    record = Record("p", (), "image", tmp_path / "phone.jpg")
+    assert image_size(record) == (50, 20)
+    _, loaded = anyres_pixel_values(tmp_path / "phone.jpg", grid_pinpoints=[[336, 672], [672, 336]])
+    assert loaded == (50, 20)  # the token count and the crops agree on the size
+
+
 def test_pad_batch_right_pads():
     a = Example("a", torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7]), None, None)
     b = Example("b", torch.tensor([8]), torch.tensor([8]), None, None)

@@ -64,6 +64,36 @@ def to_uint8(pixels: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor
 
 # ----- parity with transformers -----------------------------------------------------------------
 
+@pytest.mark.parametrize("orientation, turned", [(6, "clockwise"), (8, "counterclockwise"), (3, "half"), (1, "none")])
+def test_image_files_come_upright_like_transformers_load_image(photos, tmp_path, orientation, turned):
+    """A phone photo: pixels as the sensor saw them and an EXIF tag saying how to turn them."""
+    from transformers.image_utils import load_image
+
+    path = tmp_path / f"o{orientation}.jpg"
+    exif = PIL.Image.Exif()
+    exif[0x0112] = orientation
+    PIL.Image.fromarray(photos["coffee"]).save(path, exif=exif, quality=95)  # 400x600 as stored
+    stored = np.array(PIL.Image.open(path))  # (400, 600, 3)
+    expected = {"clockwise": np.rot90(stored, -1), "counterclockwise": np.rot90(stored, 1),
+                "half": np.rot90(stored, 2), "none": stored}[turned]
+    transform = CLIPImageTransform(image_size=224)
+    ours = transform(path)
+    torch.testing.assert_close(ours, transform(np.ascontiguousarray(expected)), rtol=0, atol=0)
+    d = (ours - reference_pixels(224, [load_image(str(path))])).abs()
+    assert d.mean() <= MEAN_TOL and d.max() <= MAX_TOL
+
+
+def test_a_corrupt_exif_block_keeps_the_image(tmp_path):
+    path = tmp_path / "bad_exif.jpg"
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    # an IFD that announces 5 entries and ends: PIL warns "Corrupt EXIF data" and reads no tag
+    PIL.Image.fromarray(pixels).save(path, exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05", quality=95)
+    transform = CLIPImageTransform(image_size=16)
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):
+        ours = transform(path)
+    torch.testing.assert_close(ours, transform(np.array(PIL.Image.open(path))), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("size", [336, 224])
 def test_parity_with_clip_image_processor(photos, size, record_property):
     transform = CLIPImageTransform(image_size=size)

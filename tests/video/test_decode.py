@@ -92,6 +92,24 @@ def test_exact_frames_are_the_sampled_frames(media, kind):
     assert np.array_equal(clip.frames.numpy(), np.stack([pyav[i] for i in clip.indices]))
 
 
+@pytest.mark.parametrize("name, codec, pix_fmt", [
+    ("vp9.webm", "libvpx-vp9", "yuv420p"),
+    ("vp8.webm", "libvpx", "yuv420p"),
+    ("hevc.mp4", "libx265", "yuv420p"),
+    ("mjpeg.avi", "mjpeg", "yuvj420p"),
+    ("mpeg4.avi", "mpeg4", "yuv420p"),
+    ("anim.gif", "gif", "rgb8"),
+])
+def test_other_codecs_and_containers(tmp_path, name, codec, pix_fmt):
+    path = make_numbered_video(tmp_path / name, 40, codec=codec, pix_fmt=pix_fmt)
+    stored = sequential_pyav(path)
+    for sampling in ("exact", "keyframe"):
+        clip = load_video(path, num_frames=6, sampling=sampling)
+        assert numbers(clip) == clip.indices, sampling
+        assert np.array_equal(clip.frames.numpy(), np.stack([stored[i] for i in clip.indices])), sampling
+    assert clip.num_total_frames == 40
+
+
 def test_clip_metadata(media):
     clip = load_video(media["mp4"], num_frames=4)
     assert clip.indices == [0, 29, 59, 89]

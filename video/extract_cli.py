@@ -290,7 +290,7 @@ class DecodeJobs(torch.utils.data.Dataset):
             clip = load_video(self.videos[position], **self.load_kwargs)
         except VideoDecodeError as e:
             return Decoded(position, error=e.reason)
-        sheet = contact_sheet_png(clip.frames, clip.timestamps) if self.preview else None
+        sheet = contact_sheet_png(clip.frames, clip.presentation_times) if self.preview else None
         if self.transform is None:
             return Decoded(position, clip=clip, sheet=sheet)
         pixels = self.transform(clip.frames)  # (T, 3, S, S)

@@ -27,3 +27,10 @@ def test_unknown_command_is_an_error_naming_the_choices(capsys):
     assert cli.main(["encode"]) == 2
     err = capsys.readouterr().err
     assert "unknown command 'encode'" in err and "extract" in err
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"vlm-vision {version('vlm-vision')}"

@@ -22,7 +22,8 @@ data is read, media that fail to decode are dropped from their batch, and every 
 them, so the collective calls stay in step.
 
 Layout: setup (data, model, optimizer, schedule, accelerate) -> loop (max_steps; one line per step
-in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json). Shapes: B pairs, T frames, L tokens, D embedding width.
+in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json).
+Shapes: B pairs, T frames, L tokens, D embedding width.
 """
 
 from __future__ import annotations

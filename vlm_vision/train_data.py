@@ -17,7 +17,8 @@ visual token), and those positions never carry labels.
 
 Bad records never stop a run: parse problems, missing media and visual spans that would be cut by
 `max_length` are found when the dataset is built (`scan_records`); a video that fails to decode is
-found when it is loaded, and so is an image that cannot be read. Both become a `Skipped(id, reason)` that the training loop counts and logs.
+found when it is loaded, and so is an image that cannot be read. Both become a `Skipped(id, reason)`
+that the training loop counts and logs.
 
 Shapes: L sequence length, T frames, N' pooled tokens per frame, D tower width, S image side.
 """
@@ -377,7 +378,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         try:
             kind, media, size = self._load_media(record)
             frames = media.shape[0] if kind in ("video", "video_features") else 1
-            ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length, image_size=size)
+            ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length,
+                                        image_size=size)
         except BadSample as e:
             return Skipped(record.id, e.reason)
         except self.decode_errors as e:

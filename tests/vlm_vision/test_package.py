@@ -19,7 +19,8 @@ def run_python(code: str) -> str:
 
 
 def test_import_and_help_stay_light():
-    heavy = run_python("import sys, vlm_vision; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    heavy = run_python("import sys, vlm_vision\n"
+                       "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     assert heavy == "[]"
     code = ("import sys, contextlib, io\n"
             "from vlm_vision.cli import main\n"

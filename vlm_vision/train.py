@@ -416,10 +416,16 @@ def labelled_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def _takes_logits_to_keep(llm: nn.Module) -> bool:
+    core = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return _forward_takes_logits_to_keep(type(core))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    # once per class, not on every training step
     import inspect
 
-    core = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-    return "logits_to_keep" in inspect.signature(core.forward).parameters
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -51,6 +51,24 @@ def config(parts, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def train_capturing(cfg: TrainConfig):
+    """`train(cfg)`, also returning its `_Run` and a copy of every parameter as it was before step 1."""
+    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
+    captured, original = {}, train_module._setup
+
+    def spy(cfg, log, main):
+        captured["run"] = run = original(cfg, log, main)
+        captured["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        return run
+
+    train_module._setup = spy
+    try:
+        final = train(cfg)
+    finally:
+        train_module._setup = original
+    return final, captured["run"], captured["before"]
+
+
 def losses(out: Path) -> list[float]:
     return [e["loss"] for e in _log(out) if "loss" in e]
 
@@ -163,23 +181,8 @@ def test_stage2_trains_only_lora_and_projector(parts, tmp_path, capsys):
 
 def test_tower_and_llm_frozen_across_an_optimizer_step(parts, tmp_path):
     """Inside one process: snapshot every weight, train, and compare (litgpt's frozen-weights test)."""
-    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
-
-    captured = {}
-    original = train_module._setup
-
-    def spy(cfg, log, main):
-        run = original(cfg, log, main)
-        captured["model"] = run.model
-        captured["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        return run
-
-    train_module._setup = spy
-    try:
-        train(config(parts, tmp_path / "frozen", stage=2, max_steps=2, lr=1e-3))
-    finally:
-        train_module._setup = original
-    changed = {n for n, p in captured["model"].named_parameters() if not torch.equal(p, captured["before"][n])}
+    _, run, before = train_capturing(config(parts, tmp_path / "frozen", stage=2, max_steps=2, lr=1e-3))
+    changed = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "nothing trained"
     assert all(n.startswith("projector.") or "lora_" in n for n in changed), sorted(changed)[:5]
     assert any(n.startswith("projector.") for n in changed) and any("lora_A" in n for n in changed)
@@ -187,22 +190,8 @@ def test_tower_and_llm_frozen_across_an_optimizer_step(parts, tmp_path):
 
 
 def test_save_then_load_gives_identical_outputs(parts, tmp_path):
-    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
-
-    captured = {}
-    original = train_module._setup
-
-    def spy(cfg, log, main):
-        run = original(cfg, log, main)
-        captured["run"] = run
-        return run
-
-    train_module._setup = spy
-    try:
-        final = train(config(parts, tmp_path / "reload", stage=2, max_steps=2, lr=1e-3))
-    finally:
-        train_module._setup = original
-    trained, processor = captured["run"].model.eval(), captured["run"].processor
+    final, run, _ = train_capturing(config(parts, tmp_path / "reload", stage=2, max_steps=2, lr=1e-3))
+    trained, processor = run.model.eval(), run.processor
     loaded, loaded_processor = load_trained(final)
     assert loaded_processor.video_token_id == processor.video_token_id
     inputs = loaded_processor([{"role": "user", "content": QUESTION}],
@@ -404,21 +393,9 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     data = tmp_path / "images.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    train_module = importlib.import_module("vlm_vision.train")
-    captured, original = {}, train_module._setup
-
-    def spy(cfg, log, main):
-        captured["run"] = run = original(cfg, log, main)
-        captured["newline"] = run.model.image_newline.detach().clone()
-        return run
-
-    train_module._setup = spy
-    try:
-        final = train(config(parts, tmp_path / "anyres", data=str(data), media_root=str(tmp_path), stage=2,
-                             max_steps=3, batch_size=2, lr=1e-2, image_grid_pinpoints=ANYRES_PINPOINTS))
-    finally:
-        train_module._setup = original
-    run = captured["run"]
+    final, run, before = train_capturing(config(parts, tmp_path / "anyres", data=str(data), media_root=str(tmp_path),
+                                                stage=2, max_steps=3, batch_size=2, lr=1e-2,
+                                                image_grid_pinpoints=ANYRES_PINPOINTS))
     assert "image_newline" in run.trainable
     assert all(math.isfinite(x) for x in losses(tmp_path / "anyres"))
     skipped = [json.loads(line) for line in (tmp_path / "anyres" / "skipped.jsonl").read_text().splitlines()]
@@ -433,7 +410,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
 
     loaded, processor = load_trained(final)
     assert [list(p) for p in loaded.image_grid_pinpoints] == ANYRES_PINPOINTS
-    assert not torch.equal(loaded.image_newline.float(), captured["newline"].float())  # it trained
+    assert not torch.equal(loaded.image_newline.float(), before["image_newline"].float())  # it trained
     image = Image.open(tmp_path / "red.png")
     inputs = processor([{"role": "user", "content": "<image>\nWhat colour?"}], images=[image])
     assert inputs["image_sizes"].tolist() == [[30, 70]]

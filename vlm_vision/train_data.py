@@ -25,7 +25,6 @@ Shapes: L sequence length, T frames, N' pooled tokens per frame, D tower width, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,141 +32,22 @@ from typing import Any
 
 import torch
 
+from vlm_vision.data_formats import (
+    PLACEHOLDERS,
+    ROLES,
+    BadSample,
+    MediaRoots,
+    Record,
+    Skipped,
+    parse_record,
+    read_records,
+)
+
 IGNORE_INDEX = -100
 _EXIF_ORIENTATION = 0x0112
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-PLACEHOLDERS = {"video": "<video>", "image": "<image>"}
-CACHED_SUFFIX = ".safetensors"
-
-
-class BadSample(ValueError):
-    """A record that cannot be trained on; `reason` says why (it is skipped, not fatal)."""
-
-    def __init__(self, sample_id: str, reason: str):
-        super().__init__(f"sample {sample_id!r}: {reason}")
-        self.sample_id = sample_id
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Record:
-    """One parsed conversation; media is located but not loaded.
-
-    Attributes:
-        id: the record's `id` (or `#<index>` when it has none).
-        messages: chat-template messages `{"role": "system" | "user" | "assistant", "content": str}`.
-        media_kind: "video", "image" or None for text-only.
-        media_path: the resolved media file, or None.
-    """
-
-    id: str
-    messages: tuple[dict[str, str], ...]
-    media_kind: str | None = None
-    media_path: Path | None = None
-
-    @property
-    def cached(self) -> bool:
-        """True when the video is pre-extracted tower features (a `.safetensors` file)."""
-        return self.media_kind == "video" and self.media_path is not None and self.media_path.suffix == CACHED_SUFFIX
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A sample left out of training, with the reason."""
-
-    id: str
-    reason: str
-
-
-# ----- reading and parsing ----------------------------------------------------------------------
-
-
-def read_records(path: str | Path) -> list[dict[str, Any] | Skipped]:
-    """Read a JSON list or a JSONL file of records.
-
-    A JSONL line that is not valid JSON becomes a `Skipped`; a JSON file that does not parse, or
-    is not a list, is an error of the whole file.
-
-    Raises:
-        FileNotFoundError: when `path` does not exist.
-        ValueError: for a `.json` file that is not a JSON list of objects.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        out: list[dict[str, Any] | Skipped] = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                out.append(Skipped(f"{path.name}:{n}", f"line {n} is not valid JSON ({e.msg})"))
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"data file {path} is not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise ValueError(f"data file {path} must hold a JSON list of records, got {type(data).__name__}; "
-                         f"use .jsonl for one record per line")
-    return data
-
-
-def parse_record(raw: Any, media_root: str | Path, index: int = 0) -> Record:
-    """Check one raw record and turn it into a `Record`.
-
-    Args:
-        raw: the record as read from JSON.
-        media_root: folder that relative media paths are resolved against.
-        index: position in the file, used as the id when the record has none.
-
-    Raises:
-        BadSample: for a missing or empty conversation, an unknown role, a turn that is not text,
-            no assistant turn, placeholders that do not match the media, or missing media.
-    """
-    if not isinstance(raw, dict):
-        raise BadSample(f"#{index}", f"record must be a JSON object, got {type(raw).__name__}")
-    sample_id = str(raw.get("id", f"#{index}"))
-    turns = raw.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise BadSample(sample_id, "empty conversation")
-    messages = []
-    for n, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("from") not in ROLES:
-            got = turn.get("from") if isinstance(turn, dict) else turn
-            raise BadSample(sample_id, f"turn {n} has role {got!r}; expected one of {sorted(ROLES)}")
-        if not isinstance(turn.get("value"), str):
-            raise BadSample(sample_id, f"turn {n} has no text 'value'")
-        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
-    roles = [m["role"] for m in messages if m["role"] != "system"]
-    if not roles or roles[0] != "user":
-        raise BadSample(sample_id, "conversation must start with a human turn")
-    if "assistant" not in roles:
-        raise BadSample(sample_id, "no gpt (assistant) turn to learn from")
-
-    kinds = [k for k in PLACEHOLDERS if raw.get(k) is not None]
-    if len(kinds) > 1:
-        raise BadSample(sample_id, "record has both 'video' and 'image'; one medium per record is supported")
-    kind = kinds[0] if kinds else None
-    for k, tag in PLACEHOLDERS.items():
-        in_user = sum(m["content"].count(tag) for m in messages if m["role"] == "user")
-        elsewhere = sum(m["content"].count(tag) for m in messages if m["role"] != "user")
-        expected = 1 if k == kind else 0
-        if in_user != expected or elsewhere:
-            raise BadSample(sample_id, f"found {in_user} {tag} in human turns and {elsewhere} elsewhere; "
-                                       f"expected {expected} in human turns for a record with "
-                                       f"{'a ' + kind if kind else 'no media'}")
-    path = None
-    if kind is not None:
-        if not isinstance(raw[kind], str) or not raw[kind]:
-            raise BadSample(sample_id, f"{kind!r} must be a path string, got {raw[kind]!r}")
-        path = Path(raw[kind]) if Path(raw[kind]).is_absolute() else Path(media_root) / raw[kind]
-        if not path.is_file():
-            raise BadSample(sample_id, f"missing media: {path}")
-    return Record(sample_id, tuple(messages), kind, path)
+__all__ = ["IGNORE_INDEX", "PLACEHOLDERS", "ROLES", "BadSample", "ConversationDataset", "Example", "MediaRoots",
+           "Record", "Skipped", "VisualSpec", "check_tokenizer", "expand_placeholder", "fit_length", "pad_batch",
+           "parse_record", "read_records", "sample_tokens", "scan_records", "tokenize_conversation"]
 
 
 # ----- tokenizing -------------------------------------------------------------------------------
@@ -239,20 +119,27 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, str]]) ->
 
 
 def expand_placeholder(ids: Sequence[int], labels: Sequence[int], token_id: int,
-                       count: int) -> tuple[list[int], list[int]]:
+                       count: int | Sequence[int]) -> tuple[list[int], list[int]]:
     """Repeat each `token_id` in `ids` `count` times (one per visual token); those labels are -100.
+
+    `count` may be a list, one count per placeholder in order (images of different sizes).
 
     Example:
         >>> expand_placeholder([1, 9, 2], [-100, -100, 2], token_id=9, count=3)
         ([1, 9, 9, 9, 2], [-100, -100, -100, -100, 2])
     """
-    if count < 1:
+    counts = list(count) if isinstance(count, Sequence) else None
+    if counts is not None and len(counts) != list(ids).count(token_id):
+        raise ValueError(f"{len(counts)} counts for {list(ids).count(token_id)} placeholders {token_id}")
+    if any(c < 1 for c in (counts if counts is not None else [count])):
         raise ValueError(f"count must be >= 1 visual token, got {count}")
-    out_ids, out_labels = [], []
+    out_ids, out_labels, k = [], [], 0
     for i, lab in zip(ids, labels):
         if i == token_id:
-            out_ids += [token_id] * count
-            out_labels += [IGNORE_INDEX] * count
+            n = counts[k] if counts is not None else count
+            k += 1
+            out_ids += [token_id] * n
+            out_labels += [IGNORE_INDEX] * n
         else:
             out_ids.append(i)
             out_labels.append(lab)
@@ -309,8 +196,9 @@ class Example:
     """One tokenized sample with its media tensor.
 
     `media` is float[T, 3, S, S] frames for "video", float[T, N', D] tower features for
-    "video_features", float[1, 3, S, S] for "image" (float[P, 3, S, S], its crops, for anyres),
-    None for text. `image_size` is an anyres image's (height, width).
+    "video_features", float[K, 3, S, S] for K "image"s (float[P, 3, S, S], its crops, for an anyres
+    image), None for text. `image_size` is an anyres image's (height, width). `source` is the data
+    file and position the sample came from.
     """
 
     id: str
@@ -319,6 +207,7 @@ class Example:
     media_kind: str | None
     media: torch.Tensor | None
     image_size: tuple[int, int] | None = None
+    source: str = ""
 
 
 def cached_frames(path: Path, tokens_per_frame: int, sample_id: str) -> int:
@@ -374,17 +263,18 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Example | Skipped:
-        record = self.records[index]
+        record = None
         try:
+            record = self.records[index]  # a lazy record sequence parses (and may refuse) here
             kind, media, size = self._load_media(record)
             frames = media.shape[0] if kind in ("video", "video_features") else 1
             ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length,
                                         image_size=size)
         except BadSample as e:
-            return Skipped(record.id, e.reason)
+            return Skipped(e.sample_id, e.reason, record.source if record else _source_of(self.records, index))
         except self.decode_errors as e:
-            return Skipped(record.id, f"media could not be decoded: {e}")
-        return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media, size)
+            return Skipped(record.id, f"media could not be decoded: {e}", record.source)
+        return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media, size, record.source)
 
     def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None, tuple[int, int] | None]:
         if record.media_kind is None:
@@ -392,10 +282,14 @@ class ConversationDataset(torch.utils.data.Dataset):
         if record.media_kind == "image":
             try:
                 if self.load_anyres is not None:
+                    if len(record.media_paths) != 1:
+                        raise BadSample(record.id, _ANYRES_ONE_IMAGE.format(n=len(record.media_paths)))
                     crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
                     return "image", crops, size
-                return "image", self.transform(record.media_path), None  # (1, 3, S, S)
+                return "image", torch.cat([self.transform(p) for p in record.media_paths]), None  # (K, 3, S, S)
             except (ValueError, TypeError, OSError) as e:  # what the image readers raise for a bad file
+                if isinstance(e, BadSample):
+                    raise
                 raise BadSample(record.id, f"image could not be read: {e}") from e
         if record.cached:
             tokens = self.load_cached(record.media_path)  # (T, N', D)
@@ -405,6 +299,15 @@ class ConversationDataset(torch.utils.data.Dataset):
             return "video_features", tokens, None
         frames = self.load_video(record.media_path)  # (T, H, W, 3) uint8
         return "video", self.transform(frames), None  # (T, 3, S, S)
+
+
+_ANYRES_ONE_IMAGE = ("record has {n} images; a model that tiles images (anyres) takes one image per record "
+                     "(LLaVA-OneVision also reads multi-image records without tiling)")
+
+
+def _source_of(records: Sequence[Any], index: int) -> str:
+    source = getattr(records, "source", None)
+    return source(index) if callable(source) else ""
 
 
 def visual_frames(record: Record, visual: VisualSpec) -> int:
@@ -437,38 +340,52 @@ def image_size(record: Record) -> tuple[int, int]:
 
 def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
                   max_length: int, *, image_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels of a record, its placeholder expanded to its visual tokens, fitted to length.
+    """Token ids and labels of a record, each placeholder expanded to its visual tokens, fitted to length.
 
     Args:
         frames: frames of the record's video (ignored for images and text).
         image_size: (height, width) of the record's image; needed by anyres models only.
 
     Raises:
-        BadSample: when the rendered text does not hold exactly one placeholder, or the sequence
+        BadSample: when the rendered text does not hold one placeholder per medium, or the sequence
             cannot be fitted (see `fit_length`).
     """
     ids, labels = tokenize_conversation(tokenizer, record.messages)
     if record.media_kind is None:
         return fit_length(ids, labels, max_length, (), record.id)
     medium = record.media_kind
+    expected = max(1, len(record.media_paths))
     if medium == "video":
         count = visual.video_tokens(frames)
     elif visual.anyres_tokens is None:
         count = visual.image_tokens
+    elif expected != 1:
+        raise BadSample(record.id, _ANYRES_ONE_IMAGE.format(n=expected))
     elif image_size is None:
         raise ValueError(f"sample {record.id!r}: an anyres model needs the image's size to count its tokens")
     else:
         count = visual.anyres_tokens(*image_size)
     token_id = visual.token_ids[medium]
-    if ids.count(token_id) != 1:
+    if ids.count(token_id) != expected:
         raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {medium} placeholder "
-                                   f"tokens (id {token_id}), expected 1")
+                                   f"tokens (id {token_id}), expected {expected}")
     ids, labels = expand_placeholder(ids, labels, token_id, count)
     return fit_length(ids, labels, max_length, tuple(visual.token_ids.values()), record.id)
 
 
-def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: str | Path, tokenizer: Any,
-                 visual: VisualSpec, max_length: int) -> tuple[list[Record], list[Skipped]]:
+def scan_one(record: Record, tokenizer: Any, visual: VisualSpec, max_length: int) -> int:
+    """The token length a record will have (visual tokens included), checking everything short of decoding.
+
+    Raises:
+        BadSample: for any reason the record cannot be trained on (see `sample_tokens`, `image_size`).
+    """
+    size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
+    ids, _ = sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length, image_size=size)
+    return len(ids)
+
+
+def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: str | Path | MediaRoots,
+                 tokenizer: Any, visual: VisualSpec, max_length: int) -> tuple[list[Record], list[Skipped]]:
     """Parse every record and drop the ones that cannot be trained on.
 
     Returns:
@@ -481,11 +398,10 @@ def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: st
             skipped.append(raw)
             continue
         try:
-            record = parse_record(raw, media_root, n)
-            size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
-            sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length, image_size=size)
+            record = parse_record(raw, media_root, n, source=f"#{n}")
+            scan_one(record, tokenizer, visual, max_length)
         except BadSample as e:
-            skipped.append(Skipped(e.sample_id, e.reason))
+            skipped.append(Skipped(e.sample_id, e.reason, f"#{n}"))
             continue
         kept.append(record)
     return kept, skipped

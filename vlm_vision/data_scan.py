@@ -1,0 +1,218 @@
+"""The scan: every record's token length and checks, computed once, cached beside the output, shared.
+
+Rendering a chat template and tokenizing 1.3M conversations takes many minutes; doing it on every
+process at every start (and again on resume) is what made large runs slow to begin. Here each
+process scans a strided share of the records (`i % num_processes == process_index`), optionally
+split further over worker processes, and the shares are gathered, so the first scan costs
+1/num_processes of the work per process. The result (lengths, media kinds, skip reasons) is written
+to `<cache_dir>/scan-<key>.npz`, where the key hashes everything the result depends on: each data
+file's content and the records selected from it, the tokenizer's vocabulary and chat template, the
+visual token counts, `max_length`, the media folders and this module's version. A later start with the
+same key (a resume, another stage on the same data) reads the file instead of scanning; a changed data
+file, tokenizer or setting gives another key, so a stale result is never used.
+
+What the key does not cover: the media files themselves (stat-ing a million files is the slow scan
+again). A file that disappears after the scan is still caught when it is loaded (a runtime skip);
+one that appears after the scan stays skipped until the cache file is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, parse_record
+from vlm_vision.train_data import VisualSpec, scan_one
+
+__all__ = ["KINDS", "LazyRecords", "ScanResult", "cached_scan", "scan_key", "scan_rows"]
+
+logger = logging.getLogger("vlm_vision.data_scan")
+
+SCAN_VERSION = 1
+KINDS = {None: 0, "image": 1, "video": 2}
+"""Media kind codes in `ScanResult.kinds` (0 text, 1 image, 2 video)."""
+_PROBE_FRAMES = (1, 2, 7, 32)
+_PROBE_SIZES = ((336, 336), (480, 640), (1000, 300))
+
+
+@dataclass
+class ScanResult:
+    """Per row of a `DataRows`: token length (0 when skipped), media kind code, and the skips.
+
+    Attributes:
+        lengths: int32[R] tokens of each row, visual tokens included, after fitting to max_length.
+        kinds: int8[R] `KINDS` code of each row.
+        skipped: the skipped rows, each with id, reason and source, in row order.
+        skipped_rows: int64[S] row of each skipped entry.
+    """
+
+    lengths: np.ndarray
+    kinds: np.ndarray
+    skipped: list[Skipped]
+    skipped_rows: np.ndarray
+
+    @property
+    def kept(self) -> np.ndarray:
+        """int64[K] rows that can be trained on, in row order."""
+        keep = np.ones(len(self.lengths), dtype=bool)
+        keep[self.skipped_rows] = False
+        return np.flatnonzero(keep)
+
+
+class LazyRecords(Sequence):
+    """The kept rows as `Record`s, parsed when indexed (a million `Record`s up front cost seconds and memory)."""
+
+    def __init__(self, rows: DataRows, kept: np.ndarray, roots: MediaRoots):
+        self.rows, self.kept, self.roots = rows, np.asarray(kept, dtype=np.int64), roots
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, index: int) -> Record:
+        return _parse_row(self.rows, int(self.kept[index]), self.roots)
+
+    def source(self, index: int) -> str:
+        """The data file and position of kept record `index`."""
+        return self.rows.source(int(self.kept[index]))
+
+
+def _parse_row(rows: DataRows, k: int, roots: MediaRoots) -> Record:
+    raw = rows.raws[k]
+    if isinstance(raw, Skipped):
+        raise BadSample(raw.id, raw.reason)
+    return parse_record(raw, roots, rows.positions[k], rows.source(k), rows.data_dir(k))
+
+
+def scan_rows(rows: DataRows, indices: Sequence[int], roots: MediaRoots, tokenizer: Any, visual: VisualSpec,
+              max_length: int) -> dict[str, Any]:
+    """Scan the given rows: {"rows", "lengths", "kinds", "skipped": [(row, id, reason, source)]}."""
+    lengths, kinds, skipped = [], [], []
+    for k in indices:
+        k = int(k)
+        try:
+            record = _parse_row(rows, k, roots)
+            lengths.append(scan_one(record, tokenizer, visual, max_length))
+            kinds.append(KINDS[record.media_kind])
+        except BadSample as e:
+            lengths.append(0)
+            kinds.append(KINDS[None])
+            skipped.append((k, e.sample_id, e.reason, rows.source(k)))
+    return {"rows": np.asarray(indices, dtype=np.int64), "lengths": np.asarray(lengths, dtype=np.int32),
+            "kinds": np.asarray(kinds, dtype=np.int8), "skipped": skipped}
+
+
+def scan_key(rows: DataRows, roots: MediaRoots, tokenizer: Any, visual: VisualSpec, max_length: int) -> str:
+    """A hash of everything a scan's result depends on (see the module docstring)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    parts = {
+        "version": SCAN_VERSION,
+        "files": [[str(f.resolve()), fp] for f, fp in zip(rows.files, rows.fingerprints)],
+        "tokenizer": hashlib.sha256(vocab.encode()).hexdigest(),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "token_ids": sorted(visual.token_ids.items()),
+        "image_tokens": visual.image_tokens,
+        "tokens_per_frame": visual.tokens_per_frame,
+        "num_frames": visual.num_frames,
+        "video_tokens": [visual.video_tokens(t) for t in _PROBE_FRAMES],
+        "anyres_tokens": [visual.anyres_tokens(h, w) for h, w in _PROBE_SIZES] if visual.anyres_tokens else None,
+        "max_length": max_length,
+        "roots": [str(Path(p).resolve()) if p else None for p in (roots.media_root, roots.image_folder,
+                                                                  roots.video_folder)],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+_POOL_STATE: dict[str, Any] = {}
+
+
+def _pool_scan(indices: np.ndarray) -> dict[str, Any]:
+    s = _POOL_STATE
+    return scan_rows(s["rows"], indices, s["roots"], s["tokenizer"], s["visual"], s["max_length"])
+
+
+def _scan_share(rows: DataRows, mine: np.ndarray, roots: MediaRoots, tokenizer: Any, visual: VisualSpec,
+                max_length: int, workers: int) -> list[dict[str, Any]]:
+    if workers <= 1 or len(mine) < 2 * workers:
+        return [scan_rows(rows, mine, roots, tokenizer, visual, max_length)]
+    _POOL_STATE.update(rows=rows, roots=roots, tokenizer=tokenizer, visual=visual, max_length=max_length)
+    try:  # forked workers share the rows and the tokenizer without pickling them
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_pool_scan, [mine[w::workers] for w in range(workers)])
+    finally:
+        _POOL_STATE.clear()
+
+
+def _merge(parts: Sequence[dict[str, Any]], n: int) -> ScanResult:
+    lengths, kinds = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int8)
+    skipped = []
+    for part in parts:
+        lengths[part["rows"]] = part["lengths"]
+        kinds[part["rows"]] = part["kinds"]
+        skipped += part["skipped"]
+    skipped.sort(key=lambda s: s[0])
+    return ScanResult(lengths, kinds, [Skipped(i, r, s) for _, i, r, s in skipped],
+                      np.asarray([s[0] for s in skipped], dtype=np.int64))
+
+
+def _write(result: ScanResult, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, lengths=result.lengths, kinds=result.kinds, skipped_rows=result.skipped_rows,
+                 skipped=np.asarray(json.dumps([[s.id, s.reason, s.source] for s in result.skipped])))
+    tmp.replace(path)
+
+
+def _read(path: Path, n: int) -> ScanResult | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            lengths, kinds, rows = f["lengths"], f["kinds"], f["skipped_rows"]
+            skipped = [Skipped(*s) for s in json.loads(str(f["skipped"]))]
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("scan cache %s is unreadable (%s); scanning again", path, e)
+        return None
+    if len(lengths) != n or len(skipped) != len(rows):
+        logger.warning("scan cache %s holds %d rows for %d records; scanning again", path, len(lengths), n)
+        return None
+    return ScanResult(lengths, kinds, skipped, rows)
+
+
+def cached_scan(rows: DataRows, roots: MediaRoots, tokenizer: Any, visual: VisualSpec, max_length: int, *,
+                cache_dir: str | Path | None, process_index: int = 0, num_processes: int = 1,
+                gather: Callable[[Any], list[Any]] | None = None, workers: int = 1) -> tuple[ScanResult, bool]:
+    """Scan every row once across all processes, or read the result a previous scan cached.
+
+    Args:
+        cache_dir: folder of the cache files (None: no cache, always scan).
+        process_index, num_processes: this process among those that share the scan.
+        gather: `obj -> [obj of process 0, obj of process 1, ...]` (every process calls it, with the
+            same sequence of calls); required when `num_processes > 1`.
+        workers: forked worker processes that split this process's share.
+
+    Returns:
+        (result, True when it came from the cache).
+    """
+    if num_processes > 1 and gather is None:
+        raise ValueError(f"num_processes={num_processes} needs a gather function to share the scan")
+    gather = gather or (lambda obj: [obj])
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"scan-{scan_key(rows, roots, tokenizer, visual, max_length)}.npz"
+    cached = _read(path, len(rows)) if path is not None and path.is_file() else None
+    if all(gather(cached is not None)):  # every process must agree, or some would wait in the gather below
+        return cached, True
+    mine = np.arange(process_index, len(rows), num_processes)
+    parts = _scan_share(rows, mine, roots, tokenizer, visual, max_length, workers)
+    result = _merge([p for share in gather(parts) for p in share], len(rows))
+    if path is not None and process_index == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(result, path)
+    return result, False

@@ -112,8 +112,11 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict[str, str]]) ->
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
+    k = 0  # token starts only grow and the spans are in order: one pass over both
     for j, (start, _end) in enumerate(enc["offset_mapping"]):
-        if any(a <= start < b for a, b in spans):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        if k < len(spans) and spans[k][0] <= start:
             labels[j] = ids[j]
     return ids, labels
 
@@ -338,6 +341,39 @@ def image_size(record: Record) -> tuple[int, int]:
     return height, width
 
 
+def visual_counts(record: Record, visual: VisualSpec, frames: int,
+                  image_size: tuple[int, int] | None = None) -> tuple[int, list[int]]:
+    """(placeholder id, visual tokens of each medium in order) of a media record.
+
+    Raises:
+        BadSample: for several images on an anyres model.
+    """
+    medium, media = record.media_kind, max(1, len(record.media_paths))
+    if medium == "video":
+        count = visual.video_tokens(frames)
+    elif visual.anyres_tokens is None:
+        count = visual.image_tokens
+    elif media != 1:
+        raise BadSample(record.id, _ANYRES_ONE_IMAGE.format(n=media))
+    elif image_size is None:
+        raise ValueError(f"sample {record.id!r}: an anyres model needs the image's size to count its tokens")
+    else:
+        count = visual.anyres_tokens(*image_size)
+    return visual.token_ids[medium], [count] * media
+
+
+def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
+                              image_size: tuple[int, int] | None) -> tuple[list[int], list[int], int, list[int]]:
+    ids, labels = tokenize_conversation(tokenizer, record.messages)
+    if record.media_kind is None:
+        return ids, labels, -1, []
+    token_id, counts = visual_counts(record, visual, frames, image_size)
+    if ids.count(token_id) != len(counts):
+        raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {record.media_kind} "
+                                   f"placeholder tokens (id {token_id}), expected {len(counts)}")
+    return ids, labels, token_id, counts
+
+
 def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
                   max_length: int, *, image_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]]:
     """Token ids and labels of a record, each placeholder expanded to its visual tokens, fitted to length.
@@ -350,38 +386,28 @@ def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: in
         BadSample: when the rendered text does not hold one placeholder per medium, or the sequence
             cannot be fitted (see `fit_length`).
     """
-    ids, labels = tokenize_conversation(tokenizer, record.messages)
-    if record.media_kind is None:
-        return fit_length(ids, labels, max_length, (), record.id)
-    medium = record.media_kind
-    expected = max(1, len(record.media_paths))
-    if medium == "video":
-        count = visual.video_tokens(frames)
-    elif visual.anyres_tokens is None:
-        count = visual.image_tokens
-    elif expected != 1:
-        raise BadSample(record.id, _ANYRES_ONE_IMAGE.format(n=expected))
-    elif image_size is None:
-        raise ValueError(f"sample {record.id!r}: an anyres model needs the image's size to count its tokens")
-    else:
-        count = visual.anyres_tokens(*image_size)
-    token_id = visual.token_ids[medium]
-    if ids.count(token_id) != expected:
-        raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {medium} placeholder "
-                                   f"tokens (id {token_id}), expected {expected}")
-    ids, labels = expand_placeholder(ids, labels, token_id, count)
-    return fit_length(ids, labels, max_length, tuple(visual.token_ids.values()), record.id)
+    ids, labels, token_id, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, image_size)
+    if counts:
+        ids, labels = expand_placeholder(ids, labels, token_id, counts)
+    return fit_length(ids, labels, max_length, tuple(visual.token_ids.values()) if counts else (), record.id)
 
 
 def scan_one(record: Record, tokenizer: Any, visual: VisualSpec, max_length: int) -> int:
     """The token length a record will have (visual tokens included), checking everything short of decoding.
 
+    Equal to `len(sample_tokens(...)[0])`, without building the expanded sequence when it fits
+    (thousands of visual positions per video: most of the scan's time otherwise).
+
     Raises:
         BadSample: for any reason the record cannot be trained on (see `sample_tokens`, `image_size`).
     """
     size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
-    ids, _ = sample_tokens(record, tokenizer, visual, visual_frames(record, visual), max_length, image_size=size)
-    return len(ids)
+    frames = visual_frames(record, visual)
+    ids, labels, _, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, size)
+    length = len(ids) - len(counts) + sum(counts)
+    if length <= max_length and any(lab != IGNORE_INDEX for lab in labels):
+        return length
+    return len(sample_tokens(record, tokenizer, visual, frames, max_length, image_size=size)[0])
 
 
 def scan_records(raw_records: Sequence[dict[str, Any] | Skipped], media_root: str | Path | MediaRoots,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, parse_record
-from vlm_vision.train_data import VisualSpec, scan_one
+from vlm_vision.train_data import VisualSpec, image_size, scan_one, visual_counts, visual_frames
 
 __all__ = ["KINDS", "LazyRecords", "ScanResult", "cached_scan", "scan_key", "scan_rows"]
 
@@ -92,19 +92,45 @@ def _parse_row(rows: DataRows, k: int, roots: MediaRoots) -> Record:
 
 
 def scan_rows(rows: DataRows, indices: Sequence[int], roots: MediaRoots, tokenizer: Any, visual: VisualSpec,
-              max_length: int) -> dict[str, Any]:
-    """Scan the given rows: {"rows", "lengths", "kinds", "skipped": [(row, id, reason, source)]}."""
+              max_length: int, chunk: int = 256) -> dict[str, Any]:
+    """Scan the given rows: {"rows", "lengths", "kinds", "skipped": [(row, id, reason, source)]}.
+
+    Each conversation is rendered once and the texts are tokenized in batches (the tokenizer's
+    own threads); a record whose length is not plainly within `max_length` with its placeholders
+    all present takes the full path (`scan_one`), which finds the exact reason or length.
+    """
     lengths, kinds, skipped = [], [], []
-    for k in indices:
-        k = int(k)
-        try:
-            record = _parse_row(rows, k, roots)
-            lengths.append(scan_one(record, tokenizer, visual, max_length))
-            kinds.append(KINDS[record.media_kind])
-        except BadSample as e:
+    indices = [int(k) for k in indices]
+    for start in range(0, len(indices), chunk):
+        ready: list[tuple[int, Record, int, list[int]]] = []  # (position in output, record, id, counts)
+        texts = []
+        for k in indices[start: start + chunk]:
             lengths.append(0)
             kinds.append(KINDS[None])
-            skipped.append((k, e.sample_id, e.reason, rows.source(k)))
+            try:
+                record = _parse_row(rows, k, roots)
+                size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
+                token_id, counts = (visual_counts(record, visual, visual_frames(record, visual), size)
+                                    if record.media_kind else (-1, []))
+            except BadSample as e:
+                skipped.append((k, e.sample_id, e.reason, rows.source(k)))
+                continue
+            ready.append((len(lengths) - 1, record, token_id, counts))
+            texts.append(tokenizer.apply_chat_template(list(record.messages), tokenize=False))
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        for (out, record, token_id, counts), ids in zip(ready, encoded):
+            length = len(ids) - len(counts) + sum(counts)
+            kinds[out] = KINDS[record.media_kind]
+            if length <= max_length and ids.count(token_id) == len(counts):
+                lengths[out] = length
+                continue
+            try:
+                lengths[out] = scan_one(record, tokenizer, visual, max_length)
+            except BadSample as e:
+                k = indices[out]
+                kinds[out] = KINDS[None]
+                skipped.append((k, e.sample_id, e.reason, rows.source(k)))
+    skipped.sort(key=lambda s: s[0])
     return {"rows": np.asarray(indices, dtype=np.int64), "lengths": np.asarray(lengths, dtype=np.int32),
             "kinds": np.asarray(kinds, dtype=np.int8), "skipped": skipped}
 

@@ -224,3 +224,25 @@ def test_convert_writes_llava_json_from_other_shapes(tmp_path):
     assert [normalise(r, i) for i, r in enumerate(records[:3])] == again
     convert_to_llava(tmp_path / "in.jsonl", tmp_path / "v.json", video_placeholder="<video>")
     assert json.loads((tmp_path / "v.json").read_text())[0]["conversations"][0]["value"] == "<video>\nColour?"
+
+
+def test_convert_data_command(tmp_path, capsys):
+    from vlm_vision.cli import main
+
+    (tmp_path / "m.yaml").write_text("datasets:\n  - json_path: a.jsonl\n    sampling_strategy: first:2\n")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "x", "messages": [{"role": "user", "content": [{"type": "image", "path": "p.png"},
+                                                              {"type": "text", "text": "q"}]},
+                                 {"role": "assistant", "content": "a"}]},
+        {"id": "y", "conversations": [{"from": "gpt", "value": "a"}]},
+        {"id": "z", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]))
+    code = main(["convert-data", str(tmp_path / "m.yaml"), "--output", str(tmp_path / "o.json"),
+                 "--skipped", str(tmp_path / "s.jsonl")])
+    assert code == 0
+    assert json.loads((tmp_path / "o.json").read_text()) == [
+        {"id": "x", "image": "p.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                         {"from": "gpt", "value": "a"}]}]
+    assert json.loads((tmp_path / "s.jsonl").read_text()) == {
+        "id": "y", "source": "a.jsonl:2", "reason": "conversation must start with a human turn"}
+    assert "wrote 1 records" in capsys.readouterr().out
+    assert main(["convert-data", str(tmp_path / "none.json"), "--output", str(tmp_path / "o2.json")]) == 2

@@ -133,3 +133,26 @@ def test_worker_processes_give_the_same_result(tmp_path, tok):
     one, _ = cached_scan(rows, roots, tok, _visual(tok), 256, cache_dir=None, workers=1)
     two, _ = cached_scan(rows, roots, tok, _visual(tok), 256, cache_dir=None, workers=2)
     _same(one, two)
+
+
+def test_the_batched_scan_agrees_with_the_per_record_path_at_the_length_limit(tmp_path, tok):
+    from vlm_vision.train_data import scan_records
+
+    path = _dataset(tmp_path, n=36)
+    records = json.loads(path.read_text())
+    for i in range(0, 36, 5):  # long questions: past max_length for some, cut text for others
+        if records[i]["conversations"]:
+            records[i]["conversations"][0]["value"] += " word" * (10 * i)
+    path.write_text(json.dumps(records))
+    rows = load_rows(path)
+    for max_length in (40, 64, 120):
+        result = scan_rows(rows, range(len(rows)), MediaRoots(media_root=tmp_path), tok, _visual(tok), max_length,
+                           chunk=7)
+        kept, skipped = scan_records(rows.raws, tmp_path, tok, _visual(tok), max_length)
+        assert [s.reason for s in skipped] == [s[2] for s in result["skipped"]]
+        kept_rows = sorted(set(range(len(rows))) - {s[0] for s in result["skipped"]})
+        assert [rows.raws[k].get("id") for k in kept_rows] == [r.id for r in kept]
+        assert [int(result["lengths"][k]) for k in kept_rows] == [
+            len(sample_tokens(r, tok, _visual(tok), 3, max_length)[0]) for r in kept]
+        assert any("visual span would be truncated" in s.reason or "no assistant tokens" in s.reason
+                   for s in skipped) or max_length == 120

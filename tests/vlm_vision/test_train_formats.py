@@ -1,0 +1,89 @@
+"""Training on community data shapes: LLaVA-Video-178K's records (videos with `<image>`), mixtures.
+
+Runs the real loop on the tiny models and one-colour videos of `train_fixtures`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.vlm_vision.test_train import _answer_logprob
+from tests.vlm_vision.train_fixtures import (
+    COLOURS,
+    write_colour_video,
+    write_llm_folder,
+    write_tower_folder,
+)
+from vlm_vision.train import TrainConfig, train
+from vlm_vision.trained import load_trained
+
+FRAMES = 4
+LETTERS = "ABCD"
+
+
+def llava_video_178k(root: Path, n: int = 8) -> Path:
+    """Records in LLaVA-Video-178K's exact shape: `<image>` in video records, `data_source`, paths under a
+    source folder; open-ended, multiple-choice and caption records per video, plus a missing video."""
+    names = list(COLOURS)
+    records = []
+    for i in range(n):
+        colour = names[i % len(names)]
+        rel = f"academic_source/colours/{colour}_{i}.mp4"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_colour_video(root / rel, COLOURS[colour], frames=FRAMES, seed=i)
+        options = "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(names))
+        records += [
+            {"id": f"colours_oe_{i}", "data_source": "colours", "video": rel, "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is this video?"},
+                {"from": "gpt", "value": f"The video is mostly {colour}."}]},
+            {"id": f"colours_mc_{i}", "data_source": "colours", "video": rel, "conversations": [
+                {"from": "human", "value": f"<image>\nWhat colour is this video?\n{options}\n"
+                                           f"Answer with the option's letter from the given choices directly."},
+                {"from": "gpt", "value": f"{LETTERS[names.index(colour)]}."}]},
+        ]
+        if i % 2 == 0:
+            records.append({"id": f"colours_cap_{i}", "data_source": "colours", "video": rel, "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the clip."},
+                {"from": "gpt", "value": f"A clip of a single colour. The video is mostly {colour}."}]})
+    records.append({"id": "colours_gone", "data_source": "colours", "video": "academic_source/colours/gone.mp4",
+                    "conversations": [{"from": "human", "value": "<image>\nWhat colour is this video?"},
+                                      {"from": "gpt", "value": "red"}]})
+    path = root / "llava_video_178k_colours.json"
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"llm": str(write_llm_folder(root / "llm")), "tower": str(write_tower_folder(root / "tower"))}
+
+
+def _config(models, data, out, **overrides) -> TrainConfig:
+    values = dict(models, data=str(data), output_dir=str(out), stage=1, max_steps=3, batch_size=4,
+                  num_frames=FRAMES, max_length=160, lora_r=8, lora_alpha=16, warmup_ratio=0.0, progress=False, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _losses(out: Path) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in e]
+
+
+def test_llava_video_178k_records_train_and_the_model_reads_the_video(models, tmp_path):
+    data = llava_video_178k(tmp_path / "media")
+    s1 = train(_config(models, data, tmp_path / "s1", max_steps=10, lr=1e-2))
+    s2 = train(_config(models, data, tmp_path / "s2", stage=2, max_steps=20, lr=1e-2, init_from=str(s1)))
+    first, second = _losses(tmp_path / "s1"), _losses(tmp_path / "s2")
+    assert sum(second[-3:]) / 3 < 0.25 * first[0], (first, second)
+    skipped = [json.loads(line) for line in (tmp_path / "s1" / "skipped.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in skipped] == ["colours_gone"] and "missing media" in skipped[0]["reason"]
+    model, processor = load_trained(s2)
+    names = list(COLOURS)
+    for i, colour in enumerate(names):
+        video = write_colour_video(tmp_path / f"held_out_{colour}.mp4", COLOURS[colour], frames=FRAMES, seed=100 + i)
+        scores = [_answer_logprob(model, processor, video, f"The video is mostly {c}.") for c in names]
+        assert names[scores.index(max(scores))] == colour, (colour, scores)

@@ -106,7 +106,8 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from vlm_vision import TrainConfig, VisionLanguageModel
         from vlm_vision.fusion import encode_videos
-        from vlm_vision.train import labelled_loss, mark_trainable
+        from vlm_vision.train_loss import labelled_loss
+        from vlm_vision.train_params import mark_trainable
 
         model = VisionLanguageModel.from_llava_next_video(hf)
         del hf

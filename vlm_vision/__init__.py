@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "LogitScale": "vlm_vision.clip_loss",
     "ZeroShotClassifier": "vlm_vision.zero_shot",
     "clip_loss": "vlm_vision.clip_loss",
-    "TrainConfig": "vlm_vision.train",
-    "train": "vlm_vision.train",
+    "TrainConfig": "vlm_vision.train_config",
+    "train": "vlm_vision.training",
     "load_trained": "vlm_vision.trained",
     "merge_trained": "vlm_vision.trained",
 }
@@ -52,7 +52,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """`train` and `clip_loss` are functions named like the submodules that define them. Importing
+    """`clip_loss` is a function named like the submodule that defines it. Importing
     a submodule sets it as an attribute of its package; here that would hide the function, so a
     public name is never overwritten by a submodule."""
 
@@ -81,5 +81,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.processor import VisionLanguageProcessor  # noqa: F401
     from vlm_vision.clip_loss import LogitScale, clip_loss  # noqa: F401
     from vlm_vision.zero_shot import ZeroShotClassifier  # noqa: F401
-    from vlm_vision.train import TrainConfig, train  # noqa: F401
+    from vlm_vision.train_config import TrainConfig  # noqa: F401
+    from vlm_vision.training import train  # noqa: F401
     from vlm_vision.trained import load_trained, merge_trained  # noqa: F401

@@ -49,7 +49,8 @@ from transformers import CLIPModel
 
 from video.decode import VideoDecodeError, load_video
 from vlm_vision.clip_loss import LogitScale, clip_loss
-from vlm_vision.train import _release_accelerator_state, cosine_schedule
+from vlm_vision.train_params import cosine_schedule
+from vlm_vision.train_runtime import release_accelerator_state
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings, tokenize
 
@@ -328,7 +329,7 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
     try:
         return _fit(config)
     finally:
-        _release_accelerator_state()  # a later call in this process may choose another precision
+        release_accelerator_state()  # a later call in this process may choose another precision
 
 
 def _fit(config: ClipTrainConfig) -> dict[str, Any]:

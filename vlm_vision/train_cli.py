@@ -1,84 +1,34 @@
-"""`vlm-vision train`: the flags of `TrainConfig`, one to one, plus `--merge` to export a trained folder.
+"""`vlm-vision train`: one flag per `TrainConfig` field, plus `--merge` to export a trained folder.
 
     vlm-vision train --llm LLM --tower TOWER --data train.jsonl --media-root media/ --output-dir runs/s1 --stage 1
     vlm-vision train ... --output-dir runs/s2 --stage 2 --init-from runs/s1/final
-    accelerate launch -m vlm_vision.cli train ...        # several GPUs / machines, DeepSpeed, FSDP
+    accelerate launch -m vlm_vision.cli train ...        # several GPUs / machines
     vlm-vision train --merge runs/s2/final --merge-output runs/s2/merged [--llava-next-video runs/s2/hf]
+
+The flags are built from the config's fields, never listed by hand: the field `max_length` is
+`--max-length`, its type and default come from the dataclass, its help is the docstring under the
+field, and `metadata["choices"]` become the flag's choices. A bool field is a pair of flags
+(`--resume/--no-resume`, `--progress/--no-progress`); a tuple field takes several values. A field
+whose value needs its own text format has a parser in `_PARSERS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
 import logging
+import textwrap
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
 
-from vlm_vision.train import TrainConfig
+from vlm_vision.train_config import TrainConfig
 
-# Flags a training run must have (not required by argparse so that `--merge` can go alone).
-_REQUIRED = ("llm", "tower", "data", "output_dir")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    run = parser.add_argument_group("what to train on")
-    run.add_argument("--llm", help="base LLM: Hub id, transformers folder, or .gguf file")
-    run.add_argument("--tower", help="CLIP vision tower: Hub id, folder or checkpoint")
-    run.add_argument("--data", help="training records (LLaVA conversations, .json or .jsonl)")
-    run.add_argument("--media-root", help="folder media paths are relative to (default: the data file's folder)")
-    run.add_argument("--output-dir", help="log.jsonl, checkpoint-STEP/, final/, loss.png go here")
-    run.add_argument("--eval-data", help="evaluation records (same format)")
-    run.add_argument("--init-from", help="a previous run's final/ to start the projector from (stage 1 -> 2)")
-
-    how = parser.add_argument_group("recipe")
-    how.add_argument("--stage", type=int, choices=(1, 2), default=d["stage"],
-                     help="1: projector only; 2: LoRA on the LLM + projector (default %(default)s)")
-    how.add_argument("--max-steps", type=int, default=d["max_steps"], help="optimizer steps (default %(default)s)")
-    how.add_argument("--batch-size", type=int, default=d["batch_size"], help="samples per process per micro-batch")
-    how.add_argument("--grad-accum", type=int, default=d["grad_accum"], help="micro-batches per optimizer step")
-    how.add_argument("--lr", type=float, help="LoRA lr in stage 2 (default 2e-4); the projector's when "
-                                              "--projector-lr is not given (stage 1 default 1e-3)")
-    how.add_argument("--projector-lr", type=float, help="projector lr (default: --lr, else 1e-3 stage 1 / 2e-5 stage 2)")
-    how.add_argument("--lora-r", type=int, default=d["lora_r"])
-    how.add_argument("--lora-alpha", type=int, default=d["lora_alpha"])
-    how.add_argument("--lora-dropout", type=float, default=d["lora_dropout"])
-    how.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    how.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"])
-    how.add_argument("--max-grad-norm", type=float, default=d["max_grad_norm"])
-    how.add_argument("--seed", type=int, default=d["seed"])
-    how.add_argument("--train-new-token-embeddings", action="store_true",
-                     help="train the embedding rows of <image>/<video> when they were added to the tokenizer")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--projector-type", default=d["projector_type"], help="linear, mlp2x_gelu, ... (default %(default)s)")
-    model.add_argument("--num-frames", type=int, default=d["num_frames"], help="frames per raw video")
-    model.add_argument("--max-length", type=int, default=d["max_length"], help="longest sequence, visual tokens included")
-    model.add_argument("--pool-stride", type=int, default=d["pool_stride"])
-    model.add_argument("--pool-mode", default=d["pool_mode"], choices=("average", "max", "bilinear"))
-    model.add_argument("--select-layer", type=int, default=d["select_layer"], help="tower layer (default %(default)s)")
-    model.add_argument("--video-newline", default=d["video_newline"], choices=("no_token", "one_token", "frame", "grid"))
-    model.add_argument("--image-grid-pinpoints", type=_pinpoints, default=None, metavar="default|JSON",
-                       help='anyres images (LLaVA-NeXT tiling): "default" for LLaVA-NeXT\'s canvases, or a JSON '
-                            'list of [height, width] pairs, e.g. "[[336, 672], [672, 336], [672, 672]]"')
-    model.add_argument("--anyres-convention", default=d["anyres_convention"], choices=("transformers", "llava"),
-                       help="pinpoint order and unpadding rule (default %(default)s)")
-    model.add_argument("--model-dtype", default=d["model_dtype"], choices=("float32", "bfloat16", "float16"),
-                       help="dtype of the frozen tower and base LLM")
-
-    runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--mixed-precision", default=d["mixed_precision"], choices=("no", "bf16", "fp16"))
-    runtime.add_argument("--gradient-checkpointing", action="store_true")
-    runtime.add_argument("--save-every", type=int, default=d["save_every"], help="checkpoint every N steps (0: never)")
-    runtime.add_argument("--keep-last", type=int, default=d["keep_last"], help="checkpoints to keep")
-    runtime.add_argument("--eval-every", type=int, default=d["eval_every"], help="evaluate every N steps (0: at the end)")
-    runtime.add_argument("--num-workers", type=int, default=d["num_workers"], help="data loader processes")
-    runtime.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
-    runtime.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    export = parser.add_argument_group("export instead of training")
-    export.add_argument("--merge", metavar="TRAINED_DIR", help="merge the LoRA of a trained folder into the LLM")
-    export.add_argument("--merge-output", metavar="DIR", help="where the merged model goes (with --merge)")
-    export.add_argument("--llava-next-video", metavar="DIR",
-                        help="also write transformers' LlavaNextVideoForConditionalGeneration layout (with --merge)")
+__all__ = ["add_arguments", "config_from_args", "field_docs", "run"]
 
 
 def _pinpoints(text: str) -> list[list[int]]:
@@ -99,19 +49,104 @@ def _pinpoints(text: str) -> list[list[int]]:
     return value
 
 
+# field -> (text parser, metavar) for fields that are not a plain int, float, str, bool or tuple[str, ...]
+_PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "image_grid_pinpoints": (_pinpoints, "default|JSON"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of the dataclass `cls`, whitespace collapsed.
+
+    Example:
+        >>> field_docs(TrainConfig)["grad_accum"]
+        'Micro-batches per optimizer step.'
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None  # a required field: checked in `config_from_args`, so that `--merge` can go alone
+
+
+def _without_none(hint: Any) -> Any:
+    """`X` of `X | None`; `hint` itself otherwise."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
+def _argument(field: dataclasses.Field, hint: Any, doc: str) -> tuple[str, dict[str, Any]]:
+    """`add_argument`'s flag and keyword arguments for one config field.
+
+    Raises:
+        TypeError: for a field type the CLI cannot parse (give it a parser in `_PARSERS`).
+    """
+    default = _default(field)
+    kwargs: dict[str, Any] = {"default": default, "dest": field.name}
+    hint = _without_none(hint)
+    if field.name in _PARSERS:
+        kwargs["type"], kwargs["metavar"] = _PARSERS[field.name]
+    elif hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif hint in (int, float, str):
+        kwargs["type"] = hint
+    elif typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        kwargs["type"], kwargs["nargs"] = typing.get_args(hint)[0], "+"
+    else:
+        raise TypeError(f"TrainConfig.{field.name}: no flag for type {hint!r}; add a parser to _PARSERS")
+    if "choices" in field.metadata:
+        kwargs["choices"] = field.metadata["choices"]
+    shown = f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
+    kwargs["help"] = doc.replace("%", "%%") + (shown if default is not None else "")  # argparse formats help with %
+    return _flag(field.name), kwargs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainConfig` field (in field order), then the export flags."""
+    hints = typing.get_type_hints(TrainConfig)
+    docs = field_docs(TrainConfig)
+    fields = parser.add_argument_group("training (the fields of vlm_vision.TrainConfig)")
+    for field in dataclasses.fields(TrainConfig):
+        flag, kwargs = _argument(field, hints[field.name], docs.get(field.name, ""))
+        fields.add_argument(flag, **kwargs)
+
+    export = parser.add_argument_group("export instead of training")
+    export.add_argument("--merge", metavar="TRAINED_DIR", help="merge the LoRA of a trained folder into the LLM")
+    export.add_argument("--merge-output", metavar="DIR", help="where the merged model goes (with --merge)")
+    export.add_argument("--llava-next-video", metavar="DIR",
+                        help="also write transformers' LlavaNextVideoForConditionalGeneration layout (with --merge)")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build the `TrainConfig` of parsed flags.
 
     Raises:
         ValueError: naming the required flags that are missing.
     """
-    missing = [f"--{name.replace('_', '-')}" for name in _REQUIRED if not getattr(args, name)]
+    fields = dataclasses.fields(TrainConfig)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [_flag(name) for name in required if not getattr(args, name)]
     if missing:
         raise ValueError(f"missing required flags for training: {' '.join(missing)}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["progress"] = not args.no_progress
-    return TrainConfig(**values)
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         out = merge_trained(args.merge, args.merge_output, llava_next_video_dir=args.llava_next_video)
         print(f"merged model written to {out}")
         return 0
-    from vlm_vision.train import train
+    from vlm_vision.training import train
 
     try:
         config = config_from_args(args)

@@ -38,9 +38,10 @@ def test_every_public_name_is_its_module_object(name):
 
 
 def test_functions_named_like_their_modules_stay_functions():
-    # Importing vlm_vision.train / vlm_vision.clip_loss sets the submodule on the package; the public
-    # functions of the same names must win, in a fresh interpreter where nothing was resolved yet.
-    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.clip_loss, vlm_vision.train\n"
+    # Importing vlm_vision.clip_loss sets the submodule on the package; the public functions of the
+    # same names must win, in a fresh interpreter where nothing was resolved yet. (The training loop
+    # lives in vlm_vision.training, so no module is named train.)
+    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.clip_loss, vlm_vision.training\n"
             "import vlm_vision\n"
             "from vlm_vision import train, clip_loss\n"
             "print(type(train).__name__, type(clip_loss).__name__, type(vlm_vision.train).__name__)")

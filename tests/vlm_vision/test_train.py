@@ -23,12 +23,9 @@ from tests.vlm_vision.train_fixtures import (
     write_llm_folder,
     write_tower_folder,
 )
-from vlm_vision.train import (
-    TrainConfig,
-    cosine_schedule,
-    micro_batch_indices,
-    train,
-)
+from vlm_vision import TrainConfig, train
+from vlm_vision.train_order import micro_batch_indices
+from vlm_vision.train_params import cosine_schedule
 from vlm_vision.trained import load_llm, load_trained, merge_trained
 
 FRAMES = 4
@@ -53,19 +50,19 @@ def config(parts, out: Path, **overrides) -> TrainConfig:
 
 def train_capturing(cfg: TrainConfig):
     """`train(cfg)`, also returning its `_Run` and a copy of every parameter as it was before step 1."""
-    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
-    captured, original = {}, train_module._setup
+    train_module = importlib.import_module("vlm_vision.training")
+    captured, original = {}, train_module.setup
 
     def spy(cfg, log, main):
         captured["run"] = run = original(cfg, log, main)
         captured["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
         return run
 
-    train_module._setup = spy
+    train_module.setup = spy
     try:
         final = train(cfg)
     finally:
-        train_module._setup = original
+        train_module.setup = original
     return final, captured["run"], captured["before"]
 
 
@@ -207,23 +204,23 @@ class _Crash(Exception):
 
 
 def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch):
-    train_module = importlib.import_module("vlm_vision.train")  # the module; vlm_vision.train is the function
+    train_module = importlib.import_module("vlm_vision.training")
 
     straight = tmp_path / "straight"
     train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3))
 
     # The same run, killed right after writing checkpoint-3 ...
     resumed = tmp_path / "resumed"
-    original = train_module._save_checkpoint
+    original = train_module.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise _Crash
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3))
-    monkeypatch.setattr(train_module, "_save_checkpoint", original)
+    monkeypatch.setattr(train_module, "save_checkpoint", original)
     # ... (a log line written after the checkpoint must not survive the resume) ...
     with (resumed / "log.jsonl").open("a") as f:
         f.write(json.dumps({"step": 4, "loss": 123.0, "lr": 0.0}) + "\n")
@@ -332,7 +329,9 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
 
 def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
     """The training loss runs the LM head only where a label follows: same loss, same gradients."""
-    from vlm_vision.train import RunLog, _setup, _takes_logits_to_keep, labelled_loss, model_inputs
+    from vlm_vision.train_log import RunLog
+    from vlm_vision.train_loss import _takes_logits_to_keep, labelled_loss, model_inputs
+    from vlm_vision.train_setup import setup as _setup
 
     out = tmp_path / "ll"
     out.mkdir()
@@ -361,7 +360,7 @@ def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
 def test_llms_without_logits_to_keep_get_the_plain_call():
     from torch import nn
 
-    from vlm_vision.train import _takes_logits_to_keep
+    from vlm_vision.train_loss import _takes_logits_to_keep
 
     class Plain(nn.Module):
         def forward(self, inputs_embeds=None, attention_mask=None, labels=None):

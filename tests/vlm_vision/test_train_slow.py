@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
-from vlm_vision.train import TrainConfig, train
+from vlm_vision import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 REPO = Path(__file__).resolve().parents[2]

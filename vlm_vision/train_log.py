@@ -1,0 +1,74 @@
+"""The run's record in its output folder: `log.jsonl`, `skipped.jsonl` and the `loss.png` plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlm_vision.train_data import Skipped
+
+__all__ = ["RunLog", "plot_loss"]
+
+logger = logging.getLogger("vlm_vision.train")
+
+
+class RunLog:
+    """`log.jsonl` (one line per optimizer step and per evaluation) and `skipped.jsonl`."""
+
+    def __init__(self, output_dir: Path, enabled: bool):
+        self.path = output_dir / "log.jsonl"
+        self.skipped_path = output_dir / "skipped.jsonl"
+        self.enabled = enabled
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def skipped(self, items: Sequence[Skipped], where: str) -> None:
+        for s in items:
+            logger.warning("skipped sample %s (%s): %s", s.id, where, s.reason)
+        with self.skipped_path.open("a") as f:  # every process appends its own runtime skips
+            for s in items:
+                f.write(json.dumps({"id": s.id, "reason": s.reason, "where": where}) + "\n")
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, step: int) -> None:
+        """Drop lines after `step` (a resumed run rewrites them), atomically."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [e for e in self.entries() if e["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        tmp.replace(self.path)
+
+
+def plot_loss(entries: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Draw training (and evaluation) loss against step into `path` (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in entries if "loss" in e]
+    evals = [(e["step"], e["eval_loss"]) for e in entries if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,117 @@
+"""From examples to the loss: the padded model inputs of a batch, the labelled loss, evaluation.
+
+Shapes: B batch, L sequence, K kept positions, V vocabulary (logits) or videos (lists), I images,
+P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_vision.train_data import IGNORE_INDEX, ConversationDataset, Example, pad_batch
+
+__all__ = ["evaluate", "labelled_loss", "model_inputs", "to_device"]
+
+
+def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
+                 pool_stride: int = 2, pool_mode: str = "average") -> dict[str, Any]:
+    """A padded batch in `VisionLanguageModel.forward`'s arguments.
+
+    Media stay in prompt order: images as float[I, 3, S, S] (anyres: a list of each image's crops
+    float[P_i, 3, S, S] and `image_sizes` long[I, 2]); videos as a list of frames
+    float[T, 3, S, S] (`pixel_values_videos`), or, when any video of the batch is cached, a list of
+    pooled tower tokens float[T, N', D_v] (`video_features`; raw videos in that batch are encoded
+    here with the frozen `tower`).
+    """
+    from vlm_vision.fusion import encode_videos
+
+    batch: dict[str, Any] = pad_batch(examples, pad_token_id)
+    images = [e for e in examples if e.media_kind == "image"]
+    videos = [e for e in examples if e.media_kind in ("video", "video_features")]
+    if images and images[0].image_size is not None:  # anyres: crops per image, and the images' sizes
+        batch["pixel_values"] = [e.media for e in images]  # I x (P_i, 3, S, S)
+        batch["image_sizes"] = torch.tensor([e.image_size for e in images], dtype=torch.long)  # (I, 2)
+    elif images:
+        batch["pixel_values"] = torch.cat([e.media for e in images])  # (I, 3, S, S)
+    if videos and all(e.media_kind == "video" for e in videos):
+        batch["pixel_values_videos"] = [e.media for e in videos]  # V x (T, 3, S, S)
+    elif videos:
+        with torch.no_grad():
+            batch["video_features"] = [
+                e.media if e.media_kind == "video_features"
+                else encode_videos(tower, [e.media.to(tower.device)], stride=pool_stride, mode=pool_mode)[0]
+                for e in videos]  # V x (T, N', D_v)
+    return batch
+
+
+def labelled_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """`model(**batch).loss`, with the LM head run only where a label follows.
+
+    A LLaVA batch is mostly visual tokens, and they carry no label: 32 frames give 4608 visual
+    positions for a few dozen answer tokens. The loss is the same mean next-token cross-entropy
+    over the labelled tokens. Only the logits of positions whose next token has a label in some
+    sample are computed (`logits_to_keep`), instead of a float[B, L, V] tensor and its gradient
+    (1.2 GB in float32 for 4673 positions of a 32k vocabulary). LLMs whose forward has no
+    `logits_to_keep` get the plain call.
+    """
+    from vlm_vision.fusion import mask_labels
+
+    base = getattr(model, "module", model)  # under DDP
+    if not _takes_logits_to_keep(base.llm):
+        return model(**batch).loss
+    labels = mask_labels(batch["labels"], batch["input_ids"], base._placeholder_ids())  # (B, L)
+    targets = labels[:, 1:]  # (B, L-1): position j predicts token j+1
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
+    if keep.numel() == 0:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep).logits  # (B, K, V)
+    return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, keep].flatten(),  # (B*K, V), (B*K,)
+                                       ignore_index=IGNORE_INDEX)
+
+
+def _takes_logits_to_keep(llm: nn.Module) -> bool:
+    core = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return _forward_takes_logits_to_keep(type(core))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    # once per class, not on every training step
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`batch` with its tensors (and lists of tensors) moved to `device`."""
+    return {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: ConversationDataset, accelerator: Any, batch_size: int,
+             pad_token_id: int, pool_stride: int, pool_mode: str) -> float:
+    """Token-weighted mean loss over `dataset` (each process takes every Nth sample)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, device=accelerator.device)  # (loss sum, tokens)
+    mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    for start in range(0, len(mine), batch_size):
+        examples = [dataset[i] for i in mine[start: start + batch_size]]
+        examples = [e for e in examples if isinstance(e, Example)]
+        if not examples:
+            continue
+        batch = to_device(model_inputs(examples, pad_token_id, model.tower, pool_stride=pool_stride,
+                                       pool_mode=pool_mode), accelerator.device)
+        with accelerator.autocast():
+            loss = labelled_loss(model, batch)
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        total += torch.stack([loss.float() * tokens, tokens.float()])
+    model.train(was_training)
+    total = accelerator.reduce(total, reduction="sum")
+    return float(total[0] / total[1].clamp(min=1))

@@ -1,0 +1,158 @@
+"""Setting up a run: the model (tower, projector, LLM, LoRA), what trains, and the datasets.
+
+Why a bad sample never stops a run: records are checked when the dataset is built (missing media,
+visual spans past `max_length`, empty conversations), and the survivors only can fail at decode
+time (see `vlm_vision.train_order`). Every skip is logged with its reason and written to
+`skipped.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_vision.train_config import TrainConfig
+from vlm_vision.train_data import ConversationDataset, VisualSpec, read_records, scan_records
+from vlm_vision.train_log import RunLog, logger
+from vlm_vision.train_params import mark_trainable
+from vlm_vision.trained import (
+    DTYPES,
+    TrainedSpec,
+    absolute_if_local,
+    build_base,
+    load_tokenizer,
+    load_trained_weights,
+)
+
+__all__ = ["Run", "setup"]
+
+
+@dataclasses.dataclass
+class Run:
+    """What `setup` built: the model, its processor and spec, the datasets, the trainable parameters."""
+
+    model: nn.Module
+    processor: Any
+    spec: TrainedSpec
+    dataset: ConversationDataset
+    eval_dataset: ConversationDataset | None
+    trainable: dict[str, int]
+
+
+def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+    rows, cols = model.pooled_grid
+    return VisualSpec(token_ids={"image": processor.image_token_id, "video": processor.video_token_id},
+                      video_tokens=model.video_tokens, image_tokens=model.image_tokens,
+                      tokens_per_frame=rows * cols, num_frames=num_frames,
+                      anyres_tokens=model.num_image_tokens if model.image_grid_pinpoints is not None else None)
+
+
+def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
+             log: RunLog, main: bool) -> ConversationDataset:
+    from video import VideoDecodeError
+
+    root = Path(media_root) if media_root else Path(path).parent
+    visual = _visual_spec(model, processor, config.num_frames)
+    records, skipped = scan_records(read_records(path), root, processor.tokenizer, visual, config.max_length)
+    if main:
+        if skipped:
+            log.skipped(skipped, f"scan of {path}")
+        reasons = Counter(s.reason.split(":")[0] for s in skipped)
+        logger.info("%s: %d samples kept, %d skipped %s", path, len(records), len(skipped), dict(reasons))
+    if not records:
+        raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
+                         f"(first reasons: {[s.reason for s in skipped[:3]]})")
+    load_anyres = None
+    if model.image_grid_pinpoints is not None:
+        load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,
+                                        grid_pinpoints=model.image_grid_pinpoints, convention=model.anyres_convention)
+    return ConversationDataset(
+        records, processor.tokenizer, visual, max_length=config.max_length,
+        load_video=functools.partial(_video_frames, num_frames=config.num_frames), load_cached=_cached_tokens,
+        transform=model.tower.image_transform, load_anyres=load_anyres, decode_errors=(VideoDecodeError,))
+
+
+# Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
+def _video_frames(path: Path, num_frames: int) -> torch.Tensor:
+    from video import load_video
+
+    return load_video(path, num_frames=num_frames).frames  # (T, H, W, 3) uint8
+
+
+def _anyres_crops(path: Path, transform: Any, grid_pinpoints: Sequence[Sequence[int]],
+                  convention: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    from vlm_vision.anyres import anyres_pixel_values
+
+    return anyres_pixel_values(path, transform, grid_pinpoints=grid_pinpoints, tile_size=transform.image_size,
+                               convention=convention)  # (P, 3, S, S), (H, W)
+
+
+def _cached_tokens(path: Path) -> torch.Tensor:
+    from video import load_video_tokens
+
+    return load_video_tokens(path).tokens  # (T, N', D)
+
+
+def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
+    """Build the model and datasets of `config`; `main` logs the scan's skips (the main process)."""
+    dtype = DTYPES[config.model_dtype]
+    tokenizer = load_tokenizer(config.llm)
+    spec = TrainedSpec(llm=absolute_if_local(config.llm), tower=absolute_if_local(config.tower),
+                       projector_type=config.projector_type, vocab_size=0, new_token_ids=[],
+                       image_token_id=None, video_token_id=None, select_layer=config.select_layer,
+                       pool_stride=config.pool_stride, pool_mode=config.pool_mode,
+                       video_newline=config.video_newline, num_frames=config.num_frames, stage=config.stage,
+                       image_grid_pinpoints=config.image_grid_pinpoints, anyres_convention=config.anyres_convention,
+                       train=dataclasses.asdict(config))
+    model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
+    spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id
+    spec.new_token_ids = sorted(tokenizer.convert_tokens_to_ids(t) for t in processor.added_tokens)
+    spec.vocab_size = model.llm.get_input_embeddings().num_embeddings
+    if config.init_from:
+        _init_from(model, config.init_from, spec)
+    # Trainable weights live in float32 whatever the frozen parts' dtype (autocast computes in bf16/fp16).
+    model.projector.float()
+    if config.uses_newline:
+        model.image_newline.data = model.image_newline.data.float()
+    if config.gradient_checkpointing:
+        if hasattr(model.llm, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.llm.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.enable_input_require_grads()
+    model.llm.config.use_cache = False
+    if config.stage == 2:
+        from peft import LoraConfig, get_peft_model
+
+        spec.lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                     "targets": list(config.lora_targets)}
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
+        model.llm = get_peft_model(model.llm, lora)
+    trainable = mark_trainable(model, config, spec.new_token_ids)
+    dataset = _dataset(config.data, config.media_root, model, processor, config, log, main)
+    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main) \
+        if config.eval_data else None
+    return Run(model, processor, spec, dataset, eval_dataset, trainable)
+
+
+def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:
+    init = TrainedSpec.read(folder)
+    mismatched = {k: (getattr(init, k), getattr(spec, k)) for k in
+                  ("projector_type", "vocab_size", "image_token_id", "video_token_id", "pool_stride", "pool_mode",
+                   "video_newline")
+                  if getattr(init, k) != getattr(spec, k)}
+    if mismatched:
+        raise ValueError(f"init_from {folder} was trained with other settings (theirs, ours): {mismatched}")
+    if init.lora is not None:
+        raise ValueError(f"init_from {folder} holds a LoRA adapter; merge it first (merge_trained) and train "
+                         f"on the merged LLM")
+    load_trained_weights(model, folder, init)
+

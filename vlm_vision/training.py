@@ -1,0 +1,164 @@
+"""Training: stage 1 fits the projector, stage 2 adds LoRA on the LLM; the tower never trains.
+
+LLaVA-1.5's two-stage recipe (`vlm_vision.train_config`). The loop is plain: setup -> for each
+optimizer step, `grad_accum` micro-batches -> save. Each piece has its own module:
+
+    train_config      TrainConfig: every setting, its default and its docstring (the CLI's flags)
+    train_setup       the model, LoRA, what trains, the datasets
+    train_params      what trains, AdamW groups, the learning-rate schedule
+    train_order       which samples each process reads at each micro-batch; bad samples replaced
+    train_loss        padded model inputs, the labelled loss, evaluation
+    train_log         log.jsonl, skipped.jsonl, loss.png
+    train_checkpoint  checkpoint-STEP/ save, prune, resume
+    train_runtime     accelerate's Accelerator for a config, and its release
+
+Why resuming is exact: the data order is a pure function of (seed, epoch), so the position is
+just the number of micro-batches consumed; a checkpoint stores the trainable weights, the
+optimizer, the scheduler and every process's RNG state, and the data loader draws no numbers from
+the global RNG. A resumed run then replays the same batches with the same dropout masks as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
+from vlm_vision.train_config import TrainConfig
+from vlm_vision.train_log import RunLog, plot_loss
+from vlm_vision.train_loss import evaluate, labelled_loss, model_inputs, to_device
+from vlm_vision.train_order import micro_batches
+from vlm_vision.train_params import cosine_schedule, param_groups, print_trainable
+from vlm_vision.train_runtime import make_accelerator, release_accelerator_state
+from vlm_vision.train_setup import setup
+from vlm_vision.trained import atomic_dir, load_trained_weights, save_trained
+
+__all__ = ["train"]
+
+
+def train(config: TrainConfig) -> Path:
+    """Run one training stage and return its `final/` folder.
+
+    Writes into `config.output_dir`: `log.jsonl`, `skipped.jsonl`, `checkpoint-STEP/` every
+    `save_every` steps (the last `keep_last` kept), `final/` (see `vlm_vision.trained`) and
+    `loss.png`. Launch on several GPUs or machines with `accelerate launch`.
+
+    Raises:
+        ValueError: for an output folder that already holds a run (without `resume`), a resume with
+            changed settings, or data with no usable sample.
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(config)
+    main = accelerator.is_main_process
+    out = Path(config.output_dir)
+    log = RunLog(out, enabled=main)
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    # Every process checks (and raises), so none is left waiting for the others.
+    if not config.resume and (log.path.exists() or latest_checkpoint(out) is not None):
+        raise ValueError(f"{out} already holds a run (log.jsonl or checkpoints); pass resume=True "
+                         f"(--resume) to continue it, or choose another output_dir")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    # ----- setup
+    set_seed(config.seed)
+    run = setup(config, log, main)
+    model = run.model
+    if main:
+        print_trainable(model, run.trainable)
+    optimizer = torch.optim.AdamW(param_groups(model, config), betas=(0.9, 0.999))
+    scheduler = cosine_schedule(optimizer, config.max_steps, config.warmup_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    # Checkpoints hold only the trainable weights (written by `save_trained`), not the whole model.
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+    unwrapped = accelerator.unwrap_model(model)
+
+    step, position = 0, 0
+    if checkpoint is not None:
+        step, position = read_state(checkpoint, config)
+        load_trained_weights(unwrapped, checkpoint, run.spec)
+        accelerator.load_state(str(checkpoint))
+        log.truncate(step)
+        if main:
+            print(f"resumed from {checkpoint} at step {step}")
+    elif config.resume and main:
+        print(f"no checkpoint in {out}; starting from step 0")
+
+    pad_id = run.processor.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = run.processor.tokenizer.eos_token_id
+    batches = micro_batches(run.dataset, start=position, batch_size=config.batch_size,
+                            num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                            seed=config.seed, num_workers=config.num_workers)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run_eval() -> None:
+        if run.eval_dataset is None:
+            return
+        eval_loss = evaluate(unwrapped, run.eval_dataset, accelerator, config.batch_size, pad_id,
+                             config.pool_stride, config.pool_mode)
+        log.write({"step": step, "eval_loss": eval_loss})
+        if main:
+            print(f"step {step}: eval_loss {eval_loss:.4f}")
+
+    # ----- loop
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.max_steps, initial=step, disable=not (main and config.progress), desc="train")
+    model.train()
+    while step < config.max_steps:
+        started = time.perf_counter()
+        losses, tokens = [], torch.zeros((), device=accelerator.device)
+        for _ in range(config.grad_accum):
+            examples, skipped = next(batches)
+            position += 1
+            if skipped:
+                log.skipped(skipped, f"step {step + 1}")
+            batch = to_device(model_inputs(examples, pad_id, unwrapped.tower, pool_stride=config.pool_stride,
+                                           pool_mode=config.pool_mode), accelerator.device)
+            with accelerator.accumulate(model):
+                loss = labelled_loss(model, batch)
+                accelerator.backward(loss)
+            losses.append(loss.detach().float())
+            tokens += batch["attention_mask"].sum()
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        step_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+        tokens_per_s = float(accelerator.reduce(tokens, reduction="sum")) / (time.perf_counter() - started)
+        lr = lrs.get("lora", lrs.get("projector", next(iter(lrs.values()))))
+        log.write({"step": step, "loss": step_loss, "lr": lr, "projector_lr": lrs.get("projector", lr),
+                   "tokens_per_s": round(tokens_per_s, 1)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+        if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+            run_eval()
+        if config.save_every and step % config.save_every == 0:
+            save_checkpoint(accelerator, unwrapped, run.processor, run.spec, config, out, step, position)
+    bar.close()
+
+    # ----- save
+    final = out / "final"
+    if main:
+        with atomic_dir(final) as tmp:
+            save_trained(unwrapped, run.processor, run.spec, tmp)
+    accelerator.wait_for_everyone()
+    run_eval()
+    if main:
+        plot_loss(log.entries(), out / "loss.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    release_accelerator_state()
+    return final

@@ -17,7 +17,7 @@ from tests.vlm_vision.train_fixtures import (
     write_llm_folder,
     write_tower_folder,
 )
-from vlm_vision.train import TrainConfig, train
+from vlm_vision import TrainConfig, train
 from vlm_vision.trained import load_trained
 
 FRAMES = 4

@@ -39,11 +39,15 @@ that really decode returns another frame's pixels or never returns (dmlc/decord#
 This file is loaded by path (`python -c <loader> this_file FD`, which calls `main(FD)`), never
 imported as part of the `video` package: it needs only PyAV and numpy, so the process starts in a
 fraction of a second without importing torch. It speaks a small protocol over one stream socket,
-one request at a time. Messages are length-prefixed pickles (`send_message` / `recv_message`,
-also used by the parent); frame pixels follow their header as raw bytes, so the parent receives
-them straight into the output array:
+one request at a time. Messages are length-prefixed JSON arrays (`send_message` /
+`recv_message`, also used by the parent); frame pixels follow their header as raw bytes, so the
+parent receives them straight into the output array. Nothing is unpickled on either side: this
+process parses untrusted media, and a reply must never be able to make the parent run code. A
+reply that is not a JSON array of plain values (a pickle, say) is refused with `ValueError`:
 
-    ("open", path, backend)     -> ("meta", {"num_frames", "fps", "keyframes"}); backend is
+    ("open", path, backend)     -> ("meta", {"num_frames", "fps", "keyframes", "declared_frames"}):
+                                   the packets found, and the count the header declares (None
+                                   if it declares neither count nor duration); backend is
                                    "exact" (PyAV, `Video`) or "decord" (`DecordVideo`)
     ("frames", indices)         -> per index, in any order, ("frame", k, shape) + the RGB bytes;
                                    then ("done",), or ("short", n) when only n frames decode
@@ -58,8 +62,8 @@ Any request may instead get ("error", kind, message): the exception's class name
 from __future__ import annotations
 
 import bisect
+import json
 import os
-import pickle
 import socket
 import struct
 from collections.abc import Iterator
@@ -74,9 +78,12 @@ _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
 _SEEK_THREADS = "SLICE" if _CORES <= 2 else "AUTO"
 
 
-def send_message(sock: socket.socket, message: object) -> None:
-    """Send one picklable object, prefixed by its length."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+_MAX_MESSAGE = 1 << 26  # 64 MiB: far above any header or frame-index list; a longer length is garbage
+
+
+def send_message(sock: socket.socket, message: tuple | list) -> None:
+    """Send one message, a tuple of JSON values, prefixed by its length."""
+    data = json.dumps(message, allow_nan=True).encode("utf-8")
     sock.sendall(_HEADER.pack(len(data)) + data)
 
 
@@ -89,13 +96,27 @@ def recv_into(sock: socket.socket, view: memoryview) -> None:
         view = view[received:]
 
 
-def recv_message(sock: socket.socket) -> object:
-    """Receive one object sent by `send_message`."""
+def recv_message(sock: socket.socket) -> tuple:
+    """Receive one message sent by `send_message`, as a tuple.
+
+    Raises:
+        ValueError: the bytes are not a length-prefixed JSON array (e.g. a pickle), or the length
+            is implausible; the conversation cannot go on.
+    """
     header = bytearray(_HEADER.size)
     recv_into(sock, memoryview(header))
-    data = bytearray(_HEADER.unpack(header)[0])
+    size = _HEADER.unpack(header)[0]
+    if size > _MAX_MESSAGE:
+        raise ValueError(f"decoder message of {size} bytes announced, more than {_MAX_MESSAGE}: not our protocol")
+    data = bytearray(size)
     recv_into(sock, memoryview(data))
-    return pickle.loads(data)
+    try:
+        message = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"decoder message is not JSON ({error}); first bytes {bytes(data[:16])!r}") from None
+    if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        raise ValueError(f"decoder message is not a list starting with its kind: {str(message)[:80]}")
+    return tuple(message)
 
 
 class _Short(Exception):
@@ -136,6 +157,7 @@ class Video:
                 elif length_size and _is_disposable(memoryview(packet), length_size):
                     disposable_stamps.append(packet.pts)
             time_base = stream.time_base
+            self.declared_frames = _declared_frames(stream, self.fps)
         if not stamps:
             raise ValueError("the video stream has no packets")
         self.num_frames = len(stamps)
@@ -306,6 +328,19 @@ class Video:
                 yield k, frames[0]
 
 
+def _declared_frames(stream, fps: float) -> int | None:
+    """The frame count the container's header declares for `stream` (a PyAV stream), None if unknown.
+
+    A download cut short still declares the whole video (MP4's sample table) while fewer packets
+    follow. Without a count (MKV, WebM) the stream's declared duration times `fps` stands in.
+    """
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base and fps:
+        return round(float(stream.duration * stream.time_base) * fps)
+    return None
+
+
 def _avcc_length_size(codec) -> int | None:
     """Bytes in the NAL unit length prefix of an H.264 stream stored as AVCC (MP4, MKV), else None."""
     extradata = codec.extradata
@@ -361,6 +396,7 @@ class DecordVideo:
         )
         self.num_frames = len(self.reader)
         self.fps = float(self.reader.get_avg_fps())
+        self.declared_frames = _header_frames(path)  # decord counts the packets it can read
         self.keyframes = [int(k) for k in self.reader.get_key_indices()]
         self._exact: Video | None = None
 
@@ -396,6 +432,18 @@ class DecordVideo:
         reader.seek(0)  # decord keeps decoded buffers until a seek (dmlc/decord#208); LLaVA-NeXT does the same
         del reader
         yield from enumerate(batch)
+
+
+def _header_frames(path: str) -> int | None:
+    """`_declared_frames` of the file's best video stream, reading its header only."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.best("video")
+        if stream is None:
+            return None
+        rate = stream.average_rate or stream.guessed_rate
+        return _declared_frames(stream, float(rate) if rate else 0.0)
 
 
 def _decord_call(what: str, function, *args, **kwargs):
@@ -463,7 +511,8 @@ def serve(sock: socket.socket) -> None:
             if op == "open":
                 video = None  # drop the previous file first
                 video = DecordVideo(request[1]) if request[2] == "decord" else Video(request[1])
-                meta = {"num_frames": video.num_frames, "fps": video.fps, "keyframes": video.keyframes}
+                meta = {"num_frames": video.num_frames, "fps": video.fps, "keyframes": video.keyframes,
+                        "declared_frames": video.declared_frames}
                 send_message(sock, ("meta", meta))
             elif op in ("frames", "keyframes", "check"):
                 try:

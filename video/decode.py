@@ -34,6 +34,14 @@ returns (#373), so before decord decodes, the exact decoder checks that the last
 exists (about one keyframe interval of decoding). Either way, `load_video` then samples again
 from the frames that do decode, and warns; `num_total_frames` and `duration` describe those.
 
+That tolerance is small on purpose (`missing_frames_allowed`: 2 frames or 2% of the declared
+count, whichever is more). An MP4 whose download was cut short still declares the whole video in
+its header (frame count and duration) while its packets stop early: sampled as it is, the clip
+would cover its first seconds and be captioned as the whole. `load_video` compares the frames
+that decode with what the header declares (its frame count, else the stream's duration times the
+rate) and raises `VideoDecodeError` naming both counts when more are missing; `allow_partial=True`
+samples from what decodes and marks the clip `partial`.
+
 `sampling="keyframe"` trades time accuracy for speed, with either backend: every target frame is
 replaced by its nearest keyframe (the backend's own keyframe list); the exact backend decodes
 each from its own packet alone (one intra frame instead of half a keyframe interval of frames).
@@ -72,7 +80,7 @@ from video.sampling import (
     uniform_indices,
 )
 
-__all__ = ["VideoClip", "VideoDecodeError", "load_video", "shutdown_worker"]
+__all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
 Sampling = Literal["exact", "keyframe"]
 Backend = Literal["exact", "decord"]
@@ -125,6 +133,10 @@ class VideoClip:
         timestamp_shift: per frame, seconds between the frame returned and the one asked for
             (returned minus asked; all zeros unless snapped).
         backend: the decoder that produced the frames, "exact" or "decord" (see `load_video`).
+        declared_frames: the frame count the container's header declares (from its duration
+            when it gives none); None when it declares neither.
+        partial: True when more frames are missing than `missing_frames_allowed` tolerates and
+            `allow_partial=True` let the clip through: the frames come from the part that decodes.
     """
 
     frames: torch.Tensor
@@ -138,6 +150,8 @@ class VideoClip:
     timestamp_shift: list[float] = field(default_factory=list)
     backend: Backend = "exact"
     presentation_times: list[float] = field(default_factory=list)
+    declared_frames: int | None = None
+    partial: bool = False
 
     def __post_init__(self) -> None:
         if not self.timestamp_shift:
@@ -152,6 +166,10 @@ class _Timeout(Exception):
 
 class _OutOfStep(VideoDecodeError):
     """The conversation with the worker cannot go on (bytes still in flight): it must be killed."""
+
+
+class _BadReply(Exception):
+    """The worker sent bytes that are not a message of our protocol (never unpickled: refused)."""
 
 
 class _Worker:
@@ -181,6 +199,8 @@ class _Worker:
             return _wire.recv_message(self.sock)
         except socket.timeout as error:
             raise _Timeout from error
+        except ValueError as error:  # not JSON, or an absurd length: the worker is not ours to trust
+            raise _BadReply(str(error)) from None
 
     def recv_frame(self, out: np.ndarray, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
@@ -313,6 +333,33 @@ def _plan(
     return indices, first, last
 
 
+def missing_frames_allowed(declared: int) -> int:
+    """Frames a file may declare and not decode before it counts as truncated: max(2, 2%).
+
+    Containers that list one or two frames that never decode are common (a broken last packet, an
+    edit list cutting one; tests/data/box.mp4). A file that decodes a quarter of what it declares
+    is a download cut short, and a clip sampled from it would describe its first seconds only.
+    """
+    return max(2, math.floor(0.02 * declared))
+
+
+def _check_complete(path: str, declared: int | None, decodable: int, native_fps: float, allow_partial: bool) -> bool:
+    """True when frames are missing beyond the tolerance and `allow_partial` accepts it.
+
+    Raises:
+        VideoDecodeError: frames are missing beyond the tolerance and `allow_partial` is False.
+    """
+    if declared is None or declared - decodable <= missing_frames_allowed(declared):
+        return False
+    if allow_partial:
+        return True
+    raise VideoDecodeError(
+        path, f"truncated: the container declares {declared} frames ({declared / native_fps:.2f} s) but only "
+              f"{decodable} decode ({decodable / native_fps:.2f} s), more than {missing_frames_allowed(declared)} "
+              f"missing (an incomplete download?); pass allow_partial=True (--allow-partial) to sample from the "
+              f"frames that decode")
+
+
 def _check_args(num_frames, fps, max_frames, sampling, timeout, backend) -> None:
     if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
@@ -339,6 +386,7 @@ def load_video(
     sampling: Sampling = "exact",
     timeout: float | None = 60.0,
     backend: Backend = "exact",
+    allow_partial: bool = False,
 ) -> VideoClip:
     """Decode sampled frames of a video file.
 
@@ -362,13 +410,18 @@ def load_video(
         backend: "exact" decodes with FFmpeg (PyAV) and checks every frame against the stream's
             timestamps; "decord" returns what decord's `VideoReader.get_batch` returns, as
             LLaVA-NeXT-Video's loader does, wrong frames included (module docstring).
+        allow_partial: accept a file that decodes fewer frames than its container declares by
+            more than `missing_frames_allowed` (max(2, 2%)): the clip is sampled from the frames
+            that decode and marked `partial=True`. By default such a file is an error.
 
     Returns:
         A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.
 
     Raises:
-        VideoDecodeError: the file is missing, not a video, has no video stream, is corrupt, or
-            the decoder hung or crashed; `.path` and `.reason` say which and why.
+        VideoDecodeError: the file is missing, not a video, has no video stream, is corrupt, is
+            truncated (fewer frames decode than its header declares, beyond the tolerance; both
+            counts in the reason), or the decoder hung or crashed; `.path` and `.reason` say
+            which and why.
         ValueError: bad arguments, or a time window outside the video.
 
     Example:
@@ -390,7 +443,7 @@ def load_video(
         worker = _get_worker()
         session = _Session(worker, path, timeout)
         try:
-            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend)
+            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial)
         except _Timeout:
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder made no progress for {timeout} s and was killed") from None
@@ -404,6 +457,10 @@ def load_video(
         except _OutOfStep as error:
             _drop_worker(kill=True)
             raise VideoDecodeError(path, error.reason) from None
+        except _BadReply as error:
+            _drop_worker(kill=True)
+            raise VideoDecodeError(path, f"the decoder process sent a reply outside its protocol, refused "
+                                         f"unread ({error})") from None
         except (VideoDecodeError, ValueError):  # a bad file or window; the worker is in step
             worker.videos += 1
             raise
@@ -414,11 +471,14 @@ def load_video(
         return clip
 
 
-def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -> VideoClip:
+def _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial) -> VideoClip:
     meta = session.open(backend)
     total, native_fps, keyframes = meta["num_frames"], meta["fps"], meta["keyframes"]
+    declared = meta["declared_frames"]
     if not (math.isfinite(native_fps) and native_fps > 0):
         raise VideoDecodeError(session.path, f"the video stream has no usable frame rate ({native_fps})")
+    # Packets missing from a file cut short are known before any decoding.
+    partial = _check_complete(session.path, declared, total, native_fps, allow_partial)
     for attempt in range(2):
         targets, first, last = _plan(total, native_fps, num_frames, fps, max_frames, start, end)
         indices, snapped = targets, False
@@ -441,6 +501,7 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -
             raise VideoDecodeError(
                 session.path, f"the container lists {total} frames but frame {unique[-1]} does not decode "
                               f"({decodable} do)")
+        partial = _check_complete(session.path, declared, decodable, native_fps, allow_partial) or partial
         warnings.warn(
             f"{session.path}: the container lists {total} frames but only {decodable} decode; sampling from those",
             stacklevel=3,
@@ -464,4 +525,6 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend) -
         timestamp_shift=[(i - t) / native_fps for i, t in zip(indices, targets)],
         backend=backend,
         presentation_times=[] if None in shown else shown,
+        declared_frames=declared,
+        partial=partial,
     )

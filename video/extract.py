@@ -79,6 +79,11 @@ class VideoTokens:
     presentation_times: list[float] | None = None
     """Each frame's time (s) from the container's timestamps; differs from `timestamps` on
     variable-frame-rate video (see `VideoClip.presentation_times`)."""
+    declared_frames: int | None = None
+    """The frame count the video's container declares (None: it declares none; see `VideoClip`)."""
+    partial: bool = False
+    """True when the video decodes fewer frames than it declares beyond the tolerance and
+    `allow_partial` let it through: the tokens describe only the part that decodes."""
 
     @property
     def num_frames(self) -> int:
@@ -105,6 +110,7 @@ def extract_video_tokens(
     model: str | None = None,
     random_weights: bool = False,
     backend: str = "exact",
+    allow_partial: bool = False,
 ) -> VideoTokens:
     """Sample a video's frames, encode each with the tower, and pool each frame's patch grid.
 
@@ -122,6 +128,8 @@ def extract_video_tokens(
         model: the label stored with the tokens (a Hub id or a path); defaults to the tower's class.
         random_weights: record that the tower's weights are random.
         backend: "exact" or "decord", the decoder (see `video.load_video`); recorded with the tokens.
+        allow_partial: accept a video that decodes fewer frames than it declares (see
+            `video.load_video`); recorded with the tokens (`partial`).
 
     Returns:
         `VideoTokens` with tokens float[T, N', D] in the tower's dtype, on the tower's device.
@@ -143,7 +151,7 @@ def extract_video_tokens(
         clip = video
     elif isinstance(video, (str, os.PathLike)):
         clip = load_video(video, num_frames=num_frames, fps=fps, max_frames=num_frames if fps else None,
-                          sampling=sampling, backend=backend)
+                          sampling=sampling, backend=backend, allow_partial=allow_partial)
     else:
         raise TypeError(f"video must be a path or a VideoClip, got {type(video).__name__}")
     frames = clip.frames.to(tower.device, non_blocking=True)  # (T, H, W, 3) uint8, on the tower's device
@@ -212,6 +220,8 @@ def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Modul
         timestamp_shift=None if clip.timestamp_shift is None else [float(s) for s in clip.timestamp_shift],
         presentation_times=[float(s) for s in clip.presentation_times],
         backend=clip.backend,
+        declared_frames=clip.declared_frames,
+        partial=bool(clip.partial),
     )
 
 
@@ -252,9 +262,13 @@ def save_video_tokens(tokens: VideoTokens, path: str | os.PathLike, *, extra: di
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`.
+
+    The temporary file is `.<name>.<pid>.<random>.tmp`: unique per process and write, and its
+    writer's pid tells a later clean-up whether the writer may still be alive.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -269,9 +283,25 @@ def write_atomic(path: Path, data: bytes) -> None:
 TMP_SUFFIX = ".tmp"
 
 
-def temporary_files(path: Path) -> list[Path]:
-    """Leftover temporary files of `write_atomic(path, ...)` (from an interrupted run)."""
-    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+def temporary_files(path: Path, *, stale_only: bool = False) -> list[Path]:
+    """Temporary files of `write_atomic(path, ...)`; with `stale_only`, only those whose writer
+    is not a live process on this machine (left by an interrupted run; safe to remove)."""
+    found = sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+    return [p for p in found if not _writer_alive(p, path.name)] if stale_only else found
+
+
+def _writer_alive(temporary: Path, name: str) -> bool:
+    """True when the pid in `.<name>.<pid>.<random>.tmp` is another live process."""
+    pid = temporary.name[len(name) + 2:].split(".", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

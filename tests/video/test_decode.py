@@ -66,6 +66,7 @@ def media(tmp_path_factory) -> dict[str, pathlib.Path]:
         "audio": make_audio_only(root / "audio.m4a"),
     }
     files["over"] = append_undecodable_packets(files["mp4"], root / "over.mp4", count=7)
+    files["over1"] = append_undecodable_packets(files["mp4"], root / "over1.mp4", count=1)
     files["truncated"] = truncate_file(files["mp4"], root / "truncated.mp4", keep=0.5)
     files["corrupt_head"] = corrupt_file(files["mp4"], root / "corrupt_head.mp4", start=0.0, length=64)
     files["corrupt_tail"] = corrupt_file(files["mp4"], root / "corrupt_tail.mp4", start=0.95, length=4096)
@@ -219,12 +220,50 @@ def test_cockatoo_is_yuv444p_720p(data_dir):
 
 
 def test_overreported_synthetic_is_clamped_to_decodable_frames(media):
+    """7 phantom frames of 97 are more than the tolerance (2): an error unless partial clips are allowed."""
     assert len(decord.VideoReader(str(media["over"]))) == 97  # the container lists 7 phantom frames
+    with pytest.raises(VideoDecodeError, match="declares 97 frames .* but only 90 decode"):
+        load_video(media["over"], num_frames=8)
     with pytest.warns(UserWarning, match="lists 97 frames but only 90 decode"):
-        clip = load_video(media["over"], num_frames=8)
-    assert clip.num_total_frames == 90
+        clip = load_video(media["over"], num_frames=8, allow_partial=True)
+    assert clip.num_total_frames == 90 and clip.declared_frames == 97 and clip.partial
     assert clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
     assert numbers(clip) == clip.indices
+
+
+def test_a_container_over_reporting_by_one_frame_still_loads(media):
+    with pytest.warns(UserWarning, match="lists 91 frames but only 90 decode"):
+        clip = load_video(media["over1"], num_frames=8)
+    assert clip.num_total_frames == 90 and clip.declared_frames == 91 and not clip.partial
+    assert numbers(clip) == clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
+
+
+def test_missing_frames_allowed():
+    assert [decode_module.missing_frames_allowed(n) for n in (1, 36, 149, 150, 217, 1000)] == [2, 2, 2, 3, 4, 20]
+
+
+@pytest.mark.parametrize("keep, decoded", [(0.99, 212), (0.9, 189), (0.5, 94), (0.25, 41)])
+@pytest.mark.parametrize("backend", ["exact", "decord"])
+def test_a_download_cut_short_is_refused_naming_both_counts(data_dir, tmp_path, keep, decoded, backend):
+    """cup.mp4 keeps its header (217 frames, 8.1 s) at the front: cut short, its packets stop early."""
+    path = truncate_file(data_dir / "cup.mp4", tmp_path / "cut.mp4", keep=keep)
+    with pytest.raises(VideoDecodeError, match=f"declares 217 frames \\(8.10 s\\) but only {decoded} decode"):
+        load_video(path, num_frames=8, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the last packet of a cut file may not decode either
+        clip = load_video(path, num_frames=8, backend=backend, allow_partial=True)
+    assert clip.partial and clip.declared_frames == 217 and clip.num_total_frames in (decoded, decoded - 1)
+    assert clip.indices[-1] == clip.num_total_frames - 1
+
+
+def test_a_cut_that_loses_only_the_last_frames_is_tolerated(data_dir, tmp_path):
+    path = truncate_file(data_dir / "cup.mp4", tmp_path / "cut.mp4", keep=0.995)  # 3 of 217 frames lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip = load_video(path, num_frames=8)
+    assert not clip.partial and clip.declared_frames == 217 and clip.num_total_frames == 214
+    complete = load_video(data_dir / "cup.mp4", num_frames=8)
+    assert not complete.partial and complete.declared_frames == complete.num_total_frames == 217
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +491,78 @@ def test_forked_processes_get_their_own_worker(media):
     assert load_video(media["mp4"], num_frames=2).indices == [0, 89]
 
 
+
+class _Pwned:
+    """Unpickling this runs `pathlib.Path(marker).touch()`: what a hostile worker could send."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path(self.marker).touch, ()
+
+
+def _crafted_reply(marker: pathlib.Path) -> bytes:
+    payload = pickle.dumps(("meta", _Pwned(str(marker))))
+    return len(payload).to_bytes(8, "big") + payload  # the length prefix the protocol uses
+
+
+def test_a_pickled_reply_is_refused_and_never_run(tmp_path):
+    """The parent's reader gets a reply crafted to run code when unpickled: it raises, nothing ran."""
+    import socket
+
+    from video import _decode_worker as wire
+
+    marker = tmp_path / "code-ran"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(_crafted_reply(marker))
+        with pytest.raises(ValueError, match="not JSON"):
+            wire.recv_message(ours)
+    assert not marker.exists()
+    assert not (pathlib.Path.cwd() / "code-ran").exists()
+
+
+def test_a_worker_sending_a_pickle_is_killed_and_the_call_fails(media, tmp_path, monkeypatch):
+    """The same reply from the decoder process itself: VideoDecodeError, the worker is replaced."""
+    import socket
+
+    marker = tmp_path / "code-ran"
+    load_video(media["short"], num_frames=1)
+    worker = decode_module._worker
+
+    def hostile_request(message, timeout):
+        """Answer `message` with the crafted reply, read by the worker's own reply()."""
+        reader, writer = socket.socketpair()
+        writer.sendall(_crafted_reply(marker))
+        real, worker.sock = worker.sock, reader
+        try:
+            return decode_module._Worker.reply(worker, timeout)
+        finally:
+            worker.sock = real
+            writer.close()
+            reader.close()
+
+    monkeypatch.setattr(worker, "request", hostile_request)
+    with pytest.raises(VideoDecodeError, match="outside its protocol"):
+        load_video(media["mp4"], num_frames=2)
+    assert not marker.exists()
+    assert decode_module._worker is None and worker.process.poll() is not None
+    assert numbers(load_video(media["mp4"], num_frames=2)) == [0, 89]
+
+
+def test_worker_messages_are_json():
+    """What the worker sends is plain JSON: a frame header reads back as the same values."""
+    import socket
+
+    from video import _decode_worker as wire
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        wire.send_message(theirs, ("frame", 3, (48, 64, 3), 0.125))
+        assert wire.recv_message(ours) == ("frame", 3, [48, 64, 3], 0.125)
+
+
 # backend="decord": LLaVA-NeXT-Video's loader inside our worker -----------------------------------
 
 
@@ -524,9 +635,11 @@ def test_decord_backend_resamples_an_overreported_count(media):
     path = media["over"]
     assert len(decord.VideoReader(str(path))) == 97
     assert read_frame_number(decord_batch(path, [96])[0]) < 90  # frame 96 does not exist
+    with pytest.raises(VideoDecodeError, match="declares 97 frames .* but only 90 decode"):
+        load_video(path, num_frames=8, backend="decord")  # 7 missing: more than the tolerance
     with pytest.warns(UserWarning, match="lists 97 frames but only 90 decode"):
-        clip = load_video(path, num_frames=8, backend="decord")
-    assert clip.num_total_frames == 90 and clip.duration == pytest.approx(3.0)
+        clip = load_video(path, num_frames=8, backend="decord", allow_partial=True)
+    assert clip.num_total_frames == 90 and clip.duration == pytest.approx(3.0) and clip.partial
     assert clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
     assert np.array_equal(clip.frames.numpy(), decord_batch(path, clip.indices))
     assert numbers(clip) == clip.indices

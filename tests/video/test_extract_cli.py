@@ -18,7 +18,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, truncate_file
 from video import load_video, load_video_tokens, spatial_pool
-from video.extract_cli import contact_sheet, find_videos, output_names, shard
+from video.extract_cli import contact_sheet, find_videos, shard
+from video.extract_plan import find_inputs, output_name
 from vlm_vision import CLIPVisionTower
 from vlm_vision.cli import main
 
@@ -73,12 +74,13 @@ def test_find_videos_expands_folders_and_lists(tmp_path, videos):
                      videos / "sub" / "c.mp4"]  # a.mp4 once, notes.txt ignored, missing kept (reported later)
 
 
-def test_output_names_are_distinct_and_readable():
-    paths = [pathlib.Path(p) for p in ("/d/x/clip.mp4", "/d/y/clip.mp4", "/d/x/other.mp4")]
-    assert output_names(paths) == ["x__clip.mp4", "y__clip.mp4", "other"]
-    paths.append(pathlib.Path("/e/clip.mkv"))  # the common folder of the clashing group moves up to /
-    assert output_names(paths) == ["d__x__clip.mp4", "d__y__clip.mp4", "other", "e__clip.mkv"]
-    assert output_names([pathlib.Path("/d/clip.mp4"), pathlib.Path("/d/clip.mkv")]) == ["clip.mp4", "clip.mkv"]
+def test_output_names_come_from_the_path_below_the_input(tmp_path, videos):
+    names = {f.path.name: output_name(f.relative) for f in find_inputs([videos, tmp_path / "elsewhere.mp4"])}
+    assert names == {"a.mp4": "a", "b.mkv": "b", "c.mp4": "sub__c", "elsewhere.mp4": "elsewhere"}
+    listing = tmp_path / "list.txt"
+    listing.write_text("videos/sub/c.mp4\nvideos/sub\n")
+    assert [output_name(f.relative) for f in find_inputs([listing])] == ["videos__sub__c"]  # c once, first name
+    assert output_name(pathlib.PurePath("x/y/clip.v2.mp4")) == "x__y__clip.v2"
 
 
 def test_shard_gives_every_item_to_exactly_one_process():
@@ -141,10 +143,10 @@ def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_pa
     out = tmp_path / "out"
     assert extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 3, "--workers", 0)[0] == 0
     before = outputs(out)
-    assert sorted(before) == ["a.safetensors", "b.safetensors", "c.safetensors"]
+    assert sorted(before) == ["a.safetensors", "b.safetensors", "sub__c.safetensors"]
     # Interrupted while writing c: its output is missing and a temporary file is left over.
-    (out / "c.safetensors").unlink()
-    leftover = out / ".c.safetensors.abc123.tmp"
+    (out / "sub__c.safetensors").unlink()
+    leftover = out / ".sub__c.safetensors.abc123.tmp"
     leftover.write_bytes(b"half a file")
     stale = out / ".a.safetensors.def456.tmp"  # an interrupted --overwrite of a finished output
     stale.write_bytes(b"half a file")
@@ -155,7 +157,7 @@ def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_pa
     assert code == 0
     after = outputs(out)
     assert after["a.safetensors"] == before["a.safetensors"] and after["b.safetensors"] == before["b.safetensors"]
-    assert load_video_tokens(out / "c.safetensors").tokens.shape == (3, 4, 32)
+    assert load_video_tokens(out / "sub__c.safetensors").tokens.shape == (3, 4, 32)
     assert not leftover.exists() and not stale.exists()
     second_run = manifest(out)[3:]
     assert sorted((pathlib.Path(r["video"]).name, r["status"]) for r in second_run) == [
@@ -163,27 +165,32 @@ def test_resume_after_an_interruption_writes_only_what_is_missing(capsys, tmp_pa
     assert "a.mp4: tokens (3, 4, 32) (already done)" in stdout
 
 
-def test_overwrite_redoes_and_changed_settings_are_not_silently_kept(capsys, tmp_path, tiny_model, videos):
+def test_changed_settings_are_extracted_again_and_overwrite_redoes(capsys, tmp_path, tiny_model, videos):
     out = tmp_path / "out"
     args = [videos / "a.mp4", "--out", out, "--model", tiny_model, "--workers", 0]
     assert extract(capsys, *args, "--num-frames", 3)[0] == 0
     first = outputs(out)["a.safetensors"]
 
-    code, stdout, _ = extract(capsys, *args, "--num-frames", 5)
-    assert code != 0 and "different settings" in stdout and "--overwrite" in stdout
-    assert outputs(out)["a.safetensors"] == first
-
     time.sleep(0.01)
-    assert extract(capsys, *args, "--num-frames", 5, "--overwrite")[0] == 0
+    code, stdout, _ = extract(capsys, *args, "--num-frames", 5)
+    assert code == 0 and "extracted again: the existing output differs: num_frames: 3 there, 5 now" in stdout
     assert outputs(out)["a.safetensors"] != first
     assert load_video_tokens(out / "a.safetensors").tokens.shape[0] == 5
+    assert "num_frames: 3 there, 5 now" in manifest(out)[-1]["reason"]
+
+    second = outputs(out)["a.safetensors"]
+    assert extract(capsys, *args, "--num-frames", 5)[0] == 0
+    assert outputs(out)["a.safetensors"] == second and manifest(out)[-1]["status"] == "skipped-existing"
+    time.sleep(0.01)
+    assert extract(capsys, *args, "--num-frames", 5, "--overwrite")[0] == 0
+    assert outputs(out)["a.safetensors"] != second
 
 
 def test_workers_do_not_change_the_tokens(capsys, tmp_path, tiny_model, videos):
     for workers in (0, 2):
         assert extract(capsys, videos, "--out", tmp_path / f"w{workers}", "--model", tiny_model, "--num-frames", 4,
                        "--workers", workers)[0] == 0
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "sub__c"):
         assert torch.equal(load_video_tokens(tmp_path / "w0" / f"{name}.safetensors").tokens,
                            load_video_tokens(tmp_path / "w2" / f"{name}.safetensors").tokens)
 
@@ -218,14 +225,13 @@ def test_preview_contact_sheet(capsys, tmp_path, tiny_model, data_dir):
         assert sheet.size == (4 * 192 + 5 * 4, 144 + 2 * 4)
 
 
-def test_same_stem_in_two_folders_gives_two_outputs(capsys, tmp_path, tiny_model):
+def test_same_stem_in_two_folders_gives_two_outputs_under_their_parent(capsys, tmp_path, tiny_model):
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         make_numbered_video(tmp_path / sub / "clip.mp4", 6)
     out = tmp_path / "out"
-    assert extract(capsys, tmp_path / "x", tmp_path / "y", "--out", out, "--model", tiny_model,
-                   "--num-frames", 2, "--workers", 0)[0] == 0
-    assert sorted(outputs(out)) == ["x__clip.mp4.safetensors", "y__clip.mp4.safetensors"]
+    assert extract(capsys, tmp_path, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0)[0] == 0
+    assert sorted(outputs(out)) == ["x__clip.safetensors", "y__clip.safetensors"]
 
 
 def test_missing_default_weights_point_to_random_weights(capsys, tmp_path, videos, monkeypatch):
@@ -336,7 +342,7 @@ def test_accelerate_launch_splits_the_videos(tmp_path, tiny_model, videos):
            "--num-frames", "2", "--workers", "0"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(outputs(out)) == ["a.safetensors", "b.safetensors", "c.safetensors", "d.safetensors"]
+    assert sorted(outputs(out)) == ["a.safetensors", "b.safetensors", "d.safetensors", "sub__c.safetensors"]
     records = manifest(out)
     assert sorted(pathlib.Path(r["video"]).name for r in records) == ["a.mp4", "b.mkv", "c.mp4", "d.mp4"]
     assert {r["rank"] for r in records} == {0, 1} and all(r["status"] == "ok" for r in records)
@@ -370,4 +376,241 @@ def test_backend_decord_is_used_and_recorded(capsys, tmp_path, tiny_model, video
     assert got.backend == "decord" and got.indices == clip.indices
     torch.testing.assert_close(got.tokens, expected, rtol=1e-5, atol=1e-6)
     code, stdout, _ = extract(capsys, *args)  # the default backend is a different setting, not "done"
-    assert code != 0 and "backend: 'decord' there, 'exact' now" in stdout
+    assert code == 0 and "backend: 'decord' there, 'exact' now" in stdout
+    assert load_video_tokens(out / "a.safetensors").backend == "exact"
+
+
+# ----- integrity: identity, resume, truncation, isolation, one run per folder ----------------------
+
+def test_a_second_folder_with_the_same_names_never_takes_the_first_ones_outputs(capsys, tmp_path, tiny_model):
+    """`extract a/` then `extract b/` into one --out, a/clip.mp4 and b/clip.mp4 different videos."""
+    for sub, frames in (("a", 12), ("b", 20)):
+        (tmp_path / sub).mkdir()
+        make_numbered_video(tmp_path / sub / "clip.mp4", frames)
+    out = tmp_path / "out"
+    common = ["--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0]
+    assert extract(capsys, tmp_path / "a", *common)[0] == 0
+    first = outputs(out)["clip.safetensors"]
+
+    code, stdout, _ = extract(capsys, tmp_path / "b", *common)
+    assert code != 0 and "holds the tokens of another video" in stdout and str(tmp_path / "a" / "clip.mp4") in stdout
+    assert outputs(out)["clip.safetensors"] == first
+    kept = load_video_tokens(out / "clip.safetensors")
+    assert kept.path == str(tmp_path / "a" / "clip.mp4") and kept.indices == [0, 11]
+    assert manifest(out)[-1]["status"] == "error"
+
+    code, stdout, _ = extract(capsys, tmp_path / "a", tmp_path / "b", *common)  # both in one run
+    assert code != 0 and "also that of" in stdout and outputs(out)["clip.safetensors"] == first
+
+
+def test_a_replaced_video_is_extracted_again(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    args = [videos, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0]
+    assert extract(capsys, *args)[0] == 0
+    before = outputs(out)
+    make_numbered_video(videos / "a.mp4", 30)  # replaced in place by another video
+    code, stdout, _ = extract(capsys, *args)
+    assert code == 0
+    assert "a.mp4: tokens (2, 4, 32) -> a.safetensors (extracted again: the existing output differs: " \
+           "source_size:" in stdout and "source_fingerprint:" in stdout
+    after = outputs(out)
+    assert after["a.safetensors"] != before["a.safetensors"] and after["b.safetensors"] == before["b.safetensors"]
+    assert load_video_tokens(out / "a.safetensors").indices == [0, 29]
+    status = {pathlib.Path(r["video"]).name: r["status"] for r in manifest(out)[3:]}
+    assert status == {"a.mp4": "ok", "b.mkv": "skipped-existing", "c.mp4": "skipped-existing"}
+
+
+def test_a_changed_dtype_is_extracted_again(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    args = [videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0]
+    assert extract(capsys, *args, "--dtype", "float32")[0] == 0
+    assert load_video_tokens(out / "a.safetensors").tokens.dtype == torch.float32
+    code, stdout, _ = extract(capsys, *args, "--dtype", "bfloat16")
+    assert code == 0 and "dtype: 'float32' there, 'bfloat16' now" in stdout
+    assert "weights_fingerprint:" in stdout  # the loaded weights differ too (rounded to bfloat16)
+    assert load_video_tokens(out / "a.safetensors").tokens.dtype == torch.bfloat16
+
+
+def test_a_video_added_to_a_folder_renames_nothing(capsys, tmp_path, tiny_model, videos):
+    out = tmp_path / "out"
+    args = [videos, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0]
+    assert extract(capsys, *args)[0] == 0
+    before = outputs(out)
+    make_numbered_video(videos / "c.mkv", 8)  # shares its stem with sub/c.mp4
+    code, stdout, _ = extract(capsys, *args)
+    assert code == 0
+    after = outputs(out)
+    assert sorted(after) == ["a.safetensors", "b.safetensors", "c.safetensors", "sub__c.safetensors"]
+    assert {k: after[k] for k in before} == before  # none renamed, none rewritten
+    assert load_video_tokens(out / "c.safetensors").path == str(videos / "c.mkv")
+
+
+def test_outputs_record_their_source_and_settings(capsys, tmp_path, tiny_model, videos):
+    from video.extract import read_metadata
+    from video.provenance import source_fingerprint
+
+    out = tmp_path / "out"
+    assert extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 2,
+                   "--workers", 0)[0] == 0
+    meta = read_metadata(out / "a.safetensors")
+    stat = (videos / "a.mp4").stat()
+    assert meta["source_path"] == str((videos / "a.mp4").resolve()) and meta["source_size"] == stat.st_size
+    assert meta["source_mtime_ns"] == stat.st_mtime_ns
+    assert meta["source_fingerprint"] == source_fingerprint(videos / "a.mp4")
+    assert len(meta["weights_fingerprint"]) == 64 and meta["dtype"] == "float32" and meta["allow_partial"] is False
+    assert (meta["layer"], meta["pool_stride"], meta["pool_mode"], meta["num_frames"]) == (-2, 2, "average", 2)
+
+
+def test_a_truncated_download_is_an_error_unless_partial_is_allowed(capsys, tmp_path, tiny_model, data_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    truncate_file(data_dir / "cup.mp4", folder / "cut.mp4", keep=0.5)  # 94 of 217 frames
+    shutil.copy(data_dir / "realshort.mp4", folder / "whole.mp4")
+    out = tmp_path / "out"
+    args = [folder, "--out", out, "--model", tiny_model, "--num-frames", 4, "--workers", 0]
+    code, stdout, _ = extract(capsys, *args)
+    assert code != 0 and "declares 217 frames (8.10 s) but only 94 decode" in stdout
+    assert sorted(outputs(out)) == ["whole.safetensors"]
+
+    code, stdout, _ = extract(capsys, *args, "--allow-partial")
+    assert code == 0 and "PARTIAL" in stdout
+    tokens = load_video_tokens(out / "cut.safetensors")
+    assert tokens.partial and tokens.declared_frames == 217 and tokens.num_total_frames < 217
+    last = {pathlib.Path(r["video"]).name: r for r in manifest(out)[-2:]}
+    assert last["cut.mp4"]["status"] == "partial" and last["cut.mp4"]["declared_frames"] == 217
+    assert last["whole.mp4"]["status"] == "ok"  # allow_partial is a setting: whole.mp4 redone under it
+    assert "allow_partial: False there, True now" in last["whole.mp4"]["reason"]
+
+
+def _tower_that_runs_out_of_memory(monkeypatch, above: int) -> list[int]:
+    """Make the CLI's tower raise torch.OutOfMemoryError for batches of more than `above` frames."""
+    import video.extract_cli as cli
+
+    real, seen = cli.load_tower, []
+
+    def load(*args, **kwargs):
+        tower, label = real(*args, **kwargs)
+
+        def hook(module, inputs):
+            seen.append(inputs[0].shape[0])
+            if inputs[0].shape[0] > above:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch of {inputs[0].shape[0]})")
+
+        tower.register_forward_pre_hook(hook)
+        return tower, label
+
+    monkeypatch.setattr(cli, "load_tower", load)
+    return seen
+
+
+def test_out_of_memory_retries_with_smaller_batches(capsys, tmp_path, tiny_model, videos, monkeypatch):
+    reference = tmp_path / "reference"
+    assert extract(capsys, videos, "--out", reference, "--model", tiny_model, "--num-frames", 6,
+                   "--workers", 0)[0] == 0
+    seen = _tower_that_runs_out_of_memory(monkeypatch, above=2)
+    out = tmp_path / "out"
+    code, _, _ = extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 6, "--workers", 0)
+    assert code == 0
+    assert seen[:4] == [6, 3, 1, 1]  # 6 fails, 3 fails, then batches of 1 (3 // 2)
+    for record in manifest(out):
+        assert record["status"] == "ok" and record["out_of_memory_retries"] == 2 and record["batch_size"] == 1
+        name = record["output"]
+        torch.testing.assert_close(load_video_tokens(out / name).tokens, load_video_tokens(reference / name).tokens)
+
+
+def test_out_of_memory_at_one_frame_fails_that_video_and_the_run_goes_on(capsys, tmp_path, tiny_model, videos,
+                                                                          monkeypatch):
+    _tower_that_runs_out_of_memory(monkeypatch, above=0)
+    out = tmp_path / "out"
+    code, stdout, _ = extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0)
+    assert code == 1 and "3 failed" in stdout
+    assert [r["status"] for r in manifest(out)] == ["error"] * 3
+    assert all(r["reason"].startswith("OutOfMemoryError: CUDA out of memory") for r in manifest(out))
+    assert outputs(out) == {}
+
+
+def test_a_failing_write_fails_that_video_only(capsys, tmp_path, tiny_model, videos, monkeypatch):
+    import errno
+
+    import video.extract_cli as cli
+
+    real = cli.save_video_tokens
+
+    def save(tokens, path, **kwargs):
+        if pathlib.Path(path).name == "b.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tokens, path, **kwargs)
+
+    monkeypatch.setattr(cli, "save_video_tokens", save)
+    out = tmp_path / "out"
+    code, stdout, _ = extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 2)
+    assert code == 1
+    assert sorted(outputs(out)) == ["a.safetensors", "sub__c.safetensors"]
+    status = {pathlib.Path(r["video"]).name: r for r in manifest(out)}
+    assert status["b.mkv"]["status"] == "error"
+    assert status["b.mkv"]["reason"] == "OSError: [Errno 28] No space left on device"
+    assert status["a.mp4"]["status"] == status["c.mp4"]["status"] == "ok"
+    monkeypatch.setattr(cli, "save_video_tokens", real)
+    assert extract(capsys, videos, "--out", out, "--model", tiny_model, "--num-frames", 2, "--workers", 0)[0] == 0
+    assert {pathlib.Path(r["video"]).name: r["status"] for r in manifest(out)[3:]} == {
+        "a.mp4": "skipped-existing", "b.mkv": "ok", "c.mp4": "skipped-existing"}
+
+
+def test_ctrl_c_stops_at_once_with_nothing_half_written(capsys, tmp_path, tiny_model, videos, monkeypatch):
+    """KeyboardInterrupt while b's file is being written: the run stops, no temporary file, no lock."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if ".b.safetensors." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main(["extract", str(videos), "--out", str(out), "--model", str(tiny_model), "--num-frames", "2",
+              "--workers", "0"])
+    assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "manifest.jsonl"]
+    assert [r["status"] for r in manifest(out)] == ["ok"]
+
+
+def test_temporary_files_of_a_live_writer_are_not_stale(tmp_path):
+    from video.extract import temporary_files
+
+    target = tmp_path / "x.safetensors"
+    live = tmp_path / f".x.safetensors.{os.getppid()}.abc.tmp"  # our parent: alive
+    dead = tmp_path / ".x.safetensors.999999999.def.tmp"
+    old = tmp_path / ".x.safetensors.ghi.tmp"  # a name from before pids were in it
+    for p in (live, dead, old):
+        p.write_bytes(b"")
+    assert temporary_files(target) == sorted([live, dead, old])
+    assert temporary_files(target, stale_only=True) == sorted([dead, old])
+
+
+def test_two_runs_into_one_folder(tmp_path, tiny_model):
+    """A second run into a folder in use stops at once, naming the first; a dead run's lock is taken over."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(6):
+        make_numbered_video(folder / f"v{i}.mp4", 30)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
+           str(tiny_model), "--num-frames", "8", "--workers", "0"]
+    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / ".vlm-vision-extract.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2, second.stderr
+    assert f"in use by another extraction run (pid {first.pid} on host" in second.stderr
+    assert len(outputs(out)) == 6 and not lock.exists()
+    assert len(manifest(out)) == 6  # the second run wrote nothing
+
+    lock.write_text(json.dumps({"pid": 999999999, "host": "gone", "started": "2026-11-28T00:00:00"}))
+    third = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert "taking over" in third.stderr and "pid 999999999 on host gone" in third.stderr
+    assert not lock.exists()

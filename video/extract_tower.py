@@ -1,0 +1,102 @@
+"""The tower `vlm-vision extract` encodes with, the device and process it runs on, and its fingerprint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from video.provenance import state_fingerprint
+
+__all__ = ["WeightsUnavailable", "load_tower", "resolve_device"]
+
+RANDOM_SEED = 0  # random weights are drawn from this seed, so that reruns give the same tokens
+
+
+class WeightsUnavailable(RuntimeError):
+    """The requested pretrained weights are not on this machine (and could not be downloaded)."""
+
+
+def load_tower(model: str, *, random_weights: bool, device: torch.device, dtype: torch.dtype):
+    """The tower to extract with, and the label stored with its tokens.
+
+    Random weights are drawn from `RANDOM_SEED`: the same architecture gives the same weights
+    (and the same `weights_fingerprint`) in every run.
+
+    Raises:
+        WeightsUnavailable: when pretrained weights are asked for and are not on this machine.
+        ValueError: with `random_weights`, when `model` does not name an architecture.
+    """
+    from vlm_vision import CLIPVisionTower
+
+    if random_weights:
+        variant, config = _architecture(model)
+        with torch.random.fork_rng(devices=[]):  # the same random tower every run, the caller's RNG untouched
+            torch.manual_seed(RANDOM_SEED)
+            tower = CLIPVisionTower.from_config(config)
+        return tower.to(device=device, dtype=dtype), f"random:{variant}"
+    try:
+        tower = CLIPVisionTower.from_pretrained(model, dtype=dtype, device=device)
+    except OSError as e:  # not found locally or in the HF cache (FileNotFoundError), or no network
+        raise WeightsUnavailable(_unavailable_message(model, f"{type(e).__name__}: {e}")) from e
+    return tower, model
+
+
+def _architecture(model: str):
+    """(variant label, CLIPVisionConfig) for --random-weights."""
+    from transformers import CLIPVisionConfig
+
+    from vlm_vision.configs import HUB_IDS, VARIANTS, vision_config
+
+    if model in VARIANTS:
+        return model, vision_config(model)
+    by_hub_id = {hub_id: name for name, hub_id in HUB_IDS.items()}
+    if model in by_hub_id:
+        return by_hub_id[model], vision_config(by_hub_id[model])
+    if (Path(model) / "config.json").is_file():
+        return str(model), CLIPVisionConfig.from_pretrained(model)
+    raise ValueError(f"--random-weights needs an architecture, got --model {model!r}: use a variant name "
+                     f"{sorted(VARIANTS)}, one of the Hub ids {sorted(by_hub_id)}, or a folder with config.json")
+
+
+def _unavailable_message(model: str, why: str) -> str:
+    return (f"the weights of {model!r} are not available on this machine.\n"
+            f"  Why: {why}\n"
+            f"  To use them: download them once while online (`hf download {model}`), or pass --model with a "
+            f"local folder or checkpoint file.\n"
+            f"  To run offline anyway: add --random-weights, which runs the same architecture with random "
+            f"weights; the tokens then have the right shapes but no meaning, and are labelled as random in the "
+            f"output files, the manifest and the summary.")
+
+
+def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
+    """(device, process index, number of processes), from --device and the accelerate launcher.
+
+    Under `accelerate launch` (WORLD_SIZE > 1) each process uses its own accelerator.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        # Without CUDA (or with --device cpu) the processes talk over gloo on the CPU.
+        state = PartialState(cpu=name == "cpu" or not torch.cuda.is_available())
+        device = state.device if name is None or name == "cuda" else torch.device(name)
+        return device, state.process_index, state.num_processes
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    return device, 0, 1
+
+
+def _barrier(num_processes: int) -> None:
+    if num_processes > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def weights_fingerprint(tower: torch.nn.Module) -> str:
+    """`video.provenance.state_fingerprint` of the tower as loaded (its dtype included)."""
+    return state_fingerprint(tower)

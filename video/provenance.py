@@ -1,0 +1,94 @@
+"""Where a token file came from: the identity of its source video and of the weights that encoded it.
+
+An output is only as trustworthy as the claim that it belongs to its video and to this run's
+settings. A file name proves neither: two folders can hold different `clip.mp4`s, a video can be
+replaced in place, and a tower can be swapped for another of the same name. So every output
+records
+
+- the source: resolved path, size, modification time (ns), and a content fingerprint, a SHA-256 of
+  the size and the first and last MiB (reads 2 MiB at most, so a corpus of long videos is checked
+  in seconds; it changes when a download is completed, cut or replaced, which is what it is for);
+- the weights: a SHA-256 over the names, dtypes, shapes and bytes of the tower's loaded state
+  (parameters and buffers), so two towers agree only when every number agrees.
+
+A resumed run keeps an output only when all of that and every setting that changes its tokens
+match (`differences`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["describe_differences", "differences", "source_fingerprint", "source_identity", "state_fingerprint"]
+
+FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a file
+SOURCE_KEYS = ("source_path", "source_size", "source_mtime_ns", "source_fingerprint")
+
+
+def source_fingerprint(path: str | os.PathLike, size: int | None = None) -> str:
+    """SHA-256 (hex) of the file's size and its first and last `FINGERPRINT_SPAN` bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size if size is None else size
+        digest.update(size.to_bytes(8, "big"))
+        digest.update(f.read(FINGERPRINT_SPAN))
+        if size > FINGERPRINT_SPAN:
+            f.seek(max(size - FINGERPRINT_SPAN, FINGERPRINT_SPAN))
+            digest.update(f.read(FINGERPRINT_SPAN))
+    return digest.hexdigest()
+
+
+def source_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """{source_path, source_size, source_mtime_ns, source_fingerprint} of a video file.
+
+    Raises:
+        OSError: the file is missing or unreadable (FileNotFoundError, PermissionError, ...).
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {"source_path": str(resolved), "source_size": int(stat.st_size), "source_mtime_ns": int(stat.st_mtime_ns),
+            "source_fingerprint": source_fingerprint(resolved, stat.st_size)}
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 (hex) over every parameter's and buffer's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().contiguous().cpu().reshape(-1)  # (numel,)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())  # raw bytes, bfloat16 included
+    return digest.hexdigest()
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (recorded value, current value)} for every key of `current` whose values differ.
+
+    A key missing from `recorded` (a file from an older version) counts as a difference, with
+    recorded value None.
+    """
+    return {k: (recorded.get(k), v) for k, v in current.items()
+            if k not in recorded or _normal(recorded[k]) != _normal(v)}
+
+
+def describe_differences(differ: dict[str, tuple[Any, Any]]) -> str:
+    """'key: old there, new now; ...' for a `differences` result."""
+    return "; ".join(f"{k}: {_short(old)} there, {_short(new)} now" for k, (old, new) in differ.items())
+
+
+def _normal(value: Any) -> Any:
+    """JSON round trips turn tuples into lists; compare them as equal."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:38] + "..." + text[-38:]

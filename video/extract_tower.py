@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from video.provenance import state_fingerprint
+from video.provenance import weights_fingerprint as _fingerprint
 
 __all__ = ["WeightsUnavailable", "load_tower", "resolve_device"]
 
@@ -98,5 +98,5 @@ def _barrier(num_processes: int) -> None:
 
 
 def weights_fingerprint(tower: torch.nn.Module) -> str:
-    """`video.provenance.state_fingerprint` of the tower as loaded (its dtype included)."""
-    return state_fingerprint(tower)
+    """`video.provenance.weights_fingerprint` of the tower as loaded."""
+    return _fingerprint(tower)

@@ -8,8 +8,11 @@ records
 - the source: resolved path, size, modification time (ns), and a content fingerprint, a SHA-256 of
   the size and the first and last MiB (reads 2 MiB at most, so a corpus of long videos is checked
   in seconds; it changes when a download is completed, cut or replaced, which is what it is for);
-- the weights: a SHA-256 over the names, dtypes, shapes and bytes of the tower's loaded state
-  (parameters and buffers), so two towers agree only when every number agrees.
+- the weights: a SHA-256 over the names, shapes and bytes of the tower's state (parameters and
+  buffers), floating-point values rounded to bfloat16 first (`weights_fingerprint`). The rounding
+  makes the fingerprint independent of the dtype the weights were loaded in (recorded beside it),
+  so that a float32 training run recognises a bfloat16 extraction of the same checkpoint; two
+  checkpoints that differ only below bfloat16's precision share a fingerprint.
 
 A resumed run keeps an output only when all of that and every setting that changes its tokens
 match (`differences`).
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["describe_differences", "differences", "source_fingerprint", "source_identity", "state_fingerprint"]
+__all__ = ["describe_differences", "differences", "source_fingerprint", "source_identity", "weights_fingerprint"]
 
 FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a file
 SOURCE_KEYS = ("source_path", "source_size", "source_mtime_ns", "source_fingerprint")
@@ -59,13 +62,21 @@ def source_identity(path: str | os.PathLike) -> dict[str, Any]:
             "source_fingerprint": source_fingerprint(resolved, stat.st_size)}
 
 
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 (hex) over every parameter's and buffer's name, dtype, shape and bytes, in name order."""
+def weights_fingerprint(module: torch.nn.Module, loaded_dtype: torch.dtype | None = None) -> str:
+    """SHA-256 (hex) over every parameter's and buffer's name, shape and bytes, in name order.
+
+    Floating-point tensors are cast to `loaded_dtype` (when given: the dtype another process loaded
+    the same weights in) and then rounded to bfloat16, so the same checkpoint gives the same
+    fingerprint in float32 and in bfloat16. Other tensors (integer buffers) are hashed as they are.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().contiguous().cpu().reshape(-1)  # (numel,)
+        flat = tensor.detach().reshape(-1)  # (numel,)
+        if flat.is_floating_point():
+            flat = flat.to(loaded_dtype or flat.dtype).to(torch.bfloat16)
+        flat = flat.contiguous().cpu()
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())  # raw bytes, bfloat16 included
+        digest.update(flat.view(torch.uint8).numpy().tobytes())  # raw bytes (numpy has no bfloat16)
     return digest.hexdigest()
 
 

@@ -13,7 +13,7 @@ from video.provenance import (
     differences,
     source_fingerprint,
     source_identity,
-    state_fingerprint,
+    weights_fingerprint,
 )
 
 
@@ -39,16 +39,21 @@ def test_a_cut_or_completed_download_changes_the_identity(tmp_path):
     assert cut["source_size"] != whole["source_size"] and cut["source_fingerprint"] != whole["source_fingerprint"]
 
 
-def test_state_fingerprint_sees_every_number_and_the_dtype():
+def test_weights_fingerprint_sees_every_number_but_not_the_loading_dtype():
     torch.manual_seed(0)
     a = torch.nn.Linear(4, 3)
     b = torch.nn.Linear(4, 3)
     b.load_state_dict(a.state_dict())
-    assert state_fingerprint(a) == state_fingerprint(b)
+    assert weights_fingerprint(a) == weights_fingerprint(b)
     with torch.no_grad():
-        b.weight[2, 3] += 1e-6
-    assert state_fingerprint(a) != state_fingerprint(b)
-    assert state_fingerprint(a) != state_fingerprint(a.to(torch.bfloat16))  # bfloat16 bytes hash too
+        b.weight[2, 3] += 0.01
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+    half = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    half.load_state_dict(a.state_dict())  # the same weights loaded in bfloat16
+    assert weights_fingerprint(half) == weights_fingerprint(a)
+    fp16 = torch.nn.Linear(4, 3).to(torch.float16)
+    fp16.load_state_dict(a.state_dict())  # loaded in float16: the float32 run reproduces it by casting first
+    assert weights_fingerprint(fp16) == weights_fingerprint(a, loaded_dtype=torch.float16)
 
 
 def test_differences_name_each_key_with_both_values():

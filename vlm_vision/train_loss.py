@@ -15,7 +15,7 @@ from torch import nn
 
 from vlm_vision.train_data import IGNORE_INDEX, ConversationDataset, Example, pad_batch
 
-__all__ = ["evaluate", "labelled_loss", "model_inputs", "to_device"]
+__all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "to_device"]
 
 
 def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
@@ -49,30 +49,68 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
     return batch
 
 
-def labelled_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+def labelled_loss(model: nn.Module, batch: dict[str, Any], reduction: str = "mean") -> torch.Tensor:
     """`model(**batch).loss`, with the LM head run only where a label follows.
 
     A LLaVA batch is mostly visual tokens, and they carry no label: 32 frames give 4608 visual
-    positions for a few dozen answer tokens. The loss is the same mean next-token cross-entropy
-    over the labelled tokens. Only the logits of positions whose next token has a label in some
-    sample are computed (`logits_to_keep`), instead of a float[B, L, V] tensor and its gradient
-    (1.2 GB in float32 for 4673 positions of a 32k vocabulary). LLMs whose forward has no
-    `logits_to_keep` get the plain call.
+    positions for a few dozen answer tokens. The loss is the same next-token cross-entropy over the
+    labelled tokens. Only the logits of positions whose next token has a label in some sample are
+    computed (`logits_to_keep`), instead of a float[B, L, V] tensor and its gradient (1.2 GB in
+    float32 for 4673 positions of a 32k vocabulary). LLMs whose forward has no `logits_to_keep` get
+    the plain call.
+
+    Args:
+        reduction: "mean" over the batch's labelled tokens (transformers' loss), or "sum" (what the
+            training loop divides by the token count of the whole optimizer step; a batch without
+            labels then gives an exact zero that still depends on every trainable weight it used).
     """
     from vlm_vision.fusion import mask_labels
 
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     base = getattr(model, "module", model)  # under DDP
-    if not _takes_logits_to_keep(base.llm):
-        return model(**batch).loss
     labels = mask_labels(batch["labels"], batch["input_ids"], base._placeholder_ids())  # (B, L)
     targets = labels[:, 1:]  # (B, L-1): position j predicts token j+1
+    count = int((targets != IGNORE_INDEX).sum())
+    if reduction == "sum" and count == 0:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits.float().sum() * 0.0
+    if not _takes_logits_to_keep(base.llm):
+        loss = model(**batch).loss  # the mean over `count` tokens
+        return loss * count if reduction == "sum" else loss
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
     if keep.numel() == 0:
         return model(**batch).loss
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep).logits  # (B, K, V)
     return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, keep].flatten(),  # (B*K, V), (B*K,)
-                                       ignore_index=IGNORE_INDEX)
+                                       ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+def label_count(examples: Sequence[Example], placeholder_ids: Sequence[int]) -> int:
+    """How many tokens the loss of `examples` sums over: labelled, not visual, not a sample's first.
+
+    The same count as `labelled_loss` takes from the padded batch (padding is on the right and
+    carries no label), but without building the batch or touching its media.
+    """
+    ids = torch.tensor(list(placeholder_ids), dtype=torch.long)
+    return sum(int(((e.labels[1:] != IGNORE_INDEX) & ~torch.isin(e.input_ids[1:], ids)).sum()) for e in examples)
+
+
+def step_loss_scale(step_tokens: int, num_processes: int, grad_accum: int) -> float:
+    """The factor that turns a micro-batch's summed loss into its share of the step's mean loss.
+
+    A step's loss is the cross-entropy summed over every labelled token of all its micro-batches on
+    all processes, divided by their number `step_tokens`: what one batch holding all the step's
+    samples gives. Each process backpropagates its micro-batches' sums times this factor; DDP then
+    averages gradients over processes (hence `num_processes`) and `accelerator.backward` divides by
+    `grad_accum` (hence `grad_accum`).
+
+    Example:
+        >>> step_loss_scale(40, num_processes=2, grad_accum=2)
+        0.1
+    """
+    return num_processes * grad_accum / max(step_tokens, 1)
 
 
 def _takes_logits_to_keep(llm: nn.Module) -> bool:
@@ -109,9 +147,8 @@ def evaluate(model: nn.Module, dataset: ConversationDataset, accelerator: Any, b
         batch = to_device(model_inputs(examples, pad_token_id, model.tower, pool_stride=pool_stride,
                                        pool_mode=pool_mode), accelerator.device)
         with accelerator.autocast():
-            loss = labelled_loss(model, batch)
-        tokens = (batch["labels"][:, 1:] != -100).sum()
-        total += torch.stack([loss.float() * tokens, tokens.float()])
+            loss = labelled_loss(model, batch, reduction="sum")
+        total += torch.tensor([float(loss), label_count(examples, model._placeholder_ids())], device=total.device)
     model.train(was_training)
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / total[1].clamp(min=1))

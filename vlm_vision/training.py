@@ -29,7 +29,7 @@ import torch
 from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_log import RunLog, plot_loss
-from vlm_vision.train_loss import evaluate, labelled_loss, model_inputs, to_device
+from vlm_vision.train_loss import evaluate, label_count, labelled_loss, model_inputs, step_loss_scale, to_device
 from vlm_vision.train_order import micro_batches
 from vlm_vision.train_params import cosine_schedule, param_groups, print_trainable
 from vlm_vision.train_runtime import make_accelerator, release_accelerator_state
@@ -98,6 +98,7 @@ def train(config: TrainConfig) -> Path:
                             num_processes=accelerator.num_processes, process_index=accelerator.process_index,
                             seed=config.seed, num_workers=config.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
+    placeholders = unwrapped._placeholder_ids()
 
     def run_eval() -> None:
         if run.eval_dataset is None:
@@ -115,18 +116,23 @@ def train(config: TrainConfig) -> Path:
     model.train()
     while step < config.max_steps:
         started = time.perf_counter()
-        losses, tokens = [], torch.zeros((), device=accelerator.device)
-        for _ in range(config.grad_accum):
-            examples, skipped = next(batches)
-            position += 1
+        micro = [next(batches) for _ in range(config.grad_accum)]  # the step's (examples, skipped)
+        position += config.grad_accum
+        # Token weighting: the step's loss is its summed cross-entropy over the labelled tokens of
+        # every micro-batch on every process, divided by their number (counted first, all reduced).
+        counts = torch.tensor([label_count(examples, placeholders) for examples, _ in micro], dtype=torch.float64)
+        step_tokens = int(accelerator.reduce(counts.sum().to(accelerator.device), reduction="sum"))
+        scale = step_loss_scale(step_tokens, accelerator.num_processes, config.grad_accum)
+        loss_sum, tokens = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        for examples, skipped in micro:
             if skipped:
                 log.skipped(skipped, f"step {step + 1}")
             batch = to_device(model_inputs(examples, pad_id, unwrapped.tower, pool_stride=config.pool_stride,
                                            pool_mode=config.pool_mode), accelerator.device)
             with accelerator.accumulate(model):
-                loss = labelled_loss(model, batch)
-                accelerator.backward(loss)
-            losses.append(loss.detach().float())
+                summed = labelled_loss(model, batch, reduction="sum")
+                accelerator.backward(summed * scale)
+            loss_sum += summed.detach().float()
             tokens += batch["attention_mask"].sum()
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -136,7 +142,7 @@ def train(config: TrainConfig) -> Path:
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        step_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+        step_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / max(step_tokens, 1)
         tokens_per_s = float(accelerator.reduce(tokens, reduction="sum")) / (time.perf_counter() - started)
         lr = lrs.get("lora", lrs.get("projector", next(iter(lrs.values()))))
         log.write({"step": step, "loss": step_loss, "lr": lr, "projector_lr": lrs.get("projector", lr),

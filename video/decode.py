@@ -321,13 +321,15 @@ def _plan(
     max_frames: int | None,
     start: float | None,
     end: float | None,
+    min_frames: int = 1,
 ) -> tuple[list[int], int, int]:
     """Frame indices to return, and the frame window they were drawn from."""
     first, last = 0, total
     if start is not None or end is not None:
         first, last = time_window_to_frames(total, native_fps, start, end)
     if fps is not None:
-        indices = fps_indices(total, native_fps, fps, max_frames, start_frame=first, end_frame=last)
+        indices = fps_indices(total, native_fps, fps, max_frames, min_frames=min_frames, start_frame=first,
+                              end_frame=last)
     else:
         indices = uniform_indices(total, num_frames, start_frame=first, end_frame=last)
     return indices, first, last
@@ -360,13 +362,16 @@ def _check_complete(path: str, declared: int | None, decodable: int, native_fps:
               f"frames that decode")
 
 
-def _check_args(num_frames, fps, max_frames, sampling, timeout, backend) -> None:
+def _check_args(num_frames, fps, max_frames, sampling, timeout, backend, min_frames=1) -> None:
     if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
         raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
     if fps is not None and (not isinstance(fps, numbers.Real) or not fps > 0):
         raise ValueError(f"fps must be a positive number of frames per second or None, got {fps!r}")
-    if max_frames is not None and fps is None:
-        raise ValueError("max_frames bounds fps sampling; pass fps=..., or num_frames for uniform sampling")
+    if (max_frames is not None or min_frames != 1) and fps is None:
+        raise ValueError("max_frames and min_frames bound fps sampling; pass fps=..., or num_frames for uniform "
+                         "sampling")
+    if isinstance(min_frames, bool) or not isinstance(min_frames, numbers.Integral) or min_frames < 1:
+        raise ValueError(f"min_frames must be an int >= 1, got {min_frames!r}")
     if sampling not in ("exact", "keyframe"):
         raise ValueError(f"sampling must be 'exact' or 'keyframe', got {sampling!r}")
     if timeout is not None and (not isinstance(timeout, numbers.Real) or not timeout > 0):
@@ -387,6 +392,7 @@ def load_video(
     timeout: float | None = 60.0,
     backend: Backend = "exact",
     allow_partial: bool = False,
+    min_frames: int = 1,
 ) -> VideoClip:
     """Decode sampled frames of a video file.
 
@@ -400,6 +406,7 @@ def load_video(
         num_frames: frames for uniform sampling; ignored when `fps` is given.
         fps: sample about this many frames per second of video instead of `num_frames`.
         max_frames: with `fps`, the most frames to return (uniform over the window beyond that).
+        min_frames: with `fps`, the fewest frames to return (uniform over the window below that).
         start: window start in seconds; None means the beginning.
         end: window end in seconds; None means the end (a later time is clamped to it).
         sampling: "exact" returns exactly the sampled frames; "keyframe" moves each one to its
@@ -431,7 +438,7 @@ def load_video(
         >>> load_video("tests/data/realshort.mp4", num_frames=8, backend="decord").backend
         'decord'
     """
-    _check_args(num_frames, fps, max_frames, sampling, timeout, backend)
+    _check_args(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -443,7 +450,8 @@ def load_video(
         worker = _get_worker()
         session = _Session(worker, path, timeout)
         try:
-            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial)
+            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
+                         min_frames)
         except _Timeout:
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder made no progress for {timeout} s and was killed") from None
@@ -471,7 +479,8 @@ def load_video(
         return clip
 
 
-def _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial) -> VideoClip:
+def _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
+          min_frames=1) -> VideoClip:
     meta = session.open(backend)
     total, native_fps, keyframes = meta["num_frames"], meta["fps"], meta["keyframes"]
     declared = meta["declared_frames"]
@@ -480,7 +489,7 @@ def _load(session, num_frames, fps, max_frames, start, end, sampling, backend, a
     # Packets missing from a file cut short are known before any decoding.
     partial = _check_complete(session.path, declared, total, native_fps, allow_partial)
     for attempt in range(2):
-        targets, first, last = _plan(total, native_fps, num_frames, fps, max_frames, start, end)
+        targets, first, last = _plan(total, native_fps, num_frames, fps, max_frames, start, end, min_frames)
         indices, snapped = targets, False
         if sampling == "keyframe":
             # nearest keyframe inside the window, else the last one before its end

@@ -99,6 +99,7 @@ def fps_indices(
     target_fps: float = 1.0,
     max_frames: int | None = None,
     *,
+    min_frames: int = 1,
     start_frame: int = 0,
     end_frame: int | None = None,
 ) -> list[int]:
@@ -106,13 +107,16 @@ def fps_indices(
 
     Takes every `step`-th frame of the window from its first frame on, with
     `step = max(1, round(native_fps / target_fps))` (Python's `round`, as the reference). When that
-    gives more than `max_frames` indices, returns `uniform_indices(..., max_frames)` instead.
+    gives more than `max_frames` indices, returns `uniform_indices(..., max_frames)` instead; when
+    fewer than `min_frames`, `uniform_indices(..., min_frames)` (frames repeat in a short window).
+    `video.budget.sampled_frame_count` gives the length of the result without a video.
 
     Args:
         num_total_frames: frames in the video (>= 1).
         native_fps: the video's frame rate (> 0).
         target_fps: wanted frames per second of video (> 0).
         max_frames: upper bound on the number of indices; None for no bound.
+        min_frames: lower bound on the number of indices (LLaVA-Video's `min_frames`).
         start_frame: first frame of the window.
         end_frame: one past the last frame of the window; None means the end of the video.
 
@@ -131,12 +135,15 @@ def fps_indices(
     fps = _check_rate("native_fps", native_fps)
     target = _check_rate("target_fps", target_fps)
     start, end = _window(num_total_frames, start_frame, end_frame)
-    if max_frames is not None:
-        _check_int("max_frames", max_frames, 1)
+    low = _check_int("min_frames", min_frames, 1)
+    if max_frames is not None and _check_int("max_frames", max_frames, 1) < low:
+        raise ValueError(f"max_frames ({max_frames}) is below min_frames ({low})")
     step = max(1, round(fps / target))
     indices = list(range(start, end, step))
     if max_frames is not None and len(indices) > max_frames:
         return uniform_indices(num_total_frames, max_frames, start_frame=start, end_frame=end)
+    if len(indices) < low:
+        return uniform_indices(num_total_frames, low, start_frame=start, end_frame=end)
     return indices
 
 

@@ -368,8 +368,8 @@ def _check_args(num_frames, fps, max_frames, sampling, timeout, backend, min_fra
     if fps is not None and (not isinstance(fps, numbers.Real) or not fps > 0):
         raise ValueError(f"fps must be a positive number of frames per second or None, got {fps!r}")
     if (max_frames is not None or min_frames != 1) and fps is None:
-        raise ValueError("max_frames and min_frames bound fps sampling; pass fps=..., or num_frames for uniform "
-                         "sampling")
+        raise ValueError("max_frames bounds fps sampling (so does min_frames); pass fps=..., or num_frames for "
+                         "uniform sampling")
     if isinstance(min_frames, bool) or not isinstance(min_frames, numbers.Integral) or min_frames < 1:
         raise ValueError(f"min_frames must be an int >= 1, got {min_frames!r}")
     if sampling not in ("exact", "keyframe"):

@@ -24,6 +24,18 @@ Frames are concatenated in temporal order, row-major within a frame; `video_newl
 adds LLaVA-NeXT's learned `image_newline` embedding once at the end (`one_token`), after every frame
 (`frame`) or after every row of every frame (`grid`). transformers and NeXT-Video v1 add none.
 
+Two later LLaVA-Video options, both off by default (LLaVA-NeXT-Video uses neither):
+- `max_video_tokens`, a token budget per video: a video of T frames is pooled at the finest stride
+  from `pool_stride` up to twice it at which its tokens fit (`video.budget`), so long videos pool
+  harder instead of overflowing the context. The stride is a function of T alone, so the
+  processor, extraction and the model agree without passing it around.
+- SlowFast (`faster_token_stride` k, LLaVA-Video's `add_faster_video`): frames 0, k, 2k, ... keep
+  the stride s (slow), the others are pooled at 2s (fast), and every frame, in time order, is its
+  tokens (with the newline layout applied to that frame) followed by the learned `faster_token`.
+  LLaVA-Video's code defines this for the `grid` layout only; with `frame` the frame's newline
+  comes before the `faster_token`, with `one_token` the single newline ends the video. LLaVA-Video
+  pools after the projector; here both speeds are pooled on tower features, like everything else.
+
 Labels at visual positions become -100 here (transformers leaves that to the caller). Position ids
 are counted from each sample's first real token, as LLaVA does, so a sample gives the same logits
 alone or in a left- or right-padded batch. (RoPE only sees relative positions and would not notice
@@ -38,7 +50,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn
@@ -46,22 +58,27 @@ from torch import nn
 from projector import build_projector, load_projector
 from vlm_vision.anyres import CONVENTIONS, anyres_num_tokens, encode_anyres_images
 from vlm_vision.tower import CLIPVisionTower
+from vlm_vision.video_tokens import VIDEO_NEWLINES, add_video_newlines, arrange_video_tokens, pool_video
+
+if TYPE_CHECKING:
+    from video.budget import VideoLayout
 
 __all__ = [
     "IGNORE_INDEX",
     "VIDEO_NEWLINES",
     "VisionLanguageModel",
     "add_video_newlines",
+    "arrange_video_tokens",
     "encode_images",
     "encode_videos",
     "mask_labels",
     "position_ids_from_mask",
     "project",
     "splice",
+    "video_tower_features",
 ]
 
 IGNORE_INDEX = -100
-VIDEO_NEWLINES = ("no_token", "one_token", "frame", "grid")
 Videos = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
@@ -80,8 +97,29 @@ def encode_images(tower: CLIPVisionTower, pixel_values: torch.Tensor) -> torch.T
     return tower(pixel_values)
 
 
+def video_tower_features(tower: CLIPVisionTower, videos: Videos) -> list[torch.Tensor]:
+    """Unpooled tower tokens of each video: frames folded into one tower batch, then unfolded.
+
+    Args:
+        videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
+
+    Returns:
+        One float[T_v, N, D_v] per video, in order.
+
+    Raises:
+        ValueError: for a tensor that is not [V, T, 3, S, S], or a tower that keeps the CLS token.
+    """
+    clips = _video_list(videos)
+    if tower.select_feature != "patch":
+        raise ValueError(f"videos are pooled on the patch grid, so the tower must drop the CLS token "
+                         f"(select_feature='patch'), got select_feature={tower.select_feature!r}")
+    lengths = [clip.shape[0] for clip in clips]
+    features = tower(torch.cat(clips))  # (sum T, N, D_v)
+    return list(features.split(lengths))  # V x (T_v, N, D_v)
+
+
 def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: str) -> list[torch.Tensor]:
-    """Pooled tower tokens of each video: frames folded into one tower batch, pooled, unfolded.
+    """Pooled tower tokens of each video (`video_tower_features`, then one pooling for all frames).
 
     Args:
         videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
@@ -90,20 +128,12 @@ def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: 
 
     Returns:
         One float[T_v, N', D_v] per video, in order.
-
-    Raises:
-        ValueError: for a tensor that is not [V, T, 3, S, S], or a tower that keeps the CLS token.
     """
     from video.pooling import spatial_pool
 
-    clips = _video_list(videos)
-    if tower.select_feature != "patch":
-        raise ValueError(f"videos are pooled on the patch grid, so the tower must drop the CLS token "
-                         f"(select_feature='patch'), got select_feature={tower.select_feature!r}")
-    lengths = [clip.shape[0] for clip in clips]
-    frames = torch.cat(clips)  # (sum T, 3, S, S)
-    features = tower(frames)  # (sum T, N, D_v)
-    pooled = spatial_pool(features, grid=tower.grid_size, stride=stride, mode=mode)  # (sum T, N', D_v)
+    features = video_tower_features(tower, videos)  # V x (T_v, N, D_v)
+    lengths = [clip.shape[0] for clip in features]
+    pooled = spatial_pool(torch.cat(features), grid=tower.grid_size, stride=stride, mode=mode)  # (sum T, N', D_v)
     return list(pooled.split(lengths))  # V x (T_v, N', D_v)
 
 
@@ -113,41 +143,6 @@ def project(projector: nn.Module, features: torch.Tensor) -> torch.Tensor:
     if param is not None:
         features = features.to(device=param.device, dtype=param.dtype)
     return projector(features)
-
-
-def add_video_newlines(features: torch.Tensor, newline: torch.Tensor, *, grid: tuple[int, int],
-                       layout: str) -> torch.Tensor:
-    """Flatten one video's projected tokens into sequence order, with LLaVA-NeXT's newline layouts.
-
-    Args:
-        features: float[T, N', D], N' = rows * cols of the pooled grid.
-        newline: float[D], the learned `image_newline` embedding.
-        grid: the pooled grid (rows, cols), e.g. (12, 12).
-        layout: "no_token" (T*N'), "one_token" (T*N' + 1), "frame" (T*(N' + 1)) or "grid" (T*rows*(cols + 1)).
-
-    Returns:
-        float[M, D] in the order the tokens take in the prompt.
-
-    Raises:
-        ValueError: for an unknown layout or a grid that does not match N'.
-    """
-    t, n, d = features.shape
-    rows, cols = grid
-    if rows * cols != n:
-        raise ValueError(f"pooled grid {rows}x{cols} does not hold the {n} tokens per frame")
-    newline = newline.to(features.dtype)
-    if layout == "no_token":
-        return features.reshape(t * n, d)  # (T*N', D)
-    if layout == "one_token":
-        return torch.cat([features.reshape(t * n, d), newline[None]])  # (T*N' + 1, D)
-    if layout == "frame":
-        ends = newline.expand(t, 1, d)  # (T, 1, D)
-        return torch.cat([features, ends], dim=1).reshape(t * (n + 1), d)  # (T*(N'+1), D)
-    if layout == "grid":
-        x = features.reshape(t, rows, cols, d)  # (T, rows, cols, D)
-        ends = newline.expand(t, rows, 1, d)  # (T, rows, 1, D)
-        return torch.cat([x, ends], dim=2).reshape(t * rows * (cols + 1), d)  # (T*rows*(cols+1), D)
-    raise ValueError(f"unknown video_newline layout {layout!r}; choose from {VIDEO_NEWLINES}")
 
 
 def splice(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor, *,
@@ -276,6 +271,11 @@ class VisionLanguageModel(nn.Module):
             size, e.g. `vlm_vision.anyres.DEFAULT_PINPOINTS`), or None for one crop per image (LLaVA-1.5).
         anyres_convention: "transformers" (pinpoints as [height, width], rounded unpadding) or
             "llava" (LLaVA's original code); see `vlm_vision.anyres`.
+        faster_token_stride: SlowFast (LLaVA-Video's `add_faster_video`): frames 0, k, 2k, ... pool at
+            `pool_stride`, the others at twice it, each frame followed by `faster_token`. None: off.
+        faster_token: float[D], initial `faster_token` (random, std 1/sqrt(D), when None and SlowFast is on).
+        max_video_tokens: token budget per video; a longer video pools at up to twice `pool_stride`
+            (`video.budget`). None: always `pool_stride`.
 
     Example:
         >>> model = VisionLanguageModel(tower, build_projector("mlp2x_gelu", 1024, 4096), llm,
@@ -288,7 +288,8 @@ class VisionLanguageModel(nn.Module):
                  pool_mode: str = "average", video_newline: str = "no_token",
                  image_newline: torch.Tensor | None = None,
                  image_grid_pinpoints: Sequence[Sequence[int]] | None = None,
-                 anyres_convention: str = "transformers"):
+                 anyres_convention: str = "transformers", faster_token_stride: int | None = None,
+                 faster_token: torch.Tensor | None = None, max_video_tokens: int | None = None):
         super().__init__()
         if video_newline not in VIDEO_NEWLINES:
             raise ValueError(f"unknown video_newline {video_newline!r}; choose from {VIDEO_NEWLINES}")
@@ -309,6 +310,9 @@ class VisionLanguageModel(nn.Module):
         self.pool_mode = pool_mode
         _check_pooling(tower.grid_size, pool_stride, pool_mode)
         self.video_newline = video_newline
+        self.faster_token_stride = faster_token_stride
+        self.max_video_tokens = max_video_tokens
+        self.video_layout  # validates SlowFast and the budget against the grid
         self.image_grid_pinpoints = _check_pinpoints(image_grid_pinpoints, tower.image_size, anyres_convention)
         self.anyres_convention = anyres_convention
         if image_newline is None:
@@ -317,6 +321,15 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"image_newline must have shape ({width},), got {tuple(image_newline.shape)}")
         weight = embeddings.weight
         self.image_newline = nn.Parameter(image_newline.detach().to(device=weight.device, dtype=weight.dtype))
+        self.faster_token = None
+        if faster_token_stride is not None:
+            if faster_token is None:
+                faster_token = torch.randn(width) / math.sqrt(width)
+            if tuple(faster_token.shape) != (width,):
+                raise ValueError(f"faster_token must have shape ({width},), got {tuple(faster_token.shape)}")
+            self.faster_token = nn.Parameter(faster_token.detach().to(device=weight.device, dtype=weight.dtype))
+        elif faster_token is not None:
+            raise ValueError("a faster_token was given but faster_token_stride is None (SlowFast off)")
 
     # ----- token counts -------------------------------------------------------------------------
 
@@ -340,12 +353,18 @@ class VisionLanguageModel(nn.Module):
                                  tile_size=self.tower.image_size, patch_size=self.tower.patch_size,
                                  convention=self.anyres_convention)
 
+    @property
+    def video_layout(self) -> "VideoLayout":
+        """The video-token settings (grid, pooling, newlines, SlowFast, budget) as one `VideoLayout`."""
+        from video.budget import VideoLayout
+
+        return VideoLayout(grid=tuple(self.tower.grid_size), pool_stride=self.pool_stride, pool_mode=self.pool_mode,
+                           newline=self.video_newline, faster_token_stride=self.faster_token_stride,
+                           max_video_tokens=self.max_video_tokens)
+
     def video_tokens(self, num_frames: int) -> int:
         """Placeholder tokens for a video of `num_frames` frames (32 frames, stride 2: 4608)."""
-        from video.pooling import num_video_tokens
-
-        return num_video_tokens(num_frames, grid=self.tower.grid_size, stride=self.pool_stride,
-                                newline=self.video_newline)
+        return self.video_layout.video_tokens(num_frames)
 
     # ----- visual tokens ------------------------------------------------------------------------
 
@@ -377,14 +396,21 @@ class VisionLanguageModel(nn.Module):
         """
         if (pixel_values_videos is None) == (video_features is None):
             raise ValueError("give exactly one of pixel_values_videos and video_features")
+        layout = self.video_layout
         if pixel_values_videos is not None:
-            pooled = encode_videos(self.tower, pixel_values_videos, stride=self.pool_stride, mode=self.pool_mode)
+            per_video, pooled = video_tower_features(self.tower, pixel_values_videos), False  # V x (T, N, D_v)
         else:
-            pooled = _feature_list(video_features)
-        frames = [clip.shape[0] for clip in pooled]
-        projected = project(self.projector, torch.cat(pooled))  # (sum T, N', D)
-        return [add_video_newlines(clip, self.image_newline, grid=self.pooled_grid, layout=self.video_newline)
-                for clip in projected.split(frames)]  # V x (M_v, D)
+            per_video, pooled = _feature_list(video_features), True  # V x (T, N', D_v)
+        out = []
+        for v, clip in enumerate(per_video):
+            stride = layout.stride_for(clip.shape[0])
+            slow, fast = pool_video(clip, layout, stride, pooled=pooled, name=f"video {v}")
+            out.append(arrange_video_tokens(
+                project(self.projector, slow), None if fast is None else project(self.projector, fast),
+                self.image_newline, slow_grid=layout.pooled_grid(stride), fast_grid=layout.pooled_grid(2 * stride),
+                layout=self.video_newline, faster_token=self.faster_token,
+                faster_token_stride=self.faster_token_stride))  # (M_v, D)
+        return out
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               pixel_values_videos: Videos | None = None, video_features: Videos | None = None,

@@ -10,6 +10,12 @@ The number of tokens comes from the same numbers the model uses (the tower's pat
 stride, the newline layout) through `video.num_video_tokens`; build the processor with
 `VisionLanguageProcessor.for_model` to take them from a model.
 
+How many frames a video path gives, and at which stride they pool, follow `video.budget` with the
+model's settings (`VideoLayout`): fixed `num_frames` (LLaVA-NeXT-Video), or `fps` with `min_frames`
+/ `max_frames`, within `max_video_tokens`. With `time_instruction` or `time_markers` the prompt also
+says when each frame was taken (`vlm_vision.video_prompt`); markers are text between the frames'
+placeholder runs, so the model's splice is unchanged.
+
 Truncation is where the references hurt users most: cutting a sequence inside the 4608 tokens of a
 32-frame video gives "Video features and video tokens do not match: tokens 1004, features 4608" far
 from the cause. Here truncation only ever removes text; if the limit would cut a visual span the
@@ -41,8 +47,16 @@ class VisionLanguageProcessor:
         tokenizer: a transformers tokenizer; `<image>` and `<video>` are added as special tokens
             when missing (then resize the LLM's embeddings with `resize_embeddings`).
         image_transform: callable images/frames -> float[T, 3, S, S] (`CLIPImageTransform`).
-        num_frames: frames sampled from a video given as a path.
+        num_frames: frames sampled from a video given as a path (fixed-count mode, `fps=None`).
+        fps: sample about this many frames per second of video instead (LLaVA-Video: 1).
+        min_frames, max_frames: bounds on the frames of a path (LLaVA-Video: max 64).
+        max_video_tokens: the model's token budget per video (`video.budget`); None: none.
         pool_stride: the model's spatial pooling stride for videos.
+        pool_mode: the model's pooling mode (average/max need strides that divide the grid).
+        faster_token_stride: the model's SlowFast setting (None: off).
+        time_instruction: put LLaVA-Video's time sentence after each `<video>` (needs frame times:
+            give videos as paths or `VideoClip`s).
+        time_markers: put `<t=12.5s>` before each frame's tokens (same requirement).
         grid: the tower's patch grid (rows, cols), (24, 24) for ViT-L/14@336.
         video_newline: the model's video newline layout ("no_token", "one_token", "frame", "grid").
         image_tokens: tokens per image (576 for ViT-L/14@336).
@@ -61,12 +75,21 @@ class VisionLanguageProcessor:
     def __init__(self, tokenizer: Any, image_transform: Any, *, num_frames: int = 32, pool_stride: int = 2,
                  grid: tuple[int, int] = (24, 24), video_newline: str = "no_token", image_tokens: int = 576,
                  image_token: str = "<image>", video_token: str = "<video>", padding_side: str | None = None,
-                 image_grid_pinpoints: Sequence[Sequence[int]] | None = None, anyres_convention: str = "transformers"):
-        from video.pooling import num_video_tokens
+                 image_grid_pinpoints: Sequence[Sequence[int]] | None = None, anyres_convention: str = "transformers",
+                 fps: float | None = None, min_frames: int = 1, max_frames: int | None = None,
+                 max_video_tokens: int | None = None, pool_mode: str = "average",
+                 faster_token_stride: int | None = None, time_instruction: bool = False, time_markers: bool = False):
+        from video.budget import VideoLayout, sampled_frame_count
 
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        num_video_tokens(1, grid=tuple(grid), stride=pool_stride, newline=video_newline)  # validates early
+        self.layout = VideoLayout(grid=tuple(grid), pool_stride=pool_stride, pool_mode=pool_mode,
+                                  newline=video_newline, faster_token_stride=faster_token_stride,
+                                  max_video_tokens=max_video_tokens)  # validates early
+        self.fps, self.min_frames = fps, min_frames
+        self.max_frames = self.layout.frame_limit(max_frames, min_frames)  # raises when min_frames cannot fit
+        sampled_frame_count(1, 1.0, fps, num_frames=num_frames, min_frames=min_frames, max_frames=self.max_frames)
+        self.time_instruction, self.time_markers = time_instruction, time_markers
         self.tokenizer = tokenizer
         self.image_transform = image_transform
         self.num_frames = num_frames
@@ -95,7 +118,9 @@ class VisionLanguageProcessor:
         processor = cls(tokenizer, model.tower.image_transform, num_frames=num_frames, pool_stride=model.pool_stride,
                         grid=model.tower.grid_size, video_newline=model.video_newline,
                         image_tokens=model.image_tokens, image_grid_pinpoints=model.image_grid_pinpoints,
-                        anyres_convention=model.anyres_convention, **kwargs)
+                        anyres_convention=model.anyres_convention, pool_mode=model.pool_mode,
+                        faster_token_stride=model.faster_token_stride, max_video_tokens=model.max_video_tokens,
+                        **kwargs)
         for kind, ours, theirs in (("image", processor.image_token_id, model.image_token_id),
                                    ("video", processor.video_token_id, model.video_token_id)):
             if theirs is not None and ours != theirs:
@@ -105,10 +130,24 @@ class VisionLanguageProcessor:
     # ----- counts and embeddings ----------------------------------------------------------------
 
     def num_video_tokens(self, num_frames: int) -> int:
-        """Placeholder tokens for a video of `num_frames` frames."""
-        from video.pooling import num_video_tokens
+        """Placeholder tokens for a video of `num_frames` frames (at the stride the budget gives it)."""
+        return self.layout.video_tokens(num_frames)
 
-        return num_video_tokens(num_frames, grid=self.grid, stride=self.pool_stride, newline=self.video_newline)
+    def video_span(self, num_frames: int, times: Sequence[float] | None = None) -> list[int]:
+        """The ids a `<video>` of `num_frames` frames expands to: its placeholders, each frame's run
+        preceded by its time marker when `time_markers` is on (`times`: each frame's seconds)."""
+        from vlm_vision.video_prompt import time_marker
+
+        counts = self.layout.frame_tokens(num_frames, self.layout.stride_for(num_frames))
+        if not self.time_markers:
+            return [self.video_token_id] * sum(counts)
+        if times is None or len(times) != num_frames:
+            raise ValueError(f"time markers need each frame's time: {num_frames} frames, "
+                             f"{'no' if times is None else len(times)} times")
+        ids: list[int] = []
+        for t, count in zip(times, counts):
+            ids += self.tokenizer(time_marker(t), add_special_tokens=False)["input_ids"] + [self.video_token_id] * count
+        return ids
 
     def resize_embeddings(self, llm: Any) -> Any:
         """Grow `llm`'s token embeddings (and head) to the tokenizer's size when tokens were added.
@@ -158,15 +197,25 @@ class VisionLanguageProcessor:
 
     # ----- media --------------------------------------------------------------------------------
 
-    def load_frames(self, video: Any) -> torch.Tensor:
-        """A video as uint8[T, H, W, 3]: a path is decoded and `num_frames` frames sampled;
-        a `VideoClip` gives its frames; an array/tensor of frames is used as it is."""
-        if isinstance(video, (str, os.PathLike)):
-            from video.decode import load_video
+    def load_clip(self, video: Any) -> Any:
+        """A path decoded into a `VideoClip` with the processor's sampling (`num_frames`, or `fps`
+        with `min_frames`/`max_frames` within the token budget); anything else returned as it is."""
+        if not isinstance(video, (str, os.PathLike)):
+            return video
+        from video.decode import load_video
 
-            video = load_video(video, num_frames=self.num_frames)
-        frames = getattr(video, "frames", video)
-        return torch.as_tensor(frames)
+        if self.fps is None:
+            from video.budget import sampled_frame_count
+
+            n = sampled_frame_count(1, 1.0, None, num_frames=self.num_frames, min_frames=self.min_frames,
+                                    max_frames=self.max_frames)
+            return load_video(video, num_frames=n)
+        return load_video(video, fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames)
+
+    def load_frames(self, video: Any) -> torch.Tensor:
+        """A video as uint8[T, H, W, 3]: a path is decoded and sampled (`load_clip`); a `VideoClip`
+        gives its frames; an array/tensor of frames is used as it is."""
+        return torch.as_tensor(getattr(self.load_clip(video), "frames", video))
 
     def preprocess_videos(self, videos: Sequence[Any]) -> torch.Tensor | list[torch.Tensor]:
         """float[V, T, 3, S, S] (a list of float[T_v, 3, S, S] when frame counts differ)."""
@@ -234,16 +283,20 @@ class VisionLanguageProcessor:
         """
         samples = _as_samples(text)
         images, videos = list(images or []), list(videos or [])
-        video_frames = [self.load_frames(video) for video in videos]
+        clips = [self.load_clip(video) for video in videos]
+        video_frames = [torch.as_tensor(getattr(clip, "frames", clip)) for clip in clips]
+        times = [self._frame_times(clip, i) for i, clip in enumerate(clips)]
         rendered, special = [], []
         for sample in samples:
             is_chat = not isinstance(sample, str)
             rendered.append(self.apply_chat_template(sample, add_generation_prompt=add_generation_prompt)
                             if is_chat else sample)
             special.append((not is_chat) if add_special_tokens is None else add_special_tokens)
+        if self.time_instruction:
+            rendered = self._add_time_instructions(rendered, clips, times)
         ids = [self.tokenizer(t, add_special_tokens=s)["input_ids"] for t, s in zip(rendered, special)]
         self._check_media_counts(ids, len(images), len(videos))
-        counts = iter([self.num_video_tokens(frames.shape[0]) for frames in video_frames])
+        counts = iter([self.video_span(frames.shape[0], t) for frames, t in zip(video_frames, times)])
         if images and self.image_grid_pinpoints is not None:
             pixel_values, image_sizes = self.preprocess_anyres_images(images)
             image_counts = iter([self.num_image_tokens(h, w) for h, w in image_sizes.tolist()])
@@ -282,9 +335,32 @@ class VisionLanguageProcessor:
             if token == self.image_token_id:
                 out += [token] * next(image_counts)
             elif token == self.video_token_id:
-                out += [token] * next(video_counts)
+                out += next(video_counts)
             else:
                 out.append(token)
+        return out
+
+    def _frame_times(self, clip: Any, index: int) -> list[float] | None:
+        """Each frame's presentation time in seconds, when the prompt needs it (None otherwise)."""
+        if not (self.time_instruction or self.time_markers):
+            return None
+        times = getattr(clip, "presentation_times", None)
+        if not times:
+            raise ValueError(f"video {index}: time_instruction / time_markers need the frames' presentation times; "
+                             f"give the video as a path or a VideoClip, not bare frames")
+        return list(times)
+
+    def _add_time_instructions(self, texts: list[str], clips: list[Any], times: list[Any]) -> list[str]:
+        """Each `<video>` followed by a line with its clip's time instruction, in prompt order."""
+        from vlm_vision.video_prompt import time_instruction
+
+        if sum(t.count(self.video_token) for t in texts) != len(clips):
+            return texts  # the count check that follows names the mismatch
+        sentences = iter([time_instruction(clip.duration, t) for clip, t in zip(clips, times)])
+        out = []
+        for text in texts:
+            pieces = text.split(self.video_token)
+            out.append(pieces[0] + "".join(f"{self.video_token}\n{next(sentences)}{rest}" for rest in pieces[1:]))
         return out
 
     def _fit(self, ids: list[int], max_length: int, truncation: bool, index: int) -> list[int]:

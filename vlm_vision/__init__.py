@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "train": "vlm_vision.training",
     "load_trained": "vlm_vision.trained",
     "merge_trained": "vlm_vision.trained",
+    "EvalConfig": "vlm_vision.eval_run",
+    "run_eval": "vlm_vision.eval_run",
+    "load_eval_model": "vlm_vision.evaluation",
+    "answer_questions": "vlm_vision.evaluation",
 }
 
 __all__ = list(_EXPORTS)
@@ -84,3 +88,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.train_config import TrainConfig  # noqa: F401
     from vlm_vision.training import train  # noqa: F401
     from vlm_vision.trained import load_trained, merge_trained  # noqa: F401
+    from vlm_vision.eval_run import EvalConfig, run_eval  # noqa: F401
+    from vlm_vision.evaluation import answer_questions, load_eval_model  # noqa: F401

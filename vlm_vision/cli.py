@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlm_vision.train_cli", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),
+    "eval": ("vlm_vision.eval_run", "answer video questions with a trained model; accuracy, per category"),
 }
 
 

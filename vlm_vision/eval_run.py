@@ -1,0 +1,312 @@
+"""`vlm-vision eval`: answer a file of video questions with a model, resumably, and report accuracy.
+
+    vlm-vision eval --model runs/stage2/final --data questions.jsonl --media-root media/ --output-dir evals/s2
+
+The output folder:
+
+    predictions.jsonl          one line per question, written as each batch finishes: id, source file,
+                               prediction, correct, scores (or `error`: why its medium was unreadable)
+    run.json                   the model's identity and the settings the predictions were made with
+    metrics.json               overall, per category and per video-duration bucket; counts of bad
+                               records and unreadable media with their reasons; settings; the model
+    accuracy_by_category.png   the per-category accuracies as bars
+
+Why a rerun resumes safely: questions already in `predictions.jsonl` (keyed by source file and
+id) are skipped. A run killed mid-write leaves at most a last line without its newline; it is cut
+off and that question is asked again. Predictions are only ever mixed with ones of the same model
+(its fingerprint) and settings: otherwise the run stops and says what differs.
+
+Bad records (a missing field, an answer that is not among the options, missing media) are
+counted and listed with their reason in `metrics.json`, and so are media that fail to decode;
+none stops the run, and none counts towards the accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vlm_vision.eval_data import BadRecord, Question, parse_question, summarize
+
+__all__ = ["EvalConfig", "run_eval", "read_questions", "read_predictions"]
+
+logger = logging.getLogger("vlm_vision.eval")
+
+PREDICTIONS = "predictions.jsonl"
+RUN_FILE = "run.json"
+METRICS = "metrics.json"
+CHART = "accuracy_by_category.png"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """One evaluation; `vlm-vision eval` takes these fields as flags (`--batch-size` for `batch_size`)."""
+
+    model: str = dataclasses.field(metadata=_help(
+        "a training run's final/ or checkpoint-STEP/, a merged model, or a transformers LLaVA-NeXT-Video folder"))
+    data: list[str] = dataclasses.field(metadata=_help("question records, .json (a list) or .jsonl; several allowed"))
+    output_dir: str = dataclasses.field(metadata=_help("predictions.jsonl, metrics.json and the chart go here"))
+    media_root: str | None = dataclasses.field(default=None, metadata=_help(
+        "folder media paths are relative to (default: each data file's folder)"))
+    batch_size: int = dataclasses.field(default=8, metadata=_help("questions per batch (default %(default)s)"))
+    num_frames: int | None = dataclasses.field(default=None, metadata=_help(
+        "frames sampled from each video (default: the model's training setting, else 32)"))
+    limit: int | None = dataclasses.field(default=None, metadata=_help("evaluate only the first N records"))
+    max_new_tokens: int = dataclasses.field(default=32, metadata=_help(
+        "longest generated answer, in tokens (default %(default)s)"))
+    device: str | None = dataclasses.field(default=None, metadata=_help("default: cuda when available, else cpu"))
+    dtype: str = dataclasses.field(default="auto", metadata=_help(
+        "float32, bfloat16 or float16; auto: bfloat16 on a GPU, float32 on the CPU"))
+    num_workers: int = dataclasses.field(default=2, metadata=_help(
+        "processes decoding media ahead (default %(default)s)"))
+    progress: bool = dataclasses.field(default=True, metadata=_help("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "num_frames", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+
+
+# ----- inputs -------------------------------------------------------------------------------------
+
+
+def read_questions(paths: list[str], media_root: str | None, limit: int | None = None
+                   ) -> tuple[list[Question], list[dict[str, str]], int]:
+    """Parse the records of every data file, in order.
+
+    Returns:
+        (questions, bad, records): the questions, `{"id", "source", "reason"}` for each bad record
+        (a duplicate of an earlier (source, id) is bad too), and how many records were read
+        (at most `limit`).
+    """
+    from vlm_vision.train_data import Skipped, read_records
+
+    questions, bad, seen, count = [], [], set(), 0
+    for path in paths:
+        root = Path(media_root) if media_root else Path(path).parent
+        source = Path(path).name
+        for index, raw in enumerate(read_records(path)):
+            if limit is not None and count >= limit:
+                return questions, bad, count
+            count += 1
+            if isinstance(raw, Skipped):
+                bad.append({"id": raw.id, "source": source, "reason": raw.reason})
+                continue
+            try:
+                question = parse_question(raw, root, source=source, index=index)
+            except BadRecord as e:
+                bad.append({"id": e.record_id, "source": source, "reason": e.reason})
+                continue
+            if (source, question.id) in seen:
+                bad.append({"id": question.id, "source": source, "reason": "duplicate id (the first one is kept)"})
+                continue
+            seen.add((source, question.id))
+            questions.append(question)
+    return questions, bad, count
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a predictions file; a last line without its newline is cut off the file.
+
+    Raises:
+        ValueError: when a complete line is not JSON (the file was edited or is not ours).
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    rows = []
+    for n, line in enumerate(data[:end].splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); it was not written by vlm-vision eval, "
+                                 f"or was edited; remove the line or choose another output folder") from e
+    if end < len(data):
+        logger.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run",
+                       path, len(data) - end)
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return rows
+
+
+def _check_run(out: Path, run: dict[str, Any]) -> None:
+    """Record what the predictions are made with, or refuse to add to predictions made otherwise."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        _write_json(path, run)
+        return
+    before = json.loads(path.read_text())
+    changed = {k: (before[k], run[k]) for k in ("model", "settings") if before.get(k) != run[k]}
+    if changed:
+        raise ValueError(f"{out} holds predictions made with another model or settings (then, now): {changed}; "
+                         f"choose another --output-dir, or delete {out / PREDICTIONS} to start again")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----- the run ------------------------------------------------------------------------------------
+
+
+def _device_dtype(config: EvalConfig) -> tuple[Any, Any]:
+    import torch
+
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    return device, getattr(torch, name)
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate `config.model` on `config.data`; writes the output folder and returns the metrics.
+
+    Raises:
+        ValueError: for a model folder we cannot read, a data file that is not JSON, or an output
+            folder whose predictions were made with another model or settings.
+    """
+    from tqdm.auto import tqdm
+
+    from vlm_vision.evaluation import answer_questions, load_eval_model, model_identity
+
+    out = Path(config.output_dir)
+    questions, bad, records = read_questions(config.data, config.media_root, config.limit)
+    identity = model_identity(config.model)
+    device, dtype = _device_dtype(config)
+    model, processor = load_eval_model(config.model, device=device, dtype=dtype)
+    num_frames = config.num_frames or processor.num_frames
+    settings = {"num_frames": num_frames, "max_new_tokens": config.max_new_tokens,
+                "dtype": str(dtype).removeprefix("torch.")}
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run(out, {"model": identity, "settings": settings})
+
+    predictions = out / PREDICTIONS
+    done = {(r["source"], r["id"]): r for r in read_predictions(predictions)}
+    todo = [q for q in questions if (q.source, q.id) not in done]
+    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), unit="q", desc="eval",
+               disable=not config.progress)
+    started = time.perf_counter()
+    with predictions.open("a", encoding="utf-8") as f:
+        def write(rows: list[dict[str, Any]]) -> None:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")  # one write per line: a kill leaves at most a partial last line
+                done[(row["source"], row["id"])] = row
+            f.flush()
+            bar.update(len(rows))
+
+        answer_questions(model, processor, todo, num_frames=num_frames, batch_size=config.batch_size,
+                         max_new_tokens=config.max_new_tokens, num_workers=config.num_workers, on_rows=write)
+    bar.close()
+    seconds = time.perf_counter() - started
+    rows = [done[(q.source, q.id)] for q in questions]
+    metrics = _metrics(rows, bad, records, len(questions) - len(todo), identity, config, settings)
+    metrics["timing"] = {"seconds": round(seconds, 2),
+                         "questions_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    _write_json(out / METRICS, metrics)
+    plot_categories(metrics["per_category"], out / CHART)
+    _print_summary(metrics, out)
+    return metrics
+
+
+def _metrics(rows: list[dict[str, Any]], bad: list[dict[str, str]], records: int, resumed: int,
+             identity: dict[str, Any], config: EvalConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    summary = summarize(rows)
+    failed = summary.pop("undecodable")
+    counts = {"records": records, "evaluated": len(rows) - len(failed), "bad_records": len(bad),
+              "undecodable": len(failed), "resumed": resumed}
+    metrics = {"model": identity, "data": [str(Path(p).resolve()) for p in config.data],
+               "settings": {**settings, "batch_size": config.batch_size, "limit": config.limit}, "counts": counts,
+               **summary, "bad_records": bad, "undecodable": failed}
+    if records and counts["evaluated"] < records / 2:
+        metrics["warning"] = (f"only {counts['evaluated']} of {records} records were evaluated "
+                              f"({len(bad)} bad, {len(failed)} unreadable media); see bad_records and undecodable")
+        logger.warning(metrics["warning"])
+    return metrics
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    overall, counts = metrics["overall"], metrics["counts"]
+    parts = [f"{counts['evaluated']} questions"]
+    if "multiple_choice" in overall:
+        mc = overall["multiple_choice"]
+        parts.append(f"multiple choice: generated letter {mc['generated_accuracy']:.3f}, "
+                     f"log-likelihood {mc['log_likelihood_accuracy']:.3f} (chance {mc['chance']:.3f})")
+    if "open_ended" in overall:
+        oe = overall["open_ended"]
+        parts.append(f"open-ended: exact match {oe['exact_match']:.3f}, token F1 {oe['token_f1']:.3f}")
+    if counts["bad_records"] or counts["undecodable"]:
+        parts.append(f"{counts['bad_records']} bad records, {counts['undecodable']} unreadable media")
+    print("; ".join(parts) + f"; details in {out / METRICS}")
+
+
+def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Bars of each category's accuracies (generated letter, log-likelihood, exact match) into `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {"multiple choice, generated letter": ("multiple_choice", "generated_accuracy"),
+              "multiple choice, log-likelihood": ("multiple_choice", "log_likelihood_accuracy"),
+              "open-ended, exact match": ("open_ended", "exact_match")}
+    names = list(per_category)
+    labels = [f"{n}\n(n={per_category[n]['questions']})" for n in names]
+    shown = {label: [per_category[n].get(kind, {}).get(key) for n in names] for label, (kind, key) in series.items()}
+    shown = {label: values for label, values in shown.items() if any(v is not None for v in values)}
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 4.0))
+    width = 0.8 / max(1, len(shown))
+    for k, (label, values) in enumerate(shown.items()):
+        ax.bar([i + k * width for i in range(len(names))], [v or 0.0 for v in values], width, label=label)
+    ax.set_xticks([i + width * (len(shown) - 1) / 2 for i in range(len(names))], labels, fontsize="small")
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("accuracy")
+    if shown:
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ----- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `EvalConfig` field (`--no-progress` for `progress`)."""
+    for f in dataclasses.fields(EvalConfig):
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.type == "bool":
+            parser.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f"do not {text}")
+        elif f.type == "list[str]":
+            parser.add_argument(flag, nargs="+", required=True, help=text)
+        else:
+            kind = int if f.type.startswith("int") else str
+            required = f.default is dataclasses.MISSING
+            parser.add_argument(flag, type=kind, required=required, default=None if required else f.default,
+                                help=text)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_eval(EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}))
+    return 0

@@ -1,0 +1,387 @@
+"""Run a model on evaluation questions: load it, load each question's medium, answer in batches.
+
+`answer_questions` is the whole path, used by `vlm-vision eval` (`vlm_vision.eval_run`) and by
+training's periodic evaluation alike: questions in, one scored row per question out.
+
+Why each video goes through the tower once: a multiple-choice question is answered twice (a
+generated letter, then every option scored by log-likelihood), so the pooled tower tokens of each
+video are computed once and passed to the model as `video_features` for every sequence that
+needs them; only the cheap projector runs again. Token files (`vlm-vision extract`) are pooled
+tower tokens already and skip the tower altogether.
+
+Why generation is left-padded and scoring right-padded: generation appends after the last
+column, so every prompt must end there; scoring reads log-probabilities at labelled positions,
+wherever they are. Positions come from the attention mask in both cases, so a question gets the
+same answer in a batch of 1 or of 8.
+
+Shapes: B batch, L sequence, T frames, N' pooled tokens per frame, D_v tower width, S image side,
+K kept positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_vision.eval_data import LETTERS, Question, choice_prompt, exact_match, open_prompt, parse_choice, token_f1
+from vlm_vision.train_data import IGNORE_INDEX, Example, expand_placeholder, pad_batch, tokenize_conversation
+
+__all__ = ["load_eval_model", "answer_questions", "model_identity"]
+
+TRANSFORMERS_KINDS = ("llava_next_video", "llava_next", "llava")
+_HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt")
+_HASHED_BYTES = 1 << 16
+
+
+# ----- the model ----------------------------------------------------------------------------------
+
+
+def _folder_kind(path: Path) -> str:
+    from vlm_vision.trained import CONFIG_NAME
+
+    if (path / CONFIG_NAME).is_file():
+        return "trained"
+    config = path / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if model_type in TRANSFORMERS_KINDS:
+        return model_type
+    raise ValueError(f"{path} is neither a vlm-vision trained folder (final/, checkpoint-STEP/ or a merged model, "
+                     f"with vlm_config.json) nor a transformers folder of model_type {list(TRANSFORMERS_KINDS)} "
+                     f"(found model_type {model_type!r})")
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """What a set of predictions was made with: the folder, its kind, and a fingerprint of its files.
+
+    The fingerprint hashes each config/weight file's name, size, first and last 64 KiB (a second
+    per folder even for large models): retrained or replaced weights change it.
+    """
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(_HASHED_BYTES))
+            f.seek(max(0, size - _HASHED_BYTES))
+            digest.update(f.read())
+    return {"path": str(path), "kind": _folder_kind(path), "fingerprint": digest.hexdigest()[:16]}
+
+
+def load_eval_model(path: str | Path, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """A `VisionLanguageModel` in eval mode and its processor, from any folder we can evaluate.
+
+    Args:
+        path: a training run's `final/` or `checkpoint-STEP/`, a merged model (`merge_trained`), or a
+            transformers LLaVA-NeXT-Video / LLaVA-NeXT / LLaVA folder with its tokenizer.
+        device, dtype: where the model lives.
+
+    Raises:
+        ValueError: for another kind of folder, or a tokenizer without a chat template.
+    """
+    from vlm_vision.fusion import VisionLanguageModel
+    from vlm_vision.processor import VisionLanguageProcessor
+    from vlm_vision.trained import load_tokenizer, load_trained
+
+    path = Path(path)
+    kind = _folder_kind(path)
+    if kind == "trained":
+        model, processor = load_trained(path, dtype=dtype, device=device)
+    else:
+        model = getattr(VisionLanguageModel, f"from_{kind}")(path, dtype=dtype).to(device).eval()
+        processor = VisionLanguageProcessor.for_model(load_tokenizer(str(path)), model)
+    if not getattr(processor.tokenizer, "chat_template", None):
+        raise ValueError(f"the tokenizer in {path} has no chat_template; questions are asked through it")
+    return model, processor
+
+
+# ----- media --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A question with its medium ready for the model, or the reason it could not be loaded.
+
+    `kind` is "video" (`media` float[T, 3, S, S] frames), "video_features" (float[T, N', D_v] pooled
+    tower tokens) or "image" (float[1, 3, S, S], or float[P, 3, S, S] crops with `image_size` for
+    anyres models). `duration` is the seconds of video the question is about.
+    """
+
+    question: Question
+    kind: str | None = None
+    media: torch.Tensor | None = None
+    image_size: tuple[int, int] | None = None
+    duration: float | None = None
+    error: str | None = None
+
+
+def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
+    from video import load_video_tokens
+
+    tokens = load_video_tokens(question.media_path)
+    rows, cols = model.pooled_grid
+    made = (tokens.pool_stride, tokens.pool_mode, tokens.layer, tokens.tokens.shape[1], tokens.tokens.shape[2])
+    wanted = (model.pool_stride, model.pool_mode, model.tower.select_layer, rows * cols, model.tower.hidden_size)
+    if made != wanted:
+        return Loaded(question, error=f"token file {question.media_path} was made with (pool stride, pool mode, "
+                                      f"layer, tokens per frame, width) {made}; this model needs {wanted}")
+    if tokens.random_weights:
+        return Loaded(question, error=f"token file {question.media_path} comes from a tower with random weights")
+    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration)  # (T, N', D_v)
+
+
+def load_medium(question: Question, model: nn.Module, num_frames: int) -> Loaded:
+    """Decode or read a question's medium; a file that cannot be read gives a `Loaded` with `error`."""
+    from video import VideoDecodeError, load_video
+
+    transform = model.tower.image_transform
+    try:
+        if question.cached:
+            return _load_video_tokens(question, model)
+        if question.media_kind == "video":
+            clip = load_video(question.media_path, num_frames=num_frames, start=question.start, end=question.end)
+            window = min(question.end or clip.duration, clip.duration) - (question.start or 0.0)
+            return Loaded(question, "video", transform(clip.frames), duration=window)  # (T, 3, S, S)
+        if model.image_grid_pinpoints is not None:
+            from vlm_vision.anyres import anyres_pixel_values
+
+            crops, size = anyres_pixel_values(question.media_path, transform, grid_pinpoints=model.image_grid_pinpoints,
+                                              tile_size=transform.image_size, convention=model.anyres_convention)
+            return Loaded(question, "image", crops, image_size=tuple(size))  # (P, 3, S, S)
+        return Loaded(question, "image", transform(question.media_path))  # (1, 3, S, S)
+    except VideoDecodeError as e:
+        return Loaded(question, error=f"video could not be decoded: {e.reason}")
+    except (OSError, ValueError) as e:  # unreadable images, malformed token files
+        return Loaded(question, error=f"{question.media_kind} could not be read: {e}")
+
+
+class _Media(torch.utils.data.Dataset):
+    """Questions -> `Loaded`, so that a DataLoader decodes ahead of the model."""
+
+    def __init__(self, questions: Sequence[Question], model: nn.Module, num_frames: int):
+        self.questions, self.model, self.num_frames = list(questions), model, num_frames
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int) -> Loaded:
+        return load_medium(self.questions[index], self.model, self.num_frames)
+
+
+# ----- prompts -> tensors -------------------------------------------------------------------------
+
+
+def _visual_count(item: Loaded, model: nn.Module) -> int:
+    if item.kind == "image":
+        return model.image_tokens if item.image_size is None else model.num_image_tokens(*item.image_size)
+    return model.video_tokens(item.media.shape[0])
+
+
+def _token_id(item: Loaded, processor: Any) -> int:
+    return processor.image_token_id if item.kind == "image" else processor.video_token_id
+
+
+def _media_inputs(items: Sequence[Loaded], features: dict[int, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """`VisionLanguageModel` media arguments for sequences in `items`' order (one medium each)."""
+    out: dict[str, Any] = {}
+    images = [item for item in items if item.kind == "image"]
+    if images and images[0].image_size is not None:
+        out["pixel_values"] = [item.media.to(device) for item in images]  # I x (P_i, 3, S, S)
+        out["image_sizes"] = torch.tensor([item.image_size for item in images], dtype=torch.long)  # (I, 2)
+    elif images:
+        out["pixel_values"] = torch.cat([item.media for item in images]).to(device)  # (I, 3, S, S)
+    videos = [features[id(item)] for item in items if item.kind != "image"]
+    if videos:
+        out["video_features"] = videos  # V x (T, N', D_v)
+    return out
+
+
+def _pooled(items: Sequence[Loaded], model: nn.Module) -> dict[int, torch.Tensor]:
+    """Pooled tower tokens of each video item, the tower run once over all raw videos."""
+    from vlm_vision.fusion import encode_videos
+
+    device = model.tower.device
+    raw = [item for item in items if item.kind == "video"]
+    out = {id(item): item.media.to(device) for item in items if item.kind == "video_features"}
+    if raw:
+        pooled = encode_videos(model.tower, [item.media.to(device) for item in raw], stride=model.pool_stride,
+                               mode=model.pool_mode)  # V x (T, N', D_v)
+        out.update({id(item): p for item, p in zip(raw, pooled)})
+    return out
+
+
+def _left_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (B, L)
+    for row, s in enumerate(sequences):
+        ids[row, length - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, length - len(s):] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    configured = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
+
+
+@torch.no_grad()
+def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], features: dict[int, torch.Tensor],
+                     max_new_tokens: int) -> list[str]:
+    """Greedy answers to each item's prompt (a letter request for multiple choice), batched, left-padded."""
+    tokenizer, device = processor.tokenizer, model.tower.device
+    sequences = []
+    for item in items:
+        prompt = choice_prompt(item.question) if item.question.multiple_choice else open_prompt(item.question)
+        text = processor.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        sequences.append(expand_placeholder(ids, ids, _token_id(item, processor), _visual_count(item, model))[0])
+    input_ids, mask = _left_pad(sequences, _pad_id(tokenizer))  # (B, L)
+    stop = _stop_ids(model, tokenizer)
+    out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer),
+                         eos_token_id=stop)  # (B, L + new)
+    answers = []
+    for row in out[:, input_ids.shape[1]:].tolist():
+        end = next((j for j, t in enumerate(row) if t in stop), len(row))
+        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+    return answers
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+@torch.no_grad()
+def sequence_logprobs(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Summed log-probability of each row's labelled tokens: float[B].
+
+    The LM head runs only at positions followed by a label in some row (`logits_to_keep`), not over
+    the thousands of visual positions, when the LLM supports it.
+    """
+    labels = batch.pop("labels")  # (B, L)
+    targets = labels[:, 1:]  # (B, L-1): position j predicts token j+1
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    if _forward_takes_logits_to_keep(type(llm)):
+        logits = model(**batch, logits_to_keep=keep.to(labels.device)).logits  # (B, K, V)
+    else:
+        logits = model(**batch).logits[:, keep]  # (B, K, V)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, K, V)
+    picked = targets[:, keep]  # (B, K)
+    gathered = logp.gather(2, picked.clamp(min=0)[..., None]).squeeze(2)  # (B, K)
+    return (gathered * (picked != IGNORE_INDEX)).sum(dim=1)  # (B,)
+
+
+def option_scores(model: nn.Module, processor: Any, items: Sequence[Loaded], features: dict[int, torch.Tensor],
+                  batch_size: int) -> list[list[float]]:
+    """Per multiple-choice item, the log-likelihood of each option as the answer to the open question.
+
+    All options of all items are scored together, `batch_size` sequences per forward pass.
+    """
+    tokenizer, device = processor.tokenizer, model.tower.device
+    pad_id = _pad_id(tokenizer)
+    sequences: list[tuple[Loaded, Example]] = []
+    for item in items:
+        for option in item.question.options:
+            messages = [{"role": "user", "content": open_prompt(item.question)},
+                        {"role": "assistant", "content": option}]
+            ids, labels = tokenize_conversation(tokenizer, messages)
+            ids, labels = expand_placeholder(ids, labels, _token_id(item, processor), _visual_count(item, model))
+            sequences.append((item, Example(item.question.id, torch.tensor(ids), torch.tensor(labels), None, None)))
+    scores: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_batch([e for _, e in chunk], pad_id).items()}  # (B, L) each
+        batch.update(_media_inputs([item for item, _ in chunk], features, device))
+        scores += sequence_logprobs(model, batch).tolist()
+    out, at = [], 0
+    for item in items:
+        n = len(item.question.options)
+        out.append(scores[at:at + n])
+        at += n
+    return out
+
+
+# ----- rows ---------------------------------------------------------------------------------------
+
+
+def _row(item: Loaded, generated: str | None = None, scores: list[float] | None = None) -> dict[str, Any]:
+    """The prediction line of one question (see `vlm_vision.eval_run` for the file)."""
+    q = item.question
+    row: dict[str, Any] = {"id": q.id, "source": q.source, "category": q.category, "duration": item.duration}
+    if item.error is not None:
+        return {**row, "error": item.error}
+    if q.multiple_choice:
+        picked = parse_choice(generated, q.options)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return {**row, "type": "multiple_choice", "question": q.question, "options": list(q.options),
+                "answer": LETTERS[q.answer],
+                "prediction": {"generated": generated, "generated_choice": None if picked is None else LETTERS[picked],
+                               "log_likelihood_choice": LETTERS[best]},
+                "correct": {"generated": picked == q.answer, "log_likelihood": best == q.answer},
+                "scores": {"log_likelihood": [round(s, 4) for s in scores]}}
+    em, f1 = exact_match(generated, q.references), token_f1(generated, q.references)
+    return {**row, "type": "open_ended", "question": q.question, "answer": list(q.references), "prediction": generated,
+            "correct": em, "scores": {"exact_match": float(em), "token_f1": round(f1, 4)}}
+
+
+def answer_batch(model: nn.Module, processor: Any, items: Sequence[Loaded], *, max_new_tokens: int,
+                 batch_size: int) -> list[dict[str, Any]]:
+    """Answer and score loaded questions; items with a load error become error rows."""
+    ready = [item for item in items if item.error is None]
+    answers, scores = {}, {}
+    if ready:
+        features = _pooled(ready, model)
+        answers = dict(zip(map(id, ready), generate_answers(model, processor, ready, features, max_new_tokens)))
+        choice = [item for item in ready if item.question.multiple_choice]
+        if choice:
+            scores = dict(zip(map(id, choice), option_scores(model, processor, choice, features, batch_size)))
+    return [_row(item, answers.get(id(item)), scores.get(id(item))) for item in items]
+
+
+def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Question], *, num_frames: int,
+                     batch_size: int = 8, max_new_tokens: int = 32, num_workers: int = 0,
+                     on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Answer every question, `batch_size` at a time, media decoded ahead by `num_workers` processes.
+
+    Args:
+        model, processor: a `VisionLanguageModel` (eval mode) and its `VisionLanguageProcessor`.
+        questions: parsed questions (`vlm_vision.eval_data.parse_question`).
+        num_frames: frames sampled from each raw video.
+        on_rows: called with each batch's rows as soon as they exist (to write them out).
+
+    Returns:
+        One row per question, in order: the prediction, whether it is correct, and its scores; or
+        `error` with the reason when the medium could not be read.
+    """
+    was_training = model.training
+    model.eval()
+    loader = torch.utils.data.DataLoader(_Media(questions, model, num_frames), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=list)
+    rows: list[dict[str, Any]] = []
+    try:
+        for items in loader:
+            batch_rows = answer_batch(model, processor, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            rows += batch_rows
+            if on_rows is not None:
+                on_rows(batch_rows)
+    finally:
+        model.train(was_training)
+    return rows

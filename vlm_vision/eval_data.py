@@ -3,7 +3,8 @@
 Everything here is pure (no model, no decoding) and hand-tested. `vlm_vision.evaluation` runs the
 model on what this module builds and hands the outputs back to be scored.
 
-A record is one JSON object: a medium, a question, and either options with an answer (multiple
+A record that cannot be evaluated raises `BadRecord` (training's `BadSample`: `sample_id`, and a
+`reason` naming the field and what was expected). A record is one JSON object: a medium, a question, and either options with an answer (multiple
 choice) or an answer string (open-ended). Benchmarks spell these differently; the spellings taken
 are the tables below (the first one present wins):
 
@@ -48,6 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm_vision.data_formats import CACHED_SUFFIX, PLACEHOLDERS
+from vlm_vision.data_formats import BadSample as BadRecord
+
 __all__ = ["Question", "BadRecord", "parse_question", "choice_prompt", "open_prompt", "parse_choice",
            "normalize_answer", "exact_match", "token_f1", "duration_bucket", "summarize"]
 
@@ -60,20 +64,9 @@ ANSWER_FIELDS = ("answer", "label", "correct_answer", "gt_answer", "truth")
 CATEGORY_FIELDS = ("category", "task_type", "question_type", "type")
 LETTERS = string.ascii_uppercase
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-PLACEHOLDERS = {"video": "<video>", "image": "<image>"}
-TOKEN_SUFFIX = ".safetensors"
 # Upper bounds (seconds) of the video-length buckets; Video-MME calls < 2 min short and up to 15 min medium.
 DURATION_BUCKETS = ((120.0, "short (<2 min)"), (900.0, "medium (2-15 min)"), (math.inf, "long (>15 min)"))
 _PREFIX = re.compile(r"^\s*\(?([A-Z])[.):]\s*")
-
-
-class BadRecord(ValueError):
-    """A record that cannot be evaluated; `reason` names the field and what was expected."""
-
-    def __init__(self, record_id: str, reason: str):
-        super().__init__(f"record {record_id!r}: {reason}")
-        self.record_id = record_id
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class Question:
     @property
     def cached(self) -> bool:
         """True when the video is a token file (pooled tower features), not a video to decode."""
-        return self.media_kind == "video" and self.media_path.suffix == TOKEN_SUFFIX
+        return self.media_kind == "video" and self.media_path.suffix == CACHED_SUFFIX
 
 
 # ----- parsing ------------------------------------------------------------------------------------

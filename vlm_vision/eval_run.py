@@ -94,7 +94,7 @@ def read_questions(paths: list[str], media_root: str | None, limit: int | None =
         (a duplicate of an earlier (source, id) is bad too), and how many records were read
         (at most `limit`).
     """
-    from vlm_vision.train_data import Skipped, read_records
+    from vlm_vision.data_formats import Skipped, read_records
 
     questions, bad, seen, count = [], [], set(), 0
     for path in paths:
@@ -110,7 +110,7 @@ def read_questions(paths: list[str], media_root: str | None, limit: int | None =
             try:
                 question = parse_question(raw, root, source=source, index=index)
             except BadRecord as e:
-                bad.append({"id": e.record_id, "source": source, "reason": e.reason})
+                bad.append({"id": e.sample_id, "source": source, "reason": e.reason})
                 continue
             if (source, question.id) in seen:
                 bad.append({"id": question.id, "source": source, "reason": "duplicate id (the first one is kept)"})

@@ -71,7 +71,7 @@ def held_out_records(videos: list[Path], root: Path) -> list[dict]:
 
 def trained_colour_model(base: Path) -> dict[str, Path]:
     """Train (once per `base` folder) and return the paths: llm, tower, media root, final/."""
-    from vlm_vision.train import TrainConfig, train
+    from vlm_vision import TrainConfig, train
 
     paths = {"llm": base / "llm", "tower": base / "tower", "media": base / "media", "final": base / "run" / "final"}
     if paths["final"].is_dir():

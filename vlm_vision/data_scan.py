@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, parse_record
-from vlm_vision.train_data import VisualSpec, image_size, scan_one, visual_counts, visual_frames
+from vlm_vision.train_data import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
+                                   visual_frames)
 
 __all__ = ["KINDS", "LazyRecords", "ScanResult", "cached_scan", "scan_key", "scan_rows"]
 
@@ -116,7 +117,8 @@ def scan_rows(rows: DataRows, indices: Sequence[int], roots: MediaRoots, tokeniz
                 skipped.append((k, e.sample_id, e.reason, rows.source(k)))
                 continue
             ready.append((len(lengths) - 1, record, token_id, counts))
-            texts.append(tokenizer.apply_chat_template(list(record.messages), tokenize=False))
+            messages = prompt_messages(record, visual, frame_times(record, visual, visual_frames(record, visual)))
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
         for (out, record, token_id, counts), ids in zip(ready, encoded):
             length = len(ids) - len(counts) + sum(counts)
@@ -149,6 +151,7 @@ def scan_key(rows: DataRows, roots: MediaRoots, tokenizer: Any, visual: VisualSp
         "tokens_per_frame": visual.tokens_per_frame,
         "num_frames": visual.num_frames,
         "video_tokens": [visual.video_tokens(t) for t in _PROBE_FRAMES],
+        "time_instruction": visual.time_instruction,
         "anyres_tokens": [visual.anyres_tokens(h, w) for h, w in _PROBE_SIZES] if visual.anyres_tokens else None,
         "max_length": max_length,
         "roots": [str(Path(p).resolve()) if p else None for p in (roots.media_root, roots.image_folder,

@@ -72,7 +72,22 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = LORA_TARGETS
     """Names of the LLM's linear layers that get LoRA."""
     num_frames: int = 32
-    """Frames sampled uniformly from each raw video."""
+    """Frames sampled uniformly from each raw video (when `fps` is None)."""
+    fps: float | None = None
+    """Sample about this many frames per second of video instead of `num_frames` (LLaVA-Video: 1)."""
+    min_frames: int = 1
+    """With `fps`, the fewest frames a video gets (frames repeat in a short clip)."""
+    max_frames: int | None = None
+    """With `fps`, the most frames a video gets (LLaVA-Video: 64); the length scan assumes this many."""
+    max_video_tokens: int | None = None
+    """Token budget of one video: frames pool at up to twice `pool_stride` to fit it (`video.budget`)."""
+    faster_token_stride: int | None = None
+    """SlowFast (LLaVA-Video's add_faster_video): every k-th frame at `pool_stride`, the others at twice it,
+    each frame followed by a learned `faster_token` (trained in both stages). None: off."""
+    time_instruction: bool = False
+    """Put LLaVA-Video's sentence with the duration and frame times after each `<video>`."""
+    time_markers: bool = False
+    """Put `<t=12.5s>` (the frame's presentation time) before each frame's tokens."""
     seed: int = 0
     """Seeds the data order, the initialisation and dropout."""
     resume: bool = False

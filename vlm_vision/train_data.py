@@ -46,8 +46,8 @@ from vlm_vision.data_formats import (
 IGNORE_INDEX = -100
 _EXIF_ORIENTATION = 0x0112
 __all__ = ["IGNORE_INDEX", "PLACEHOLDERS", "ROLES", "BadSample", "ConversationDataset", "Example", "MediaRoots",
-           "Record", "Skipped", "VisualSpec", "check_tokenizer", "expand_placeholder", "fit_length", "pad_batch",
-           "parse_record", "read_records", "sample_tokens", "scan_records", "tokenize_conversation"]
+           "Record", "Skipped", "VisualSpec", "check_tokenizer", "expand_placeholder", "fit_length", "frame_times",
+           "pad_batch", "parse_record", "prompt_messages", "read_records", "sample_tokens", "scan_records", "tokenize_conversation"]
 
 
 # ----- tokenizing -------------------------------------------------------------------------------
@@ -125,7 +125,8 @@ def expand_placeholder(ids: Sequence[int], labels: Sequence[int], token_id: int,
                        count: int | Sequence[int]) -> tuple[list[int], list[int]]:
     """Repeat each `token_id` in `ids` `count` times (one per visual token); those labels are -100.
 
-    `count` may be a list, one count per placeholder in order (images of different sizes).
+    `count` may be a list, one count per placeholder in order (images of different sizes); an entry
+    may itself be the list of ids to put there (a video's span with its time markers).
 
     Example:
         >>> expand_placeholder([1, 9, 2], [-100, -100, 2], token_id=9, count=3)
@@ -134,15 +135,16 @@ def expand_placeholder(ids: Sequence[int], labels: Sequence[int], token_id: int,
     counts = list(count) if isinstance(count, Sequence) else None
     if counts is not None and len(counts) != list(ids).count(token_id):
         raise ValueError(f"{len(counts)} counts for {list(ids).count(token_id)} placeholders {token_id}")
-    if any(c < 1 for c in (counts if counts is not None else [count])):
+    if any((len(c) if isinstance(c, list) else c) < 1 for c in (counts if counts is not None else [count])):
         raise ValueError(f"count must be >= 1 visual token, got {count}")
     out_ids, out_labels, k = [], [], 0
     for i, lab in zip(ids, labels):
         if i == token_id:
             n = counts[k] if counts is not None else count
             k += 1
-            out_ids += [token_id] * n
-            out_labels += [IGNORE_INDEX] * n
+            span = n if isinstance(n, list) else [token_id] * n  # a span: placeholders and time markers
+            out_ids += span
+            out_labels += [IGNORE_INDEX] * len(span)
         else:
             out_ids.append(i)
             out_labels.append(lab)
@@ -178,7 +180,8 @@ class VisualSpec:
 
     Attributes:
         token_ids: placeholder id per media kind, e.g. {"video": 49153, "image": 49152}.
-        video_tokens: frames -> number of visual tokens for one video of that many frames.
+        video_tokens: frames -> number of visual tokens for one video of that many frames (with time
+            markers, the length of its span, estimated with all times 0 before decoding).
         image_tokens: number of visual tokens for one image (one crop).
         tokens_per_frame: pooled tokens per frame N' a cached `.safetensors` must have.
         num_frames: frames sampled from a raw video.
@@ -192,6 +195,11 @@ class VisualSpec:
     tokens_per_frame: int
     num_frames: int
     anyres_tokens: Callable[[int, int], int] | None = None
+    video_span: Callable[[int, Sequence[float] | None], list[int]] | None = None
+    """(frames, their times) -> the ids a `<video>` expands to, time markers included
+    (`VisionLanguageProcessor.video_span`); None: `video_tokens` placeholders."""
+    time_instruction: bool = False
+    """Put LLaVA-Video's time sentence after the `<video>` placeholder (`vlm_vision.video_prompt`)."""
 
 
 @dataclass
@@ -269,27 +277,28 @@ class ConversationDataset(torch.utils.data.Dataset):
         record = None
         try:
             record = self.records[index]  # a lazy record sequence parses (and may refuse) here
-            kind, media, size = self._load_media(record)
+            kind, media, size, clip = self._load_media(record)
             frames = media.shape[0] if kind in ("video", "video_features") else 1
             ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length,
-                                        image_size=size)
+                                        image_size=size, clip=clip)
         except BadSample as e:
             return Skipped(e.sample_id, e.reason, record.source if record else _source_of(self.records, index))
         except self.decode_errors as e:
             return Skipped(record.id, f"media could not be decoded: {e}", record.source)
         return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media, size, record.source)
 
-    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None, tuple[int, int] | None]:
+    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None, tuple[int, int] | None, Any]:
+        """(kind, media, anyres image size, the `VideoClip` when the video loader gives one)."""
         if record.media_kind is None:
-            return None, None, None
+            return None, None, None, None
         if record.media_kind == "image":
             try:
                 if self.load_anyres is not None:
                     if len(record.media_paths) != 1:
                         raise BadSample(record.id, _ANYRES_ONE_IMAGE.format(n=len(record.media_paths)))
                     crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
-                    return "image", crops, size
-                return "image", torch.cat([self.transform(p) for p in record.media_paths]), None  # (K, 3, S, S)
+                    return "image", crops, size, None
+                return "image", torch.cat([self.transform(p) for p in record.media_paths]), None, None  # (K, 3, S, S)
             except (ValueError, TypeError, OSError) as e:  # what the image readers raise for a bad file
                 if isinstance(e, BadSample):
                     raise
@@ -299,9 +308,10 @@ class ConversationDataset(torch.utils.data.Dataset):
             if tokens.ndim != 3 or tokens.shape[1] != self.visual.tokens_per_frame:
                 raise BadSample(record.id, f"cached tokens {record.media_path} have shape {list(tokens.shape)}; "
                                            f"expected [T, {self.visual.tokens_per_frame}, D]")
-            return "video_features", tokens, None
-        frames = self.load_video(record.media_path)  # (T, H, W, 3) uint8
-        return "video", self.transform(frames), None  # (T, 3, S, S)
+            return "video_features", tokens, None, None
+        clip = self.load_video(record.media_path)  # a VideoClip, or uint8[T, H, W, 3] frames
+        frames = getattr(clip, "frames", clip)  # (T, H, W, 3) uint8
+        return "video", self.transform(frames), None, clip if hasattr(clip, "frames") else None  # (T, 3, S, S)
 
 
 _ANYRES_ONE_IMAGE = ("record has {n} images; a model that tiles images (anyres) takes one image per record "
@@ -362,12 +372,44 @@ def visual_counts(record: Record, visual: VisualSpec, frames: int,
     return visual.token_ids[medium], [count] * media
 
 
+def frame_times(record: Record, visual: VisualSpec, frames: int, clip: Any = None) -> tuple[float, list[float]] | None:
+    """(duration, each frame's presentation time) of a record's video when the prompt states times;
+    before decoding (`clip` None) an estimate with every time 0."""
+    if record.media_kind != "video" or not (visual.time_instruction or visual.video_span is not None):
+        return None
+    if clip is None:
+        return 0.0, [0.0] * frames
+    if not clip.presentation_times:
+        raise BadSample(record.id, "the video loader gave no presentation times for the time prompt")
+    return clip.duration, list(clip.presentation_times)
+
+
+def prompt_messages(record: Record, visual: VisualSpec, times: tuple[float, list[float]] | None) -> list[dict]:
+    """The record's messages, with LLaVA-Video's time sentence after `<video>` when `visual` asks for it."""
+    messages = list(record.messages)
+    if not visual.time_instruction or times is None:
+        return messages
+    from vlm_vision.video_prompt import time_instruction
+
+    placeholder = PLACEHOLDERS["video"]
+    sentence = time_instruction(*times)
+    for k, m in enumerate(messages):
+        if placeholder in m["content"]:
+            messages[k] = {**m, "content": m["content"].replace(placeholder, f"{placeholder}\n{sentence}", 1)}
+            break
+    return messages
+
+
 def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
-                              image_size: tuple[int, int] | None) -> tuple[list[int], list[int], int, list[int]]:
-    ids, labels = tokenize_conversation(tokenizer, record.messages)
+                              image_size: tuple[int, int] | None,
+                              clip: Any = None) -> tuple[list[int], list[int], int, list[int]]:
+    times = frame_times(record, visual, frames, clip)
+    ids, labels = tokenize_conversation(tokenizer, prompt_messages(record, visual, times))
     if record.media_kind is None:
         return ids, labels, -1, []
     token_id, counts = visual_counts(record, visual, frames, image_size)
+    if times is not None and visual.video_span is not None:
+        counts = [visual.video_span(frames, times[1]) for _ in counts]
     if ids.count(token_id) != len(counts):
         raise BadSample(record.id, f"the rendered conversation holds {ids.count(token_id)} {record.media_kind} "
                                    f"placeholder tokens (id {token_id}), expected {len(counts)}")
@@ -375,18 +417,21 @@ def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec
 
 
 def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
-                  max_length: int, *, image_size: tuple[int, int] | None = None) -> tuple[list[int], list[int]]:
+                  max_length: int, *, image_size: tuple[int, int] | None = None,
+                  clip: Any = None) -> tuple[list[int], list[int]]:
     """Token ids and labels of a record, each placeholder expanded to its visual tokens, fitted to length.
 
     Args:
         frames: frames of the record's video (ignored for images and text).
         image_size: (height, width) of the record's image; needed by anyres models only.
+        clip: the decoded `VideoClip`, whose presentation times the time prompt states; None
+            before decoding (the times are then estimated as 0, see `frame_times`).
 
     Raises:
         BadSample: when the rendered text does not hold one placeholder per medium, or the sequence
             cannot be fitted (see `fit_length`).
     """
-    ids, labels, token_id, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, image_size)
+    ids, labels, token_id, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, image_size, clip)
     if counts:
         ids, labels = expand_placeholder(ids, labels, token_id, counts)
     return fit_length(ids, labels, max_length, tuple(visual.token_ids.values()) if counts else (), record.id)
@@ -404,7 +449,7 @@ def scan_one(record: Record, tokenizer: Any, visual: VisualSpec, max_length: int
     size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
     frames = visual_frames(record, visual)
     ids, labels, _, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, size)
-    length = len(ids) - len(counts) + sum(counts)
+    length = len(ids) - len(counts) + sum(len(c) if isinstance(c, list) else c for c in counts)
     if length <= max_length and any(lab != IGNORE_INDEX for lab in labels):
         return length
     return len(sample_tokens(record, tokenizer, visual, frames, max_length, image_size=size)[0])

@@ -7,7 +7,7 @@ P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,14 +19,15 @@ __all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_los
 
 
 def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
-                 pool_stride: int = 2, pool_mode: str = "average") -> dict[str, Any]:
+                 pool_stride: int = 2, pool_mode: str = "average",
+                 stride_for: Callable[[int], int] | None = None) -> dict[str, Any]:
     """A padded batch in `VisionLanguageModel.forward`'s arguments.
 
     Media stay in prompt order: images as float[I, 3, S, S] (anyres: a list of each image's crops
     float[P_i, 3, S, S] and `image_sizes` long[I, 2]); videos as a list of frames
     float[T, 3, S, S] (`pixel_values_videos`), or, when any video of the batch is cached, a list of
     pooled tower tokens float[T, N', D_v] (`video_features`; raw videos in that batch are encoded
-    here with the frozen `tower`).
+    here with the frozen `tower`, at `stride_for(T)` when the model has a token budget, else `pool_stride`).
     """
     from vlm_vision.fusion import encode_videos
 
@@ -44,7 +45,8 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
         with torch.no_grad():
             batch["video_features"] = [
                 e.media if e.media_kind == "video_features"
-                else encode_videos(tower, [e.media.to(tower.device)], stride=pool_stride, mode=pool_mode)[0]
+                else encode_videos(tower, [e.media.to(tower.device)], mode=pool_mode,
+                                   stride=stride_for(e.media.shape[0]) if stride_for else pool_stride)[0]
                 for e in videos]  # V x (T, N', D_v)
     return batch
 
@@ -145,7 +147,8 @@ def evaluate(model: nn.Module, dataset: ConversationDataset, accelerator: Any, b
         if not examples:
             continue
         batch = to_device(model_inputs(examples, pad_token_id, model.tower, pool_stride=pool_stride,
-                                       pool_mode=pool_mode), accelerator.device)
+                                       pool_mode=pool_mode, stride_for=model.video_layout.stride_for),
+                          accelerator.device)
         with accelerator.autocast():
             loss = labelled_loss(model, batch, reduction="sum")
         total += torch.tensor([float(loss), label_count(examples, model._placeholder_ids())], device=total.device)

@@ -43,7 +43,7 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
     """Declare what trains, in one place; everything else is frozen.
 
     Trains: the projector (both stages); LoRA weights (stage 2); the image newline when the video
-    layout or anyres images use it; the rows of `new_token_ids` when `config.train_new_token_embeddings` (the
+    layout or anyres images use it; SlowFast's `faster_token` when the model has one; the rows of `new_token_ids` when `config.train_new_token_embeddings` (the
     embedding matrices require grad, but a gradient hook keeps every other row at zero gradient).
 
     Returns:
@@ -53,6 +53,8 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
     model.projector.requires_grad_(True)
     if config.uses_newline:
         model.image_newline.requires_grad_(True)
+    if model.faster_token is not None:
+        model.faster_token.requires_grad_(True)
     if config.stage == 2:
         for name, param in model.llm.named_parameters():
             if "lora_" in name:
@@ -65,7 +67,7 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
 
 
 def _group_of(name: str) -> str:
-    if name.startswith("projector.") or name == "image_newline":
+    if name.startswith("projector.") or name in ("image_newline", "faster_token"):
         return "projector"
     if "lora_" in name:
         return "lora"

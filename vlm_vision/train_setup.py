@@ -48,10 +48,29 @@ class Run:
 
 def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
     rows, cols = model.pooled_grid
+    marked = processor.time_markers
     return VisualSpec(token_ids={"image": processor.image_token_id, "video": processor.video_token_id},
-                      video_tokens=model.video_tokens, image_tokens=model.image_tokens,
-                      tokens_per_frame=rows * cols, num_frames=num_frames,
-                      anyres_tokens=model.num_image_tokens if model.image_grid_pinpoints is not None else None)
+                      video_tokens=functools.partial(_marked_span_length, processor) if marked else model.video_tokens,
+                      image_tokens=model.image_tokens, tokens_per_frame=rows * cols, num_frames=num_frames,
+                      anyres_tokens=model.num_image_tokens if model.image_grid_pinpoints is not None else None,
+                      video_span=processor.video_span if marked else None,
+                      time_instruction=processor.time_instruction)
+
+
+def _marked_span_length(processor: Any, frames: int) -> int:
+    """Ids of a video span with time markers, estimated before decoding with every time 0."""
+    return len(processor.video_span(frames, [0.0] * frames))
+
+
+def _scan_frames(config: TrainConfig, processor: Any) -> int:
+    """Frames the length scan assumes for a raw video: the fixed count, or with `fps` the most it can
+    get (`max_frames` within the token budget; `num_frames` when neither bounds it)."""
+    from video.budget import sampled_frame_count
+
+    if config.fps is None:
+        return sampled_frame_count(1, 1.0, None, num_frames=config.num_frames, min_frames=config.min_frames,
+                                   max_frames=processor.max_frames)
+    return processor.max_frames if processor.max_frames is not None else config.num_frames
 
 
 def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
@@ -59,7 +78,7 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
     from video import VideoDecodeError
 
     root = Path(media_root) if media_root else Path(path).parent
-    visual = _visual_spec(model, processor, config.num_frames)
+    visual = _visual_spec(model, processor, _scan_frames(config, processor))
     records, skipped = scan_records(read_records(path), root, processor.tokenizer, visual, config.max_length)
     if main:
         if skipped:
@@ -75,15 +94,14 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
                                         grid_pinpoints=model.image_grid_pinpoints, convention=model.anyres_convention)
     return ConversationDataset(
         records, processor.tokenizer, visual, max_length=config.max_length,
-        load_video=functools.partial(_video_frames, num_frames=config.num_frames), load_cached=_cached_tokens,
+        load_video=functools.partial(_video_clip, processor), load_cached=_cached_tokens,
         transform=model.tower.image_transform, load_anyres=load_anyres, decode_errors=(VideoDecodeError,))
 
 
 # Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
-def _video_frames(path: Path, num_frames: int) -> torch.Tensor:
-    from video import load_video
-
-    return load_video(path, num_frames=num_frames).frames  # (T, H, W, 3) uint8
+def _video_clip(processor: Any, path: Path) -> Any:
+    """The `VideoClip` of a raw video, sampled as the processor samples (frame count, budget)."""
+    return processor.load_clip(path)  # frames uint8[T, H, W, 3], presentation times
 
 
 def _anyres_crops(path: Path, transform: Any, grid_pinpoints: Sequence[Sequence[int]],
@@ -110,6 +128,9 @@ def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
                        pool_stride=config.pool_stride, pool_mode=config.pool_mode,
                        video_newline=config.video_newline, num_frames=config.num_frames, stage=config.stage,
                        image_grid_pinpoints=config.image_grid_pinpoints, anyres_convention=config.anyres_convention,
+                       faster_token_stride=config.faster_token_stride, max_video_tokens=config.max_video_tokens,
+                       fps=config.fps, min_frames=config.min_frames, max_frames=config.max_frames,
+                       time_instruction=config.time_instruction, time_markers=config.time_markers,
                        train=dataclasses.asdict(config))
     model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
     spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id
@@ -121,6 +142,8 @@ def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
     model.projector.float()
     if config.uses_newline:
         model.image_newline.data = model.image_newline.data.float()
+    if model.faster_token is not None:
+        model.faster_token.data = model.faster_token.data.float()
     if config.gradient_checkpointing:
         if hasattr(model.llm, "activation_checkpointing_enable"):  # the name since transformers 5.x
             model.llm.activation_checkpointing_enable({"use_reentrant": False})
@@ -147,7 +170,7 @@ def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:
     init = TrainedSpec.read(folder)
     mismatched = {k: (getattr(init, k), getattr(spec, k)) for k in
                   ("projector_type", "vocab_size", "image_token_id", "video_token_id", "pool_stride", "pool_mode",
-                   "video_newline")
+                   "video_newline", "faster_token_stride")
                   if getattr(init, k) != getattr(spec, k)}
     if mismatched:
         raise ValueError(f"init_from {folder} was trained with other settings (theirs, ours): {mismatched}")

@@ -11,6 +11,7 @@ Layout of a trained folder (`final/`, and the model part of every `checkpoint-ST
                                embedding size, LoRA settings, the training config that produced it
     projector.safetensors      LLaVA layout (`model.mm_projector.*`); `projector.load_projector` reads it
     image_newline.safetensors  the learned newline embedding (used by video_newline != "no_token")
+    faster_token.safetensors   LLaVA-Video's learned SlowFast token (only when faster_token_stride is set)
     adapter_config.json,       the LoRA adapter in peft's own format (stage 2 only);
     adapter_model.safetensors  `peft.PeftModel.from_pretrained(base_llm, folder)` reads it
     new_tokens.safetensors     rows of the added tokens: `ids`, `input` (and `output` when the LLM's
@@ -40,6 +41,7 @@ FORMAT = "vlm-vision/trained/v1"
 CONFIG_NAME = "vlm_config.json"
 PROJECTOR_FILE = "projector.safetensors"
 NEWLINE_FILE = "image_newline.safetensors"
+FASTER_FILE = "faster_token.safetensors"
 NEW_TOKENS_FILE = "new_tokens.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,6 +71,18 @@ class TrainedSpec:
     image_grid_pinpoints: list[list[int]] | None = None
     """LLaVA-NeXT anyres canvases for images; None: one crop per image."""
     anyres_convention: str = "transformers"
+    faster_token_stride: int | None = None
+    """SlowFast: every k-th frame pooled at `pool_stride`, the others at twice it (None: off)."""
+    max_video_tokens: int | None = None
+    """Token budget per video (`video.budget`); None: none."""
+    fps: float | None = None
+    """Frames per second sampled from a video path (None: `num_frames` uniform frames)."""
+    min_frames: int = 1
+    max_frames: int | None = None
+    time_instruction: bool = False
+    """LLaVA-Video's time sentence after each `<video>` (`vlm_vision.video_prompt`)."""
+    time_markers: bool = False
+    """`<t=12.5s>` before each frame's tokens."""
     stage: int = 1
     train: dict[str, Any] | None = None
     """The `TrainConfig` that produced the weights, for the record."""
@@ -222,6 +236,8 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
     folder = Path(folder)
     save_projector(model.projector, folder / PROJECTOR_FILE)
     save_file({"image_newline": model.image_newline.detach().cpu().contiguous()}, str(folder / NEWLINE_FILE))
+    if model.faster_token is not None:
+        save_file({"faster_token": model.faster_token.detach().cpu().contiguous()}, str(folder / FASTER_FILE))
     llm = model.llm
     if spec.lora is not None:
         # The placeholder rows go to new_tokens.safetensors, so peft must not copy whole embeddings.
@@ -257,7 +273,11 @@ def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = Non
                                         pool_stride=spec.pool_stride, grid=tower.grid_size,
                                         video_newline=spec.video_newline, image_tokens=tower.num_patches,
                                         image_grid_pinpoints=spec.image_grid_pinpoints,
-                                        anyres_convention=spec.anyres_convention)
+                                        anyres_convention=spec.anyres_convention, pool_mode=spec.pool_mode,
+                                        faster_token_stride=spec.faster_token_stride,
+                                        max_video_tokens=spec.max_video_tokens, fps=spec.fps,
+                                        min_frames=spec.min_frames, max_frames=spec.max_frames,
+                                        time_instruction=spec.time_instruction, time_markers=spec.time_markers)
     ids = (processor.image_token_id, processor.video_token_id)
     if spec.vocab_size and ids != (spec.image_token_id, spec.video_token_id):
         raise ValueError(f"the tokenizer gives placeholder ids (image, video) = {ids}, the trained weights were "
@@ -271,7 +291,8 @@ def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = Non
     model = VisionLanguageModel(tower, projector, llm, image_token_id=ids[0], video_token_id=ids[1],
                                 pool_stride=spec.pool_stride, pool_mode=spec.pool_mode,
                                 video_newline=spec.video_newline, image_grid_pinpoints=spec.image_grid_pinpoints,
-                                anyres_convention=spec.anyres_convention)
+                                anyres_convention=spec.anyres_convention,
+                                faster_token_stride=spec.faster_token_stride, max_video_tokens=spec.max_video_tokens)
     return model, processor
 
 
@@ -287,6 +308,11 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
     load_projector(model.projector, folder / PROJECTOR_FILE)
     with torch.no_grad():
         model.image_newline.copy_(load_file(str(folder / NEWLINE_FILE))["image_newline"])
+        if model.faster_token is not None:
+            if not (folder / FASTER_FILE).is_file():
+                raise FileNotFoundError(f"{folder} was trained with SlowFast (faster_token_stride "
+                                        f"{spec.faster_token_stride}) but has no {FASTER_FILE}")
+            model.faster_token.copy_(load_file(str(folder / FASTER_FILE))["faster_token"])
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     if spec.new_token_ids:
         set_token_rows(base, load_file(str(folder / NEW_TOKENS_FILE)))
@@ -355,6 +381,8 @@ def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
         processor.tokenizer.save_pretrained(str(tmp))
         save_projector(model.projector, tmp / PROJECTOR_FILE)
         save_file({"image_newline": model.image_newline.detach().cpu().contiguous()}, str(tmp / NEWLINE_FILE))
+        if model.faster_token is not None:
+            save_file({"faster_token": model.faster_token.detach().cpu().contiguous()}, str(tmp / FASTER_FILE))
         merged = dataclasses.replace(spec, llm="./llm", lora=None, new_token_ids=[],
                                      tower=spec.resolve(spec.tower, Path(path)))
         (tmp / CONFIG_NAME).write_text(merged.to_json())

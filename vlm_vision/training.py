@@ -128,7 +128,8 @@ def train(config: TrainConfig) -> Path:
             if skipped:
                 log.skipped(skipped, f"step {step + 1}")
             batch = to_device(model_inputs(examples, pad_id, unwrapped.tower, pool_stride=config.pool_stride,
-                                           pool_mode=config.pool_mode), accelerator.device)
+                                           pool_mode=config.pool_mode, stride_for=unwrapped.video_layout.stride_for),
+                              accelerator.device)
             with accelerator.accumulate(model):
                 summed = labelled_loss(model, batch, reduction="sum")
                 accelerator.backward(summed * scale)

@@ -1,0 +1,73 @@
+"""Training with time in the prompt and SlowFast tokens on the colour task; `faster_token` round trip."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vlm_vision import TrainConfig, load_trained, train
+from vlm_vision.trained import FASTER_FILE, TrainedSpec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_stage1_stage2.py"
+
+
+def example():
+    spec = importlib.util.spec_from_file_location("train_stage1_stage2", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
+    ex = example()
+    data = ex.write_dataset(tmp_path / "colours", 8, frames=6)
+    llm, tower = ex.write_tiny_models(tmp_path / "models")
+    # 6 frames, k = 2 on the 4x4 grid with grid newlines: slow 2x3 + F = 7, fast 1x2 + F = 3 -> 30 tokens;
+    # a budget of 32 keeps stride 2 (SlowFast with average pooling allows no other on this grid)
+    common = dict(llm=llm, tower=tower, data=str(data), batch_size=4, num_frames=6, max_length=1024, lora_r=8,
+                  lora_alpha=16, warmup_ratio=0.0, video_newline="grid", faster_token_stride=2, max_video_tokens=32,
+                  time_markers=True, time_instruction=True, progress=False)
+    # what the training examples hold: the time sentence, then each frame's marker before its 7 or 3 tokens
+    from vlm_vision.train_log import RunLog
+    from vlm_vision.train_setup import setup
+
+    (tmp_path / "probe").mkdir()
+    run = setup(TrainConfig(output_dir=str(tmp_path / "probe"), stage=1, **common),
+                RunLog(tmp_path / "probe", enabled=False), main=True)
+    example_ids = run.dataset[0].input_ids.tolist()
+    vid = run.processor.video_token_id
+    assert example_ids.count(vid) == 30
+    prompt = run.processor.tokenizer.decode([i for i in example_ids if i != vid])
+    markers = "".join(f"<t={i / 8:.1f}s>" for i in range(6))  # 8 fps, constant rate: frame i at i/8 s
+    assert f"{markers}\nThe video lasts for 0.75 seconds, and 6 frames are uniformly sampled from it." in prompt
+    assert run.model.faster_token.requires_grad and "faster_token" in run.trainable
+
+    stage1 = Path(train(TrainConfig(output_dir=str(tmp_path / "s1"), stage=1, max_steps=4, lr=1e-2, **common)))
+    spec = TrainedSpec.read(stage1)
+    assert (spec.faster_token_stride, spec.max_video_tokens, spec.time_markers, spec.time_instruction) == \
+        (2, 32, True, True)
+    saved1 = load_file(str(stage1 / FASTER_FILE))["faster_token"]
+
+    model, processor = load_trained(stage1)
+    assert torch.equal(model.faster_token.detach(), saved1)  # the round trip is exact
+    assert (processor.time_markers, processor.time_instruction, processor.layout.faster_token_stride) == \
+        (True, True, 2)
+    video = ex.write_video(tmp_path / "red.mp4", ex.COLOURS["red"], 6, seed=99)
+    inputs = processor([{"role": "user", "content": ex.QUESTION}], videos=[video])
+    ids = inputs["input_ids"][0].tolist()
+    assert ids.count(processor.video_token_id) == model.video_tokens(6) == 30
+    text = processor.tokenizer.decode([i for i in ids if i != processor.video_token_id])
+    assert "<t=0.0s>" in text and "<t=0.6s>" in text and "and 6 frames are uniformly sampled" in text
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+    # stage 2 starts from stage 1 (faster_token included) and trains it further with LoRA
+    stage2 = Path(train(TrainConfig(output_dir=str(tmp_path / "s2"), stage=2, max_steps=3, lr=1e-2,
+                                    init_from=str(stage1), **common)))
+    saved2 = load_file(str(stage2 / FASTER_FILE))["faster_token"]
+    assert not torch.equal(saved2, saved1)
+    reloaded, _ = load_trained(stage2)
+    assert torch.equal(reloaded.faster_token.detach(), saved2)

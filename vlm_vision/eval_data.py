@@ -53,7 +53,7 @@ from vlm_vision.data_formats import CACHED_SUFFIX, PLACEHOLDERS
 from vlm_vision.data_formats import BadSample as BadRecord
 
 __all__ = ["Question", "BadRecord", "parse_question", "choice_prompt", "open_prompt", "parse_choice",
-           "normalize_answer", "exact_match", "token_f1", "duration_bucket", "summarize"]
+           "normalize_answer", "exact_match", "token_f1", "duration_bucket", "summarize", "log_fields"]
 
 ID_FIELDS = ("id", "question_id", "qid", "uid")
 VIDEO_FIELDS = ("video", "video_path", "video_file")
@@ -398,3 +398,22 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "per_duration": {name: _group(by_duration[name]) for name in order if name in by_duration},
         "undecodable": failed,
     }
+
+
+def log_fields(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The overall figures of prediction rows as flat training-log fields.
+
+    Example:
+        >>> log_fields([{"type": "open_ended", "scores": {"exact_match": 1.0, "token_f1": 1.0}}])
+        {'eval_questions': 1, 'eval_exact_match': 1.0, 'eval_token_f1': 1.0}
+    """
+    overall = _group([r for r in rows if "error" not in r])
+    out: dict[str, float] = {"eval_questions": overall["questions"]}
+    if "multiple_choice" in overall:
+        mc = overall["multiple_choice"]
+        out["eval_mc_generated_accuracy"] = mc["generated_accuracy"]
+        out["eval_mc_log_likelihood_accuracy"] = mc["log_likelihood_accuracy"]
+    if "open_ended" in overall:
+        out["eval_exact_match"] = overall["open_ended"]["exact_match"]
+        out["eval_token_f1"] = overall["open_ended"]["token_f1"]
+    return out

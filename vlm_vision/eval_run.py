@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.eval_data import BadRecord, Question, parse_question, summarize
+from vlm_vision.eval_data import summarize
 
-__all__ = ["EvalConfig", "run_eval", "read_questions", "read_predictions"]
+__all__ = ["EvalConfig", "run_eval", "read_predictions"]
 
 logger = logging.getLogger("vlm_vision.eval")
 
@@ -44,32 +44,34 @@ METRICS = "metrics.json"
 CHART = "accuracy_by_category.png"
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclasses.dataclass
 class EvalConfig:
-    """One evaluation; `vlm-vision eval` takes these fields as flags (`--batch-size` for `batch_size`)."""
+    """One evaluation; `vlm-vision eval` takes each field as a flag (`--batch-size` for `batch_size`)."""
 
-    model: str = dataclasses.field(metadata=_help(
-        "a training run's final/ or checkpoint-STEP/, a merged model, or a transformers LLaVA-NeXT-Video folder"))
-    data: list[str] = dataclasses.field(metadata=_help("question records, .json (a list) or .jsonl; several allowed"))
-    output_dir: str = dataclasses.field(metadata=_help("predictions.jsonl, metrics.json and the chart go here"))
-    media_root: str | None = dataclasses.field(default=None, metadata=_help(
-        "folder media paths are relative to (default: each data file's folder)"))
-    batch_size: int = dataclasses.field(default=8, metadata=_help("questions per batch (default %(default)s)"))
-    num_frames: int | None = dataclasses.field(default=None, metadata=_help(
-        "frames sampled from each video (default: the model's training setting, else 32)"))
-    limit: int | None = dataclasses.field(default=None, metadata=_help("evaluate only the first N records"))
-    max_new_tokens: int = dataclasses.field(default=32, metadata=_help(
-        "longest generated answer, in tokens (default %(default)s)"))
-    device: str | None = dataclasses.field(default=None, metadata=_help("default: cuda when available, else cpu"))
-    dtype: str = dataclasses.field(default="auto", metadata=_help(
-        "float32, bfloat16 or float16; auto: bfloat16 on a GPU, float32 on the CPU"))
-    num_workers: int = dataclasses.field(default=2, metadata=_help(
-        "processes decoding media ahead (default %(default)s)"))
-    progress: bool = dataclasses.field(default=True, metadata=_help("show a progress bar"))
+    model: str
+    """A training run's final/ or checkpoint-STEP/, a merged model, or a transformers LLaVA-NeXT-Video folder."""
+    data: tuple[str, ...]
+    """Question records, .json (a list) or .jsonl; several files may be given."""
+    output_dir: str
+    """predictions.jsonl, run.json, metrics.json and accuracy_by_category.png go here."""
+    media_root: str | None = None
+    """Folder media paths are relative to (default: each data file's folder)."""
+    batch_size: int = 8
+    """Questions per batch (and option sequences per forward pass when scoring)."""
+    num_frames: int | None = None
+    """Frames sampled from each video (default: the model's training setting, else 32)."""
+    limit: int | None = None
+    """Evaluate only the first N records."""
+    max_new_tokens: int = 32
+    """Longest generated answer, in tokens."""
+    device: str | None = None
+    """Where the model runs (default: cuda when available, else cpu)."""
+    dtype: str = dataclasses.field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16", "float16")})
+    """float32, bfloat16 or float16; auto: bfloat16 on a GPU, float32 on the CPU."""
+    num_workers: int = 2
+    """Processes decoding media ahead of the model (0: decode in the main process)."""
+    progress: bool = True
+    """Show a progress bar (questions per second)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "num_frames", "limit"):
@@ -79,45 +81,11 @@ class EvalConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if isinstance(self.data, str):
-            self.data = [self.data]
+            self.data = (self.data,)
+        self.data = tuple(self.data)
 
 
 # ----- inputs -------------------------------------------------------------------------------------
-
-
-def read_questions(paths: list[str], media_root: str | None, limit: int | None = None
-                   ) -> tuple[list[Question], list[dict[str, str]], int]:
-    """Parse the records of every data file, in order.
-
-    Returns:
-        (questions, bad, records): the questions, `{"id", "source", "reason"}` for each bad record
-        (a duplicate of an earlier (source, id) is bad too), and how many records were read
-        (at most `limit`).
-    """
-    from vlm_vision.data_formats import Skipped, read_records
-
-    questions, bad, seen, count = [], [], set(), 0
-    for path in paths:
-        root = Path(media_root) if media_root else Path(path).parent
-        source = Path(path).name
-        for index, raw in enumerate(read_records(path)):
-            if limit is not None and count >= limit:
-                return questions, bad, count
-            count += 1
-            if isinstance(raw, Skipped):
-                bad.append({"id": raw.id, "source": source, "reason": raw.reason})
-                continue
-            try:
-                question = parse_question(raw, root, source=source, index=index)
-            except BadRecord as e:
-                bad.append({"id": e.sample_id, "source": source, "reason": e.reason})
-                continue
-            if (source, question.id) in seen:
-                bad.append({"id": question.id, "source": source, "reason": "duplicate id (the first one is kept)"})
-                continue
-            seen.add((source, question.id))
-            questions.append(question)
-    return questions, bad, count
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -185,7 +153,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    from vlm_vision.evaluation import answer_questions, load_eval_model, model_identity
+    from vlm_vision.evaluation import answer_questions, load_eval_model, model_identity, read_questions
 
     out = Path(config.output_dir)
     questions, bad, records = read_questions(config.data, config.media_root, config.limit)
@@ -292,21 +260,19 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `EvalConfig` field (`--no-progress` for `progress`)."""
-    for f in dataclasses.fields(EvalConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type == "bool":
-            parser.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", help=f"do not {text}")
-        elif f.type == "list[str]":
-            parser.add_argument(flag, nargs="+", required=True, help=text)
-        else:
-            kind = int if f.type.startswith("int") else str
-            required = f.default is dataclasses.MISSING
-            parser.add_argument(flag, type=kind, required=required, default=None if required else f.default,
-                                help=text)
+    """One flag per `EvalConfig` field, built from the fields as `vlm-vision train`'s are."""
+    from vlm_vision.train_cli import add_config_arguments
+
+    add_config_arguments(parser, EvalConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_eval(EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}))
+    fields = dataclasses.fields(EvalConfig)
+    missing = ["--" + f.name.replace("_", "-") for f in fields if f.default is dataclasses.MISSING
+               and not getattr(args, f.name)]
+    if missing:
+        print(f"vlm-vision eval: missing required flags: {' '.join(missing)}")
+        return 2
+    run_eval(EvalConfig(**{f.name: getattr(args, f.name) for f in fields}))
     return 0

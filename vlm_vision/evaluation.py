@@ -32,14 +32,62 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.eval_data import LETTERS, Question, choice_prompt, exact_match, open_prompt, parse_choice, token_f1
+from vlm_vision.data_formats import Skipped, read_records
+from vlm_vision.eval_data import (
+    LETTERS,
+    BadRecord,
+    Question,
+    choice_prompt,
+    exact_match,
+    open_prompt,
+    parse_choice,
+    parse_question,
+    token_f1,
+)
 from vlm_vision.train_data import IGNORE_INDEX, Example, expand_placeholder, pad_batch, tokenize_conversation
 
-__all__ = ["load_eval_model", "answer_questions", "model_identity"]
+__all__ = ["read_questions", "load_eval_model", "answer_questions", "model_identity", "eval_questions",
+           "question_accuracy"]
 
 TRANSFORMERS_KINDS = ("llava_next_video", "llava_next", "llava")
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt")
 _HASHED_BYTES = 1 << 16
+
+
+# ----- questions ----------------------------------------------------------------------------------
+
+
+def read_questions(paths: Sequence[str], media_root: str | None, limit: int | None = None
+                   ) -> tuple[list[Question], list[dict[str, str]], int]:
+    """Parse the records of every data file, in order.
+
+    Returns:
+        (questions, bad, records): the questions, `{"id", "source", "reason"}` for each bad record
+        (a duplicate of an earlier (source, id) is bad too), and how many records were read
+        (at most `limit`).
+    """
+    questions, bad, seen, count = [], [], set(), 0
+    for path in paths:
+        root = Path(media_root) if media_root else Path(path).parent
+        source = Path(path).name
+        for index, raw in enumerate(read_records(path)):
+            if limit is not None and count >= limit:
+                return questions, bad, count
+            count += 1
+            if isinstance(raw, Skipped):
+                bad.append({"id": raw.id, "source": source, "reason": raw.reason})
+                continue
+            try:
+                question = parse_question(raw, root, source=source, index=index)
+            except BadRecord as e:
+                bad.append({"id": e.sample_id, "source": source, "reason": e.reason})
+                continue
+            if (source, question.id) in seen:
+                bad.append({"id": question.id, "source": source, "reason": "duplicate id (the first one is kept)"})
+                continue
+            seen.add((source, question.id))
+            questions.append(question)
+    return questions, bad, count
 
 
 # ----- the model ----------------------------------------------------------------------------------
@@ -255,7 +303,7 @@ def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], 
     stop = _stop_ids(model, tokenizer)
     out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer),
-                         eos_token_id=stop)  # (B, L + new)
+                         eos_token_id=stop, use_cache=True)  # (B, L + new); training turns the cache off
     answers = []
     for row in out[:, input_ids.shape[1]:].tolist():
         end = next((j for j, t in enumerate(row) if t in stop), len(row))
@@ -385,3 +433,37 @@ def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Quest
     finally:
         model.train(was_training)
     return rows
+
+
+# ----- during training ----------------------------------------------------------------------------
+
+
+def eval_questions(config: Any, log: Any) -> list[Question]:
+    """The questions of a `TrainConfig`'s `eval_data` (for `eval_accuracy`); bad records go to the run's log.
+
+    Raises:
+        ValueError: when no record of `eval_data` is a question.
+    """
+    questions, bad, records = read_questions([config.eval_data], config.media_root)
+    if bad:
+        log.skipped([Skipped(b["id"], b["reason"], b["source"]) for b in bad], "eval_accuracy questions")
+    if not questions:
+        raise ValueError(f"eval_accuracy: none of the {records} records of {config.eval_data} is a question "
+                         f"(first reasons: {[b['reason'] for b in bad[:3]]})")
+    return questions
+
+
+def question_accuracy(model: nn.Module, processor: Any, questions: Sequence[Question], accelerator: Any, *,
+                      num_frames: int, batch_size: int) -> dict[str, float]:
+    """Accuracy on `questions` as log fields (`eval_mc_generated_accuracy`, ...), each process
+    answering every Nth question under the run's autocast."""
+    from accelerate.utils import gather_object
+
+    from vlm_vision.eval_data import log_fields
+
+    mine = list(questions[accelerator.process_index::accelerator.num_processes])
+    with accelerator.autocast():
+        rows = answer_questions(model, processor, mine, num_frames=num_frames, batch_size=batch_size)
+    if accelerator.num_processes > 1:
+        rows = gather_object(rows)
+    return log_fields(rows)

@@ -28,7 +28,7 @@ from typing import Any
 
 from vlm_vision.train_config import TrainConfig
 
-__all__ = ["add_arguments", "config_from_args", "field_docs", "run"]
+__all__ = ["add_arguments", "add_config_arguments", "config_from_args", "field_docs", "run"]
 
 
 def _pinpoints(text: str) -> list[list[int]]:
@@ -111,7 +111,7 @@ def _argument(field: dataclasses.Field, hint: Any, doc: str) -> tuple[str, dict[
     elif typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
         kwargs["type"], kwargs["nargs"] = typing.get_args(hint)[0], "+"
     else:
-        raise TypeError(f"TrainConfig.{field.name}: no flag for type {hint!r}; add a parser to _PARSERS")
+        raise TypeError(f"config field {field.name}: no flag for type {hint!r}; add a parser to _PARSERS")
     if "choices" in field.metadata:
         kwargs["choices"] = field.metadata["choices"]
     shown = f" (default: {' '.join(default) if isinstance(default, tuple) else default})"
@@ -121,18 +121,22 @@ def _argument(field: dataclasses.Field, hint: Any, doc: str) -> tuple[str, dict[
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `TrainConfig` field (in field order), then the export flags."""
-    hints = typing.get_type_hints(TrainConfig)
-    docs = field_docs(TrainConfig)
-    fields = parser.add_argument_group("training (the fields of vlm_vision.TrainConfig)")
-    for field in dataclasses.fields(TrainConfig):
-        flag, kwargs = _argument(field, hints[field.name], docs.get(field.name, ""))
-        fields.add_argument(flag, **kwargs)
+    add_config_arguments(parser.add_argument_group("training (the fields of vlm_vision.TrainConfig)"), TrainConfig)
 
     export = parser.add_argument_group("export instead of training")
     export.add_argument("--merge", metavar="TRAINED_DIR", help="merge the LoRA of a trained folder into the LLM")
     export.add_argument("--merge-output", metavar="DIR", help="where the merged model goes (with --merge)")
     export.add_argument("--llava-next-video", metavar="DIR",
                         help="also write transformers' LlavaNextVideoForConditionalGeneration layout (with --merge)")
+
+
+def add_config_arguments(parser: Any, cls: type) -> None:
+    """One flag per field of the dataclass `cls`, in field order (also used by `vlm-vision eval`)."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        flag, kwargs = _argument(field, hints[field.name], docs.get(field.name, ""))
+        parser.add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -27,8 +27,8 @@ DEFAULT_LR = {1: 1e-3, 2: 2e-4}
 DEFAULT_PROJECTOR_LR = {1: 1e-3, 2: 2e-5}
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 # Fields that may change between a run and its resumption; any other difference is refused.
-RESUMABLE_CHANGES = {"max_steps", "resume", "save_every", "keep_last", "eval_every", "eval_data", "progress",
-                     "num_workers"}
+RESUMABLE_CHANGES = {"max_steps", "resume", "save_every", "keep_last", "eval_every", "eval_data", "eval_accuracy",
+                     "progress", "num_workers"}
 
 
 def _choice(default: Any, choices: tuple[Any, ...]) -> Any:
@@ -96,6 +96,10 @@ class TrainConfig:
     """Evaluation records (same format as `data`)."""
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end); needs `eval_data`."""
+    eval_accuracy: bool = False
+    """At each evaluation also answer the `eval_data` questions, with `vlm-vision eval`'s code, and log accuracy
+    beside eval_loss: multiple choice (records with options and an answer) by generated letter and by
+    log-likelihood, open-ended (the first gpt turn) by exact match and token F1."""
     save_every: int = 0
     """Write `checkpoint-STEP/` every N steps (0: never; `final/` is always written)."""
     keep_last: int = 2
@@ -163,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.eval_every and not self.eval_data:
             raise ValueError(f"eval_every={self.eval_every} needs eval_data")
+        if self.eval_accuracy and not self.eval_data:
+            raise ValueError("eval_accuracy needs eval_data (the questions to answer)")
 
     @property
     def lora_lr(self) -> float | None:

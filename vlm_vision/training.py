@@ -11,6 +11,7 @@ optimizer step, `grad_accum` micro-batches -> save. Each piece has its own modul
     train_log         log.jsonl, skipped.jsonl, loss.png
     train_checkpoint  checkpoint-STEP/ save, prune, resume
     train_runtime     accelerate's Accelerator for a config, and its release
+    evaluation        answering the eval_data questions (`eval_accuracy`), as `vlm-vision eval` does
 
 Why resuming is exact: the data order is a pure function of (seed, epoch), so the position is
 just the number of micro-batches consumed; a checkpoint stores the trainable weights, the
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from vlm_vision.evaluation import eval_questions, question_accuracy
 from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_log import RunLog, plot_loss
@@ -100,14 +102,20 @@ def train(config: TrainConfig) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     placeholders = unwrapped._placeholder_ids()
 
+    questions = eval_questions(config, log) if config.eval_accuracy else []
+
     def run_eval() -> None:
         if run.eval_dataset is None:
             return
         eval_loss = evaluate(unwrapped, run.eval_dataset, accelerator, config.batch_size, pad_id,
                              config.pool_stride, config.pool_mode)
-        log.write({"step": step, "eval_loss": eval_loss})
+        entry = {"step": step, "eval_loss": eval_loss}
+        if questions:
+            entry.update(question_accuracy(unwrapped, run.processor, questions, accelerator,
+                                           num_frames=config.num_frames, batch_size=config.batch_size))
+        log.write(entry)
         if main:
-            print(f"step {step}: eval_loss {eval_loss:.4f}")
+            print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "step"))
 
     # ----- loop
     from tqdm.auto import tqdm

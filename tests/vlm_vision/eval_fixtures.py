@@ -4,7 +4,8 @@ Training data: each colour video is asked twice, as a multiple-choice question i
 `vlm-vision eval` uses (answer: the letter) and as the open question (answer: the colour), so the
 trained model can be scored both ways. Held-out questions are about videos it never saw.
 
-`trained_colour_model` trains once per test session (a few seconds) and caches the run under the
+`trained_colour_model` trains once per test session (reporting accuracy on the held-out questions
+at steps 15 and 30, `eval_accuracy`) (a few seconds) and caches the run under the
 session's temporary folder, so every test module that needs it shares the one run.
 """
 
@@ -69,6 +70,21 @@ def held_out_records(videos: list[Path], root: Path) -> list[dict]:
     return out
 
 
+def held_out_conversations(records: list[dict]) -> list[dict]:
+    """`held_out_records` that also carry the conversation `vlm-vision train --eval-data` computes its
+    eval loss on: the questions are unchanged, so the training log's accuracy can be compared with
+    `vlm-vision eval`'s."""
+    out = []
+    for r in records:
+        q = _question(r["video"])
+        if "options" in r:
+            turns = (choice_prompt(q), "ABCD"[NAMES.index(r["answer"])])
+        else:
+            turns = (open_prompt(q), r["answer"])
+        out.append({**r, "conversations": [{"from": "human", "value": turns[0]}, {"from": "gpt", "value": turns[1]}]})
+    return out
+
+
 def trained_colour_model(base: Path) -> dict[str, Path]:
     """Train (once per `base` folder) and return the paths: llm, tower, media root, final/."""
     from vlm_vision import TrainConfig, train
@@ -79,10 +95,14 @@ def trained_colour_model(base: Path) -> dict[str, Path]:
     write_llm_folder(paths["llm"])
     write_tower_folder(paths["tower"])
     data = write_training_data(paths["media"])
-    write_held_out(paths["media"])
+    videos = write_held_out(paths["media"])
+    eval_data = paths["media"] / "held_out_conversations.jsonl"
+    records = held_out_conversations(held_out_records(videos, paths["media"]))
+    eval_data.write_text("".join(json.dumps(r) + "\n" for r in records))
     train(TrainConfig(llm=str(paths["llm"]), tower=str(paths["tower"]), data=str(data), output_dir=str(base / "run"),
                       stage=2, max_steps=30, batch_size=4, lr=1e-2, projector_lr=1e-2, num_frames=FRAMES,
-                      max_length=256, lora_r=8, lora_alpha=16, warmup_ratio=0.0, progress=False, seed=0))
+                      max_length=256, lora_r=8, lora_alpha=16, warmup_ratio=0.0, progress=False, seed=0,
+                      eval_data=str(eval_data), eval_every=15, eval_accuracy=True))
     return paths
 
 

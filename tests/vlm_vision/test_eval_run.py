@@ -152,3 +152,16 @@ def test_predictions_of_another_model_or_setting_are_never_mixed(colour, tmp_pat
             shutil.copytree(colour["final"], copy)
         (copy / "projector.safetensors").write_bytes((copy / "projector.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
         run_eval(_config(colour, out, model=str(copy)))
+
+
+def test_training_reports_the_accuracy_vlm_vision_eval_reports(colour):
+    """`vlm-vision train --eval-data ... --eval-accuracy` logs accuracy beside eval_loss at each
+    evaluation; at the last one it equals `vlm-vision eval`'s on the run's final/."""
+    from vlm_vision.eval_data import log_fields
+
+    log = [json.loads(line) for line in (colour["final"].parent / "log.jsonl").read_text().splitlines()]
+    evals = [entry for entry in log if "eval_loss" in entry]
+    assert [entry["step"] for entry in evals] == [15, 30]
+    expected = log_fields(list(colour["reference"].values()))
+    assert expected["eval_questions"] == 16 and expected["eval_mc_log_likelihood_accuracy"] >= 0.75
+    assert {k: v for k, v in evals[-1].items() if k not in ("step", "eval_loss")} == expected

@@ -91,8 +91,12 @@ def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
-def write_json(path: str | None, payload: dict) -> None:
+def write_json(path: str | None, payload: dict, *, quiet: bool = False) -> None:
+    """Write `payload` to `path` (nothing when None) through a temporary file, so a reader never
+    sees half of it."""
     if path:
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(payload, f, indent=2)
-        print(f"\nwrote {path}")
+        os.replace(path + ".tmp", path)
+        if not quiet:
+            print(f"\nwrote {path}")

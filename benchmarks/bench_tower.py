@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import torch
@@ -112,28 +114,48 @@ def main() -> None:
         paths.append(("ours_fp8", ["--fp8"]))
         if args.compile:
             paths.append(("ours_fp8_compiled", ["--fp8", "--compile"]))
+    ref_feat = None
     for name, extra in paths:
         feat = os.path.join(tmp, f"{name}.pt")
-        results[name] = run_worker(__file__, common + ["--path", name.split("_")[0], "--out-features", feat] + extra)
-        results[name]["features"] = feat
-    ref_feat = torch.load(results["ref"]["features"])
+        try:
+            results[name] = run_worker(__file__, common + ["--path", name.split("_")[0], "--out-features", feat] + extra)
+        except subprocess.CalledProcessError as e:  # recorded, and the other paths still run
+            print(f"{name} FAILED (exit {e.returncode}):\n{e.stderr[-3000:]}")
+            results[name] = {"failed": e.stderr[-3000:]}
+            continue
+        features = torch.load(feat)
+        os.remove(feat)
+        if name == "ref":  # runs first
+            ref_feat = features
+        if ref_feat is not None:
+            compare_with_reference(results, name, features, ref_feat)
+        # Written after every path, so a run stopped part-way keeps what it measured.
+        write_json(args.json, {"machine": machine(), "config": vars(args), "results": results}, quiet=True)
     rows = [("path", "images/s", "peak MiB", "max |diff| vs ref, min / mean token cosine")]
     for name, r in results.items():
-        feat = torch.load(r.pop("features"))
-        cos = torch.nn.functional.cosine_similarity(feat, ref_feat, dim=-1)  # (B, N)
-        r["max_abs_diff"] = (feat - ref_feat).abs().max().item()
-        r["min_token_cosine"], r["mean_token_cosine"] = cos.min().item(), cos.mean().item()
+        if "max_abs_diff" not in r:
+            rows.append((name, "FAILED" if "failed" in r else f"{r['images_per_s']:.2f}", "", "no reference"))
+            continue
         rows.append((name, f"{r['images_per_s']:.2f}", f"{r['peak_mib']:.0f}",
                      f"{r['max_abs_diff']:.2e}, {r['min_token_cosine']:.5f} / {r['mean_token_cosine']:.5f}"))
-    for name in results:
-        if name != "ref":
-            results[name]["speedup"] = results[name]["images_per_s"] / results["ref"]["images_per_s"]
-            results[name]["memory_ratio"] = results[name]["peak_mib"] / results["ref"]["peak_mib"]
-            rows.append((f"{name} / ref", f"{results[name]['speedup']:.2f}x",
-                         f"{results[name]['memory_ratio']:.2f}x", ""))
+    for name, r in results.items():
+        if name != "ref" and "speedup" in r:
+            rows.append((f"{name} / ref", f"{r['speedup']:.2f}x", f"{r['memory_ratio']:.2f}x", ""))
     mem_kind = "peak GPU memory allocated" if args.device.startswith("cuda") else "peak process RSS"
     print_table(f"Tower {args.variant}, batch {args.batch}, {args.device} {args.dtype} ({mem_kind})", rows)
     write_json(args.json, {"machine": machine(), "config": vars(args), "results": results})
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare_with_reference(results: dict, name: str, feat: torch.Tensor, ref_feat: torch.Tensor) -> None:
+    """Add the distance from the reference's features, and speed and memory against it, to results[name]."""
+    r, ref = results[name], results["ref"]
+    cos = torch.nn.functional.cosine_similarity(feat, ref_feat, dim=-1)  # (B, N)
+    r["max_abs_diff"] = (feat - ref_feat).abs().max().item()
+    r["min_token_cosine"], r["mean_token_cosine"] = cos.min().item(), cos.mean().item()
+    if name != "ref":
+        r["speedup"] = r["images_per_s"] / ref["images_per_s"]
+        r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"]
 
 
 if __name__ == "__main__":

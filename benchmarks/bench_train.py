@@ -15,6 +15,12 @@ peak memory, the first step's loss (it must agree between paths).
 
     python benchmarks/bench_train.py                                  # CPU, small preset
     python benchmarks/bench_train.py --device cuda --preset 7b        # the 7B-shaped config of BENCHMARKS.md
+    python benchmarks/bench_train.py --device cuda --preset 7b --profile out/train_profile.txt
+
+`--profile FILE` adds, per path, one more step under `torch.profiler` after the timed ones (the
+timing and peak memory are unaffected) and appends where its time went to FILE: the forward of the
+tower, projector and LLM, the backward and the optimizer step, then the operators that took most
+time (device time on CUDA, CPU time otherwise).
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import machine, median_time, peak_rss_mib, print_table, run_worker, write_json  # noqa: E402
+from _common import machine, median_time, peak_rss_mib, print_table, run_worker, sync, write_json  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -131,11 +138,16 @@ def worker(args: argparse.Namespace) -> None:
     losses = []
 
     def step():
-        # ours computes the loss the way `vlm-vision train` does (LM head only where a label follows)
-        loss = model(**inputs).loss if args.path == "ref" else labelled_loss(model, inputs)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        from torch.profiler import record_function
+
+        with record_function("phase: forward + loss"):
+            # ours computes the loss the way `vlm-vision train` does (LM head only where a label follows)
+            loss = model(**inputs).loss if args.path == "ref" else labelled_loss(model, inputs)
+        with record_function("phase: backward"):
+            loss.backward()
+        with record_function("phase: optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
 
     if device.startswith("cuda"):
@@ -143,8 +155,50 @@ def worker(args: argparse.Namespace) -> None:
     t = median_time(step, runs=args.runs, warmup=args.warmup, device=device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mib()
     seq = inputs["input_ids"].numel()
+    if args.profile:
+        profile_step(step, _parts(model, args.path), device, args.profile, f"{args.path} ({args.preset}, {args.dtype})")
     print(json.dumps({"seconds": t, "tokens_per_s": seq / t, "peak_mib": peak, "first_loss": losses[0],
                       "sequence": seq, "trainable": sum(p.numel() for p in trainable)}))
+
+
+def _parts(model, path: str) -> dict[str, torch.nn.Module]:
+    """The modules whose forward the profile names: tower, projector, LLM (+ LM head for the reference)."""
+    base = model.get_base_model() if path == "ref" else model
+    if path == "ref":
+        inner = base.model
+        return {"vision tower": inner.vision_tower, "projector": inner.multi_modal_projector,
+                "LLM": inner.language_model, "LM head": base.lm_head}
+    return {"vision tower": base.tower, "projector": base.projector, "LLM": base.llm}
+
+
+def _label_forward(module: torch.nn.Module, label: str) -> None:
+    """Name `module`'s forward in profiles (a record_function range opened and closed by hooks)."""
+    from torch.profiler import record_function
+
+    ranges = []
+    module.register_forward_pre_hook(lambda m, a: ranges.append(record_function(label).__enter__()))
+    module.register_forward_hook(lambda m, a, o: ranges.pop().__exit__(None, None, None))
+
+
+def profile_step(step, parts: dict[str, torch.nn.Module], device: str, path: str, title: str) -> None:
+    """Run `step` once under the profiler; append phases, module forwards and top operators to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    for label, module in parts.items():
+        _label_forward(module, f"forward: {label}")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    events = prof.key_averages()
+    time_key = "device_time_total" if cuda else "cpu_time_total"
+    lines = [f"\n===== {title}: one step on {device}", "range                               ms (CPU)  ms (device)"]
+    for e in sorted((e for e in events if e.key.startswith(("phase:", "forward:"))), key=lambda e: e.key):
+        lines.append(f"{e.key:35s} {e.cpu_time_total / 1e3:9.1f}  {getattr(e, 'device_time_total', 0) / 1e3:10.1f}")
+    lines.append(events.table(sort_by=f"self_{time_key}", row_limit=20, max_name_column_width=60))
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -158,6 +212,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per path, alternating; best kept")
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--json")
+    p.add_argument("--profile", metavar="FILE", help="append a profile of one more step of each path to FILE")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -167,24 +222,50 @@ def main() -> None:
     common = ["--worker", "--preset", args.preset, "--device", args.device, "--dtype", args.dtype,
               "--runs", str(args.runs), "--warmup", str(args.warmup)] + ([] if args.checkpointing else
                                                                          ["--no-checkpointing"])
+    profile = ["--profile", os.path.abspath(args.profile)] if args.profile else []
     # Rounds alternate the paths, so a burst of load on this shared machine hits all of them alike.
     rounds: dict[str, list[dict]] = {name: [] for name in ("ref", "ours", "ours_cached")}
-    for _ in range(args.rounds):
-        for name in rounds:
-            rounds[name].append(run_worker(__file__, common + ["--path", name]))
-    results = {name: min(rs, key=lambda r: r["seconds"]) | {"seconds_all_rounds": [r["seconds"] for r in rs]}
-               for name, rs in rounds.items()}
-    ref = results["ref"]
+    results: dict[str, dict] = {}
+    for i in range(args.rounds):
+        for name in rounds:  # the first round also profiles (after its timed steps)
+            try:
+                rounds[name].append(run_worker(__file__, common + ["--path", name] + (profile if i == 0 else [])))
+            except subprocess.CalledProcessError as e:  # recorded, and the other paths still run
+                print(f"{name} FAILED (exit {e.returncode}):\n{e.stderr[-3000:]}")
+                results[name] = {"failed": e.stderr[-3000:]}
+                continue
+            results[name] = best_round(rounds[name])
+            add_ratios(results)
+            # Written after every run, so a run stopped part-way keeps what it measured.
+            write_json(args.json, {"machine": machine(), "config": vars(args), "results": results}, quiet=True)
     rows = [("path", "tokens/s", "peak MiB", "first loss")]
     for name, r in results.items():
-        r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
-        r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"]
+        if "speedup" not in r:
+            rows.append((name, "FAILED" if "failed" in r else "no reference", "", ""))
+            continue
         rows.append((name, f"{r['tokens_per_s']:.1f} ({r['speedup']:.2f}x)", f"{r['peak_mib']:.0f} "
                      f"({r['memory_ratio']:.2f}x)", f"{r['first_loss']:.5f}"))
     mem = "peak GPU memory allocated" if args.device.startswith("cuda") else "peak process RSS"
-    print_table(f"Train step ({args.preset}, {args.device} {args.dtype}, sequence {ref['sequence']}, "
+    sequence = next((r["sequence"] for r in results.values() if "sequence" in r), "?")
+    print_table(f"Train step ({args.preset}, {args.device} {args.dtype}, sequence {sequence}, "
                 f"checkpointing {'on' if args.checkpointing else 'off'}; {mem})", rows)
     write_json(args.json, {"machine": machine(), "config": vars(args), "results": results})
+
+
+def best_round(runs: list[dict]) -> dict:
+    """The fastest of a path's rounds, with every round's time beside it."""
+    return min(runs, key=lambda r: r["seconds"]) | {"seconds_all_rounds": [r["seconds"] for r in runs]}
+
+
+def add_ratios(results: dict[str, dict]) -> None:
+    """Speed and memory of every measured path against the reference's, once it has been measured."""
+    ref = results.get("ref", {})
+    if "tokens_per_s" not in ref:
+        return
+    for r in results.values():
+        if "tokens_per_s" in r:
+            r["speedup"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            r["memory_ratio"] = r["peak_mib"] / ref["peak_mib"]
 
 
 if __name__ == "__main__":

@@ -48,24 +48,11 @@ def tower_lines(path: pathlib.Path) -> list[str]:
     if not path.exists():
         return [f"tower: {path.name} missing"]
     data = json.loads(path.read_text())
-    cfg, res = data["config"], data["results"]
-    head = f"tower {cfg['variant']} batch {cfg['batch']} {cfg['device']} {cfg['dtype']}"
-    ref = res.get("ref", {})
-    if "images_per_s" not in ref:
-        return [f"{head}: the reference FAILED or did not run"]
-    lines = [f"{head}: reference {rate(ref['images_per_s'])} images/s, peak {ref['peak_mib']:.0f} MiB"]
-    for name in tower_paths(cfg):
-        label = TOWER_PATHS[name]
-        if name not in res:
-            lines.append(f"  {label}: {STOPPED}")
-        elif "speedup" not in res[name]:
-            lines.append(f"  {label}: FAILED (see log.txt)")
-        else:
-            r = res[name]
-            lines.append(f"  {label}: {rate(r['images_per_s'])} images/s ({r['speedup']:.2f}x; target >= 1.5x), "
-                         f"peak {r['peak_mib']:.0f} MiB ({r['memory_ratio']:.2f}x; target <= 0.5x), "
-                         f"token cosine mean {r['mean_token_cosine']:.5f}")
-    return lines
+    cfg = data["config"]
+    return compared_lines(f"tower {cfg['variant']} batch {cfg['batch']} {cfg['device']} {cfg['dtype']}",
+                          data["results"], {name: TOWER_PATHS[name] for name in tower_paths(cfg)},
+                          unit="images", memory_target="0.5x",
+                          detail=lambda r: f"token cosine mean {r['mean_token_cosine']:.5f}")
 
 
 def train_lines(path: pathlib.Path) -> list[str]:
@@ -73,22 +60,31 @@ def train_lines(path: pathlib.Path) -> list[str]:
         return [f"train: {path.name} missing"]
     data = json.loads(path.read_text())
     cfg, res = data["config"], data["results"]
-    head = f"train step {cfg['preset']} {cfg['device']} {cfg['dtype']}"
-    ref = res.get("ref", {})
-    if "tokens_per_s" not in ref:
+    sequence = res.get("ref", {}).get("sequence", "?")
+    return compared_lines(f"train step {cfg['preset']} {cfg['device']} {cfg['dtype']} (sequence {sequence})", res,
+                          TRAIN_PATHS, unit="tokens", memory_target="1x",
+                          detail=lambda r: f"first loss {r['first_loss']:.4f}")
+
+
+def compared_lines(head: str, results: dict, paths: dict[str, str], *, unit: str, memory_target: str,
+                   detail) -> list[str]:
+    """The reference's line, then one per asked-for path: its speed and memory against the targets,
+    FAILED, or not measured."""
+    key = f"{unit}_per_s"
+    ref = results.get("ref", {})
+    if key not in ref:
         return [f"{head}: the reference FAILED or did not run"]
-    lines = [f"{head} (sequence {ref['sequence']}): reference {rate(ref['tokens_per_s'])} tokens/s, "
-             f"peak {ref['peak_mib']:.0f} MiB, first loss {ref['first_loss']:.4f}"]
-    for name, label in TRAIN_PATHS.items():
-        if name not in res:
+    lines = [f"{head}: reference {rate(ref[key])} {unit}/s, peak {ref['peak_mib']:.0f} MiB, {detail(ref)}"]
+    for name, label in paths.items():
+        r = results.get(name)
+        if r is None:
             lines.append(f"  {label}: {STOPPED}")
-        elif "speedup" not in res[name]:
+        elif "speedup" not in r:
             lines.append(f"  {label}: FAILED (see log.txt)")
         else:
-            r = res[name]
-            lines.append(f"  {label}: {rate(r['tokens_per_s'])} tokens/s ({r['speedup']:.2f}x; target >= 1.5x), "
-                         f"peak {r['peak_mib']:.0f} MiB ({r['memory_ratio']:.2f}x; target <= 1x), "
-                         f"first loss {r['first_loss']:.4f}")
+            lines.append(f"  {label}: {rate(r[key])} {unit}/s ({r['speedup']:.2f}x; target >= 1.5x), "
+                         f"peak {r['peak_mib']:.0f} MiB ({r['memory_ratio']:.2f}x; target <= {memory_target}), "
+                         f"{detail(r)}")
     return lines
 
 

@@ -14,9 +14,12 @@ Shapes: B images, N tokens, D width.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import CLIPVisionConfig
+
+if TYPE_CHECKING:  # tests/conftest.py imports this module for every run: keep transformers out of it
+    from transformers import CLIPVisionConfig
 
 DEVICE_ENV = "VLM_VISION_TEST_DEVICE"
 DEVICE = torch.device(os.environ.get(DEVICE_ENV, "cuda"))
@@ -25,9 +28,11 @@ ON_CUDA = DEVICE.type == "cuda"
 
 def tower_config() -> CLIPVisionConfig:
     """ViT-L/14@336 on CUDA; on the CPU 3 blocks of width 64 on 32 px images (4 x 4 patches)."""
-    if ON_CUDA:
-        from vlm_vision import vision_config
+    from transformers import CLIPVisionConfig
 
+    from vlm_vision import vision_config
+
+    if ON_CUDA:
         return vision_config("ViT-L/14@336")
     return CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                             image_size=32, patch_size=8)

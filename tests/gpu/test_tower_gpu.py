@@ -27,10 +27,11 @@ FP32_MAX_ABS = 1e-4
 
 
 @pytest.fixture(scope="module")
-def hf_cpu() -> CLIPVisionModel:
-    """The reference with random weights, float32 on the CPU; each test copies it to the device."""
+def hf_fp32() -> CLIPVisionModel:
+    """The reference with random weights, float32, made on the device (fast); each test copies it."""
     torch.manual_seed(0)
-    return CLIPVisionModel(tower_config()).eval()
+    with DEVICE:
+        return CLIPVisionModel(tower_config()).eval()
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +55,20 @@ def reference_features(hf: CLIPVisionModel, pixels: torch.Tensor) -> torch.Tenso
         return hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
 
 
+def tower_from(hf: CLIPVisionModel) -> CLIPVisionTower:
+    """Our tower with `hf`'s weights, built on the device (no random initialisation on the CPU first)."""
+    with DEVICE:
+        return CLIPVisionTower.from_transformers(hf)
+
+
 def assert_bf16_close(stats: dict[str, float]) -> None:
     assert stats["mean_cos"] >= BF16_MIN_MEAN_COSINE, stats
     assert stats["max_abs"] <= BF16_MAX_ABS * stats["scale"], stats
 
 
-def test_bf16_tower_matches_clip_vision_model_bf16(hf_cpu, pixels):
-    hf = copy.deepcopy(hf_cpu).to(device=DEVICE, dtype=torch.bfloat16)
-    tower = CLIPVisionTower.from_transformers(hf)
+def test_bf16_tower_matches_clip_vision_model_bf16(hf_fp32, pixels):
+    hf = copy.deepcopy(hf_fp32).to(device=DEVICE, dtype=torch.bfloat16)
+    tower = tower_from(hf)
     assert (tower.device.type, tower.dtype) == (DEVICE.type, torch.bfloat16)
     x = pixels.to(device=DEVICE, dtype=torch.bfloat16)
     out, ref = tower(x), reference_features(hf, x)
@@ -69,17 +76,17 @@ def test_bf16_tower_matches_clip_vision_model_bf16(hf_cpu, pixels):
     assert_bf16_close(compare("tower bf16 vs CLIPVisionModel bf16", out, ref))
 
 
-def test_fp32_tower_matches_clip_vision_model_fp32(hf_cpu, pixels, no_tf32):
-    hf = copy.deepcopy(hf_cpu).to(DEVICE)
-    tower = CLIPVisionTower.from_transformers(hf)
+def test_fp32_tower_matches_clip_vision_model_fp32(hf_fp32, pixels, no_tf32):
+    hf = copy.deepcopy(hf_fp32).to(DEVICE)
+    tower = tower_from(hf)
     x = pixels.to(DEVICE)
     stats = compare("tower fp32 vs CLIPVisionModel fp32", tower(x), reference_features(hf, x))
     assert stats["max_abs"] <= FP32_MAX_ABS, stats
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # reduce-overhead: CUDA graphs
-def test_compiled_tower_matches_eager(hf_cpu, pixels, mode):
-    tower = CLIPVisionTower.from_transformers(copy.deepcopy(hf_cpu).to(device=DEVICE, dtype=torch.bfloat16))
+def test_compiled_tower_matches_eager(hf_fp32, pixels, mode):
+    tower = tower_from(copy.deepcopy(hf_fp32).to(device=DEVICE, dtype=torch.bfloat16))
     x = pixels.to(device=DEVICE, dtype=torch.bfloat16)
     eager = tower(x).clone()
     torch._dynamo.reset()

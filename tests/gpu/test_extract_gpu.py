@@ -4,6 +4,8 @@ memory and are preprocessed there) over the real videos in tests/data, against t
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -11,7 +13,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from tests.conftest import DATA
 from tests.gpu.devices import DEVICE, compare
 from video import load_video_tokens
-from video.extract_cli import output_names
+from video.extract_plan import output_name
 from vlm_vision.cli import main
 
 pytestmark = pytest.mark.gpu
@@ -36,7 +38,7 @@ def test_device_tokens_match_the_cpu_path(tmp_path, tower_folder, capsys):
     assert main(["extract", *common, "--out", str(tmp_path / "cpu"), "--device", "cpu", "--dtype", "float32",
                  "--workers", "0"]) == 0
     assert len(VIDEOS) == 4
-    for name in output_names(VIDEOS):
+    for name in (output_name(pathlib.PurePath(v.name)) for v in VIDEOS):
         dev = load_video_tokens(tmp_path / "dev" / f"{name}.safetensors")
         cpu = load_video_tokens(tmp_path / "cpu" / f"{name}.safetensors")
         assert dev.indices == cpu.indices and dev.tokens.shape == cpu.tokens.shape == (8, 144, 64)

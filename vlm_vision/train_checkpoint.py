@@ -1,9 +1,11 @@
 """Checkpoints: `checkpoint-STEP/` folders written atomically, pruned, found and resumed from.
 
-A checkpoint holds the trainable weights (`save_trained`, the same files as `final/`), the
-optimizer, the scheduler, every process's RNG state (accelerate's `save_state`) and
-`trainer_state.json` (step, data position, the run's config). A run resumes only with the settings
-it started with, apart from `RESUMABLE_CHANGES`.
+A checkpoint holds the trainable weights (`save_trained`, the same files as `final/`, gathered
+whole from sharded runs), the optimizer, the scheduler, every process's RNG state (accelerate's
+`save_state`) and `trainer_state.json` (step, data position, the run's config). Under DeepSpeed
+the engine's own checkpoint keeps the trainable weights only (`exclude_frozen_parameters`), not
+the whole base model; under FSDP the optimizer state is gathered whole into `optimizer_full.pt`.
+A run resumes only with the settings it started with, apart from `RESUMABLE_CHANGES`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from vlm_vision.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
+from vlm_vision.train_runtime import deepspeed_kwargs
+from vlm_vision.train_sharded import FrozenParts, save_optimizer_state, whole_state
 from vlm_vision.trained import TrainedSpec, replace_dir, save_trained
 
 __all__ = ["check_resumable", "latest_checkpoint", "prune_checkpoints", "read_state", "save_checkpoint"]
@@ -55,11 +60,14 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
 
 
 def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, spec: TrainedSpec, config: TrainConfig,
-                    out: Path, step: int, position: int) -> None:
+                    out: Path, step: int, position: int, *, frozen: FrozenParts,
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
     """`checkpoint-STEP/`: trainable weights, optimizer, scheduler, RNG of every process, position.
 
     Every process writes into one temporary folder; the main process renames it into place once
-    all are done, then prunes old checkpoints.
+    all are done, then prunes old checkpoints. `frozen` is what `save_trained` writes but does not
+    train; `optimizer` is given for an FSDP run (accelerate does not hold it), whose state is
+    gathered whole.
     """
     tmp = out / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
@@ -67,9 +75,12 @@ def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, spec: Tr
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp), **deepspeed_kwargs(accelerator, exclude_frozen_parameters=True))
+    if optimizer is not None:
+        save_optimizer_state(model, optimizer, tmp, accelerator.is_main_process)
+    state = whole_state(model, frozen)  # every process takes part in gathering sharded weights
     if accelerator.is_main_process:
-        save_trained(model, processor, spec, tmp)
+        save_trained(model, processor, spec, tmp, state=state, rows=frozen.rows)
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "position": position, "config": config_dict(config)}, indent=2))
     accelerator.wait_for_everyone()

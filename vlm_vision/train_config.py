@@ -139,6 +139,9 @@ class TrainConfig:
     """dtype of the frozen tower and base LLM ("bfloat16" halves their memory on GPUs)."""
     num_workers: int = 0
     """DataLoader worker processes decoding videos."""
+    fsdp: bool = False
+    """Shard the LLM, projector, gradients and optimizer state over the processes (PyTorch FSDP2; the tower
+    stays whole); launch with several processes (torchrun, or accelerate with examples/accelerate/fsdp.yaml)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -165,6 +168,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("fsdp with mixed_precision='fp16' has no gradient scaler here; use 'bf16'")
+        if self.fsdp and self.train_new_token_embeddings:
+            raise ValueError("fsdp cannot train only the new tokens' rows (the hook that keeps the other rows "
+                             "still does not survive sharding); train them without fsdp, or leave "
+                             "train_new_token_embeddings off")
+        if self.fsdp and self.eval_data:
+            raise ValueError("fsdp does not evaluate yet (every process must run the same number of batches, "
+                             "and evaluation splits the samples unevenly); evaluate `final/` after training")
         if self.eval_every and not self.eval_data:
             raise ValueError(f"eval_every={self.eval_every} needs eval_data")
         if self.eval_accuracy and not self.eval_data:

@@ -4,6 +4,12 @@ Why resuming is exact: the order is a pure function of (seed, epoch) (`micro_bat
 the position in the run is just the number of micro-batches consumed, and the data loader draws
 no numbers from the global RNG (it has its own generator).
 
+Why the loader yields every process's micro-batches: accelerate prepares it (`accelerator.prepare`),
+and its shard hands batch number k to process k mod n. The sampler therefore lists, for each
+position, the indices of process 0's micro-batch, then process 1's, ... so each process receives
+exactly `micro_batch_indices(position, process_index=its own)`. A prepared loader is what
+DeepSpeed's "auto" micro-batch size is read from (the loader's `batch_size`).
+
 Why a bad sample never stops a run: a sample that fails to load (`_ReplaceBad`) is replaced by
 the next one in the epoch order, so every process still sees a full batch and stays in step with
 the others; the skips travel with the batch to be logged.
@@ -17,7 +23,7 @@ import torch
 
 from vlm_vision.train_data import ConversationDataset, Example, Skipped
 
-__all__ = ["epoch_order", "micro_batch_indices", "micro_batches"]
+__all__ = ["epoch_order", "micro_batch_indices", "micro_batch_loader"]
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
@@ -51,17 +57,20 @@ def micro_batch_indices(position: int, *, num_samples: int, batch_size: int, num
     return order[start: start + batch_size]
 
 
-class _BatchOrder:
-    """Index lists for one process from micro-batch `start` on (an endless `batch_sampler`)."""
+class _GlobalOrder(torch.utils.data.Sampler):
+    """Sample indices from micro-batch `start` on, every process's micro-batch in turn (endless)."""
 
-    def __init__(self, start: int, **kwargs: int):
+    def __init__(self, start: int, num_processes: int, **kwargs: int):
         self.start = start
+        self.num_processes = num_processes
         self.kwargs = kwargs
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[int]:
         position = self.start
         while True:
-            yield micro_batch_indices(position, **self.kwargs)
+            for process in range(self.num_processes):
+                yield from micro_batch_indices(position, num_processes=self.num_processes, process_index=process,
+                                               **self.kwargs)
             position += 1
 
 
@@ -90,13 +99,15 @@ def _collate(items: list[tuple[Example, list[Skipped]]]) -> tuple[list[Example],
     return [example for example, _ in items], [s for _, skipped in items for s in skipped]
 
 
-def micro_batches(dataset: ConversationDataset, *, start: int, batch_size: int, num_processes: int,
-                  process_index: int, seed: int, num_workers: int) -> Iterator[tuple[list[Example], list[Skipped]]]:
-    """Endless (examples, skipped) micro-batches of one process from micro-batch number `start` on."""
-    loader = torch.utils.data.DataLoader(
+def micro_batch_loader(dataset: ConversationDataset, *, start: int, batch_size: int, num_processes: int, seed: int,
+                       num_workers: int) -> torch.utils.data.DataLoader:
+    """Endless (examples, skipped) micro-batches of all processes in turn, from micro-batch `start` on.
+
+    Prepare it with accelerate (`accelerator.prepare(loader)`) so each process gets its own; in one
+    process it is the run's order as it is.
+    """
+    return torch.utils.data.DataLoader(
         _ReplaceBad(dataset),
-        batch_sampler=_BatchOrder(start, num_samples=len(dataset), batch_size=batch_size,
-                                  num_processes=num_processes, process_index=process_index, seed=seed),
-        collate_fn=_collate, num_workers=num_workers,
+        sampler=_GlobalOrder(start, num_processes, num_samples=len(dataset), batch_size=batch_size, seed=seed),
+        batch_size=batch_size, collate_fn=_collate, num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed))  # never draws from the global RNG
-    return iter(loader)

@@ -1,25 +1,75 @@
 """The runtime of a training run: accelerate's `Accelerator` for a `TrainConfig`, and its release.
 
-accelerate supplies devices, mixed precision, gradient accumulation and DDP (`accelerate launch`).
+accelerate supplies devices, mixed precision, gradient accumulation, the process group, DDP and
+DeepSpeed (`accelerate launch`, configs in `examples/accelerate/`). FSDP is `vlm_vision.train_sharded`'s.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from vlm_vision.train_config import TrainConfig
 
-__all__ = ["make_accelerator", "release_accelerator_state"]
+__all__ = ["check_processes", "deepspeed_kwargs", "make_accelerator", "release_accelerator_state"]
 
 
 def make_accelerator(config: TrainConfig) -> Any:
-    """The `Accelerator` of a run: its mixed precision and gradient accumulation."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    """The `Accelerator` of a run: its mixed precision and gradient accumulation.
 
-    return Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+    Without CUDA, several processes (`torchrun`) join over gloo (accelerate's CPU mode), unless
+    DeepSpeed is asked for. DeepSpeed's "auto" gradient clipping becomes `max_grad_norm`.
+
+    Raises:
+        ValueError: for accelerate's FSDP plugin (FSDP is `fsdp=True`), or `fsdp` under DeepSpeed.
+        RuntimeError: when the processes disagree on how many they are (`check_processes`).
+    """
+    import torch
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import DistributedType
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=cpu,
         # Text-only batches leave the projector unused; DDP must not wait for its gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise ValueError("accelerate's FSDP plugin (distributed_type: FSDP) is not used by vlm-vision train: launch "
+                         "with a multi-GPU config (examples/accelerate/fsdp.yaml) and pass fsdp=True (--fsdp)")
+    if kind == DistributedType.DEEPSPEED:
+        if config.fsdp:
+            raise ValueError("fsdp=True (--fsdp) and DeepSpeed both shard the model; launch with one of them")
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds_config.get("gradient_clipping", "auto") == "auto":
+            ds_config["gradient_clipping"] = config.max_grad_norm
+    check_processes(accelerator)
+    return accelerator
+
+
+def check_processes(accelerator: Any) -> None:
+    """Refuse a run whose launcher started more processes than accelerate sees.
+
+    Two CPU processes under DeepSpeed (or a process group accelerate did not join) come up each as
+    process 0 of 1: both would read the same samples and write the same files.
+
+    Raises:
+        RuntimeError: naming both counts.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise RuntimeError(
+            f"the launcher started {launched} processes but accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type}); DeepSpeed with several processes needs GPUs, and on CPUs "
+            f"several processes train with DDP or fsdp=True (--fsdp) under torchrun")
+
+
+def deepspeed_kwargs(accelerator: Any, **kwargs: Any) -> dict[str, Any]:
+    """`kwargs` under DeepSpeed (for its `save_checkpoint` / `load_checkpoint`), else nothing."""
+    from accelerate.utils import DistributedType
+
+    return kwargs if accelerator.distributed_type == DistributedType.DEEPSPEED else {}
 
 
 def release_accelerator_state() -> None:

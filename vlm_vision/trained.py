@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +154,18 @@ def _output_embeddings(llm: nn.Module) -> nn.Module | None:
     return out
 
 
-def token_rows(llm: nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
-    """The embedding rows of `ids`: `input` float[n, D] (and `output` when untied), plus `ids`."""
+def token_rows(llm: nn.Module, ids: list[int],
+               whole: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The embedding rows of `ids`: `input` float[n, D] (and `output` when untied), plus `ids`.
+
+    `whole` maps an embedding's weight to its whole tensor when the weights are sharded.
+    """
+    whole = whole or (lambda weight: weight)
     index = torch.tensor(ids, dtype=torch.long)
-    rows = {"ids": index, "input": llm.get_input_embeddings().weight.detach()[index].cpu().contiguous()}
+    rows = {"ids": index, "input": whole(llm.get_input_embeddings().weight).detach()[index].cpu().contiguous()}
     out = _output_embeddings(llm)
     if out is not None:
-        rows["output"] = out.weight.detach()[index].cpu().contiguous()
+        rows["output"] = whole(out.weight).detach()[index].cpu().contiguous()
     return rows
 
 
@@ -222,7 +227,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 # ----- save and load ------------------------------------------------------------------------------
 
 
-def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: str | os.PathLike) -> Path:
+def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: str | os.PathLike, *,
+                 state: Mapping[str, torch.Tensor] | None = None,
+                 rows: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the trained parts of `model` (a `VisionLanguageModel`) into an existing folder.
 
     Args:
@@ -230,24 +237,47 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
         processor: its `VisionLanguageProcessor` (the tokenizer is saved).
         spec: what the config records.
         folder: where to write (use `atomic_dir` around it).
+        state: whole tensors by parameter name of the projector, the newline and the adapter, for a
+            model whose own parameters are sharded (`vlm_vision.train_sharded.whole_state`);
+            default: the model's parameters.
+        rows: the added tokens' rows (`token_rows`), when the embeddings are sharded and do not
+            train; default: read from `state`'s (or the model's) embeddings.
     """
     from projector import save_projector
 
     folder = Path(folder)
-    save_projector(model.projector, folder / PROJECTOR_FILE)
-    save_file({"image_newline": model.image_newline.detach().cpu().contiguous()}, str(folder / NEWLINE_FILE))
+    tensors = dict(model.named_parameters()) if state is None else state
+    projector = {k[len("projector."):]: v for k, v in tensors.items() if k.startswith("projector.")}
+    save_projector(model.projector if state is None else _projector_like(model, spec, projector),
+                   folder / PROJECTOR_FILE)
+    save_file({"image_newline": tensors["image_newline"].detach().cpu().contiguous()}, str(folder / NEWLINE_FILE))
     if model.faster_token is not None:
-        save_file({"faster_token": model.faster_token.detach().cpu().contiguous()}, str(folder / FASTER_FILE))
+        save_file({"faster_token": tensors["faster_token"].detach().cpu().contiguous()}, str(folder / FASTER_FILE))
     llm = model.llm
     if spec.lora is not None:
         # The placeholder rows go to new_tokens.safetensors, so peft must not copy whole embeddings.
-        llm.save_pretrained(str(folder), save_embedding_layers=False)
-        llm = llm.get_base_model()
+        adapter = {k[len("llm."):]: v for k, v in tensors.items() if k.startswith("llm.") and "lora_" in k}
+        llm.save_pretrained(str(folder), save_embedding_layers=False, state_dict=adapter)
     if spec.new_token_ids:
-        save_file(token_rows(llm, spec.new_token_ids), str(folder / NEW_TOKENS_FILE))
+        if rows is None:
+            names = {id(p): n for n, p in model.named_parameters()}
+            base = llm.get_base_model() if spec.lora is not None else llm
+            rows = token_rows(base, spec.new_token_ids, lambda weight: tensors[names[id(weight)]])
+        save_file(rows, str(folder / NEW_TOKENS_FILE))
     processor.tokenizer.save_pretrained(str(folder))
     (folder / CONFIG_NAME).write_text(spec.to_json())
     return folder
+
+
+def _projector_like(model: nn.Module, spec: TrainedSpec, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A projector of the model's kind holding `state` (built on the meta device, so nothing is copied)."""
+    from projector import build_projector
+
+    with torch.device("meta"):
+        projector = build_projector(spec.projector_type, model.tower.hidden_size,
+                                    model.llm.get_input_embeddings().embedding_dim)
+    projector.load_state_dict(state, assign=True)
+    return projector
 
 
 def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = None, tower: nn.Module | None = None,

@@ -11,6 +11,7 @@ optimizer step, `grad_accum` micro-batches -> save. Each piece has its own modul
     train_log         log.jsonl, skipped.jsonl, loss.png
     train_checkpoint  checkpoint-STEP/ save, prune, resume
     train_runtime     accelerate's Accelerator for a config, and its release
+    train_sharded     FSDP, and gathering sharded weights whole to save them
     evaluation        answering the eval_data questions (`eval_accuracy`), as `vlm-vision eval` does
 
 Why resuming is exact: the data order is a pure function of (seed, epoch), so the position is
@@ -32,10 +33,11 @@ from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_chec
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_log import RunLog, plot_loss
 from vlm_vision.train_loss import evaluate, label_count, labelled_loss, model_inputs, step_loss_scale, to_device
-from vlm_vision.train_order import micro_batches
+from vlm_vision.train_order import micro_batch_loader
 from vlm_vision.train_params import cosine_schedule, param_groups, print_trainable
-from vlm_vision.train_runtime import make_accelerator, release_accelerator_state
+from vlm_vision.train_runtime import deepspeed_kwargs, make_accelerator, release_accelerator_state
 from vlm_vision.train_setup import setup
+from vlm_vision.train_sharded import frozen_parts, load_optimizer_state, shard_model, whole_state
 from vlm_vision.trained import atomic_dir, load_trained_weights, save_trained
 
 __all__ = ["train"]
@@ -73,20 +75,36 @@ def train(config: TrainConfig) -> Path:
     model = run.model
     if main:
         print_trainable(model, run.trainable)
+    step, position = 0, 0
+    if checkpoint is not None:  # weights first: FSDP and ZeRO-3 split them
+        step, position = read_state(checkpoint, config)
+        load_trained_weights(model, checkpoint, run.spec)
+    frozen = frozen_parts(model, run.spec)
+    sharded = config.fsdp and accelerator.num_processes > 1
+    if sharded:
+        shard_model(model, accelerator.device)
+    elif config.fsdp and main:
+        print("fsdp: one process, nothing to shard; training unsharded")
     optimizer = torch.optim.AdamW(param_groups(model, config), betas=(0.9, 0.999))
     scheduler = cosine_schedule(optimizer, config.max_steps, config.warmup_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    loader = micro_batch_loader(run.dataset, start=position, batch_size=config.batch_size,
+                                num_processes=accelerator.num_processes, seed=config.seed,
+                                num_workers=config.num_workers)
+    if sharded:  # accelerate would save the optimizer's local shards only; `save_checkpoint` gathers it
+        loader = accelerator.prepare(loader)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
     # Checkpoints hold only the trainable weights (written by `save_trained`), not the whole model.
     accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
     accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
     unwrapped = accelerator.unwrap_model(model)
 
-    step, position = 0, 0
     if checkpoint is not None:
-        step, position = read_state(checkpoint, config)
-        load_trained_weights(unwrapped, checkpoint, run.spec)
-        accelerator.load_state(str(checkpoint))
+        # DeepSpeed's checkpoint holds the trainable weights only (`save_checkpoint`).
+        accelerator.load_state(str(checkpoint), **deepspeed_kwargs(accelerator, load_module_strict=False))
+        if sharded:
+            load_optimizer_state(model, optimizer, checkpoint)
         log.truncate(step)
         if main:
             print(f"resumed from {checkpoint} at step {step}")
@@ -96,9 +114,7 @@ def train(config: TrainConfig) -> Path:
     pad_id = run.processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = run.processor.tokenizer.eos_token_id
-    batches = micro_batches(run.dataset, start=position, batch_size=config.batch_size,
-                            num_processes=accelerator.num_processes, process_index=accelerator.process_index,
-                            seed=config.seed, num_workers=config.num_workers)
+    batches = iter(loader)
     params = [p for p in model.parameters() if p.requires_grad]
     placeholders = unwrapped._placeholder_ids()
 
@@ -161,14 +177,16 @@ def train(config: TrainConfig) -> Path:
         if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
             run_eval()
         if config.save_every and step % config.save_every == 0:
-            save_checkpoint(accelerator, unwrapped, run.processor, run.spec, config, out, step, position)
+            save_checkpoint(accelerator, unwrapped, run.processor, run.spec, config, out, step, position,
+                            frozen=frozen, optimizer=optimizer if sharded else None)
     bar.close()
 
     # ----- save
     final = out / "final"
+    state = whole_state(unwrapped, frozen)  # every process takes part in gathering sharded weights
     if main:
         with atomic_dir(final) as tmp:
-            save_trained(unwrapped, run.processor, run.spec, tmp)
+            save_trained(unwrapped, run.processor, run.spec, tmp, state=state, rows=frozen.rows)
     accelerator.wait_for_everyone()
     run_eval()
     if main:
@@ -177,3 +195,4 @@ def train(config: TrainConfig) -> Path:
     accelerator.end_training()
     release_accelerator_state()
     return final
+

@@ -165,26 +165,40 @@ def _zero3_config(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_one_process_saves_whole_adapter(parts, tmp_path):
+def test_deepspeed_zero3_one_process_saves_whole_adapter_and_resumes(parts, tmp_path):
     """ZeRO-3 in one CPU process through `accelerate launch`: the prepared loader fills the "auto"
-    micro-batch size, `final/` holds the whole adapter and projector (gathered) equal to a plain
-    run's, and a checkpoint holds only trainable weights."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero3_config(tmp_path)),
-           "-m", "vlm_vision.cli", "train", *_args(parts, tmp_path / "ds", **{"batch-size": 4})]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    micro-batch size; `final/` holds the whole adapter and projector (gathered), equal to a plain
+    run's; the engine's checkpoint holds the trainable weights only; resuming from it is exact."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero3_config(tmp_path)),
+              "-m", "vlm_vision.cli", "train"]
+
+    def run(*extra: str) -> None:
+        args = _args(parts, tmp_path / "ds", **{"batch-size": 4}) + list(extra)
+        proc = subprocess.run(launch + args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    run()
     one = _single(parts, tmp_path / "one", batch_size=4)
-    final = tmp_path / "ds" / "final"
-    _assert_close(_weights(final), _weights(one), WEIGHT_TOL)
-    assert _losses(tmp_path / "ds") == pytest.approx(_losses(tmp_path / "one"), abs=LOSS_TOL)
-    model, _ = load_trained(final)  # peft and the projector read the gathered files
+    ds = tmp_path / "ds"
+    trained = _weights(ds / "final")
+    _assert_close(trained, _weights(one), WEIGHT_TOL)
+    assert _losses(ds) == pytest.approx(_losses(tmp_path / "one"), abs=LOSS_TOL)
+    model, _ = load_trained(ds / "final")  # peft and the projector read the gathered files
     assert model.llm.peft_config["default"].r == 4
 
-    states = torch.load(next((tmp_path / "ds" / "checkpoint-2").rglob("*model_states.pt")), weights_only=False)
-    saved = set(states["module"]) if states.get("module") else set(states.get("param_shapes", [{}])[0])
-    trainable = {k for k in _weights(one)}
-    assert saved and all("lora_" in k or k.startswith("projector.") for k in saved), sorted(saved)[:5]
-    assert trainable
+    states = torch.load(next((ds / "checkpoint-2").rglob("*model_states.pt")), weights_only=False)
+    assert set(states["module"]) == {"llm." + k.replace(".weight", ".default.weight") for k in trained
+                                     if "lora_" in k} | {"projector." + k.split("mm_projector.")[1] for k in trained
+                                                         if "mm_projector." in k}
+
+    straight = _losses(ds)
+    shutil.rmtree(ds / "final")
+    lines = (ds / "log.jsonl").read_text().splitlines()
+    (ds / "log.jsonl").write_text("".join(line + "\n" for line in lines[:2]))
+    run("--resume")
+    assert _losses(ds) == straight
+    again = _weights(ds / "final")
+    assert all(torch.equal(again[k], trained[k]) for k in trained)
 
 
 def test_processes_must_agree(monkeypatch):

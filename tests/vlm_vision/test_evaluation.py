@@ -91,3 +91,20 @@ def test_token_files_answer_like_the_videos_they_come_from(colour, tmp_path):
         records.append(parse_question(record, tmp_path, source="held_out.jsonl"))
     rows = answer_questions(model, colour["processor"], records, num_frames=FRAMES)
     assert _comparable(rows) == _comparable(colour["rows"][:4])
+
+
+def test_image_questions_are_answered_and_unreadable_media_become_error_rows(colour, tmp_path):
+    import PIL.Image
+
+    PIL.Image.new("RGB", (40, 30), (30, 40, 220)).save(tmp_path / "blue.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    records = [{"id": "img", "image": "blue.png", "question": "What colour is this video?",
+                "options": ["red", "green", "blue", "yellow"], "answer": "C"},
+               {"id": "bad-img", "image": "broken.png", "question": "Colour?", "answer": "blue"},
+               {"id": "bad-video", "video": "broken.mp4", "question": "Colour?", "answer": "blue"}]
+    questions = [parse_question(r, tmp_path) for r in records]
+    rows = answer_questions(colour["model"], colour["processor"], questions, num_frames=FRAMES)
+    assert "error" not in rows[0] and len(rows[0]["scores"]["log_likelihood"]) == 4
+    assert rows[1]["error"].startswith("image could not be read")
+    assert rows[2]["error"].startswith("video could not be decoded")

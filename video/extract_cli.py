@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from video.budget import VideoLayout, sampled_frame_count
 from video.contact_sheet import contact_sheet, contact_sheet_png
 from video.extract import check_pooling, encode_pixels, save_video_tokens, temporary_files, tokens_for_clip, write_atomic
 from video.extract_plan import VIDEO_EXTENSIONS, Decision, clashes, decide, find_inputs, output_name
@@ -79,8 +80,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("exact", "decord"), default="exact",
                         help="decoder: exact frames (PyAV, checked against the timestamps), or decord's get_batch "
                              "as LLaVA-NeXT-Video's loader (its pixels, wrong frames included, for parity)")
+    parser.add_argument("--min-frames", type=_positive_int, default=1,
+                        help="with --fps, the fewest frames per video (frames repeat in a short clip)")
+    parser.add_argument("--max-frames", type=_positive_int, default=None,
+                        help="with --fps, the most frames per video (default: --num-frames)")
     parser.add_argument("--pool-stride", type=_positive_int, default=2, help="2 turns 24x24 patches into 144 tokens")
     parser.add_argument("--pool-mode", choices=("average", "max", "bilinear"), default="average")
+    parser.add_argument("--max-video-tokens", type=_positive_int, default=None,
+                        help="token budget of one video in the model: a video pools at the finest stride from "
+                             "--pool-stride up to twice it that fits (video.budget), as the model will; needs "
+                             "the model's --video-newline and --faster-token-stride to count its tokens")
+    parser.add_argument("--video-newline", choices=("no_token", "one_token", "frame", "grid"), default="no_token",
+                        help="the model's newline layout (only counts tokens for --max-video-tokens)")
+    parser.add_argument("--faster-token-stride", type=_positive_int, default=None,
+                        help="the model's SlowFast stride (only counts tokens for --max-video-tokens; the file "
+                             "holds every frame at the slow stride, the model pools fast frames once more)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: this process's accelerator, else the CPU)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="tower dtype")
@@ -232,11 +246,40 @@ def decoded_stream(jobs: DecodeJobs, workers: int, *, pin_memory: bool) -> Itera
 
 def token_settings(args: argparse.Namespace, tower, model_label: str) -> dict[str, Any]:
     """Every setting that changes the tokens; an output is kept only when all of them match."""
-    return {"model": model_label, "weights_fingerprint": weights_fingerprint(tower),
-            "random_weights": args.random_weights, "dtype": args.dtype, "layer": int(tower.select_layer),
-            "pool_stride": args.pool_stride, "pool_mode": args.pool_mode, "sampling": args.sampling,
-            "num_frames": args.num_frames, "fps": args.fps, "backend": args.backend, "start": None, "end": None,
-            "allow_partial": args.allow_partial}
+    settings = {"model": model_label, "weights_fingerprint": weights_fingerprint(tower),
+                "random_weights": args.random_weights, "dtype": args.dtype, "layer": int(tower.select_layer),
+                "pool_stride": args.pool_stride, "pool_mode": args.pool_mode, "sampling": args.sampling,
+                "num_frames": args.num_frames, "fps": args.fps, "backend": args.backend, "start": None, "end": None,
+                "allow_partial": args.allow_partial}
+    # recorded only when set, so outputs of earlier runs without them still match
+    for name, default in (("min_frames", 1), ("max_frames", None), ("max_video_tokens", None),
+                          ("faster_token_stride", None)):
+        if getattr(args, name, default) != default:
+            settings[name] = getattr(args, name)
+    if getattr(args, "max_video_tokens", None) is not None:
+        settings["video_newline"] = args.video_newline
+        settings["base_pool_stride"] = settings.pop("pool_stride")  # each file records the stride it got
+    return settings
+
+
+def video_layout(args: argparse.Namespace, tower) -> VideoLayout:
+    """The model's video-token settings these flags describe (pooling, newlines, SlowFast, budget)."""
+    return VideoLayout(grid=tuple(tower.grid_size), pool_stride=args.pool_stride, pool_mode=args.pool_mode,
+                       newline=getattr(args, "video_newline", "no_token"),
+                       faster_token_stride=getattr(args, "faster_token_stride", None),
+                       max_video_tokens=getattr(args, "max_video_tokens", None))
+
+
+def load_arguments(args: argparse.Namespace, layout: VideoLayout) -> dict[str, Any]:
+    """`video.load_video`'s arguments: fixed count, or fps with min/max frames within the token budget."""
+    kwargs = {"sampling": args.sampling, "backend": args.backend, "allow_partial": args.allow_partial}
+    min_frames = getattr(args, "min_frames", 1)
+    if args.fps:
+        most = layout.frame_limit(getattr(args, "max_frames", None) or args.num_frames, min_frames)
+        return {**kwargs, "fps": args.fps, "min_frames": min_frames, "max_frames": most}
+    count = sampled_frame_count(1, 1.0, None, num_frames=args.num_frames, min_frames=min_frames,
+                                max_frames=layout.frame_limit(None, min_frames))
+    return {**kwargs, "num_frames": count}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -279,6 +322,8 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         return 2
     try:
         check_pooling(tower, args.pool_stride, args.pool_mode)
+        layout = video_layout(args, tower)
+        load_kwargs = load_arguments(args, layout)
     except ValueError as e:
         print(f"vlm-vision extract: {args.model}: {e}", file=sys.stderr)
         return 2
@@ -300,9 +345,6 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
     for outcome in outcomes:
         append_line(manifest, {**record_base, **record(outcome)})
 
-    load_kwargs = {"num_frames": args.num_frames, "fps": args.fps, "sampling": args.sampling,
-                   "max_frames": args.num_frames if args.fps else None, "backend": args.backend,
-                   "allow_partial": args.allow_partial}
     on_cpu = device.type == "cpu"
     jobs = DecodeJobs([video for video, _, _ in todo], load_kwargs=load_kwargs, preview=args.preview,
                       transform=tower.image_transform if on_cpu else None)
@@ -316,7 +358,7 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         if item.error is not None:
             outcome = Outcome(video, output, "error", reason=item.error)
         else:
-            outcome = _encode_isolated(item, video, output, tower, args, model_label, settings)
+            outcome = _encode_isolated(item, video, output, tower, args, model_label, settings, layout)
             frames_done += outcome.shape[0] if outcome.shape else 0
         if why is not None and outcome.status != "error":
             outcome.reason = f"extracted again: {why}"
@@ -369,24 +411,27 @@ def _plan(found, out: Path, settings: dict[str, Any], rank: int, world: int, *,
 
 
 def _encode_isolated(item: Decoded, video: Path, output: Path, tower, args, model_label: str,
-                     settings: dict) -> Outcome:
+                     settings: dict, layout: VideoLayout | None = None) -> Outcome:
     """`_encode_and_save`, with any exception of this video turned into an "error" outcome.
 
     KeyboardInterrupt and SystemExit are not exceptions of one video: they stop the run (a
     temporary file being written is removed by `write_atomic`).
     """
     try:
-        return _encode_and_save(item, video, output, tower, args, model_label, settings)
+        return _encode_and_save(item, video, output, tower, args, model_label, settings, layout)
     except Exception as e:
         return Outcome(video, output, "error", reason=f"{type(e).__name__}: {e}")
 
 
 def _encode_and_save(item: Decoded, video: Path, output: Path, tower, args, model_label: str,
-                     settings: dict) -> Outcome:
-    """Tower + pooling for one decoded video, then its files (preview first: the tokens mark it done)."""
+                     settings: dict, layout: VideoLayout | None = None) -> Outcome:
+    """Tower + pooling for one decoded video, then its files (preview first: the tokens mark it done).
+
+    The stride is the one the model's token budget gives this frame count (`layout.stride_for`)."""
     clip = item.clip
-    tokens, batch_size, retries = encode_with_retry(item, tower, args.pool_stride, args.pool_mode, args.batch_size)
-    result = tokens_for_clip(clip, tokens, tower, pool_stride=args.pool_stride, pool_mode=args.pool_mode,
+    stride = layout.stride_for(len(clip.indices)) if layout is not None else args.pool_stride
+    tokens, batch_size, retries = encode_with_retry(item, tower, stride, args.pool_mode, args.batch_size)
+    result = tokens_for_clip(clip, tokens, tower, pool_stride=stride, pool_mode=args.pool_mode,
                              model=model_label, random_weights=args.random_weights, sampling=args.sampling)
     if item.sheet is not None:
         write_atomic(output.with_suffix(".png"), item.sheet)

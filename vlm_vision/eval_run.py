@@ -60,6 +60,14 @@ class EvalConfig:
     """Questions per batch (and option sequences per forward pass when scoring)."""
     num_frames: int | None = None
     """Frames sampled from each video (default: the model's training setting, else 32)."""
+    fps: float | None = None
+    """Sample about this many frames per second of video (default: the model's training setting)."""
+    min_frames: int | None = None
+    """With `fps`, the fewest frames per video (default: the model's training setting)."""
+    max_frames: int | None = None
+    """With `fps`, the most frames per video (default: the model's training setting)."""
+    max_video_tokens: int | None = None
+    """Token budget of one video; longer videos pool harder (default: the model's training setting)."""
     limit: int | None = None
     """Evaluate only the first N records."""
     max_new_tokens: int = 32
@@ -74,7 +82,8 @@ class EvalConfig:
     """Show a progress bar (questions per second)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "num_frames", "limit"):
+        for name in ("batch_size", "max_new_tokens", "num_frames", "limit", "min_frames", "max_frames",
+                     "max_video_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -160,9 +169,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     identity = model_identity(config.model)
     device, dtype = _device_dtype(config)
     model, processor = load_eval_model(config.model, device=device, dtype=dtype)
+    processor = _with_sampling(model, processor, config)
     num_frames = config.num_frames or processor.num_frames
+    sampling = processor.video_sampling(num_frames)
     settings = {"num_frames": num_frames, "max_new_tokens": config.max_new_tokens,
                 "dtype": str(dtype).removeprefix("torch.")}
+    if sampling.get("fps") is not None or model.max_video_tokens is not None:
+        settings.update({**sampling, "max_video_tokens": model.max_video_tokens})
     out.mkdir(parents=True, exist_ok=True)
     _check_run(out, {"model": identity, "settings": settings})
 
@@ -181,7 +194,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
             bar.update(len(rows))
 
         answer_questions(model, processor, todo, num_frames=num_frames, batch_size=config.batch_size,
-                         max_new_tokens=config.max_new_tokens, num_workers=config.num_workers, on_rows=write)
+                         max_new_tokens=config.max_new_tokens, num_workers=config.num_workers, on_rows=write,
+                         sampling=sampling)
     bar.close()
     seconds = time.perf_counter() - started
     rows = [done[(q.source, q.id)] for q in questions]
@@ -192,6 +206,23 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     plot_categories(metrics["per_category"], out / CHART)
     _print_summary(metrics, out)
     return metrics
+
+
+def _with_sampling(model: Any, processor: Any, config: EvalConfig) -> Any:
+    """The processor with `config`'s frame sampling and token budget where given (the model's own otherwise)."""
+    overrides = {k: getattr(config, k) for k in ("fps", "min_frames", "max_frames") if getattr(config, k) is not None}
+    if not overrides and config.max_video_tokens is None:
+        return processor
+    if config.max_video_tokens is not None:
+        model.max_video_tokens = config.max_video_tokens  # the stride follows from the frame count
+    from vlm_vision.processor import VisionLanguageProcessor
+
+    kept = {"fps": processor.fps, "min_frames": processor.min_frames, "max_frames": processor.max_frames}
+    if "fps" not in overrides and processor.fps is None:  # uniform sampling has no max_frames
+        kept["max_frames"] = None
+    return VisionLanguageProcessor.for_model(
+        processor.tokenizer, model, num_frames=processor.num_frames, padding_side=processor.padding_side,
+        time_instruction=processor.time_instruction, time_markers=processor.time_markers, **(kept | overrides))
 
 
 def _metrics(rows: list[dict[str, Any]], bad: list[dict[str, str]], records: int, resumed: int,

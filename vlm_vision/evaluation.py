@@ -162,7 +162,8 @@ class Loaded:
 
     `kind` is "video" (`media` float[T, 3, S, S] frames), "video_features" (float[T, N', D_v] pooled
     tower tokens) or "image" (float[1, 3, S, S], or float[P, 3, S, S] crops with `image_size` for
-    anyres models). `duration` is the seconds of video the question is about.
+    anyres models). `duration` is the seconds of video the question is about; `times` each frame's
+    presentation time (for the time instruction and markers).
     """
 
     question: Question
@@ -171,6 +172,7 @@ class Loaded:
     image_size: tuple[int, int] | None = None
     duration: float | None = None
     error: str | None = None
+    times: list[float] | None = None
 
 
 def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
@@ -185,11 +187,16 @@ def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
                                       f"layer, tokens per frame, width) {made}; this model needs {wanted}")
     if tokens.random_weights:
         return Loaded(question, error=f"token file {question.media_path} comes from a tower with random weights")
-    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration)  # (T, N', D_v)
+    times = tokens.presentation_times or tokens.timestamps
+    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration, times=times)  # (T, N', D_v)
 
 
-def load_medium(question: Question, model: nn.Module, num_frames: int) -> Loaded:
-    """Decode or read a question's medium; a file that cannot be read gives a `Loaded` with `error`."""
+def load_medium(question: Question, model: nn.Module, num_frames: int, sampling: dict[str, Any] | None = None) -> Loaded:
+    """Decode or read a question's medium; a file that cannot be read gives a `Loaded` with `error`.
+
+    `sampling` are `video.load_video`'s frame arguments (`VisionLanguageProcessor.video_sampling`);
+    None: `num_frames` uniform frames.
+    """
     from video import VideoDecodeError, load_video
 
     transform = model.tower.image_transform
@@ -197,9 +204,11 @@ def load_medium(question: Question, model: nn.Module, num_frames: int) -> Loaded
         if question.cached:
             return _load_video_tokens(question, model)
         if question.media_kind == "video":
-            clip = load_video(question.media_path, num_frames=num_frames, start=question.start, end=question.end)
+            clip = load_video(question.media_path, **(sampling or {"num_frames": num_frames}), start=question.start,
+                              end=question.end)
             window = min(question.end or clip.duration, clip.duration) - (question.start or 0.0)
-            return Loaded(question, "video", transform(clip.frames), duration=window)  # (T, 3, S, S)
+            return Loaded(question, "video", transform(clip.frames), duration=window,
+                          times=list(clip.presentation_times))  # (T, 3, S, S)
         if model.image_grid_pinpoints is not None:
             from vlm_vision.anyres import anyres_pixel_values
 
@@ -216,23 +225,44 @@ def load_medium(question: Question, model: nn.Module, num_frames: int) -> Loaded
 class _Media(torch.utils.data.Dataset):
     """Questions -> `Loaded`, so that a DataLoader decodes ahead of the model."""
 
-    def __init__(self, questions: Sequence[Question], model: nn.Module, num_frames: int):
-        self.questions, self.model, self.num_frames = list(questions), model, num_frames
+    def __init__(self, questions: Sequence[Question], model: nn.Module, num_frames: int,
+                 sampling: dict[str, Any] | None = None):
+        self.questions, self.model, self.num_frames, self.sampling = list(questions), model, num_frames, sampling
 
     def __len__(self) -> int:
         return len(self.questions)
 
     def __getitem__(self, index: int) -> Loaded:
-        return load_medium(self.questions[index], self.model, self.num_frames)
+        return load_medium(self.questions[index], self.model, self.num_frames, self.sampling)
 
 
 # ----- prompts -> tensors -------------------------------------------------------------------------
 
 
-def _visual_count(item: Loaded, model: nn.Module) -> int:
+def _visual_count(item: Loaded, model: nn.Module, processor: Any) -> int | list[int]:
+    """Placeholders of the item's medium, or (time markers) the ids of its video span."""
     if item.kind == "image":
         return model.image_tokens if item.image_size is None else model.num_image_tokens(*item.image_size)
+    if getattr(processor, "time_markers", False):
+        return processor.video_span(item.media.shape[0], _times(item))
     return model.video_tokens(item.media.shape[0])
+
+
+def _times(item: Loaded) -> list[float]:
+    if not item.times or len(item.times) != item.media.shape[0]:
+        raise ValueError(f"question {item.question.id!r}: the time prompt needs each frame's time; the medium gives "
+                         f"{len(item.times or [])} times for {item.media.shape[0]} frames")
+    return item.times
+
+
+def _with_time(text: str, item: Loaded, processor: Any) -> str:
+    """`text` with LLaVA-Video's time sentence after the video placeholder when the processor asks for it."""
+    if item.kind == "image" or not getattr(processor, "time_instruction", False):
+        return text
+    from vlm_vision.video_prompt import time_instruction
+
+    token = processor.video_token
+    return text.replace(token, f"{token}\n{time_instruction(item.duration, _times(item))}", 1)
 
 
 def _token_id(item: Loaded, processor: Any) -> int:
@@ -261,10 +291,13 @@ def _pooled(items: Sequence[Loaded], model: nn.Module) -> dict[int, torch.Tensor
     device = model.tower.device
     raw = [item for item in items if item.kind == "video"]
     out = {id(item): item.media.to(device) for item in items if item.kind == "video_features"}
-    if raw:
-        pooled = encode_videos(model.tower, [item.media.to(device) for item in raw], stride=model.pool_stride,
+    by_stride: dict[int, list[Loaded]] = {}  # the stride the model's token budget gives each frame count
+    for item in raw:
+        by_stride.setdefault(model.video_layout.stride_for(item.media.shape[0]), []).append(item)
+    for stride, group in by_stride.items():
+        pooled = encode_videos(model.tower, [item.media.to(device) for item in group], stride=stride,
                                mode=model.pool_mode)  # V x (T, N', D_v)
-        out.update({id(item): p for item, p in zip(raw, pooled)})
+        out.update({id(item): p for item, p in zip(group, pooled)})
     return out
 
 
@@ -296,9 +329,11 @@ def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], 
     sequences = []
     for item in items:
         prompt = choice_prompt(item.question) if item.question.multiple_choice else open_prompt(item.question)
-        text = processor.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        text = processor.apply_chat_template([{"role": "user", "content": _with_time(prompt, item, processor)}],
+                                             add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        sequences.append(expand_placeholder(ids, ids, _token_id(item, processor), _visual_count(item, model))[0])
+        sequences.append(expand_placeholder(ids, ids, _token_id(item, processor),
+                                            [_visual_count(item, model, processor)])[0])
     input_ids, mask = _left_pad(sequences, _pad_id(tokenizer))  # (B, L)
     stop = _stop_ids(model, tokenizer)
     out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
@@ -348,10 +383,11 @@ def option_scores(model: nn.Module, processor: Any, items: Sequence[Loaded], fea
     sequences: list[tuple[Loaded, Example]] = []
     for item in items:
         for option in item.question.options:
-            messages = [{"role": "user", "content": open_prompt(item.question)},
+            messages = [{"role": "user", "content": _with_time(open_prompt(item.question), item, processor)},
                         {"role": "assistant", "content": option}]
             ids, labels = tokenize_conversation(tokenizer, messages)
-            ids, labels = expand_placeholder(ids, labels, _token_id(item, processor), _visual_count(item, model))
+            ids, labels = expand_placeholder(ids, labels, _token_id(item, processor),
+                                             [_visual_count(item, model, processor)])
             sequences.append((item, Example(item.question.id, torch.tensor(ids), torch.tensor(labels), None, None)))
     scores: list[float] = []
     for start in range(0, len(sequences), batch_size):
@@ -406,7 +442,8 @@ def answer_batch(model: nn.Module, processor: Any, items: Sequence[Loaded], *, m
 
 def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Question], *, num_frames: int,
                      batch_size: int = 8, max_new_tokens: int = 32, num_workers: int = 0,
-                     on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+                     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+                     sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Answer every question, `batch_size` at a time, media decoded ahead by `num_workers` processes.
 
     Args:
@@ -414,6 +451,7 @@ def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Quest
         questions: parsed questions (`vlm_vision.eval_data.parse_question`).
         num_frames: frames sampled from each raw video.
         on_rows: called with each batch's rows as soon as they exist (to write them out).
+        sampling: `video.load_video` frame arguments instead of `num_frames` (fps, min/max frames).
 
     Returns:
         One row per question, in order: the prediction, whether it is correct, and its scores; or
@@ -421,7 +459,7 @@ def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Quest
     """
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(_Media(questions, model, num_frames), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_Media(questions, model, num_frames, sampling), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=list)
     rows: list[dict[str, Any]] = []
     try:

@@ -204,13 +204,16 @@ class VisionLanguageProcessor:
             return video
         from video.decode import load_video
 
+        return load_video(video, **self.video_sampling())
+
+    def video_sampling(self, num_frames: int | None = None) -> dict[str, Any]:
+        """`video.load_video`'s frame arguments for this processor (`num_frames` overrides the fixed count)."""
         if self.fps is None:
             from video.budget import sampled_frame_count
 
-            n = sampled_frame_count(1, 1.0, None, num_frames=self.num_frames, min_frames=self.min_frames,
-                                    max_frames=self.max_frames)
-            return load_video(video, num_frames=n)
-        return load_video(video, fps=self.fps, min_frames=self.min_frames, max_frames=self.max_frames)
+            return {"num_frames": sampled_frame_count(1, 1.0, None, num_frames=num_frames or self.num_frames,
+                                                      min_frames=self.min_frames, max_frames=self.max_frames)}
+        return {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames}
 
     def load_frames(self, video: Any) -> torch.Tensor:
         """A video as uint8[T, H, W, 3]: a path is decoded and sampled (`load_clip`); a `VideoClip`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -64,6 +65,33 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
+    # vlm-vision eval asks with the same prompt (markers, sentence) and the same sampling and budget;
+    # --fps/--max-frames/--max-video-tokens override the run's settings; a miscount would fail the splice
+    from vlm_vision.eval_run import EvalConfig, run_eval
+    from vlm_vision.eval_data import Question
+    from vlm_vision.evaluation import _visual_count, _with_time, load_medium
+
+    records = tmp_path / "questions.jsonl"
+    records.write_text("".join(json.dumps({"id": f"q{i}", "video": f"{c}.mp4", "question": "What colour is this video?",
+                                           "options": list(ex.COLOURS), "answer": c}) + "\n"
+                               for i, c in enumerate(["red", "blue"])))
+    for c in ("red", "blue"):
+        ex.write_video(tmp_path / f"{c}.mp4", ex.COLOURS[c], 12, seed=7)
+    metrics = run_eval(EvalConfig(model=str(stage1), data=[str(records)], output_dir=str(tmp_path / "eval"),
+                                  fps=4.0, max_frames=5, max_video_tokens=32, num_workers=0, progress=False))
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any("error" in r for r in rows), rows
+    assert json.loads((tmp_path / "eval" / "run.json").read_text())["settings"]["fps"] == 4.0
+    assert metrics is not None
+    q = Question(id="q", source="", media_kind="video", media_path=tmp_path / "red.mp4", question="?",
+                 options=None, answer=None)
+    item = load_medium(q, model, 6, {"fps": 4.0, "max_frames": 5})  # 12 frames at 8 fps: 0, 2, ..., 10 -> 5 uniform
+    assert item.media.shape[0] == 5 and len(item.times) == 5
+    span = _visual_count(item, model, processor)
+    assert span.count(processor.video_token_id) == model.video_tokens(5)
+    assert processor.tokenizer.decode([i for i in span if i != processor.video_token_id]).startswith("<t=0.0s>")
+    assert "and 5 frames are uniformly sampled" in _with_time("<video>\n?", item, processor)
+
     # stage 2 starts from stage 1 (faster_token included) and trains it further with LoRA
     stage2 = Path(train(TrainConfig(output_dir=str(tmp_path / "s2"), stage=2, max_steps=3, lr=1e-2,
                                     init_from=str(stage1), **common)))
@@ -71,3 +99,24 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
     assert not torch.equal(saved2, saved1)
     reloaded, _ = load_trained(stage2)
     assert torch.equal(reloaded.faster_token.detach(), saved2)
+
+
+def test_eval_and_train_flags_take_the_sampling_and_budget_settings():
+    import argparse
+
+    from vlm_vision.eval_run import EvalConfig, add_arguments
+    from vlm_vision.train_cli import add_arguments as train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d.json", "--output-dir", "o", "--fps", "0.5",
+                              "--min-frames", "8", "--max-frames", "64", "--max-video-tokens", "9216"])
+    config = EvalConfig(**vars(args))
+    assert (config.fps, config.min_frames, config.max_frames, config.max_video_tokens) == (0.5, 8, 64, 9216)
+    parser = argparse.ArgumentParser()
+    train_arguments(parser)
+    args = parser.parse_args(["--llm", "l", "--tower", "t", "--data", "d", "--output-dir", "o", "--fps", "1",
+                              "--max-frames", "64", "--max-video-tokens", "4096", "--faster-token-stride", "10",
+                              "--time-instruction", "--time-markers"])
+    assert (args.fps, args.max_frames, args.max_video_tokens, args.faster_token_stride, args.time_instruction,
+            args.time_markers) == (1.0, 64, 4096, 10, True, True)

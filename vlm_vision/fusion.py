@@ -492,8 +492,9 @@ class VisionLanguageModel(nn.Module):
                         image_token_id: int | None, video_token_id: int | None,
                         projector_kind: str = "mlp2x_gelu", select_layer: int = -2, select_feature: str = "patch",
                         pool_stride: int = 2, pool_mode: str = "average", video_newline: str = "no_token",
-                        dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> "VisionLanguageModel":
+                        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                        faster_token_stride: int | None = None,
+                        max_video_tokens: int | None = None) -> "VisionLanguageModel":
         """Assemble a model from an LLM, a tower and (optionally) trained projector weights.
 
         Args:
@@ -502,7 +503,8 @@ class VisionLanguageModel(nn.Module):
             projector: None for a fresh `projector_kind` projector, weights for `load_projector`
                 (`mm_projector.bin`, `.safetensors`, a state dict), or a built module.
             image_token_id, video_token_id: placeholder ids (`VisionLanguageProcessor` gives them).
-            projector_kind, select_layer, select_feature, pool_stride, pool_mode, video_newline: as named.
+            projector_kind, select_layer, select_feature, pool_stride, pool_mode, video_newline,
+                faster_token_stride, max_video_tokens: as named (the last two: SlowFast and the token budget).
             dtype, device: where the assembled model lives.
         """
         if not isinstance(llm, nn.Module):
@@ -517,7 +519,8 @@ class VisionLanguageModel(nn.Module):
             if weights is not None:
                 load_projector(projector, weights)
         model = cls(tower, projector, llm, image_token_id=image_token_id, video_token_id=video_token_id,
-                    pool_stride=pool_stride, pool_mode=pool_mode, video_newline=video_newline)
+                    pool_stride=pool_stride, pool_mode=pool_mode, video_newline=video_newline,
+                    faster_token_stride=faster_token_stride, max_video_tokens=max_video_tokens)
         return model.to(device=device, dtype=dtype)
 
     @classmethod

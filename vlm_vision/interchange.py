@@ -307,6 +307,10 @@ def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
                              f"video_newline={model.video_newline!r}")
         if model.pool_mode not in _HF_POOL_MODES:
             raise ValueError(f"pool_mode={model.pool_mode!r} has no transformers equivalent; use one of {_HF_POOL_MODES}")
+        if model.faster_token_stride is not None or model.max_video_tokens is not None:
+            raise ValueError(f"transformers pools every frame at one stride; this model uses SlowFast "
+                             f"(faster_token_stride={model.faster_token_stride}) or a token budget "
+                             f"(max_video_tokens={model.max_video_tokens}), which LlavaNextVideo cannot express")
     if model.llm.base_model_prefix != "model":
         raise ValueError(f"the saved layout assumes an LLM whose decoder is `.model` (Llama, Mistral, Qwen2); "
                          f"{type(model.llm).__name__} uses `.{model.llm.base_model_prefix}`")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import pathlib
-
-import pytest
-import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from projector import build_projector
 from tests.video.synth import make_numbered_video
+from tests.video.test_extract_cli import tiny_model  # noqa: F401  (a fixture: tiny random CLIP, 4x4 patch grid)
 from video import load_video_tokens
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
 from vlm_vision.cli import main
-
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
-            patch_size=7)  # a 4x4 patch grid: 4 tokens per frame at stride 2, 1 at stride 4
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> pathlib.Path:
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(**TINY)).save_pretrained(folder)
-    return folder
 
 
 def test_budget_picks_each_videos_stride_like_the_model(tiny_model, tmp_path, capsys):

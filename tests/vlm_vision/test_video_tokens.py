@@ -114,3 +114,11 @@ def test_model_count_mismatch_names_both_counts():
     # 3 frames: slow 2x(2+1) + F = 7, fast 1x(1+1) + F = 3, slow 7 -> 17; 2 frames give 7 + 3 = 10
     with pytest.raises(ValueError, match=r"holds 17 placeholder tokens .* give 10 tokens"):
         model(**batch)
+
+
+def test_export_to_transformers_refuses_what_it_cannot_express(tmp_path):
+    for faster, budget in ((2, None), (None, 40)):
+        model, _ = build("no_token", faster, budget, "average")
+        with pytest.raises(ValueError, match="LlavaNextVideo cannot express"):
+            model.save_llava_next_video(tmp_path / "hf")
+        assert not (tmp_path / "hf").exists()

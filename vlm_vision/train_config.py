@@ -174,9 +174,9 @@ class TrainConfig:
             raise ValueError("fsdp cannot train only the new tokens' rows (the hook that keeps the other rows "
                              "still does not survive sharding); train them without fsdp, or leave "
                              "train_new_token_embeddings off")
-        if self.fsdp and self.eval_data:
-            raise ValueError("fsdp does not evaluate yet (every process must run the same number of batches, "
-                             "and evaluation splits the samples unevenly); evaluate `final/` after training")
+        if self.fsdp and self.eval_accuracy:
+            raise ValueError("fsdp cannot answer eval questions during training (generation runs a different "
+                             "number of forward passes on each process); run `vlm-vision eval` on `final/`")
         if self.eval_every and not self.eval_data:
             raise ValueError(f"eval_every={self.eval_every} needs eval_data")
         if self.eval_accuracy and not self.eval_data:

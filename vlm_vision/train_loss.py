@@ -7,6 +7,7 @@ P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -136,22 +137,34 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ConversationDataset, accelerator: Any, batch_size: int,
              pad_token_id: int, pool_stride: int, pool_mode: str) -> float:
-    """Token-weighted mean loss over `dataset` (each process takes every Nth sample)."""
+    """Token-weighted mean loss over `dataset` (each process takes every Nth sample).
+
+    Every process runs the same number of batches: under FSDP each forward gathers shards from
+    all processes, so a process whose share ran out (or whose batch failed to load) runs a
+    loadable sample whose loss is not counted.
+    """
     was_training = model.training
     model.eval()
     total = torch.zeros(2, device=accelerator.device)  # (loss sum, tokens)
     mine = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
-    for start in range(0, len(mine), batch_size):
-        examples = [dataset[i] for i in mine[start: start + batch_size]]
-        examples = [e for e in examples if isinstance(e, Example)]
-        if not examples:
-            continue
-        batch = to_device(model_inputs(examples, pad_token_id, model.tower, pool_stride=pool_stride,
-                                       pool_mode=pool_mode, stride_for=model.video_layout.stride_for),
-                          accelerator.device)
+    share = math.ceil(len(dataset) / accelerator.num_processes)
+    for start in range(0, share, batch_size):
+        examples = [e for e in (dataset[i] for i in mine[start: start + batch_size]) if isinstance(e, Example)]
+        counted = bool(examples)
+        batch = to_device(model_inputs(examples or [_first_loadable(dataset)], pad_token_id, model.tower,
+                                       pool_stride=pool_stride, pool_mode=pool_mode,
+                                       stride_for=model.video_layout.stride_for), accelerator.device)
         with accelerator.autocast():
             loss = labelled_loss(model, batch, reduction="sum")
-        total += torch.tensor([float(loss), label_count(examples, model._placeholder_ids())], device=total.device)
+        if counted:
+            total += torch.tensor([float(loss), label_count(examples, model._placeholder_ids())], device=total.device)
     model.train(was_training)
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / total[1].clamp(min=1))
+
+
+def _first_loadable(dataset: ConversationDataset) -> Example:
+    for i in range(len(dataset)):
+        if isinstance(item := dataset[i], Example):
+            return item
+    raise RuntimeError(f"none of the {len(dataset)} evaluation samples could be loaded")

@@ -73,9 +73,10 @@ def parts(tmp_path_factory):
                        "conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": answer}]})
         mixed.append({"id": f"t{i}", "conversations": [{"from": "human", "value": "Name a colour."},
                                                        {"from": "gpt", "value": answer}]} if i in text else videos[-1])
-    for name, records in (("train.jsonl", videos), ("mixed.jsonl", mixed)):
+    for name, records in (("train.jsonl", videos), ("mixed.jsonl", mixed), ("eval.jsonl", videos[:5])):
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
-    return {"llm": str(llm), "tower": str(tower), "data": str(root / "train.jsonl"), "mixed": str(root / "mixed.jsonl")}
+    return {"llm": str(llm), "tower": str(tower), "data": str(root / "train.jsonl"), "mixed": str(root / "mixed.jsonl"),
+            "eval": str(root / "eval.jsonl")}
 
 
 def _args(parts, out: Path, **extra) -> list[str]:
@@ -106,6 +107,10 @@ def _losses(out: Path) -> list[float]:
     return [e["loss"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in e]
 
 
+def _eval_loss(out: Path) -> float:
+    return [e["eval_loss"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval_loss" in e][-1]
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return {**load_file(folder / "adapter_model.safetensors"), **load_file(folder / "projector.safetensors")}
 
@@ -118,14 +123,16 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: f
 
 @pytest.mark.slow
 def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
-    """2 processes x batch 2 under FSDP (one with a text-only micro-batch) = 1 process x batch 4:
-    logged losses and final weights; `final/` reloads whole; a run resumed from checkpoint-2 ends
+    """2 processes x batch 2 under FSDP = 1 process x batch 4: logged losses, final weights and the
+    evaluation loss (5 samples: one process runs an uncounted stand-in batch so both run the
+    sharded model equally often); `final/` reloads whole; a run resumed from checkpoint-2 ends
     bit-identical to the uninterrupted one."""
-    one = _single(parts, tmp_path / "one", batch_size=4)
-    _torchrun(_args(parts, tmp_path / "fsdp", fsdp=True), tmp_path)
+    one = _single(parts, tmp_path / "one", batch_size=4, eval_data=parts["eval"])
+    _torchrun(_args(parts, tmp_path / "fsdp", fsdp=True, **{"eval-data": parts["eval"]}), tmp_path)
     fsdp = tmp_path / "fsdp"
 
     assert _losses(fsdp) == pytest.approx(_losses(tmp_path / "one"), abs=LOSS_TOL)
+    assert _eval_loss(fsdp) == pytest.approx(_eval_loss(tmp_path / "one"), abs=LOSS_TOL)
     trained = _weights(fsdp / "final")
     _assert_close(trained, _weights(one), WEIGHT_TOL)
     # LoRA's B starts at zero, so its values are the updates: whole tensors, well above the tolerance.
@@ -145,7 +152,7 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
     shutil.rmtree(fsdp / "final")
     lines = (fsdp / "log.jsonl").read_text().splitlines()
     (fsdp / "log.jsonl").write_text("".join(line + "\n" for line in lines[:2]))
-    _torchrun(_args(parts, fsdp, fsdp=True, resume=True), tmp_path)
+    _torchrun(_args(parts, fsdp, fsdp=True, resume=True, **{"eval-data": parts["eval"]}), tmp_path)
     assert _losses(fsdp) == straight
     again = _weights(fsdp / "final")
     assert all(torch.equal(again[k], trained[k]) for k in trained)
@@ -215,6 +222,10 @@ def test_fsdp_refuses_what_it_cannot_train(parts, tmp_path):
     common = dict(llm=parts["llm"], tower=parts["tower"], data=parts["data"], output_dir=str(tmp_path), fsdp=True)
     with pytest.raises(ValueError, match="fp16"):
         TrainConfig(mixed_precision="fp16", **common)
+    with pytest.raises(ValueError, match="new tokens' rows"):
+        TrainConfig(train_new_token_embeddings=True, **common)
+    with pytest.raises(ValueError, match="eval questions"):
+        TrainConfig(eval_data=parts["eval"], eval_accuracy=True, **common)
 
 
 def test_shipped_launch_configs_parse():

@@ -23,6 +23,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def train(config: TrainConfig) -> Path:
     loader = micro_batch_loader(run.dataset, start=position, batch_size=config.batch_size,
                                 num_processes=accelerator.num_processes, seed=config.seed,
                                 num_workers=config.num_workers)
+    # A model accelerate prepares runs its forward under autocast; the FSDP model is not prepared.
+    autocast = accelerator.autocast if sharded else contextlib.nullcontext
     if sharded:  # accelerate would save the optimizer's local shards only; `save_checkpoint` gathers it
         loader = accelerator.prepare(loader)
     else:
@@ -155,7 +158,8 @@ def train(config: TrainConfig) -> Path:
                                            pool_mode=config.pool_mode, stride_for=unwrapped.video_layout.stride_for),
                               accelerator.device)
             with accelerator.accumulate(model):
-                summed = labelled_loss(model, batch, reduction="sum")
+                with autocast():
+                    summed = labelled_loss(model, batch, reduction="sum")
                 accelerator.backward(summed * scale)
             loss_sum += summed.detach().float()
             tokens += batch["attention_mask"].sum()

@@ -89,10 +89,10 @@ def _args(parts, out: Path, **extra) -> list[str]:
 
 
 def _single(parts, out: Path, batch_size: int, data: str | None = None, **extra) -> Path:
-    return train(TrainConfig(llm=parts["llm"], tower=parts["tower"], data=data or parts["data"], output_dir=str(out),
-                             stage=2, max_steps=3, batch_size=batch_size, num_frames=FRAMES, max_length=128,
-                             lora_r=4, lora_alpha=8, lora_dropout=0.0, lr=1e-2, projector_lr=1e-2,
-                             warmup_ratio=0.0, save_every=2, progress=False, **extra))
+    values = dict(llm=parts["llm"], tower=parts["tower"], data=data or parts["data"], output_dir=str(out), stage=2,
+                  max_steps=3, batch_size=batch_size, num_frames=FRAMES, max_length=128, lora_r=4, lora_alpha=8,
+                  lora_dropout=0.0, lr=1e-2, projector_lr=1e-2, warmup_ratio=0.0, save_every=2, progress=False)
+    return train(TrainConfig(**{**values, **extra}))
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -156,6 +156,18 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
     assert _losses(fsdp) == straight
     again = _weights(fsdp / "final")
     assert all(torch.equal(again[k], trained[k]) for k in trained)
+
+
+@pytest.mark.slow
+def test_fsdp_runs_under_bf16_autocast(parts, tmp_path):
+    """--mixed-precision bf16 reaches the FSDP model (accelerate does not wrap it): the losses are
+    bf16's, not float32's, and match one bf16 process to bf16's rounding."""
+    _single(parts, tmp_path / "fp32", batch_size=4, max_steps=2)
+    _single(parts, tmp_path / "one", batch_size=4, max_steps=2, mixed_precision="bf16")
+    _torchrun(_args(parts, tmp_path / "fsdp", fsdp=True, **{"max-steps": 2, "mixed-precision": "bf16"}), tmp_path)
+    bf16, fp32 = _losses(tmp_path / "fsdp"), _losses(tmp_path / "fp32")
+    assert bf16 == pytest.approx(_losses(tmp_path / "one"), abs=2e-2)
+    assert abs(bf16[0] - fp32[0]) > 1e-4, (bf16, fp32)  # autocast was on
 
 
 def _zero3_config(tmp_path: Path) -> Path:

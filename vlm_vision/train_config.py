@@ -28,7 +28,7 @@ DEFAULT_PROJECTOR_LR = {1: 1e-3, 2: 2e-5}
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 # Fields that may change between a run and its resumption; any other difference is refused.
 RESUMABLE_CHANGES = {"max_steps", "resume", "save_every", "keep_last", "eval_every", "eval_data", "eval_accuracy",
-                     "progress", "num_workers"}
+                     "progress", "num_workers", "max_skip_fraction"}
 
 
 def _choice(default: Any, choices: tuple[Any, ...]) -> Any:
@@ -142,6 +142,12 @@ class TrainConfig:
     fsdp: bool = False
     """Shard the LLM, projector, gradients and optimizer state over the processes (PyTorch FSDP2; the tower
     stays whole); launch with several processes (torchrun, or accelerate with examples/accelerate/fsdp.yaml)."""
+    max_skip_fraction: float = 0.05
+    """Stop with an error once more than this fraction of the training samples has been skipped as bad data
+    (undecodable or missing media, a visual span that cannot fit), listing the top reasons; 1.0 never stops."""
+    accept_foreign_tokens: bool = False
+    """Train on cached token files made by other weights or settings than this run's (random weights, another
+    tower, layer, pooling or frame count); by default they are refused, naming the field and both values."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -166,6 +172,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {self.max_skip_fraction!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.fsdp and self.mixed_precision == "fp16":

@@ -292,6 +292,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         if record.media_kind is None:
             return None, None, None, None
         if record.media_kind == "image":
+            import PIL.Image
+
             try:
                 if self.load_anyres is not None:
                     if len(record.media_paths) != 1:
@@ -299,10 +301,10 @@ class ConversationDataset(torch.utils.data.Dataset):
                     crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
                     return "image", crops, size, None
                 return "image", torch.cat([self.transform(p) for p in record.media_paths]), None, None  # (K, 3, S, S)
-            except (ValueError, TypeError, OSError) as e:  # what the image readers raise for a bad file
+            except (ValueError, OSError, PIL.Image.DecompressionBombError) as e:  # what PIL raises for a bad file
                 if isinstance(e, BadSample):
                     raise
-                raise BadSample(record.id, f"image could not be read: {e}") from e
+                raise BadSample(record.id, f"image could not be read: {e}") from e  # a TypeError is ours: it propagates
         if record.cached:
             tokens = self.load_cached(record.media_path)  # (T, N', D)
             if tokens.ndim != 3 or tokens.shape[1] != self.visual.tokens_per_frame:

@@ -22,6 +22,8 @@ from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_data import ConversationDataset, VisualSpec, read_records, scan_records
 from vlm_vision.train_log import RunLog, logger
 from vlm_vision.train_params import mark_trainable
+from vlm_vision.train_provenance import check_cached_tokens
+from vlm_vision.train_skips import SkipCeiling
 from vlm_vision.trained import (
     DTYPES,
     TrainedSpec,
@@ -44,6 +46,8 @@ class Run:
     dataset: ConversationDataset
     eval_dataset: ConversationDataset | None
     trainable: dict[str, int]
+    skip_ceiling: SkipCeiling
+    """Counts the training data's skipped samples (the scan's already) against `max_skip_fraction`."""
 
 
 def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
@@ -74,7 +78,7 @@ def _scan_frames(config: TrainConfig, processor: Any) -> int:
 
 
 def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
-             log: RunLog, main: bool) -> ConversationDataset:
+             log: RunLog, main: bool) -> tuple[ConversationDataset, SkipCeiling]:
     from video import VideoDecodeError
 
     root = Path(media_root) if media_root else Path(path).parent
@@ -88,14 +92,19 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
     if not records:
         raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
                          f"(first reasons: {[s.reason for s in skipped[:3]]})")
+    ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
+    ceiling.add(skipped, "the scan")
+    check_cached_tokens(records, model.tower, num_frames=config.num_frames, pool_stride=config.pool_stride,
+                        pool_mode=config.pool_mode, accept=config.accept_foreign_tokens)
     load_anyres = None
     if model.image_grid_pinpoints is not None:
         load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,
                                         grid_pinpoints=model.image_grid_pinpoints, convention=model.anyres_convention)
-    return ConversationDataset(
+    dataset = ConversationDataset(
         records, processor.tokenizer, visual, max_length=config.max_length,
         load_video=functools.partial(_video_clip, processor), load_cached=_cached_tokens,
         transform=model.tower.image_transform, load_anyres=load_anyres, decode_errors=(VideoDecodeError,))
+    return dataset, ceiling
 
 
 # Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
@@ -160,10 +169,10 @@ def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
                           target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
         model.llm = get_peft_model(model.llm, lora)
     trainable = mark_trainable(model, config, spec.new_token_ids)
-    dataset = _dataset(config.data, config.media_root, model, processor, config, log, main)
-    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main) \
+    dataset, ceiling = _dataset(config.data, config.media_root, model, processor, config, log, main)
+    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main)[0] \
         if config.eval_data else None
-    return Run(model, processor, spec, dataset, eval_dataset, trainable)
+    return Run(model, processor, spec, dataset, eval_dataset, trainable, ceiling)
 
 
 def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:

@@ -54,8 +54,12 @@ def train(config: TrainConfig) -> Path:
     Raises:
         ValueError: for an output folder that already holds a run (without `resume`), a resume with
             changed settings, or data with no usable sample.
+        vlm_vision.train_provenance.ForeignTokens: cached token files made by other weights or
+            settings (unless `accept_foreign_tokens`).
+        vlm_vision.train_skips.TooManySkipped: more than `max_skip_fraction` of the training samples
+            skipped (at the scan or during training).
     """
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
 
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
@@ -154,6 +158,9 @@ def train(config: TrainConfig) -> Path:
         for examples, skipped in micro:
             if skipped:
                 log.skipped(skipped, f"step {step + 1}")
+            # every process counts everyone's skips, so that all of them stop at the same step
+            everyone = gather_object(skipped) if accelerator.num_processes > 1 else skipped
+            run.skip_ceiling.add(everyone, f"step {step + 1}")
             batch = to_device(model_inputs(examples, pad_id, unwrapped.tower, pool_stride=config.pool_stride,
                                            pool_mode=config.pool_mode, stride_for=unwrapped.video_layout.stride_for),
                               accelerator.device)

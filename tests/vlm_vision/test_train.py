@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,90 @@ def test_cached_tokens_train_like_raw_videos(parts, tmp_path):
     assert tok == pytest.approx(raw, rel=1e-6, abs=1e-6)
 
 
+def _extract_cache(parts, out: Path, *extra: str) -> Path:
+    """`vlm-vision extract` of the colour videos into `out`, and a data file pointing at the results."""
+    from vlm_vision.cli import main
+
+    media = Path(parts["media_root"])
+    code = main(["extract", str(media / "videos"), "--out", str(out), "--num-frames", str(FRAMES), "--workers", "0",
+                 *extra])
+    assert code == 0
+    records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
+    for r in records:
+        r["video"] = str(out / (Path(r["video"]).stem + ".safetensors"))
+    data = out / "cached.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return data
+
+
+def test_cached_tokens_from_the_runs_tower_train(parts, tmp_path):
+    data = _extract_cache(parts, tmp_path / "cache", "--model", parts["tower"], "--dtype", "bfloat16")
+    train(config(parts, tmp_path / "run", data=str(data), max_steps=1))  # float32 run, bfloat16 extraction
+
+
+def test_cached_tokens_from_random_weights_are_refused(parts, tmp_path):
+    from vlm_vision.train_provenance import ForeignTokens
+
+    data = _extract_cache(parts, tmp_path / "cache", "--model", parts["tower"], "--random-weights")
+    with pytest.raises(ForeignTokens, match=r"random_weights: True there, False now.*weights_fingerprint: "
+                                            r".*8 of 8 cached files differ.*accept_foreign_tokens"):
+        train(config(parts, tmp_path / "run", data=str(data)))
+    with pytest.warns(UserWarning, match="accept_foreign_tokens: training on them anyway"):
+        train(config(parts, tmp_path / "accepted", data=str(data), max_steps=1, accept_foreign_tokens=True))
+
+
+@pytest.mark.parametrize("extra, field", [
+    (("--pool-mode", "max"), "pool_mode: 'max' there, 'average' now"),
+    (("--num-frames", "6"), "frames: 6 there, 4 now"),
+])
+def test_cached_tokens_from_other_settings_are_refused(parts, tmp_path, extra, field):
+    from vlm_vision.train_provenance import ForeignTokens
+
+    data = _extract_cache(parts, tmp_path / "cache", "--model", parts["tower"], *extra)
+    with pytest.raises(ForeignTokens, match=re.escape(field)):
+        train(config(parts, tmp_path / "run", data=str(data)))
+
+
+def test_cached_tokens_from_another_tower_are_refused(parts, tmp_path):
+    from vlm_vision.train_provenance import ForeignTokens
+
+    other = write_tower_folder(tmp_path / "other_tower", seed=1)
+    data = _extract_cache(parts, tmp_path / "cache", "--model", str(other))
+    with pytest.raises(ForeignTokens, match=r"weights_fingerprint: '[0-9a-f]{64}' there, '[0-9a-f]{64}' now"):
+        train(config(parts, tmp_path / "run", data=str(data)))
+
+
+def test_a_dataset_with_a_fifth_of_its_videos_unreadable_stops(parts, tmp_path):
+    from vlm_vision.train_skips import TooManySkipped
+
+    root = tmp_path / "data"
+    data = write_colour_dataset(root, n=10, frames=FRAMES)
+    for bad in ("videos/green_1.mp4", "videos/blue_6.mp4"):  # 2 of 10: unreadable, as a broken download
+        (root / bad).write_bytes(b"\x00" * 2000)
+    with pytest.raises(TooManySkipped, match=r"1 of 10 samples of .*train.jsonl \(10%\) were skipped by step \d, "
+                                             r"more than max_skip_fraction=0.05 allows\. Top reasons: media could "
+                                             r"not be decoded \(1\)"):
+        train(config(parts, tmp_path / "run", data=str(data), media_root=str(root), max_steps=5))
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert skipped and all("could not be decoded" in s["reason"] for s in skipped)
+    # Allowed a quarter, the same data trains through a whole epoch (both bad videos met and skipped).
+    train(config(parts, tmp_path / "lenient", data=str(data), media_root=str(root), max_steps=5,
+                 max_skip_fraction=0.25))
+    skipped = [json.loads(line) for line in (tmp_path / "lenient" / "skipped.jsonl").read_text().splitlines()]
+    assert {s["id"] for s in skipped} == {"s1", "s6"}
+
+
+def test_records_the_scan_drops_count_towards_the_ceiling(parts, tmp_path):
+    from vlm_vision.train_skips import TooManySkipped
+
+    records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
+    records[0]["video"] = records[1]["video"] = "videos/not_there.mp4"  # 2 of 8 missing
+    data = tmp_path / "missing.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(TooManySkipped, match=r"2 of 8 samples .* skipped by the scan.*missing media \(2\)"):
+        train(config(parts, tmp_path / "run", data=str(data), media_root=parts["media_root"]))
+
+
 def test_mixed_media_and_bad_samples_train_without_stopping(parts, tmp_path):
     """Videos, an image and a text-only record train together; bad records are skipped, counted, logged."""
     import numpy as np
@@ -282,7 +367,9 @@ def test_mixed_media_and_bad_samples_train_without_stopping(parts, tmp_path):
     data.write_text(json.dumps(records))
     out = tmp_path / "mixed"
     # 9 usable records, batch 3: three batches per epoch, so every record is loaded in 4 steps.
-    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4, batch_size=3, num_workers=1))
+    # 3 of 12 records are bad (25%): above the default ceiling of 5%, so it is raised for this test.
+    train(config(parts, out, data=str(data), media_root=str(media), max_steps=4, batch_size=3, num_workers=1,
+                 max_skip_fraction=0.3))
     assert len(losses(out)) == 4 and all(math.isfinite(x) for x in losses(out))
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     reasons = {s["id"]: s["reason"] for s in skipped}

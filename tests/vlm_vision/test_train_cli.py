@@ -53,3 +53,9 @@ def test_missing_required_flags_are_named():
     add_arguments(parser)
     with pytest.raises(ValueError, match="--tower --data --output-dir"):
         config_from_args(parser.parse_args(["--llm", "l"]))
+
+
+def test_integrity_flags():
+    cfg = parse("--max-skip-fraction", "0.2", "--accept-foreign-tokens")
+    assert cfg.max_skip_fraction == 0.2 and cfg.accept_foreign_tokens is True
+    assert parse().accept_foreign_tokens is False and parse().max_skip_fraction == 0.05

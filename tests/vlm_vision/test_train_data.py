@@ -182,6 +182,29 @@ def test_dataset_expands_video_and_skips_undecodable_media(tmp_path, tok):
     assert isinstance(bad, Skipped) and "could not be decoded" in bad.reason and "broken.mp4" in bad.reason
 
 
+def test_a_bug_in_our_code_is_not_bad_data(tmp_path, tok):
+    """A TypeError while loading media is a programming error: it propagates instead of skipping."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
+    write_colour_video(tmp_path / "a.mp4", (200, 0, 0), frames=4)
+
+    def buggy_transform(image):
+        raise TypeError("transform() got an unexpected keyword argument 'size'")
+
+    def buggy_loader(path):
+        raise TypeError("load_video() takes 1 positional argument but 2 were given")
+
+    records, _ = scan_records([_image_record("ok.png"), _record()], tmp_path, tok, _visual(tok), 256)
+    ds = ConversationDataset(records, tok, _visual(tok), max_length=256, load_video=buggy_loader,
+                             load_cached=None, transform=buggy_transform, decode_errors=(ValueError,))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        ds[0]
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        ds[1]
+
+
 def _image_record(name):
     return _record(video=None, question="<image>\nWhat colour?", answer="red", image=name)
 

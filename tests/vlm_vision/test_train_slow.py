@@ -111,3 +111,26 @@ def test_example_trains_both_stages_and_names_held_out_colours(tmp_path):
     for colour in ("red", "green", "blue", "yellow"):
         assert f"{colour} video -> 'The video is mostly {colour}.'" in proc.stdout, proc.stdout
     assert (tmp_path / "stage2" / "loss.png").exists() and (tmp_path / "merged" / "llm" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_past_the_skip_ceiling(tmp_path):
+    """Skips are counted over both processes: both stop at the same step, neither waits for ever."""
+    llm = write_llm_folder(tmp_path / "llm")
+    tower = write_tower_folder(tmp_path / "tower")
+    data = write_colour_dataset(tmp_path / "media", n=8, frames=4)
+    for bad in ("videos/green_1.mp4", "videos/blue_2.mp4"):
+        (tmp_path / "media" / bad).write_bytes(b"\x00" * 2000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
+           "-m", "vlm_vision.cli", "train", "--llm", str(llm), "--tower", str(tower), "--data", str(data),
+           "--output-dir", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "2", "--num-frames", "4",
+           "--max-length", "128", "--max-skip-fraction", "0.15", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    # 2 of 8 > 0.15 * 8 = 1.2: raised once both bad videos are met, whichever process met them
+    assert proc.stderr.count("TooManySkipped: 2 of 8 samples") == 2, proc.stderr[-3000:]
+    assert "media could not be decoded (2)" in proc.stderr

@@ -31,6 +31,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _train_two_processes(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`vlm-vision train FLAGS` in two gloo processes under `accelerate launch` (see the test below)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "vlm_vision.cli", "train", *flags]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tmp_path):
     """Two gloo processes under `accelerate launch` (DDP on the CPU).
@@ -43,16 +53,10 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     tower = write_tower_folder(tmp_path / "tower")
     data = write_colour_dataset(tmp_path / "media", n=8, frames=4)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "vlm_vision.cli", "train", "--llm", str(llm), "--tower", str(tower), "--data", str(data),
-           "--output-dir", str(out), "--stage", "2", "--max-steps", "3", "--batch-size", "2", "--num-frames", "4",
-           "--max-length", "128", "--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-2", "--save-every", "2",
-           "--no-progress"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = _train_two_processes(tmp_path, "--llm", str(llm), "--tower", str(tower), "--data", str(data),
+                                "--output-dir", str(out), "--stage", "2", "--max-steps", "3", "--batch-size", "2",
+                                "--num-frames", "4", "--max-length", "128", "--lora-r", "4", "--lora-alpha", "8",
+                                "--lr", "1e-2", "--save-every", "2", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3]  # written once, by the main process
@@ -121,15 +125,10 @@ def test_two_processes_stop_together_past_the_skip_ceiling(tmp_path):
     data = write_colour_dataset(tmp_path / "media", n=8, frames=4)
     for bad in ("videos/green_1.mp4", "videos/blue_2.mp4"):
         (tmp_path / "media" / bad).write_bytes(b"\x00" * 2000)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "ACCELERATE_USE_CPU": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "vlm_vision.cli", "train", "--llm", str(llm), "--tower", str(tower), "--data", str(data),
-           "--output-dir", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "2", "--num-frames", "4",
-           "--max-length", "128", "--max-skip-fraction", "0.15", "--no-progress"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = _train_two_processes(tmp_path, "--llm", str(llm), "--tower", str(tower), "--data", str(data),
+                                "--output-dir", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "2",
+                                "--num-frames", "4", "--max-length", "128", "--max-skip-fraction", "0.15",
+                                "--no-progress")
     assert proc.returncode != 0
     # 2 of 8 > 0.15 * 8 = 1.2: raised once both bad videos are met, whichever process met them
     assert proc.stderr.count("TooManySkipped: 2 of 8 samples") == 2, proc.stderr[-3000:]

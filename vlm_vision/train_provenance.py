@@ -36,27 +36,35 @@ class ForeignTokens(ValueError):
     """Cached tokens made with other weights or settings than this run's."""
 
 
-def expected_settings(tower: torch.nn.Module, *, num_frames: int, pool_stride: int, pool_mode: str) -> dict[str, Any]:
-    """What a cached token file must record to stand in for this run's decoding and tower."""
-    return {"random_weights": False, "layer": int(tower.select_layer), "pool_stride": pool_stride,
-            "pool_mode": pool_mode, "frames": num_frames, "fps": None, "sampling": "exact", "partial": False}
+def expected_settings(tower: torch.nn.Module, *, num_frames: int | None, fps: float | None, pool_stride: int,
+                      pool_mode: str) -> dict[str, Any]:
+    """What a cached token file must record to stand in for this run's decoding and tower.
+
+    `num_frames` is the frame count T every video gets (uniform sampling); None with `fps`
+    sampling, where T depends on each video's length and the recorded `fps` is compared instead.
+    """
+    expected = {"random_weights": False, "layer": int(tower.select_layer), "pool_stride": pool_stride,
+                "pool_mode": pool_mode, "fps": fps, "sampling": "exact", "partial": False}
+    if num_frames is not None:
+        expected["frames"] = num_frames
+    return expected
 
 
-def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, num_frames: int, pool_stride: int,
-                        pool_mode: str, accept: bool = False) -> None:
+def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, num_frames: int | None,
+                        fps: float | None, pool_stride: int, pool_mode: str, accept: bool = False) -> None:
     """Refuse cached token files whose metadata disagree with this run.
 
     Args:
         records: the dataset's records; those with a cached video are checked, each file once.
         tower: the run's tower (its layer and weights).
-        num_frames, pool_stride, pool_mode: the run's video settings.
+        num_frames, fps, pool_stride, pool_mode: the run's video settings (`expected_settings`).
         accept: warn instead of raising (`TrainConfig.accept_foreign_tokens`).
 
     Raises:
         ForeignTokens: naming the first file that differs, each differing field with both values,
             and how many files differ.
     """
-    expected = expected_settings(tower, num_frames=num_frames, pool_stride=pool_stride, pool_mode=pool_mode)
+    expected = expected_settings(tower, num_frames=num_frames, fps=fps, pool_stride=pool_stride, pool_mode=pool_mode)
     paths = sorted({str(r.media_path) for r in records if r.media_kind == "video" and r.cached})
     fingerprints: dict[str, str] = {}  # the run's tower's fingerprint, per dtype a file was made in
     foreign, unchecked, first = 0, 0, None
@@ -80,11 +88,12 @@ def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, nu
     if first is None:
         return
     path, differ = first
+    sampled = f"--fps {fps}" if num_frames is None else f"--num-frames {num_frames}"
     message = (f"cached tokens {path} were not made by this run's tower and settings ({describe_differences(differ)})"
                f"; {foreign} of {len(paths)} cached files differ. Extract them again with this run's tower "
-               f"(`vlm-vision extract --model TOWER --num-frames {num_frames} --pool-stride {pool_stride} "
-               f"--pool-mode {pool_mode}`), or set accept_foreign_tokens=True (--accept-foreign-tokens) to "
-               f"train on them anyway")
+               f"(`vlm-vision extract --model TOWER {sampled} --pool-stride {pool_stride} --pool-mode "
+               f"{pool_mode}`), or set accept_foreign_tokens=True (--accept-foreign-tokens) to train on them "
+               f"anyway")
     if not accept:
         raise ForeignTokens(message)
     warnings.warn(f"accept_foreign_tokens: training on them anyway: {message}", stacklevel=2)

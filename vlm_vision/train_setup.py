@@ -96,7 +96,7 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
     ceiling.add(skipped, "the scan")
     check_cached_tokens(records, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
-                        accept=config.accept_foreign_tokens)
+                        max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)
     load_anyres = None
     if model.image_grid_pinpoints is not None:
         load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,

@@ -438,7 +438,29 @@ class VisionLanguageModel(nn.Module):
             per_video = self.video_features(pixel_values_videos, video_features)  # V x (M_v, D)
             what = f"{len(per_video)} videos (tokens per video: {[clip.shape[0] for clip in per_video]})"
             embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)
+        if self.training:
+            ran = pixel_values is not None or pixel_values_videos is not None or video_features is not None
+            embeds = embeds + self._zero_vision_term(ran)  # (B, L, D), values unchanged
         return embeds
+
+    def _zero_vision_term(self, ran_vision: bool) -> torch.Tensor:
+        """0 x every vision-side tensor this batch may not have used: the stand-in for missing media.
+
+        Training on several processes needs every process to run the same sharded modules and give
+        every trainable tensor a gradient (FSDP reduce-scatters each unit's gradients as one buffer;
+        ZeRO-3 gathers the tower's weights as it runs), also when its batch holds no media (the tower
+        and projector then run on one zero image) or media that skip the newline. Its value is 0, so
+        the loss and every gradient are exactly those without it.
+        """
+        term = self.image_newline.sum() * 0
+        if self.faster_token is not None:
+            term = term + self.faster_token.sum() * 0
+        if not ran_vision:
+            weight = next(self.tower.parameters())
+            side = self.tower.image_size
+            pixels = torch.zeros(1, 3, side, side, device=weight.device, dtype=weight.dtype)  # (1, 3, S, S)
+            term = term + project(self.projector, encode_images(self.tower, pixels)).sum() * 0
+        return term
 
     # ----- forward and generate -----------------------------------------------------------------
 

@@ -190,6 +190,24 @@ def test_gradients_reach_the_projector_not_the_frozen_tower():
     assert all(not p.requires_grad for p in model.tower.parameters()) and not model.tower.training
 
 
+def test_text_only_training_batch_runs_the_vision_side_at_zero_weight():
+    """A text-only batch in training mode still runs tower and projector (the stand-in that keeps
+    FSDP/ZeRO-3 processes in step): every projector and newline gradient exists and is exactly 0,
+    the loss is bit-identical to the eval-mode loss (where nothing vision runs)."""
+    model = make_model(video_newline="one_token")
+    ids = torch.tensor([prompt(5, 6, 7)])
+    expected = model(ids, labels=ids).loss  # eval mode: no stand-in
+    model.train()
+    calls = []
+    hook = model.tower.register_forward_hook(lambda *args: calls.append(1))
+    loss = model(ids, labels=ids).loss
+    hook.remove()
+    loss.backward()
+    assert calls and torch.equal(loss, expected)
+    grads = [p.grad for p in [*model.projector.parameters(), model.image_newline]]
+    assert all(g is not None and not g.any() for g in grads)
+
+
 # ----- batches ----------------------------------------------------------------------------------------
 
 

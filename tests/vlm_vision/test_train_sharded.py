@@ -159,6 +159,17 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp_process_with_text_only_batch_matches_one_process(parts, tmp_path):
+    """In the first step process 1's micro-batch is text only while process 0's holds videos: both
+    still run the same sharded modules (no collective is skipped or mismatched), and the run
+    matches one process that holds both micro-batches."""
+    one = _single(parts, tmp_path / "one", batch_size=4, data=parts["mixed"])
+    _torchrun(_args(parts, tmp_path / "fsdp", fsdp=True, data=parts["mixed"]), tmp_path)
+    assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "one"), abs=LOSS_TOL)
+    _assert_close(_weights(tmp_path / "fsdp" / "final"), _weights(one), WEIGHT_TOL)
+
+
+@pytest.mark.slow
 def test_fsdp_runs_under_bf16_autocast(parts, tmp_path):
     """--mixed-precision bf16 reaches the FSDP model (accelerate does not wrap it): the losses are
     bf16's, not float32's, and match one bf16 process to bf16's rounding."""

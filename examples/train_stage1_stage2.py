@@ -11,7 +11,7 @@ a minute on two CPU cores:
 With real models (any Hugging Face causal LM with a chat template, any CLIP tower), e.g.:
 
     python examples/train_stage1_stage2.py --llm HuggingFaceTB/SmolLM2-135M-Instruct \\
-        --tower openai/clip-vit-large-patch14-336 --num-frames 8
+        --tower openai/clip-vit-large-patch14-336
 
 The same two runs from the command line (what this script calls):
 
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="train_example", help="dataset, models and runs go here")
     parser.add_argument("--llm", help="a causal LM with a chat template (default: tiny random Llama)")
     parser.add_argument("--tower", help="a CLIP tower (default: tiny random CLIP)")
-    parser.add_argument("--num-frames", type=int, default=4)
+    parser.add_argument("--num-frames", type=int, default=TrainConfig.num_frames,
+                        help="frames per video, written and sampled (default: TrainConfig's, %(default)s)")
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
 
@@ -123,7 +124,7 @@ def main() -> None:
     data = write_dataset(work / "colours", args.samples, frames=args.num_frames)
     tiny_llm, tiny_tower = write_tiny_models(work / "models") if not (args.llm and args.tower) else (None, None)
     common = dict(llm=args.llm or tiny_llm, tower=args.tower or tiny_tower, data=str(data), batch_size=4,
-                  num_frames=args.num_frames, max_length=512, lora_r=8, lora_alpha=16, warmup_ratio=0.0)
+                  num_frames=args.num_frames, lora_r=8, lora_alpha=16, warmup_ratio=0.0)
 
     # Stage 1: only the projector trains.
     stage1 = train(TrainConfig(output_dir=str(work / "stage1"), stage=1, max_steps=15, lr=1e-2, **common))

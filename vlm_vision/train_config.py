@@ -104,18 +104,21 @@ class TrainConfig:
     """Write `checkpoint-STEP/` every N steps (0: never; `final/` is always written)."""
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted."""
-    mixed_precision: str = _choice("no", MIXED_PRECISIONS)
-    """"no", "bf16" or "fp16" (accelerate's autocast; trainable weights stay float32)."""
-    gradient_checkpointing: bool = False
-    """Recompute the LLM's activations in the backward pass instead of keeping them (less memory, more compute)."""
+    mixed_precision: str = _choice("auto", ("auto", *MIXED_PRECISIONS))
+    """"no", "bf16" or "fp16" (accelerate's autocast; trainable weights stay float32); "auto": bf16 on a GPU
+    that has it (fp16 on older GPUs), "no" on the CPU."""
+    gradient_checkpointing: bool | None = None
+    """Recompute the LLM's activations in the backward pass instead of keeping them (less memory, more
+    compute); None: on with a GPU, off on the CPU."""
     projector_type: str = "mlp2x_gelu"
     """Projector from tower width to LLM width: linear, mlp2x_gelu, ..."""
     train_new_token_embeddings: bool = False
     """Train the embedding rows of `<image>`/`<video>` when they were added to the tokenizer."""
     init_from: str | None = None
     """A previous run's `final/` (e.g. stage 1) to start the projector and token rows from."""
-    max_length: int = 2048
-    """Longest sequence, visual tokens included."""
+    max_length: int | None = None
+    """Longest sequence, visual tokens included; None: the LLM's context (`max_position_embeddings`, else the
+    tokenizer's `model_max_length`, else the longest visual span plus 1024 text tokens)."""
     warmup_ratio: float = 0.03
     """Fraction of `max_steps` of linear warmup before the cosine decay."""
     weight_decay: float = 0.0
@@ -135,8 +138,9 @@ class TrainConfig:
     (e.g. `vlm_vision.DEFAULT_PINPOINTS`); None: every image is one crop of 576 tokens (LLaVA-1.5)."""
     anyres_convention: str = _choice("transformers", CONVENTIONS)
     """"transformers" or "llava" (LLaVA's original code); see `vlm_vision.anyres`."""
-    model_dtype: str = _choice("float32", tuple(DTYPES))
-    """dtype of the frozen tower and base LLM ("bfloat16" halves their memory on GPUs)."""
+    model_dtype: str = _choice("auto", ("auto", *DTYPES))
+    """dtype of the frozen tower and base LLM ("bfloat16" halves their memory); "auto": bfloat16 on a GPU
+    that has it, float32 otherwise."""
     num_workers: int = 0
     """DataLoader worker processes decoding videos."""
     fsdp: bool = False
@@ -163,6 +167,8 @@ class TrainConfig:
                 raise ValueError(f"{field.name} must be one of {choices}, got {getattr(self, field.name)!r}")
         for name in ("max_steps", "batch_size", "grad_accum", "num_frames", "max_length", "lora_r", "keep_last"):
             value = getattr(self, name)
+            if value is None and name == "max_length":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         for name in ("save_every", "eval_every", "num_workers"):

@@ -1,17 +1,62 @@
-"""The runtime of a training run: accelerate's `Accelerator` for a `TrainConfig`, and its release.
+"""The runtime of a training run: defaults that follow the device, accelerate's `Accelerator`, its release.
 
 accelerate supplies devices, mixed precision, gradient accumulation, the process group, DDP and
 DeepSpeed (`accelerate launch`, configs in `examples/accelerate/`). FSDP is `vlm_vision.train_sharded`'s.
+
+Why the defaults follow the device: a 7B LLM with 32 frames (4608 visual tokens) fits a GPU only
+in bfloat16 with gradient checkpointing, and the CPU runs neither fast nor (for bf16 autocast)
+everywhere. So `model_dtype`, `mixed_precision` and `gradient_checkpointing` default to "auto"
+(None for the bool): on CUDA bfloat16 weights, bf16 autocast and checkpointing (float32 weights
+with fp16 autocast on GPUs without bfloat16); on the CPU float32 and neither. What was chosen is
+printed at start and recorded with the run; an explicit value always wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
+import torch
+
 from vlm_vision.train_config import TrainConfig
 
-__all__ = ["check_processes", "deepspeed_kwargs", "make_accelerator", "release_accelerator_state"]
+__all__ = ["check_processes", "deepspeed_kwargs", "device_defaults", "make_accelerator",
+           "release_accelerator_state", "resolve_device_defaults", "run_device"]
+
+
+def device_defaults(device_type: str, bf16_supported: bool) -> dict[str, Any]:
+    """The values "auto" stands for on a device.
+
+    Example:
+        >>> device_defaults("cpu", bf16_supported=True)
+        {'model_dtype': 'float32', 'mixed_precision': 'no', 'gradient_checkpointing': False}
+    """
+    if device_type != "cuda":
+        return {"model_dtype": "float32", "mixed_precision": "no", "gradient_checkpointing": False}
+    if bf16_supported:
+        return {"model_dtype": "bfloat16", "mixed_precision": "bf16", "gradient_checkpointing": True}
+    return {"model_dtype": "float32", "mixed_precision": "fp16", "gradient_checkpointing": True}
+
+
+def run_device() -> torch.device:
+    """The kind of device the run will train on: CUDA when there is one, unless ACCELERATE_USE_CPU says
+    otherwise (known before the accelerator exists, whose mixed precision depends on it)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return torch.device("cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+                        else "cpu")
+
+
+def resolve_device_defaults(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str]:
+    """`config` with its "auto" runtime settings replaced by `device`'s, and a line saying what was chosen."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    defaults = device_defaults(device.type, bf16)
+    auto = {name: value for name, value in defaults.items() if getattr(config, name) in ("auto", None)}
+    resolved = dataclasses.replace(config, **auto)
+    shown = ", ".join(f"{name}={getattr(resolved, name)}{' (auto)' if name in auto else ''}" for name in defaults)
+    return resolved, (f"runtime on {device.type}: {shown}; override with --model-dtype, --mixed-precision, "
+                      f"--[no-]gradient-checkpointing")
 
 
 def make_accelerator(config: TrainConfig) -> Any:
@@ -24,7 +69,6 @@ def make_accelerator(config: TrainConfig) -> Any:
         ValueError: for accelerate's FSDP plugin (FSDP is `fsdp=True`), or `fsdp` under DeepSpeed.
         RuntimeError: when the processes disagree on how many they are (`check_processes`).
     """
-    import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import DistributedType
 

@@ -1,5 +1,10 @@
 """Setting up a run: the model (tower, projector, LLM, LoRA), what trains, and the datasets.
 
+Why `max_length` defaults to the LLM's context: LLaVA-NeXT-Video's 32 frames of 144 pooled tokens
+are 4608 visual positions, more than a fixed 2048 (every video sample would be dropped), and the
+LLM's own context is the longest sequence it was trained on. When a raw video cannot fit, the run
+stops before reading any media, naming the frames, the tokens and the flags that change them.
+
 Why a bad sample never stops a run: records are checked when the dataset is built (missing media,
 visual spans past `max_length`, empty conversations), and the survivors only can fail at decode
 time (see `vlm_vision.train_order`). Every skip is logged with its reason and written to
@@ -19,7 +24,8 @@ import torch
 from torch import nn
 
 from vlm_vision.train_config import TrainConfig
-from vlm_vision.train_data import ConversationDataset, VisualSpec, read_records, scan_records
+from vlm_vision.data_formats import BadSample, parse_record
+from vlm_vision.train_data import ConversationDataset, Skipped, VisualSpec, read_records, scan_records
 from vlm_vision.train_log import RunLog, logger
 from vlm_vision.train_params import mark_trainable
 from vlm_vision.train_provenance import check_cached_tokens
@@ -33,7 +39,14 @@ from vlm_vision.trained import (
     load_trained_weights,
 )
 
-__all__ = ["Run", "setup"]
+__all__ = ["Run", "llm_context", "resolve_max_length", "setup", "video_fit_error"]
+
+# Text tokens (template, question, answer) a sequence needs besides its visual span, for the
+# default max_length of an LLM whose context is unknown and for the smallest max_length suggested.
+TEXT_BUDGET = 1024
+MIN_TEXT = 64
+# transformers' tokenizers report a huge `model_max_length` (int(1e30)) when the model sets none.
+_UNSET_MODEL_MAX_LENGTH = 1_000_000_000
 
 
 @dataclasses.dataclass
@@ -48,6 +61,68 @@ class Run:
     trainable: dict[str, int]
     skip_ceiling: SkipCeiling
     """Counts the training data's skipped samples (the scan's already) against `max_skip_fraction`."""
+    config: TrainConfig
+    """The run's config with `max_length` resolved (what checkpoints and `final/` record)."""
+
+
+def llm_context(llm_config: Any, tokenizer: Any) -> int | None:
+    """The LLM's context length: `max_position_embeddings`, else the tokenizer's `model_max_length`
+    when the model sets one, else None."""
+    text_config = llm_config.get_text_config() if hasattr(llm_config, "get_text_config") else llm_config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _UNSET_MODEL_MAX_LENGTH:
+        return limit
+    return None
+
+
+def resolve_max_length(max_length: int | None, context: int | None, longest_visual: int) -> tuple[int, str]:
+    """(max_length, where it came from): the given value, else the LLM's context, else the longest
+    visual span plus `TEXT_BUDGET` text tokens.
+
+    Example:
+        >>> resolve_max_length(None, 32768, 4608)
+        (32768, "the LLM's context")
+    """
+    if max_length is not None:
+        return max_length, "--max-length"
+    if context is not None:
+        return context, "the LLM's context"
+    return longest_visual + TEXT_BUDGET, f"the longest visual span + {TEXT_BUDGET} text tokens (LLM context unknown)"
+
+
+def video_fit_error(frames: int, tokens_per_frame: int, video_tokens: Any, max_length: int, source: str,
+                    frames_flag: str = "--num-frames") -> str | None:
+    """Why a raw video of `frames` frames cannot fit `max_length`, naming what to change; None when it fits.
+
+    `video_tokens(frames)` is the video's visual span (newline tokens included); a sample needs it
+    plus at least `MIN_TEXT` text tokens.
+    """
+    span = video_tokens(frames)
+    if span + MIN_TEXT <= max_length:
+        return None
+    fitting = max((f for f in range(1, frames) if video_tokens(f) + MIN_TEXT <= max_length), default=0)
+    newlines = f" + {span - frames * tokens_per_frame} newline tokens" if span != frames * tokens_per_frame else ""
+    fewer = f" or lower {frames_flag} to {fitting} or fewer" if fitting else ""
+    return (f"a video does not fit: {frames} frames x {tokens_per_frame} tokens = {frames * tokens_per_frame} "
+            f"visual tokens{newlines}, plus at least {MIN_TEXT} text tokens, exceed max_length={max_length} "
+            f"(from {source}); raise --max-length to {span + MIN_TEXT} or more{fewer}")
+
+
+def _first_raw_video(raw_records: list[Any], root: Path) -> str | None:
+    """The id of the first record holding a raw (not pre-extracted) video, or None."""
+    for n, raw in enumerate(raw_records):
+        if isinstance(raw, Skipped):
+            continue
+        try:
+            record = parse_record(raw, root, n, source=f"#{n}")
+        except BadSample:
+            continue
+        if record.media_kind == "video" and not record.cached:
+            return record.id
+    return None
 
 
 def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
@@ -78,20 +153,28 @@ def _scan_frames(config: TrainConfig, processor: Any) -> int:
 
 
 def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
-             log: RunLog, main: bool) -> tuple[ConversationDataset, SkipCeiling]:
+             log: RunLog, main: bool, max_length_source: str) -> tuple[ConversationDataset, SkipCeiling]:
     from video import VideoDecodeError
 
     root = Path(media_root) if media_root else Path(path).parent
-    visual = _visual_spec(model, processor, _scan_frames(config, processor))
-    records, skipped = scan_records(read_records(path), root, processor.tokenizer, visual, config.max_length)
+    frames = _scan_frames(config, processor)
+    visual = _visual_spec(model, processor, frames)
+    raw_records = read_records(path)
+    problem = video_fit_error(frames, visual.tokens_per_frame, visual.video_tokens, config.max_length,
+                              max_length_source, frames_flag="--num-frames" if config.fps is None else "--max-frames")
+    if problem and (video := _first_raw_video(raw_records, root)) is not None:
+        raise ValueError(f"{path}: {problem} (first video: {video})")
+    records, skipped = scan_records(raw_records, root, processor.tokenizer, visual, config.max_length)
     if main:
         if skipped:
             log.skipped(skipped, f"scan of {path}")
         reasons = Counter(s.reason.split(":")[0] for s in skipped)
         logger.info("%s: %d samples kept, %d skipped %s", path, len(records), len(skipped), dict(reasons))
     if not records:
+        hint = ("; raise --max-length or lower --num-frames" if any("truncated" in s.reason for s in skipped)
+                else "")
         raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
-                         f"(first reasons: {[s.reason for s in skipped[:3]]})")
+                         f"(first reasons: {[s.reason for s in skipped[:3]]}){hint}")
     ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
     ceiling.add(skipped, "the scan")
     check_cached_tokens(records, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
@@ -141,8 +224,10 @@ def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
                        faster_token_stride=config.faster_token_stride, max_video_tokens=config.max_video_tokens,
                        fps=config.fps, min_frames=config.min_frames, max_frames=config.max_frames,
                        time_instruction=config.time_instruction, time_markers=config.time_markers,
-                       train=dataclasses.asdict(config))
+                       train={})
     model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
+    config, max_length_source = _with_max_length(config, model, processor, main)
+    spec.train = dataclasses.asdict(config)
     spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id
     spec.new_token_ids = sorted(tokenizer.convert_tokens_to_ids(t) for t in processor.added_tokens)
     spec.vocab_size = model.llm.get_input_embeddings().num_embeddings
@@ -170,10 +255,26 @@ def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
                           target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
         model.llm = get_peft_model(model.llm, lora)
     trainable = mark_trainable(model, config, spec.new_token_ids)
-    dataset, ceiling = _dataset(config.data, config.media_root, model, processor, config, log, main)
-    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main)[0] \
-        if config.eval_data else None
-    return Run(model, processor, spec, dataset, eval_dataset, trainable, ceiling)
+    dataset, ceiling = _dataset(config.data, config.media_root, model, processor, config, log, main,
+                                max_length_source)
+    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main,
+                            max_length_source)[0] if config.eval_data else None
+    return Run(model, processor, spec, dataset, eval_dataset, trainable, ceiling, config)
+
+
+def _with_max_length(config: TrainConfig, model: nn.Module, processor: Any, main: bool) -> tuple[TrainConfig, str]:
+    """`config` with `max_length` resolved (`resolve_max_length`), and where the value came from."""
+    context = llm_context(model.llm.config, processor.tokenizer)
+    frames = _scan_frames(config, processor)
+    longest = max(model.video_tokens(frames), model.image_tokens)
+    max_length, source = resolve_max_length(config.max_length, context, longest)
+    if context is not None and max_length > context:
+        logger.warning("max_length=%d is longer than the LLM's context (%d positions): positions past it were "
+                       "never trained", max_length, context)
+    if main:
+        print(f"max_length {max_length} (from {source}); a {frames}-frame video takes "
+              f"{model.video_tokens(frames)} visual tokens")
+    return dataclasses.replace(config, max_length=max_length), source
 
 
 def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:

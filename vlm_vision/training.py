@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,13 @@ from vlm_vision.train_log import RunLog, plot_loss
 from vlm_vision.train_loss import evaluate, label_count, labelled_loss, model_inputs, step_loss_scale, to_device
 from vlm_vision.train_order import micro_batch_loader
 from vlm_vision.train_params import cosine_schedule, param_groups, print_trainable
-from vlm_vision.train_runtime import deepspeed_kwargs, make_accelerator, release_accelerator_state
+from vlm_vision.train_runtime import (
+    deepspeed_kwargs,
+    make_accelerator,
+    release_accelerator_state,
+    resolve_device_defaults,
+    run_device,
+)
 from vlm_vision.train_setup import setup
 from vlm_vision.train_sharded import frozen_parts, load_optimizer_state, shard_model, whole_state
 from vlm_vision.trained import atomic_dir, load_trained_weights, save_trained
@@ -59,10 +66,21 @@ def train(config: TrainConfig) -> Path:
         vlm_vision.train_skips.TooManySkipped: more than `max_skip_fraction` of the training samples
             skipped (at the scan or during training).
     """
+    # The device first, then the settings that follow it, then the accelerator they configure.
+    config, runtime = resolve_device_defaults(config, run_device())
+    accelerator = make_accelerator(config)
+    try:
+        return _train(config, accelerator, runtime)
+    finally:  # also after an error, so that a later call in this process may choose other settings
+        release_accelerator_state()
+
+
+def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
     from accelerate.utils import gather_object, set_seed
 
-    accelerator = make_accelerator(config)
     main = accelerator.is_main_process
+    if main:
+        print(runtime)
     out = Path(config.output_dir)
     log = RunLog(out, enabled=main)
     checkpoint = latest_checkpoint(out) if config.resume else None
@@ -77,6 +95,7 @@ def train(config: TrainConfig) -> Path:
     # ----- setup
     set_seed(config.seed)
     run = setup(config, log, main)
+    config = run.config  # max_length resolved
     model = run.model
     if main:
         print_trainable(model, run.trainable)
@@ -204,6 +223,5 @@ def train(config: TrainConfig) -> Path:
         plot_loss(log.entries(), out / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    release_accelerator_state()
     return final
 

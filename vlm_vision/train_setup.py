@@ -30,6 +30,7 @@ from vlm_vision.train_log import RunLog, logger
 from vlm_vision.train_params import mark_trainable
 from vlm_vision.train_provenance import check_cached_tokens
 from vlm_vision.train_skips import SkipCeiling
+from vlm_vision.train_runtime import resolve_device_defaults
 from vlm_vision.trained import (
     DTYPES,
     TrainedSpec,
@@ -156,7 +157,8 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
              log: RunLog, main: bool, max_length_source: str) -> tuple[ConversationDataset, SkipCeiling]:
     from video import VideoDecodeError
 
-    root = Path(media_root) if media_root else Path(path).parent
+    # Absolute, so that decoding does not depend on the working directory of whatever process decodes.
+    root = (Path(media_root) if media_root else Path(path).parent).absolute()
     frames = _scan_frames(config, processor)
     visual = _visual_spec(model, processor, frames)
     raw_records = read_records(path)
@@ -211,8 +213,12 @@ def _cached_tokens(path: Path) -> torch.Tensor:
     return load_video_tokens(path).tokens  # (T, N', D)
 
 
-def setup(config: TrainConfig, log: RunLog, main: bool) -> Run:
-    """Build the model and datasets of `config`; `main` logs the scan's skips (the main process)."""
+def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = torch.device("cpu")) -> Run:
+    """Build the model and datasets of `config`; `main` logs the scan's skips (the main process).
+
+    Settings left at "auto" take the values of `device` (`resolve_device_defaults`).
+    """
+    config = resolve_device_defaults(config, device)[0]
     dtype = DTYPES[config.model_dtype]
     tokenizer = load_tokenizer(config.llm)
     spec = TrainedSpec(llm=absolute_if_local(config.llm), tower=absolute_if_local(config.tower),

@@ -94,7 +94,7 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
 
     # ----- setup
     set_seed(config.seed)
-    run = setup(config, log, main)
+    run = setup(config, log, main)  # config already resolved for the accelerator's device
     config = run.config  # max_length resolved
     model = run.model
     if main:

@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.train_config import TrainConfig
 from vlm_vision.data_formats import BadSample, parse_record
+from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_data import ConversationDataset, Skipped, VisualSpec, read_records, scan_records
 from vlm_vision.train_log import RunLog, logger
 from vlm_vision.train_params import mark_trainable
 from vlm_vision.train_provenance import check_cached_tokens
-from vlm_vision.train_skips import SkipCeiling
 from vlm_vision.train_runtime import resolve_device_defaults
+from vlm_vision.train_skips import SkipCeiling
 from vlm_vision.trained import (
     DTYPES,
     TrainedSpec,

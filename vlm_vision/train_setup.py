@@ -127,12 +127,22 @@ def _first_raw_video(raw_records: list[Any], root: Path) -> str | None:
 
 
 def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+    # Counting functions of small objects (the video layout, the anyres numbers), never bound methods
+    # of the model: the dataset holds them, and every DataLoader worker receives a pickled dataset.
+    from vlm_vision.anyres import anyres_num_tokens
+
     rows, cols = model.pooled_grid
     marked = processor.time_markers
+    anyres = None
+    if model.image_grid_pinpoints is not None:
+        anyres = functools.partial(anyres_num_tokens, grid_pinpoints=model.image_grid_pinpoints,
+                                   tile_size=model.tower.image_size, patch_size=model.tower.patch_size,
+                                   convention=model.anyres_convention)
+    video_tokens = functools.partial(_marked_span_length, processor) if marked else model.video_layout.video_tokens
     return VisualSpec(token_ids={"image": processor.image_token_id, "video": processor.video_token_id},
-                      video_tokens=functools.partial(_marked_span_length, processor) if marked else model.video_tokens,
+                      video_tokens=video_tokens,
                       image_tokens=model.image_tokens, tokens_per_frame=rows * cols, num_frames=num_frames,
-                      anyres_tokens=model.num_image_tokens if model.image_grid_pinpoints is not None else None,
+                      anyres_tokens=anyres,
                       video_span=processor.video_span if marked else None,
                       time_instruction=processor.time_instruction)
 
@@ -261,6 +271,12 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
                           target_modules=list(config.lora_targets), bias="none", task_type="CAUSAL_LM")
         model.llm = get_peft_model(model.llm, lora)
     trainable = mark_trainable(model, config, spec.new_token_ids)
+    if config.mixed_precision != "no":
+        # Under autocast every trainable tensor is float32 (the new token rows' embedding matrices
+        # too): fp16 gradients of fp16 weights cannot be unscaled, and bf16 weights round small updates away.
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
     dataset, ceiling = _dataset(config.data, config.media_root, model, processor, config, log, main,
                                 max_length_source)
     eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main,

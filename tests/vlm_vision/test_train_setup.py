@@ -48,11 +48,12 @@ def test_a_video_that_cannot_fit_names_frames_tokens_and_flags():
 # ----- with real parts: a tower of 24 x 24 patches (144 pooled tokens per frame) ------------------
 
 
-def write_parts(root: Path, context: int) -> dict[str, str]:
-    """A tiny Llama with `context` positions, a tiny 336 px / patch 14 CLIP and 4 one-colour 32-frame videos."""
+def write_parts(root: Path, context: int, hidden: int = 64) -> dict[str, str]:
+    """A tiny Llama with `context` positions, a tiny 336 px / patch 14 CLIP and 2 one-colour 32-frame videos."""
     tok = make_tokenizer()
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    LlamaForCausalLM(LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                                 num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=context,
                                  tie_word_embeddings=False)).save_pretrained(root / "llm")
     tok.save_pretrained(root / "llm")
@@ -91,3 +92,38 @@ def test_a_context_too_short_for_the_frames_stops_before_any_work(tmp_path):
                                          r"lower --num-frames to 13 or fewer"):
         train(TrainConfig(**parts, output_dir=str(out), max_steps=1, progress=False))
     assert not (out / "log.jsonl").exists() and not (out / "skipped.jsonl").exists()
+
+
+def test_the_dataset_pickles_without_the_model(tmp_path):
+    """DataLoader workers receive the dataset pickled: it must not drag the model along."""
+    import pickle
+
+    from vlm_vision.train_log import RunLog
+    from vlm_vision.train_setup import setup
+
+    parts = write_parts(tmp_path, context=8192, hidden=512)
+    out = tmp_path / "run"
+    out.mkdir()
+    run = setup(TrainConfig(**parts, output_dir=str(out), progress=False), RunLog(out, enabled=False), main=True)
+    model_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    pickled = len(pickle.dumps(run.dataset))
+    assert model_bytes > 10_000_000 and pickled < 1_000_000, (model_bytes, pickled)
+    assert pickle.loads(pickle.dumps(run.dataset))[0].input_ids.equal(run.dataset[0].input_ids)
+
+
+def test_fp16_weights_with_fp16_autocast_train_float32_parameters(tmp_path):
+    """fp16 frozen weights with fp16 mixed precision: whatever trains (projector, LoRA, new token rows) is float32."""
+    from vlm_vision.train_log import RunLog
+    from vlm_vision.train_setup import setup
+
+    parts = write_parts(tmp_path, context=8192)
+    out = tmp_path / "run"
+    out.mkdir()
+    run = setup(TrainConfig(**parts, output_dir=str(out), stage=2, lora_r=4, lora_alpha=8, model_dtype="float16",
+                            mixed_precision="fp16", train_new_token_embeddings=True, progress=False),
+                RunLog(out, enabled=False), main=True)
+    trainable = {n: p.dtype for n, p in run.model.named_parameters() if p.requires_grad}
+    assert any("embed" in n for n in trainable) and any("lora_" in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}, trainable
+    frozen = {p.dtype for n, p in run.model.llm.named_parameters() if not p.requires_grad}
+    assert frozen == {torch.float16}

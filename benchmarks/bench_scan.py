@@ -89,7 +89,7 @@ def main() -> None:
     from tokenizers import AddedToken
 
     from tests.vlm_vision.train_fixtures import make_tokenizer
-    from vlm_vision.data_sampler import DataOrder, padding_fraction
+    from vlm_vision.train_order import DataOrder, padding_fraction
     from vlm_vision.train_data import VisualSpec
 
     tok = make_tokenizer()  # byte-level BPE with a ChatML template, as the training tests use

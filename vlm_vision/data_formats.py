@@ -297,7 +297,7 @@ def load_rows(spec: str | Path, seed: int = 0) -> DataRows:
         keep = sample_positions(len(records), strategy, seed)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         selected = hashlib.sha256(array("q", keep).tobytes()).hexdigest()[:16]
-        rows.files.append(path)
+        rows.files.append(path.absolute())  # records' media fall back to its folder, whatever the cwd
         rows.fingerprints.append(f"{digest}:{selected}")
         rows.raws.extend(records[k] for k in keep)
         rows.positions.extend(positions[k] for k in keep)

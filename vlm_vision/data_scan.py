@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, parse_record
+from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, load_rows, parse_record
 from vlm_vision.train_data import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
                                    visual_frames)
 
-__all__ = ["KINDS", "LazyRecords", "ScanResult", "cached_scan", "scan_key", "scan_rows"]
+__all__ = ["KINDS", "LazyRecords", "ScanResult", "TrainingData", "cached_scan", "load_training_data", "scan_key",
+           "scan_rows"]
 
 logger = logging.getLogger("vlm_vision.data_scan")
 
@@ -245,3 +246,40 @@ def cached_scan(rows: DataRows, roots: MediaRoots, tokenizer: Any, visual: Visua
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(result, path)
     return result, False
+
+
+@dataclass
+class TrainingData:
+    """What a training run needs from its data spec.
+
+    Attributes:
+        records: the trainable records, parsed when indexed.
+        lengths, kinds: int32[K] tokens and int8[K] `KINDS` code of each of them (length grouping).
+        skipped: the records left out, with reasons and sources.
+        cache_hit: whether the scan was read from the cache.
+    """
+
+    records: LazyRecords
+    lengths: np.ndarray
+    kinds: np.ndarray
+    skipped: list[Skipped]
+    cache_hit: bool
+
+
+def load_training_data(spec: str | Path | DataRows, roots: MediaRoots, tokenizer: Any, visual: VisualSpec,
+                       max_length: int, *,
+                       seed: int = 0, cache_dir: str | Path | None = None, process_index: int = 0,
+                       num_processes: int = 1, gather: Callable[[Any], list[Any]] | None = None,
+                       workers: int = 1) -> TrainingData:
+    """Read a data spec (file, pattern or mixture; or its rows, read already), scan it once (or read the
+    cached scan), keep the good records.
+
+    Raises:
+        FileNotFoundError, ValueError: for data files or mixtures that cannot be read.
+    """
+    rows = spec if isinstance(spec, DataRows) else load_rows(spec, seed)
+    result, hit = cached_scan(rows, roots, tokenizer, visual, max_length, cache_dir=cache_dir,
+                              process_index=process_index, num_processes=num_processes, gather=gather,
+                              workers=workers)
+    kept = result.kept
+    return TrainingData(LazyRecords(rows, kept, roots), result.lengths[kept], result.kinds[kept], result.skipped, hit)

@@ -45,11 +45,18 @@ class TrainConfig:
     tower: str
     """Vision tower: Hub id, folder, or checkpoint file (`CLIPVisionTower.from_pretrained`)."""
     data: str
-    """Training records, LLaVA conversation format, `.json` (a list) or `.jsonl`."""
+    """Training records: `.json` (a list), `.jsonl`, a `prefix{a,b}.json` pattern or a LLaVA-NeXT `.yaml`
+    mixture; LLaVA conversations or transformers chat `messages` (see `vlm_vision.data_formats`)."""
     output_dir: str
     """log.jsonl, skipped.jsonl, checkpoint-STEP/, final/ and loss.png go here."""
     media_root: str | None = None
     """Folder that media paths are relative to (default: the data file's folder)."""
+    image_folder: str | None = None
+    """Folder that image paths are relative to (LLaVA-NeXT's separate folders; default: `media_root`)."""
+    video_folder: str | None = None
+    """Folder that video paths are relative to (default: `media_root`)."""
+    group_by_modality_length: bool = False
+    """Batches of one modality (text, image or video) and similar length, seeded (LLaVA's option); less padding."""
     stage: int = _choice(1, (1, 2))
     """1: projector only. 2: LoRA on the LLM + projector."""
     max_steps: int = 1000
@@ -142,7 +149,7 @@ class TrainConfig:
     """dtype of the frozen tower and base LLM ("bfloat16" halves their memory); "auto": bfloat16 on a GPU
     that has it, float32 otherwise."""
     num_workers: int = 0
-    """DataLoader worker processes decoding videos."""
+    """DataLoader worker processes decoding videos; they also share a first scan of the data."""
     fsdp: bool = False
     """Shard the LLM, projector, gradients and optimizer state over the processes (PyTorch FSDP2; the tower
     stays whole); launch with several processes (torchrun, or accelerate with examples/accelerate/fsdp.yaml)."""

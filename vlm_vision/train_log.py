@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.train_data import Skipped
+from vlm_vision.data_formats import Skipped, record_origin
 
 __all__ = ["RunLog", "plot_loss"]
 
 logger = logging.getLogger("vlm_vision.train")
+_WARN_AT_MOST = 20  # a million-record scan may skip thousands: the rest go to skipped.jsonl only
 
 
 class RunLog:
@@ -29,11 +30,14 @@ class RunLog:
                 f.write(json.dumps(entry) + "\n")
 
     def skipped(self, items: Sequence[Skipped], where: str) -> None:
-        for s in items:
-            logger.warning("skipped sample %s (%s): %s", s.id, where, s.reason)
+        for s in items[:_WARN_AT_MOST]:
+            logger.warning("skipped sample %s from %s (%s): %s", s.id, s.source or "?", where, s.reason)
+        if len(items) > _WARN_AT_MOST:
+            logger.warning("... and %d more skipped samples (%s); all are in %s", len(items) - _WARN_AT_MOST, where,
+                           self.skipped_path)
         with self.skipped_path.open("a") as f:  # every process appends its own runtime skips
             for s in items:
-                f.write(json.dumps({"id": s.id, "reason": s.reason, "where": where}) + "\n")
+                f.write(json.dumps({**record_origin(s), "reason": s.reason, "where": where}) + "\n")
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from vlm_vision.data_formats import BadSample, parse_record
+from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Skipped, load_rows, parse_record
+from vlm_vision.data_scan import KINDS, TrainingData, load_training_data
 from vlm_vision.train_config import TrainConfig
-from vlm_vision.train_data import ConversationDataset, Skipped, VisualSpec, read_records, scan_records
+from vlm_vision.train_data import ConversationDataset, VisualSpec
 from vlm_vision.train_log import RunLog, logger
 from vlm_vision.train_params import mark_trainable
 from vlm_vision.train_provenance import check_cached_tokens
@@ -64,6 +67,10 @@ class Run:
     """Counts the training data's skipped samples (the scan's already) against `max_skip_fraction`."""
     config: TrainConfig
     """The run's config with `max_length` resolved (what checkpoints and `final/` record)."""
+    lengths: np.ndarray | None = None
+    """int32[K] token length of each training sample (from the scan; length grouping uses it)."""
+    kinds: np.ndarray | None = None
+    """int8[K] media kind code of each training sample (`vlm_vision.data_scan.KINDS`)."""
 
 
 def llm_context(llm_config: Any, tokenizer: Any) -> int | None:
@@ -112,13 +119,13 @@ def video_fit_error(frames: int, tokens_per_frame: int, video_tokens: Any, max_l
             f"(from {source}); raise --max-length to {span + MIN_TEXT} or more{fewer}")
 
 
-def _first_raw_video(raw_records: list[Any], root: Path) -> str | None:
+def _first_raw_video(rows: DataRows, roots: MediaRoots) -> str | None:
     """The id of the first record holding a raw (not pre-extracted) video, or None."""
-    for n, raw in enumerate(raw_records):
+    for n, raw in enumerate(rows.raws):
         if isinstance(raw, Skipped):
             continue
         try:
-            record = parse_record(raw, root, n, source=f"#{n}")
+            record = parse_record(raw, roots, rows.positions[n], rows.source(n), rows.data_dir(n))
         except BadSample:
             continue
         if record.media_kind == "video" and not record.cached:
@@ -163,33 +170,47 @@ def _scan_frames(config: TrainConfig, processor: Any) -> int:
     return processor.max_frames if processor.max_frames is not None else config.num_frames
 
 
-def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any, config: TrainConfig,
-             log: RunLog, main: bool, max_length_source: str) -> tuple[ConversationDataset, SkipCeiling]:
+def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, log: RunLog, main: bool,
+             max_length_source: str) -> tuple[ConversationDataset, SkipCeiling, TrainingData]:
+    """The dataset of a data spec; its scan is shared by all processes and cached in `output_dir/data-scan/`."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     from video import VideoDecodeError
 
+    state = PartialState()
     # Absolute, so that decoding does not depend on the working directory of whatever process decodes.
-    root = (Path(media_root) if media_root else Path(path).parent).absolute()
+    roots = MediaRoots(*(Path(p).absolute() if p else None for p in (config.media_root, config.image_folder,
+                                                                     config.video_folder)))
     frames = _scan_frames(config, processor)
     visual = _visual_spec(model, processor, frames)
-    raw_records = read_records(path)
+    started = time.perf_counter()
+    rows = load_rows(path, config.seed)
     problem = video_fit_error(frames, visual.tokens_per_frame, visual.video_tokens, config.max_length,
                               max_length_source, frames_flag="--num-frames" if config.fps is None else "--max-frames")
-    if problem and (video := _first_raw_video(raw_records, root)) is not None:
+    if problem and (video := _first_raw_video(rows, roots)) is not None:
         raise ValueError(f"{path}: {problem} (first video: {video})")
-    records, skipped = scan_records(raw_records, root, processor.tokenizer, visual, config.max_length)
+    data = load_training_data(rows, roots, processor.tokenizer, visual, config.max_length,
+                              cache_dir=Path(config.output_dir) / "data-scan", process_index=state.process_index,
+                              num_processes=state.num_processes, gather=lambda obj: gather_object([obj]),
+                              workers=max(1, config.num_workers))
+    records, skipped = data.records, data.skipped
     if main:
         if skipped:
             log.skipped(skipped, f"scan of {path}")
         reasons = Counter(s.reason.split(":")[0] for s in skipped)
-        logger.info("%s: %d samples kept, %d skipped %s", path, len(records), len(skipped), dict(reasons))
-    if not records:
+        logger.info("%s: %d samples kept, %d skipped %s; scan %s in %.1f s", path, len(records), len(skipped),
+                    dict(reasons), "read from the cache" if data.cache_hit else "computed",
+                    time.perf_counter() - started)
+    if not len(records):
         hint = ("; raise --max-length or lower --num-frames" if any("truncated" in s.reason for s in skipped)
                 else "")
         raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
                          f"(first reasons: {[s.reason for s in skipped[:3]]}){hint}")
     ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
     ceiling.add(skipped, "the scan")
-    check_cached_tokens(records, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
+    videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
+    check_cached_tokens(videos, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
                         max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)
     load_anyres = None
@@ -200,7 +221,7 @@ def _dataset(path: str, media_root: str | None, model: nn.Module, processor: Any
         records, processor.tokenizer, visual, max_length=config.max_length,
         load_video=functools.partial(_video_clip, processor), load_cached=_cached_tokens,
         transform=model.tower.image_transform, load_anyres=load_anyres, decode_errors=(VideoDecodeError,))
-    return dataset, ceiling
+    return dataset, ceiling, data
 
 
 # Module-level (picklable) loaders, so DataLoader workers can be spawned as well as forked.
@@ -277,11 +298,10 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
-    dataset, ceiling = _dataset(config.data, config.media_root, model, processor, config, log, main,
-                                max_length_source)
-    eval_dataset = _dataset(config.eval_data, config.media_root, model, processor, config, log, main,
+    dataset, ceiling, data = _dataset(config.data, model, processor, config, log, main, max_length_source)
+    eval_dataset = _dataset(config.eval_data, model, processor, config, log, main,
                             max_length_source)[0] if config.eval_data else None
-    return Run(model, processor, spec, dataset, eval_dataset, trainable, ceiling, config)
+    return Run(model, processor, spec, dataset, eval_dataset, trainable, ceiling, config, data.lengths, data.kinds)
 
 
 def _with_max_length(config: TrainConfig, model: nn.Module, processor: Any, main: bool) -> tuple[TrainConfig, str]:

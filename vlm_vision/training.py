@@ -113,7 +113,9 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
     scheduler = cosine_schedule(optimizer, config.max_steps, config.warmup_ratio)
     loader = micro_batch_loader(run.dataset, start=position, batch_size=config.batch_size,
                                 num_processes=accelerator.num_processes, seed=config.seed,
-                                num_workers=config.num_workers)
+                                num_workers=config.num_workers,
+                                **({"lengths": run.lengths, "modalities": run.kinds}
+                                   if config.group_by_modality_length else {}))
     # A model accelerate prepares runs its forward under autocast; the FSDP model is not prepared.
     autocast = accelerator.autocast if sharded else contextlib.nullcontext
     if sharded:  # accelerate would save the optimizer's local shards only; `save_checkpoint` gathers it

@@ -87,3 +87,63 @@ def test_llava_video_178k_records_train_and_the_model_reads_the_video(models, tm
         video = write_colour_video(tmp_path / f"held_out_{colour}.mp4", COLOURS[colour], frames=FRAMES, seed=100 + i)
         scores = [_answer_logprob(model, processor, video, f"The video is mostly {c}.") for c in names]
         assert names[scores.index(max(scores))] == colour, (colour, scores)
+
+
+def _colour_image(path: Path, rgb) -> str:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 24, 3), rgb, np.uint8)).save(path)
+    return path.name
+
+
+def _mixture(root: Path) -> Path:
+    """A YAML mixture of every accepted shape, media in separate image and video folders."""
+    names = list(COLOURS)
+    videos, texts, messages, multi = [], [], [], []
+    (root / "vids").mkdir(parents=True)
+    for i, colour in enumerate(names * 2):
+        write_colour_video(root / "vids" / f"{colour}_{i}.mp4", COLOURS[colour], frames=FRAMES, seed=i)
+        videos.append({"id": f"v{i}", "video": f"{colour}_{i}.mp4", "conversations": [  # no placeholder at all
+            {"from": "human", "value": "What colour is this video?"},
+            {"from": "gpt", "value": f"The video is mostly {colour}."}]})
+        image = _colour_image(root / "imgs" / f"{colour}_{i}.png", COLOURS[colour])
+        messages.append({"id": f"m{i}", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": "Colour?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": colour}]}]})
+        multi.append({"id": f"mi{i}", "image": [image, image], "conversations": [
+            {"from": "human", "value": "<image> and <image>: the same colour?"}, {"from": "gpt", "value": "Yes."}]})
+        texts.append({"id": f"t{i}", "conversations": [{"from": "human", "value": "Name a colour. " * (1 + i)},
+                                                        {"from": "gpt", "value": colour}]})
+    (root / "data").mkdir()
+    (root / "data" / "videos.json").write_text(json.dumps(videos))
+    (root / "data" / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in texts))
+    (root / "data" / "messages.json").write_text(json.dumps(messages))
+    (root / "data" / "multi.json").write_text(json.dumps(multi))
+    (root / "mix.yaml").write_text(
+        "datasets:\n"
+        "  - json_path: data/videos.json\n"                                        # 8
+        "  - json_path: data/text.jsonl\n    sampling_strategy: first:3\n"        # 3
+        "  - json_path: data/messages.json\n    sampling_strategy: random:50%\n"  # 4
+        "  - json_path: data/multi.json\n    sampling_strategy: end:2\n")         # 2
+    return root / "mix.yaml"
+
+
+def test_a_mixture_of_every_shape_trains_grouped_and_resumes_from_the_cached_scan(models, tmp_path, caplog):
+    import logging
+
+    data = _mixture(tmp_path)
+    common = dict(image_folder=str(tmp_path / "imgs"), video_folder=str(tmp_path / "vids"),
+                  group_by_modality_length=True, batch_size=2, max_length=200)
+    caplog.set_level(logging.INFO, logger="vlm_vision.train")
+    train(_config(models, data, tmp_path / "run", max_steps=2, save_every=2, **common))
+    kept = [r.message for r in caplog.records if "samples kept" in r.message]
+    assert kept and "17 samples kept, 0 skipped" in kept[0] and "scan computed" in kept[0]
+    assert len(list((tmp_path / "run" / "data-scan").glob("scan-*.npz"))) == 1
+    caplog.clear()
+    train(_config(models, data, tmp_path / "run", max_steps=4, resume=True, **common))
+    kept = [r.message for r in caplog.records if "samples kept" in r.message]
+    assert kept and "scan read from the cache" in kept[0]
+    assert len(_losses(tmp_path / "run")) == 4
+

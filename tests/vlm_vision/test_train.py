@@ -578,7 +578,12 @@ def test_loss_goes_down_and_the_colour_is_learned(parts, tmp_path):
     assert sum(first[-3:]) < sum(first[:3])  # stage 1 alone lowers the loss ...
     assert second[0] < first[0]  # ... stage 2 starts where stage 1 ended ...
     assert sum(second[-3:]) / 3 < 0.1 * first[0], (first, second)  # ... and goes far lower
-    model, processor = load_trained(s2)
+    assert_names_held_out_colours(s2, tmp_path)
+
+
+def assert_names_held_out_colours(final: Path, tmp_path: Path) -> None:
+    """The trained model in `final` gives the right colour's answer the highest score on unseen videos."""
+    model, processor = load_trained(final)
     names = list(COLOURS)
     for i, colour in enumerate(names):
         video = write_colour_video(tmp_path / f"held_out_{colour}.mp4", COLOURS[colour], frames=FRAMES, seed=100 + i)

@@ -151,14 +151,23 @@ def scan_key(rows: DataRows, roots: MediaRoots, tokenizer: Any, visual: VisualSp
         "image_tokens": visual.image_tokens,
         "tokens_per_frame": visual.tokens_per_frame,
         "num_frames": visual.num_frames,
-        "video_tokens": [visual.video_tokens(t) for t in _PROBE_FRAMES],
+        "video_tokens": [_probe(visual.video_tokens, t) for t in (*_PROBE_FRAMES, visual.num_frames)],
         "time_instruction": visual.time_instruction,
-        "anyres_tokens": [visual.anyres_tokens(h, w) for h, w in _PROBE_SIZES] if visual.anyres_tokens else None,
+        "anyres_tokens": ([_probe(visual.anyres_tokens, h, w) for h, w in _PROBE_SIZES]
+                          if visual.anyres_tokens else None),
         "max_length": max_length,
         "roots": [str(Path(p).resolve()) if p else None for p in (roots.media_root, roots.image_folder,
                                                                   roots.video_folder)],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _probe(count: Callable[..., int], *args: int) -> int | str:
+    """A token count for the key; a count the settings refuse (a token budget) is keyed by its message."""
+    try:
+        return count(*args)
+    except ValueError as e:
+        return f"refused: {e}"
 
 
 _POOL_STATE: dict[str, Any] = {}

@@ -192,9 +192,8 @@ class TrainConfig:
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp with mixed_precision='fp16' has no gradient scaler here; use 'bf16'")
         if self.fsdp and self.train_new_token_embeddings:
-            raise ValueError("fsdp cannot train only the new tokens' rows (the hook that keeps the other rows "
-                             "still does not survive sharding); train them without fsdp, or leave "
-                             "train_new_token_embeddings off")
+            raise ValueError("fsdp cannot train the new tokens' rows (their splice into the embeddings is "
+                             "not sharded); train them without fsdp, or leave train_new_token_embeddings off")
         if self.fsdp and self.eval_accuracy:
             raise ValueError("fsdp cannot answer eval questions during training (generation runs a different "
                              "number of forward passes on each process); run `vlm-vision eval` on `final/`")

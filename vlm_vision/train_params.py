@@ -15,40 +15,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlm_vision.new_token_rows import NewTokenRows
 from vlm_vision.train_config import TrainConfig
 
 __all__ = ["cosine_schedule", "mark_trainable", "param_groups", "print_trainable"]
 
 
-def _embedding_weights(llm: nn.Module) -> list[nn.Parameter]:
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-    weights = [base.get_input_embeddings().weight]
-    out = base.get_output_embeddings()
-    if out is not None and out.weight is not weights[0]:
-        weights.append(out.weight)
-    return weights
-
-
-def _row_mask_hook(ids: Sequence[int]):
-    # Gradients of every row but `ids` are zeroed, so AdamW (weight decay 0) never moves them.
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(grad.shape[0], 1, dtype=grad.dtype, device=grad.device)  # (V, 1)
-        mask[list(ids)] = 1
-        return grad * mask
-
-    return hook
+def _base_llm(llm: nn.Module) -> nn.Module:
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
 
 def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequence[int]) -> dict[str, int]:
     """Declare what trains, in one place; everything else is frozen.
 
     Trains: the projector (both stages); LoRA weights (stage 2); the image newline when the video
-    layout or anyres images use it; SlowFast's `faster_token` when the model has one; the rows of `new_token_ids` when `config.train_new_token_embeddings` (the
-    embedding matrices require grad, but a gradient hook keeps every other row at zero gradient).
+    layout or anyres images use it; SlowFast's `faster_token` when the model has one; the rows of `new_token_ids` when `config.train_new_token_embeddings`: a `NewTokenRows`
+    at `model.new_token_rows` (float[K, D] per embedding matrix, spliced in by forward hooks; the
+    matrices stay frozen, so AdamW keeps state for K rows, not the whole vocabulary).
 
     Returns:
         {parameter name: number of elements} of the trainable parameters.
     """
+    old = getattr(model, "new_token_rows", None)
+    if old is not None:  # marking again: unhook the previous rows
+        old.remove()
+        model.new_token_rows = None
     model.requires_grad_(False)
     model.projector.requires_grad_(True)
     if config.uses_newline:
@@ -60,9 +51,7 @@ def mark_trainable(model: nn.Module, config: TrainConfig, new_token_ids: Sequenc
             if "lora_" in name:
                 param.requires_grad_(True)
     if config.train_new_token_embeddings and new_token_ids:
-        for weight in _embedding_weights(model.llm):
-            weight.requires_grad_(True)
-            weight.register_hook(_row_mask_hook(new_token_ids))
+        model.new_token_rows = NewTokenRows(_base_llm(model.llm), new_token_ids)  # requires grad
     return {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -71,7 +60,7 @@ def _group_of(name: str) -> str:
         return "projector"
     if "lora_" in name:
         return "lora"
-    if "embed" in name or "lm_head" in name:
+    if name.startswith("new_token_rows."):
         return "new_token_rows"
     raise ValueError(f"trainable parameter {name!r} belongs to no optimizer group (projector, lora, token rows)")
 

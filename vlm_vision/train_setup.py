@@ -293,8 +293,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
         model.llm = get_peft_model(model.llm, lora)
     trainable = mark_trainable(model, config, spec.new_token_ids)
     if config.mixed_precision != "no":
-        # Under autocast every trainable tensor is float32 (the new token rows' embedding matrices
-        # too): fp16 gradients of fp16 weights cannot be unscaled, and bf16 weights round small updates away.
+        # Under autocast every trainable tensor is float32 (the new token rows too): fp16 gradients of fp16 weights cannot be unscaled, and bf16 weights round small updates away.
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()

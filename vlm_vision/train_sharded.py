@@ -93,7 +93,7 @@ def frozen_parts(model: nn.Module, spec: Any) -> FrozenParts:
                if name in params and not params[name].requires_grad}
     llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     rows = None
-    if spec.new_token_ids and not llm.get_input_embeddings().weight.requires_grad:
+    if spec.new_token_ids and getattr(model, "new_token_rows", None) is None:
         rows = token_rows(llm, spec.new_token_ids)
     return FrozenParts(tensors, rows)
 

@@ -241,7 +241,8 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
             model whose own parameters are sharded (`vlm_vision.train_sharded.whole_state`);
             default: the model's parameters.
         rows: the added tokens' rows (`token_rows`), when the embeddings are sharded and do not
-            train; default: read from `state`'s (or the model's) embeddings.
+            train; default: the trained rows (`model.new_token_rows`, from `state` when given), else
+            read from the model's embeddings.
     """
     from projector import save_projector
 
@@ -259,7 +260,10 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
         adapter = {k[len("llm."):]: v for k, v in tensors.items() if k.startswith("llm.") and "lora_" in k}
         llm.save_pretrained(str(folder), save_embedding_layers=False, state_dict=adapter)
     if spec.new_token_ids:
-        if rows is None:
+        trained_rows = getattr(model, "new_token_rows", None)
+        if rows is None and trained_rows is not None:  # the rows trained (`NewTokenRows`)
+            rows = trained_rows.saved(tensors["new_token_rows.input"], tensors.get("new_token_rows.output"))
+        elif rows is None:
             names = {id(p): n for n, p in model.named_parameters()}
             base = llm.get_base_model() if spec.lora is not None else llm
             rows = token_rows(base, spec.new_token_ids, lambda weight: tensors[names[id(weight)]])
@@ -345,7 +349,10 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
             model.faster_token.copy_(load_file(str(folder / FASTER_FILE))["faster_token"])
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     if spec.new_token_ids:
-        set_token_rows(base, load_file(str(folder / NEW_TOKENS_FILE)))
+        rows = load_file(str(folder / NEW_TOKENS_FILE))
+        set_token_rows(base, rows)
+        if getattr(model, "new_token_rows", None) is not None:  # training them (resuming a run)
+            model.new_token_rows.load(rows)
     if spec.lora is not None:
         from peft import PeftModel, set_peft_model_state_dict
         from safetensors.torch import load_file as read

@@ -204,11 +204,12 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rows", [False, True], ids=["", "new-token-rows"])
+def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch, rows):
     train_module = importlib.import_module("vlm_vision.training")
 
     straight = tmp_path / "straight"
-    train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3))
+    train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3, train_new_token_embeddings=rows))
 
     # The same run, killed right after writing checkpoint-3 ...
     resumed = tmp_path / "resumed"
@@ -220,17 +221,22 @@ def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
-        train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3))
+        train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3, train_new_token_embeddings=rows))
     monkeypatch.setattr(train_module, "save_checkpoint", original)
     # ... (a log line written after the checkpoint must not survive the resume) ...
     with (resumed / "log.jsonl").open("a") as f:
         f.write(json.dumps({"step": 4, "loss": 123.0, "lr": 0.0}) + "\n")
     # ... and resumed.
-    train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3, resume=True))
+    train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3, resume=True,
+                 train_new_token_embeddings=rows))
     assert [e["step"] for e in _log(resumed) if "loss" in e] == [1, 2, 3, 4, 5, 6]
     assert losses(resumed) == losses(straight)
     a, b = load_file(straight / "final/adapter_model.safetensors"), load_file(resumed / "final/adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_file(straight / "final/new_tokens.safetensors"), load_file(resumed / "final/new_tokens.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(resumed / "checkpoint-3/new_tokens.safetensors")
+    assert torch.equal(start["output"], b["output"]) != rows  # trained rows moved after the resume
 
 
 def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(parts, tmp_path):

@@ -123,7 +123,41 @@ def test_fp16_weights_with_fp16_autocast_train_float32_parameters(tmp_path):
                             mixed_precision="fp16", train_new_token_embeddings=True, progress=False),
                 RunLog(out, enabled=False), main=True)
     trainable = {n: p.dtype for n, p in run.model.named_parameters() if p.requires_grad}
-    assert any("embed" in n for n in trainable) and any("lora_" in n for n in trainable)
+    assert "new_token_rows.input" in trainable and any("lora_" in n for n in trainable)
     assert set(trainable.values()) == {torch.float32}, trainable
     frozen = {p.dtype for n, p in run.model.llm.named_parameters() if not p.requires_grad}
     assert frozen == {torch.float16}
+
+
+def test_adamw_keeps_state_only_for_the_new_token_rows(tmp_path):
+    """With new token rows training, AdamW's state holds K x D per embedding matrix, not V x D."""
+    from vlm_vision.train_loss import labelled_loss, model_inputs
+    from vlm_vision.train_log import RunLog
+    from vlm_vision.train_params import param_groups
+    from vlm_vision.train_setup import setup
+
+    parts = write_parts(tmp_path, context=8192)
+    out = tmp_path / "run"
+    out.mkdir()
+    config = TrainConfig(**parts, output_dir=str(out), num_frames=4, train_new_token_embeddings=True, progress=False)
+    run = setup(config, RunLog(out, enabled=False), main=True)
+    model = run.model
+    llm = model.llm
+    vocab, width = llm.get_input_embeddings().weight.shape
+    k = len(run.spec.new_token_ids)
+    assert k == 2 and not llm.get_input_embeddings().weight.requires_grad
+    assert not llm.get_output_embeddings().weight.requires_grad
+    before = {n: p.detach().clone() for n, p in llm.named_parameters()}
+    optimizer = torch.optim.AdamW(param_groups(model, run.config), betas=(0.9, 0.999))
+    batch = model_inputs([run.dataset[0]], run.processor.tokenizer.pad_token_id, model.tower,
+                         stride_for=model.video_layout.stride_for)
+    labelled_loss(model, batch, reduction="sum").backward()
+    optimizer.step()
+    rows = [p for g in optimizer.param_groups if g["name"] == "new_token_rows" for p in g["params"]]
+    assert [tuple(p.shape) for p in rows] == [(k, width), (k, width)]
+    others = sum(p.numel() for g in optimizer.param_groups if g["name"] != "new_token_rows" for p in g["params"])
+    state = sum(s["exp_avg"].numel() for s in optimizer.state.values())
+    assert state == others + 2 * k * width < others + vocab * width, (state, others, vocab, width)
+    assert sum(s["exp_avg_sq"].numel() for s in optimizer.state.values()) == state
+    assert model.new_token_rows.output.grad.abs().sum() > 0  # the output rows did get a gradient
+    assert all(torch.equal(p, before[n]) for n, p in llm.named_parameters())  # the matrices never move

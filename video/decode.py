@@ -274,7 +274,9 @@ class _Session:
         return VideoDecodeError(self.path, f"{kind}: {message}")
 
     def open(self, backend: Backend) -> dict:
-        reply = self.worker.request(("open", self.path, backend), self.timeout)
+        # The worker outlives the caller's working directory (a chdir after it started), so it gets
+        # the absolute path; errors keep the path as the caller spelled it.
+        reply = self.worker.request(("open", os.path.abspath(self.path), backend), self.timeout)
         if reply[0] != "meta":
             raise self.error(reply)
         return reply[1]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.vlm_vision.train_fixtures import COLOURS, QUESTION, write_colour_video, write_llm_folder, write_tower_folder
+from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import TrainConfig, train
 from vlm_vision.train_loss import step_loss_scale
 
@@ -25,19 +25,8 @@ FRAMES = 4
 
 def write_uneven_dataset(root: Path, n: int = 8) -> Path:
     """`n` colour videos whose answers run from 3 to ~60 tokens, so a per-micro-batch mean would differ."""
-    (root / "videos").mkdir(parents=True, exist_ok=True)
-    names = list(COLOURS)
-    lines = []
-    for i in range(n):
-        colour = names[i % len(names)]
-        rel = f"videos/{colour}_{i}.mp4"
-        write_colour_video(root / rel, COLOURS[colour], frames=FRAMES, seed=i)
-        answer = f"{colour}." if i % 2 else " ".join([f"The video is mostly {colour}."] * (1 + i))
-        lines.append({"id": f"s{i}", "video": rel, "conversations": [{"from": "human", "value": QUESTION},
-                                                                     {"from": "gpt", "value": answer}]})
-    path = root / "train.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
+    return write_colour_dataset(root, n, frames=FRAMES, answer=lambda i, colour: (
+        f"{colour}." if i % 2 else " ".join([f"The video is mostly {colour}."] * (1 + i))))
 
 
 @pytest.fixture(scope="module")

@@ -83,8 +83,15 @@ def write_colour_video(path: Path, rgb: tuple[int, int, int], frames: int = 4, s
     return path
 
 
-def write_colour_dataset(root: Path, n: int = 8, frames: int = 4, name: str = "train.jsonl") -> Path:
-    """`n` one-colour videos under root/videos and a JSONL of 'what colour?' conversations."""
+def mostly(index: int, colour: str) -> str:
+    """The answer the colour task trains on."""
+    return f"The video is mostly {colour}."
+
+
+def write_colour_dataset(root: Path, n: int = 8, frames: int = 4, name: str = "train.jsonl",
+                         answer=mostly) -> Path:
+    """`n` one-colour videos under root/videos and a JSONL of 'what colour?' conversations whose
+    answers are `answer(index, colour)`."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
     names = list(COLOURS)
     lines = []
@@ -95,7 +102,7 @@ def write_colour_dataset(root: Path, n: int = 8, frames: int = 4, name: str = "t
             write_colour_video(root / rel, COLOURS[colour], frames=frames, seed=i)
         lines.append({"id": f"s{i}", "video": rel,
                       "conversations": [{"from": "human", "value": QUESTION},
-                                        {"from": "gpt", "value": f"The video is mostly {colour}."}]})
+                                        {"from": "gpt", "value": answer(i, colour)}]})
     path = root / name
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path

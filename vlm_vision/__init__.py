@@ -2,14 +2,13 @@
 
 The names below are the public API (everything else is private). They are imported on first use,
 so that `import vlm_vision` (and `vlm-vision --help`) does not pay for torch and transformers until
-something needs them.
+something needs them. No submodule shares a public name (the loss `clip_loss` lives in `contrastive`,
+the loop `train` in `training`), so importing a submodule never hides a public function.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
@@ -27,9 +26,9 @@ _EXPORTS: dict[str, str] = {
     "vision_config": "vlm_vision.configs",
     "VisionLanguageModel": "vlm_vision.fusion",
     "VisionLanguageProcessor": "vlm_vision.processor",
-    "LogitScale": "vlm_vision.clip_loss",
+    "LogitScale": "vlm_vision.contrastive",
     "ZeroShotClassifier": "vlm_vision.zero_shot",
-    "clip_loss": "vlm_vision.clip_loss",
+    "clip_loss": "vlm_vision.contrastive",
     "TrainConfig": "vlm_vision.train_config",
     "train": "vlm_vision.training",
     "load_trained": "vlm_vision.trained",
@@ -55,20 +54,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(types.ModuleType):
-    """`clip_loss` is a function named like the submodule that defines it. Importing
-    a submodule sets it as an attribute of its package; here that would hide the function, so a
-    public name is never overwritten by a submodule."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from vlm_vision.anyres import (  # noqa: F401
         DEFAULT_PINPOINTS,
@@ -83,7 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.tower import CLIPVisionTower  # noqa: F401
     from vlm_vision.fusion import VisionLanguageModel  # noqa: F401
     from vlm_vision.processor import VisionLanguageProcessor  # noqa: F401
-    from vlm_vision.clip_loss import LogitScale, clip_loss  # noqa: F401
+    from vlm_vision.contrastive import LogitScale, clip_loss  # noqa: F401
     from vlm_vision.zero_shot import ZeroShotClassifier  # noqa: F401
     from vlm_vision.train_config import TrainConfig  # noqa: F401
     from vlm_vision.training import train  # noqa: F401

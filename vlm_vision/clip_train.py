@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from video.decode import VideoDecodeError, load_video
-from vlm_vision.clip_loss import LogitScale, clip_loss
+from vlm_vision.contrastive import LogitScale, clip_loss
 from vlm_vision.train_params import cosine_schedule
 from vlm_vision.train_runtime import release_accelerator_state
 from vlm_vision.transforms import CLIPImageTransform

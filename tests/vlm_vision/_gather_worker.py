@@ -1,6 +1,6 @@
-"""The body of each process in test_clip_loss's two-process test.
+"""The body of each process in test_contrastive's two-process test.
 
-It loads `vlm_vision/clip_loss.py` by its path rather than through the package: `import vlm_vision`
+It loads `vlm_vision/contrastive.py` by its path rather than through the package: `import vlm_vision`
 pulls in transformers and the whole model stack, seconds per spawned process, and the loss needs
 only torch. The code under test is the same file.
 """
@@ -12,7 +12,7 @@ import pathlib
 import torch
 import torch.distributed as dist
 
-_CLIP_LOSS = pathlib.Path(__file__).resolve().parents[2] / "vlm_vision" / "clip_loss.py"
+_CLIP_LOSS = pathlib.Path(__file__).resolve().parents[2] / "vlm_vision" / "contrastive.py"
 
 
 def _load_clip_loss():

@@ -4,6 +4,7 @@ defines; `import vlm_vision` and `vlm-vision --help` import neither torch nor tr
 from __future__ import annotations
 
 import importlib
+import pathlib
 import subprocess
 import sys
 import types
@@ -38,10 +39,10 @@ def test_every_public_name_is_its_module_object(name):
 
 
 def test_functions_named_like_their_modules_stay_functions():
-    # Importing vlm_vision.clip_loss sets the submodule on the package; the public functions of the
-    # same names must win, in a fresh interpreter where nothing was resolved yet. (The training loop
-    # lives in vlm_vision.training, so no module is named train.)
-    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.clip_loss, vlm_vision.training\n"
+    # Importing a submodule sets it as an attribute of the package; no submodule is named like a
+    # public function (the loss lives in vlm_vision.contrastive, the loop in vlm_vision.training), so
+    # the functions stay functions in a fresh interpreter where nothing was resolved yet.
+    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.contrastive, vlm_vision.training\n"
             "import vlm_vision\n"
             "from vlm_vision import train, clip_loss\n"
             "print(type(train).__name__, type(clip_loss).__name__, type(vlm_vision.train).__name__)")
@@ -54,3 +55,11 @@ def test_unknown_name_is_an_attribute_error():
     with pytest.raises(ImportError):
         exec("from vlm_vision import CLIPVisionTowr", {})
     assert set(vlm_vision.__all__) <= set(dir(vlm_vision))
+
+
+@pytest.mark.parametrize("package", ["vlm_vision", "projector", "video"])
+def test_no_module_is_named_like_a_public_name(package):
+    # A submodule named like a public function would replace it on the package once imported.
+    root = importlib.import_module(package)
+    modules = {path.stem for path in pathlib.Path(root.__file__).parent.glob("*.py")}
+    assert not modules & set(root.__all__), f"{package}: modules named like public names: {modules & set(root.__all__)}"

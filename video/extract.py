@@ -12,8 +12,8 @@ preprocessed there by the tower's own `image_transform`.
 
 A `.safetensors` file holds one tensor, `tokens`, and the clip's metadata as safetensors' string
 metadata (JSON-encoded values), so any safetensors reader sees both. Files are written to a
-temporary name in the same folder and renamed into place: a reader, or a resumed extraction, never
-sees half a file.
+temporary name in the same folder and renamed into place (`video.atomic_files`): a reader, or a
+resumed extraction, never sees half a file.
 
 Shapes: T frames, H/W pixels, S tower input side, N patch tokens per frame, N' pooled tokens per
 frame, D tower width.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from video.atomic_files import write_atomic
 from video.decode import VideoClip, load_video
 from video.pooling import POOL_MODES, spatial_pool
 
@@ -259,49 +259,6 @@ def save_video_tokens(tokens: VideoTokens, path: str | os.PathLike, *, extra: di
     data = safetensors_bytes({"tokens": tokens.tokens.detach().contiguous().cpu()}, metadata=meta)
     write_atomic(path, data)
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`.
-
-    The temporary file is `.<name>.<pid>.<random>.tmp`: unique per process and write, and its
-    writer's pid tells a later clean-up whether the writer may still be alive.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-TMP_SUFFIX = ".tmp"
-
-
-def temporary_files(path: Path, *, stale_only: bool = False) -> list[Path]:
-    """Temporary files of `write_atomic(path, ...)`; with `stale_only`, only those whose writer
-    is not a live process on this machine (left by an interrupted run; safe to remove)."""
-    found = sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
-    return [p for p in found if not _writer_alive(p, path.name)] if stale_only else found
-
-
-def _writer_alive(temporary: Path, name: str) -> bool:
-    """True when the pid in `.<name>.<pid>.<random>.tmp` is another live process."""
-    pid = temporary.name[len(name) + 2:].split(".", 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

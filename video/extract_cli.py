@@ -44,7 +44,8 @@ import torch
 
 from video.budget import VideoLayout, sampled_frame_count
 from video.contact_sheet import contact_sheet, contact_sheet_png
-from video.extract import check_pooling, encode_pixels, save_video_tokens, temporary_files, tokens_for_clip, write_atomic
+from video.atomic_files import temporary_files, write_atomic
+from video.extract import check_pooling, encode_pixels, save_video_tokens, tokens_for_clip
 from video.extract_plan import VIDEO_EXTENSIONS, Decision, clashes, decide, find_inputs, output_name
 from video.extract_report import (Outcome, append_line, manifest_path, merge_rank_manifests, plural, print_summary,
                                   record)

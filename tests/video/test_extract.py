@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from video import VideoTokens, extract_video_tokens, load_video, load_video_tokens, save_video_tokens, spatial_pool
-from video.extract import read_metadata, temporary_files, write_atomic
+from video.extract import read_metadata
 from vlm_vision import CLIPVisionTower
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
@@ -119,20 +119,6 @@ def test_loading_a_foreign_safetensors_file_is_an_error(tmp_path):
     save_file({"tokens": torch.zeros(2, 4, 8)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a video-tokens file"):
         load_video_tokens(tmp_path / "other.safetensors")
-
-
-def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    target = tmp_path / "out.safetensors"
-    target.write_bytes(b"old")
-
-    def fail(src, dst):
-        raise KeyboardInterrupt  # as if the process were stopped between writing and renaming
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, b"new contents")
-    assert target.read_bytes() == b"old"
-    assert temporary_files(target) == []
 
 
 def test_video_tokens_is_exported():

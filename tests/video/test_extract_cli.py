@@ -574,19 +574,6 @@ def test_ctrl_c_stops_at_once_with_nothing_half_written(capsys, tmp_path, tiny_m
     assert [r["status"] for r in manifest(out)] == ["ok"]
 
 
-def test_temporary_files_of_a_live_writer_are_not_stale(tmp_path):
-    from video.extract import temporary_files
-
-    target = tmp_path / "x.safetensors"
-    live = tmp_path / f".x.safetensors.{os.getppid()}.abc.tmp"  # our parent: alive
-    dead = tmp_path / ".x.safetensors.999999999.def.tmp"
-    old = tmp_path / ".x.safetensors.ghi.tmp"  # a name from before pids were in it
-    for p in (live, dead, old):
-        p.write_bytes(b"")
-    assert temporary_files(target) == sorted([live, dead, old])
-    assert temporary_files(target, stale_only=True) == sorted([dead, old])
-
-
 def test_two_runs_into_one_folder(tmp_path, tiny_model):
     """A second run into a folder in use stops at once, naming the first; a dead run's lock is taken over."""
     folder = tmp_path / "many"

@@ -54,9 +54,13 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from projector import build_projector, load_projector
 from vlm_vision.anyres import CONVENTIONS, anyres_num_tokens, encode_anyres_images
+from vlm_vision.interchange import save_transformers, transformers_parts
+from vlm_vision.llava_checkpoint import llava_checkpoint_parts
+from vlm_vision.model_parts import ModelParts
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.video_tokens import VIDEO_NEWLINES, add_video_newlines, arrange_video_tokens, pool_video
 
@@ -530,8 +534,6 @@ class VisionLanguageModel(nn.Module):
             dtype, device: where the assembled model lives.
         """
         if not isinstance(llm, nn.Module):
-            from transformers import AutoModelForCausalLM
-
             llm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
         if not isinstance(tower, CLIPVisionTower):
             tower = CLIPVisionTower.from_pretrained(tower, select_layer=select_layer, select_feature=select_feature)
@@ -546,52 +548,43 @@ class VisionLanguageModel(nn.Module):
         return model.to(device=device, dtype=dtype)
 
     @classmethod
+    def from_parts(cls, parts: ModelParts) -> "VisionLanguageModel":
+        """Assemble the parts a converter read (`vlm_vision.interchange`, `vlm_vision.llava_checkpoint`)."""
+        return cls(parts.tower, parts.projector, parts.llm, **parts.settings)
+
+    @classmethod
     def from_llava_next_video(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
         """Convert a transformers `LlavaNextVideoForConditionalGeneration` (object or folder); see
-        `vlm_vision.interchange.from_transformers`."""
-        from vlm_vision.interchange import from_transformers
-
-        return from_transformers(model_or_path, kind="llava_next_video", dtype=dtype)
+        `vlm_vision.interchange.transformers_parts`."""
+        return cls.from_parts(transformers_parts(model_or_path, kind="llava_next_video", dtype=dtype))
 
     @classmethod
     def from_llava(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
         """Convert a transformers `LlavaForConditionalGeneration` (LLaVA-1.5; object or folder)."""
-        from vlm_vision.interchange import from_transformers
-
-        return from_transformers(model_or_path, kind="llava", dtype=dtype)
+        return cls.from_parts(transformers_parts(model_or_path, kind="llava", dtype=dtype))
 
     @classmethod
     def from_llava_next(cls, model_or_path: Any, *, dtype: torch.dtype | None = None) -> "VisionLanguageModel":
         """Convert a transformers `LlavaNextForConditionalGeneration` (LLaVA-NeXT anyres images; object
         or folder)."""
-        from vlm_vision.interchange import from_transformers
-
-        return from_transformers(model_or_path, kind="llava_next", dtype=dtype)
+        return cls.from_parts(transformers_parts(model_or_path, kind="llava_next", dtype=dtype))
 
     @classmethod
     def from_llava_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> "VisionLanguageModel":
         """Read an original LLaVA / LLaVA-NeXT(-Video) checkpoint folder; see
-        `vlm_vision.interchange.from_llava_checkpoint` for the arguments."""
-        from vlm_vision.interchange import from_llava_checkpoint
-
-        return from_llava_checkpoint(path, **kwargs)
+        `vlm_vision.llava_checkpoint.llava_checkpoint_parts` for the arguments."""
+        return cls.from_parts(llava_checkpoint_parts(path, **kwargs))
 
     def save_llava_next_video(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Write a folder `LlavaNextVideoForConditionalGeneration.from_pretrained` loads."""
-        from vlm_vision.interchange import save_transformers
-
         save_transformers(self, path, kind="llava_next_video", **kwargs)
 
     def save_llava(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Write a folder `LlavaForConditionalGeneration.from_pretrained` loads (images only)."""
-        from vlm_vision.interchange import save_transformers
-
         save_transformers(self, path, kind="llava", **kwargs)
 
     def save_llava_next(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Write a folder `LlavaNextForConditionalGeneration.from_pretrained` loads (anyres images)."""
-        from vlm_vision.interchange import save_transformers
-
         save_transformers(self, path, kind="llava_next", **kwargs)
 
     # ----- checks -------------------------------------------------------------------------------

@@ -1,18 +1,13 @@
-"""Interchange with transformers' LLaVA classes and with original LLaVA checkpoints.
+"""Interchange with transformers' LLaVA classes.
 
-Three places hold the same model under different names:
-
-- transformers' `LlavaNextVideoForConditionalGeneration` / `LlavaNextForConditionalGeneration` /
-  `LlavaForConditionalGeneration`. In
-  memory (5.x): `model.vision_tower.*`, `model.multi_modal_projector.linear_{1,2}.*`,
-  `model.image_newline`, `model.language_model.*` (the decoder without its head) and `lm_head.weight`.
-  On disk, 4.x wrote `vision_tower.vision_model.*`, `language_model.model.*` and
-  `language_model.lm_head.weight`; 5.x writes the same but drops `vision_model.` from the tower.
-- LLaVA's own checkpoints: the LLM's keys as they are (`model.layers.*`, `lm_head.weight`),
-  `model.mm_projector.{0,2}.*`, the tower (when saved at all) under
-  `model.vision_tower.vision_tower.vision_model.*`, and the settings as `mm_*` config keys.
-- ours: `tower` (fused q/k/v, only the blocks up to the feature layer), `projector` (LLaVA's
-  Sequential indices), `llm` (a transformers causal LM), `image_newline`.
+transformers holds our model under other names: `LlavaNextVideoForConditionalGeneration` /
+`LlavaNextForConditionalGeneration` / `LlavaForConditionalGeneration`. In memory (5.x):
+`model.vision_tower.*`, `model.multi_modal_projector.linear_{1,2}.*`, `model.image_newline`,
+`model.language_model.*` (the decoder without its head) and `lm_head.weight`. On disk, 4.x wrote
+`vision_tower.vision_model.*`, `language_model.model.*` and `language_model.lm_head.weight`; 5.x
+writes the same but drops `vision_model.` from the tower. Ours: `tower` (fused q/k/v, only the
+blocks up to the feature layer), `projector` (LLaVA's Sequential indices), `llm` (a transformers
+causal LM), `image_newline`. (LLaVA's own checkpoint layout is `vlm_vision.llava_checkpoint`.)
 
 Every conversion is a key map plus asserts: each source key lands in exactly one part or the
 conversion fails naming it, and shapes are checked on load.
@@ -20,7 +15,7 @@ conversion fails naming it, and shapes are checked on load.
 Converting from a transformers object shares the LLM's tensors (no copy of the billions of LLM
 weights); the tower is rebuilt (q/k/v fused) and the projector copied. Folders are loaded with
 transformers' own `from_pretrained` (it reads both the 4.x and 5.x layouts and sharded files),
-then converted.
+then converted. The result is a `ModelParts`, which `VisionLanguageModel.from_llava*` assemble.
 
 Saving writes the layout that loads in both 4.x and 5.x (`vision_tower.vision_model.*`,
 `language_model.*`). Our tower keeps only the blocks up to its feature layer, so the saved vision
@@ -32,24 +27,29 @@ identity LayerNorm so the folder loads without missing keys.)
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers
+from huggingface_hub import save_torch_state_dict
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from projector import build_projector, load_projector
 from projector.builders import projector_kind
 from vlm_vision.checkpoints import hf_to_tower
-from vlm_vision.fusion import VisionLanguageModel
+from vlm_vision.model_parts import ModelParts
 from vlm_vision.tower import CLIPVisionTower
+from vlm_vision.transforms import CLIPImageTransform
 
-__all__ = ["from_llava_checkpoint", "from_transformers", "save_transformers", "split_transformers_keys",
-           "tower_to_hf"]
+if TYPE_CHECKING:  # the model class imports this module; only its type is named here
+    from vlm_vision.fusion import VisionLanguageModel
+
+__all__ = ["save_transformers", "split_transformers_keys", "tower_to_hf", "transformers_parts"]
 
 # kind -> (transformers config class, model class)
 KINDS = {
@@ -186,8 +186,6 @@ def _assign(module: nn.Module, tensors: Mapping[str, torch.Tensor], *, source: s
 def _transformers_class(kind: str, which: int) -> Any:
     if kind not in KINDS:
         raise ValueError(f"unknown transformers LLaVA kind {kind!r}; choose from {sorted(KINDS)}")
-    import transformers
-
     return getattr(transformers, KINDS[kind][which])
 
 
@@ -221,8 +219,8 @@ def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
 
 
-def from_transformers(model_or_path: Any, *, kind: str, dtype: torch.dtype | None = None) -> VisionLanguageModel:
-    """Convert a transformers LLaVA model (object or folder) into a `VisionLanguageModel`.
+def transformers_parts(model_or_path: Any, *, kind: str, dtype: torch.dtype | None = None) -> ModelParts:
+    """Convert a transformers LLaVA model (object or folder) into the parts of a `VisionLanguageModel`.
 
     Args:
         model_or_path: a `LlavaNextVideoForConditionalGeneration` / `LlavaForConditionalGeneration`,
@@ -232,14 +230,12 @@ def from_transformers(model_or_path: Any, *, kind: str, dtype: torch.dtype | Non
         dtype: for a folder, the dtype to load in (the saved one when None).
 
     Returns:
-        The model, sharing the LLM's tensors with the source object.
+        The parts, the LLM sharing its tensors with the source object.
 
     Raises:
         ValueError: for settings we do not reproduce (several feature layers, conv pooling, a
             non-GELU projector) or a key that belongs to no part.
     """
-    from transformers import AutoModelForCausalLM
-
     model_class = _transformers_class(kind, 1)
     source = str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else type(model_or_path).__name__
     hf = model_class.from_pretrained(model_or_path, dtype=dtype) if isinstance(model_or_path, (str, os.PathLike)) \
@@ -266,8 +262,8 @@ def from_transformers(model_or_path: Any, *, kind: str, dtype: torch.dtype | Non
     load_projector(projector, parts["projector"])
     proj_weight = parts["projector"]["multi_modal_projector.linear_1.weight"]
     projector.to(device=proj_weight.device, dtype=proj_weight.dtype)
-    newline = parts["newline"].get("image_newline")
-    return VisionLanguageModel(tower, projector, llm, image_newline=newline, **settings)
+    settings["image_newline"] = parts["newline"].get("image_newline")
+    return ModelParts(tower, projector, llm, settings)
 
 
 def _transform_for(model_or_path: Any) -> Any:
@@ -275,8 +271,6 @@ def _transform_for(model_or_path: Any) -> Any:
     if isinstance(model_or_path, (str, os.PathLike)):
         config = Path(model_or_path) / "preprocessor_config.json"
         if config.is_file():
-            from vlm_vision.transforms import CLIPImageTransform
-
             return CLIPImageTransform.from_processor_config(config)
     return None
 
@@ -355,8 +349,6 @@ def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, ki
         ValueError: for a model transformers' classes cannot express (projector kind, video
             newlines, pool mode, missing token ids).
     """
-    from huggingface_hub import save_torch_state_dict
-
     _check_saveable(model, kind)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -381,170 +373,3 @@ def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, ki
     config.save_pretrained(path)
     model.llm.generation_config.save_pretrained(path)
     return path
-
-
-# ----- original LLaVA checkpoints -----------------------------------------------------------------------
-
-# model_type in LLaVA's config.json -> transformers causal LM class
-LLAVA_LLM_CLASSES = {
-    "llava": "LlamaForCausalLM",
-    "llava_llama": "LlamaForCausalLM",
-    "llava_mistral": "MistralForCausalLM",
-    "llava_mixtral": "MixtralForCausalLM",
-    "llava_qwen": "Qwen2ForCausalLM",
-}
-# LLaVA's own fallbacks for keys a config may omit (`ModelArguments` / `builder.py`), in one place.
-LLAVA_DEFAULTS = {"mm_vision_select_feature": "patch", "mm_projector_type": "linear"}
-
-
-def read_checkpoint_tensors(folder: str | os.PathLike, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint folder whose names pass `keep`, from every shard.
-
-    Reads `model.safetensors`, `pytorch_model.bin`, or the shards their `.index.json` lists;
-    safetensors are read key by key (only the kept tensors are loaded), torch files weights-only.
-
-    Raises:
-        FileNotFoundError: when the folder has no weights file.
-    """
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            break
-        if (folder / name).is_file():
-            files = [name]
-            break
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors, pytorch_model.bin or their index")
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.endswith(".safetensors"):
-            with safe_open(folder / file, framework="pt") as f:
-                out |= {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-        else:
-            out |= {k: v for k, v in torch.load(folder / file, map_location="cpu", weights_only=True).items() if keep(k)}
-    return out
-
-
-def _llm_from_llava_config(config: dict[str, Any], llm_class: Any) -> tuple[Any, Any]:
-    import transformers
-
-    model_type = config.get("model_type")
-    if llm_class is None:
-        if model_type not in LLAVA_LLM_CLASSES:
-            raise ValueError(f"unknown LLaVA model_type {model_type!r}; pass llm_class= (known: {sorted(LLAVA_LLM_CLASSES)})")
-        llm_class = getattr(transformers, LLAVA_LLM_CLASSES[model_type])
-    fields = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in ("model_type", "architectures")}
-    return llm_class, llm_class.config_class.from_dict(fields)
-
-
-def _vision_config_for(config: dict[str, Any], vision_config: Any) -> Any:
-    if vision_config is not None:
-        return vision_config
-    from vlm_vision.configs import HUB_IDS, vision_config as named_config
-
-    names = {hub: name for name, hub in HUB_IDS.items()}
-    hub_id = config.get("mm_vision_tower")
-    if hub_id not in names:
-        raise ValueError(f"cannot tell the tower's architecture from mm_vision_tower={hub_id!r}; "
-                         f"pass vision_config= (a CLIPVisionConfig) or tower=")
-    return named_config(names[hub_id])
-
-
-def _video_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """Pooling and newline settings the checkpoint's config states (the rest keep our defaults)."""
-    if config.get("mm_pooling_position", "before") != "before":
-        raise ValueError(f"mm_pooling_position={config['mm_pooling_position']!r}: only pooling before the "
-                         f"projector (NeXT-Video v1, transformers) is supported")
-    settings = {}
-    if "mm_spatial_pool_stride" in config and config["mm_spatial_pool_stride"] is not None:
-        settings["pool_stride"] = int(config["mm_spatial_pool_stride"])
-    if "mm_spatial_pool_mode" in config and config["mm_spatial_pool_mode"] is not None:
-        settings["pool_mode"] = config["mm_spatial_pool_mode"]
-    if str(config.get("mm_patch_merge_type", "")).startswith("spatial") and "mm_newline_position" in config:
-        settings["video_newline"] = config["mm_newline_position"]
-    return settings
-
-
-def _anyres_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """LLaVA-NeXT image tiling from `image_aspect_ratio='anyres'`, read in LLaVA's own convention."""
-    aspect = config.get("image_aspect_ratio")
-    if not (isinstance(aspect, str) and aspect.startswith("anyres")):
-        return {}
-    merge = config.get("mm_patch_merge_type", "flat")
-    if aspect != "anyres" or merge != "spatial_unpad":
-        raise ValueError(f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r}: only 'anyres' with "
-                         f"'spatial_unpad' (LLaVA-NeXT 1.6, NeXT-Video) is supported")
-    pinpoints = config.get("image_grid_pinpoints")
-    if not isinstance(pinpoints, list) or not all(isinstance(p, list) and len(p) == 2 for p in pinpoints):
-        raise ValueError(f"image_grid_pinpoints={pinpoints!r}: expected a list of [width, height] pairs "
-                         f"(the '(1x1),...,(6x6)' range form is not supported)")
-    return {"image_grid_pinpoints": pinpoints, "anyres_convention": "llava"}
-
-
-def from_llava_checkpoint(path: str | os.PathLike, *, image_token_id: int | None, video_token_id: int | None,
-                          tower: str | os.PathLike | CLIPVisionTower | None = None, vision_config: Any = None,
-                          llm_class: Any = None, dtype: torch.dtype | None = None,
-                          **overrides: Any) -> VisionLanguageModel:
-    """Read an original LLaVA / LLaVA-NeXT-Video checkpoint folder (LLaVA's own layout, not transformers').
-
-    The LLM is loaded by transformers from the same folder (it reads `model.layers.*`, `lm_head` and
-    skips the rest); projector and tower weights are read from the shards by name. Settings come
-    from the config's `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_projector_type`,
-    `mm_hidden_size`, `mm_spatial_pool_stride`, `mm_spatial_pool_mode` (and `mm_newline_position`
-    for `spatial*` merge types), and anyres image tiling from `image_aspect_ratio='anyres'` with
-    `image_grid_pinpoints` (in LLaVA's convention, `anyres_convention='llava'`); `overrides` (e.g. `pool_stride=2`) win over them, as LLaVA's demo
-    overrides the config.
-
-    Args:
-        image_token_id, video_token_id: placeholder ids. LLaVA's tokenizers have no placeholder
-            tokens (LLaVA splices at id -200), so add them with `VisionLanguageProcessor` first,
-            pass its ids here, and then call `processor.resize_embeddings(model)`.
-        tower: the tower (or its path) when the checkpoint does not hold one (LLaVA-1.5 does not).
-        vision_config: the tower's `CLIPVisionConfig` when the checkpoint holds the weights; read
-            from `mm_vision_tower` for the OpenAI CLIP ids when None.
-        llm_class: the transformers causal LM class; from `model_type` when None.
-
-    Raises:
-        ValueError: for settings that cannot be reproduced or a missing tower.
-    """
-    path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    for key in ("mm_vision_select_layer",):
-        if key not in config:
-            raise ValueError(f"{path}/config.json has no {key}; is this a LLaVA checkpoint?")
-    config = LLAVA_DEFAULTS | config
-    llm_class, llm_config = _llm_from_llava_config(config, llm_class)
-    llm = llm_class.from_pretrained(path, config=llm_config, dtype=dtype)
-    wanted = lambda k: "mm_projector" in k or "vision_tower" in k or k.endswith("image_newline")  # noqa: E731
-    tensors = read_checkpoint_tensors(path, wanted)
-    select = dict(select_layer=int(config["mm_vision_select_layer"]), select_feature=config["mm_vision_select_feature"])
-
-    if isinstance(tower, CLIPVisionTower):
-        pass
-    elif tower is not None:
-        tower = CLIPVisionTower.from_pretrained(tower, **select)
-    else:
-        vision = {k: v for k, v in tensors.items() if "vision_tower" in k}
-        if not vision:
-            raise ValueError(f"{path} holds no vision tower weights; pass tower= (a CLIPVisionTower or its path)")
-        tower = CLIPVisionTower(_vision_config_for(config, vision_config), **select)
-        tower.load_tower_state_dict(hf_to_tower(vision), source=str(path))
-    if "mm_hidden_size" in config and config["mm_hidden_size"] != tower.hidden_size:
-        raise ValueError(f"mm_hidden_size={config['mm_hidden_size']} but the tower's width is {tower.hidden_size}")
-
-    projector = build_projector(config["mm_projector_type"], tower.hidden_size, llm.get_input_embeddings().embedding_dim)
-    projector_file = path / "mm_projector.bin"
-    has_projector = any("mm_projector" in k for k in tensors)
-    load_projector(projector, tensors if has_projector or not projector_file.is_file() else projector_file)
-    newline = next((v for k, v in tensors.items() if k.endswith("image_newline")), None)
-    settings = _video_settings(config) | _anyres_settings(config) | overrides
-    model = VisionLanguageModel(tower, projector, llm, image_token_id=image_token_id, video_token_id=video_token_id,
-                                image_newline=newline, **settings)
-    weight = llm.get_input_embeddings().weight
-    model.tower.to(device=weight.device, dtype=weight.dtype)
-    model.projector.to(device=weight.device, dtype=weight.dtype)
-    return model

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, load_rows, parse_record
-from vlm_vision.train_data import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
-                                   visual_frames)
+from vlm_vision.record_tokens import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
+                                      visual_frames)
 
 __all__ = ["KINDS", "LazyRecords", "ScanResult", "TrainingData", "cached_scan", "load_training_data", "scan_key",
            "scan_rows"]

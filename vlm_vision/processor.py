@@ -31,8 +31,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
+from tokenizers import AddedToken
 
+from video.budget import VideoLayout, sampled_frame_count
+from video.decode import load_video
 from vlm_vision.anyres import anyres_batch, anyres_num_tokens
+from vlm_vision.placeholders import VisualSpanCut, expand_placeholders, truncate
+from vlm_vision.video_prompt import time_instruction, time_marker
 
 __all__ = ["VisionLanguageProcessor"]
 
@@ -79,8 +84,6 @@ class VisionLanguageProcessor:
                  fps: float | None = None, min_frames: int = 1, max_frames: int | None = None,
                  max_video_tokens: int | None = None, pool_mode: str = "average",
                  faster_token_stride: int | None = None, time_instruction: bool = False, time_markers: bool = False):
-        from video.budget import VideoLayout, sampled_frame_count
-
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.layout = VideoLayout(grid=tuple(grid), pool_stride=pool_stride, pool_mode=pool_mode,
@@ -136,8 +139,6 @@ class VisionLanguageProcessor:
     def video_span(self, num_frames: int, times: Sequence[float] | None = None) -> list[int]:
         """The ids a `<video>` of `num_frames` frames expands to: its placeholders, each frame's run
         preceded by its time marker when `time_markers` is on (`times`: each frame's seconds)."""
-        from vlm_vision.video_prompt import time_marker
-
         counts = self.layout.frame_tokens(num_frames, self.layout.stride_for(num_frames))
         if not self.time_markers:
             return [self.video_token_id] * sum(counts)
@@ -202,15 +203,11 @@ class VisionLanguageProcessor:
         with `min_frames`/`max_frames` within the token budget); anything else returned as it is."""
         if not isinstance(video, (str, os.PathLike)):
             return video
-        from video.decode import load_video
-
         return load_video(video, **self.video_sampling())
 
     def video_sampling(self, num_frames: int | None = None) -> dict[str, Any]:
         """`video.load_video`'s frame arguments for this processor (`num_frames` overrides the fixed count)."""
         if self.fps is None:
-            from video.budget import sampled_frame_count
-
             return {"num_frames": sampled_frame_count(1, 1.0, None, num_frames=num_frames or self.num_frames,
                                                       min_frames=self.min_frames, max_frames=self.max_frames)}
         return {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames}
@@ -305,7 +302,8 @@ class VisionLanguageProcessor:
             image_counts = iter([self.num_image_tokens(h, w) for h, w in image_sizes.tolist()])
         else:
             image_counts = iter([self.image_tokens] * len(images))
-        ids = [self._expand(sample, image_counts, counts) for sample in ids]
+        spans = {self.image_token_id: image_counts, self.video_token_id: counts}  # iterators shared by the batch
+        ids = [expand_placeholders(sample, spans)[0] for sample in ids]
         if max_length is not None:
             ids = [self._fit(sample, max_length, truncation, i) for i, sample in enumerate(ids)]
         out = self._pad(ids, padding, padding_side or self.padding_side, max_length)
@@ -332,17 +330,6 @@ class VisionLanguageProcessor:
                 raise ValueError(f"the prompts hold {found} {token} placeholders but {given} {kind}s were given; "
                                  f"give one {kind} per {token}, in prompt order")
 
-    def _expand(self, ids: list[int], image_counts: Any, video_counts: Any) -> list[int]:
-        out: list[int] = []
-        for token in ids:
-            if token == self.image_token_id:
-                out += [token] * next(image_counts)
-            elif token == self.video_token_id:
-                out += next(video_counts)
-            else:
-                out.append(token)
-        return out
-
     def _frame_times(self, clip: Any, index: int) -> list[float] | None:
         """Each frame's presentation time in seconds, when the prompt needs it (None otherwise)."""
         if not (self.time_instruction or self.time_markers):
@@ -355,8 +342,6 @@ class VisionLanguageProcessor:
 
     def _add_time_instructions(self, texts: list[str], clips: list[Any], times: list[Any]) -> list[str]:
         """Each `<video>` followed by a line with its clip's time instruction, in prompt order."""
-        from vlm_vision.video_prompt import time_instruction
-
         if sum(t.count(self.video_token) for t in texts) != len(clips):
             return texts  # the count check that follows names the mismatch
         sentences = iter([time_instruction(clip.duration, t) for clip, t in zip(clips, times)])
@@ -368,18 +353,16 @@ class VisionLanguageProcessor:
 
     def _fit(self, ids: list[int], max_length: int, truncation: bool, index: int) -> list[int]:
         """Apply `max_length`: cut text only, on the tokenizer's truncation side."""
-        if len(ids) <= max_length or not truncation:
+        if not truncation:
             return ids
-        visual = [i for i, t in enumerate(ids) if t in (self.image_token_id, self.video_token_id)]
-        left = getattr(self.tokenizer, "truncation_side", "right") == "left"
-        if visual:
-            needed = len(ids) - visual[0] if left else visual[-1] + 1
-            if needed > max_length:
-                raise ValueError(
-                    f"sample {index} needs at least {needed} tokens to keep its {len(visual)} visual tokens whole "
-                    f"({len(ids)} in all), but max_length is {max_length}; truncation never cuts a visual span. "
-                    f"Raise max_length, or use fewer frames (num_frames) or a larger pool stride.")
-        return ids[len(ids) - max_length:] if left else ids[:max_length]
+        side = getattr(self.tokenizer, "truncation_side", "right")
+        try:
+            return ids[truncate(ids, max_length, (self.image_token_id, self.video_token_id), side=side)]
+        except VisualSpanCut as cut:
+            raise ValueError(
+                f"sample {index} needs at least {cut.needed} tokens to keep its {cut.visual} visual tokens whole "
+                f"({cut.length} in all), but max_length is {max_length}; truncation never cuts a visual span. "
+                f"Raise max_length, or use fewer frames (num_frames) or a larger pool stride.") from None
 
     def _pad(self, ids: list[list[int]], padding: bool | str, side: str, max_length: int | None) -> dict[str, Any]:
         side = _check_side(side)
@@ -427,8 +410,6 @@ def _as_samples(text: Any) -> list[TextInput]:
 
 def _add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
     """Add each missing token as one special, unnormalised token; returns the ones added."""
-    from tokenizers import AddedToken
-
     vocab = tokenizer.get_vocab()
     missing = [t for t in tokens if t not in vocab]
     if missing:

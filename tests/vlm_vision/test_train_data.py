@@ -259,7 +259,8 @@ def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
     from PIL import Image
 
     from vlm_vision.anyres import anyres_pixel_values
-    from vlm_vision.train_data import Record, image_size
+    from vlm_vision.record_tokens import image_size
+    from vlm_vision.train_data import Record
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high

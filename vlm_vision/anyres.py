@@ -27,6 +27,10 @@ Two conventions (`convention=`), because the reference implementations disagree:
   differs when the float product lands just under an integer (55 x 88 in a 24 x 24 canvas:
   14.999999999999998 rows is 15 for transformers, 14 for LLaVA).
 
+The numbers (which canvas, how many tiles and tokens) are pure functions of sizes and live in
+`vlm_vision.anyres_grid`, whose public names this module also offers; here are the pixels (tiles,
+crops) and the features (unpadding, packing, the tower -> projector pass).
+
 Every function here takes and returns sizes as (height, width), whatever the convention.
 
 Shapes: R x C tiles (rows, columns), S tile side in pixels, g = S / patch tokens per tile side,
@@ -36,13 +40,24 @@ N = g*g tokens per crop, D feature width, H/W pixels.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
-from vlm_vision.transforms import CLIPImageTransform, ImageInput, _as_frames, _resize_uint8
+from vlm_vision.anyres_grid import (
+    CONVENTIONS,
+    DEFAULT_PINPOINTS,
+    Convention,
+    anyres_grid_shape,
+    anyres_num_tokens,
+    positive_int,
+    resize_and_pad_size,
+    select_best_resolution,
+    size_pair,
+    unpad_shape,
+    unpad_window,
+)
+from vlm_vision.transforms import CLIPImageTransform, ImageInput, as_frames, resize_uint8
 
 __all__ = [
     "CONVENTIONS",
@@ -60,225 +75,6 @@ __all__ = [
     "unpad_shape",
 ]
 
-Convention = Literal["transformers", "llava"]
-CONVENTIONS: tuple[str, ...] = ("transformers", "llava")
-
-# llava-v1.6-* and llava-hf/llava-v1.6-*: 1x2, 2x1, 2x2, 3x1 and 1x3 tiles of 336 (transformers reads
-# each pair as [height, width]; LLaVA as [width, height]).
-DEFAULT_PINPOINTS: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
-
-
-# ----- argument checks ----------------------------------------------------------------------------
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be a positive int, got {number}")
-    return number
-
-
-def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-
-
-def _size_pair(size: object, name: str) -> tuple[int, int]:
-    """(height, width) from a pair of ints, a 2-element tensor, or a numpy row."""
-    if isinstance(size, torch.Tensor):
-        size = size.tolist()
-    try:
-        items = list(size)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"{name} must be a (height, width) pair, got {size!r}") from None
-    if len(items) != 2:
-        raise ValueError(f"{name} must be a (height, width) pair, got {size!r}")
-    return _positive_int(items[0], f"{name}[0] (height)"), _positive_int(items[1], f"{name}[1] (width)")
-
-
-def _canvases(pinpoints: Sequence[Sequence[int]], convention: str) -> list[tuple[int, int]]:
-    """The pinpoint list as (height, width) canvases, in list order, under a convention."""
-    if isinstance(pinpoints, (str, bytes)) or len(pinpoints) == 0:
-        raise ValueError(f"grid_pinpoints must be a non-empty list of [a, b] pairs, got {pinpoints!r}")
-    pairs = [_size_pair(p, f"grid_pinpoints[{i}]") for i, p in enumerate(pinpoints)]
-    return pairs if convention == "transformers" else [(b, a) for a, b in pairs]
-
-
-# ----- choosing the grid ----------------------------------------------------------------------------
-
-def select_best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS, *,
-                           convention: Convention = "transformers") -> tuple[int, int]:
-    """The canvas an image of this size is fitted into.
-
-    Each canvas is scored by the pixels of the image it keeps after an aspect-preserving fit
-    (`int(W * s) * int(H * s)` with `s = min(cw / W, ch / H)`, capped at the original area) and, among
-    equal scores, by the canvas area it wastes. The first canvas listed wins a full tie.
-
-    Args:
-        height: image height in pixels.
-        width: image width in pixels.
-        pinpoints: candidate canvases, read as [height, width] ("transformers") or [width, height]
-            ("llava").
-        convention: "transformers" or "llava" (see the module docstring).
-
-    Returns:
-        (canvas_height, canvas_width).
-
-    Raises:
-        ValueError: for non-positive sizes, an empty pinpoint list or an unknown convention.
-
-    Example:
-        >>> select_best_resolution(480, 640)
-        (672, 672)
-        >>> select_best_resolution(336, 336), select_best_resolution(336, 336, convention="llava")
-        ((336, 672), (672, 336))
-    """
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
-    _check_convention(convention)
-    best, best_kept, best_wasted = None, -1, math.inf
-    for ch, cw in _canvases(pinpoints, convention):
-        scale = min(cw / width, ch / height)
-        kept = min(int(width * scale) * int(height * scale), width * height)
-        wasted = ch * cw - kept
-        if kept > best_kept or (kept == best_kept and wasted < best_wasted):
-            best, best_kept, best_wasted = (ch, cw), kept, wasted
-    assert best is not None
-    return best
-
-
-def anyres_grid_shape(height: int, width: int, *, grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS,
-                      tile_size: int = 336, convention: Convention = "transformers") -> tuple[int, int]:
-    """(rows, cols) of tiles for an image of this size.
-
-    Raises:
-        ValueError: if the chosen canvas is not a whole number of tiles (pinpoints must be multiples of
-            `tile_size`), besides the errors of `select_best_resolution`.
-
-    Example:
-        >>> anyres_grid_shape(1080, 1920)
-        (2, 2)
-    """
-    tile_size = _positive_int(tile_size, "tile_size")
-    ch, cw = select_best_resolution(height, width, grid_pinpoints, convention=convention)
-    if ch % tile_size or cw % tile_size:
-        raise ValueError(f"grid pinpoint {ch} x {cw} (height x width) is not a multiple of tile_size={tile_size}; "
-                         f"every pinpoint must be a whole number of tiles")
-    return ch // tile_size, cw // tile_size
-
-
-def resize_and_pad_size(height: int, width: int, canvas_height: int, canvas_width: int) -> tuple[int, int]:
-    """The (height, width) an image is resized to before it is padded onto the canvas.
-
-    The tighter side fills the canvas exactly; the other is scaled by the same factor, rounded *up*,
-    and clamped to the canvas. The image is then pasted at ((ch - h) // 2, (cw - w) // 2), so an odd
-    leftover pixel of padding goes to the bottom / right.
-
-    Example:
-        >>> resize_and_pad_size(480, 640, 672, 672)
-        (504, 672)
-    """
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
-    canvas_height = _positive_int(canvas_height, "canvas_height")
-    canvas_width = _positive_int(canvas_width, "canvas_width")
-    scale_w, scale_h = canvas_width / width, canvas_height / height
-    if scale_w < scale_h:
-        return min(math.ceil(height * scale_w), canvas_height), canvas_width
-    return canvas_height, min(math.ceil(width * scale_h), canvas_width)
-
-
-# ----- unpadding --------------------------------------------------------------------------------------
-
-def _unpad_window(height: int, width: int, canvas_height: int, canvas_width: int,
-                  convention: str) -> tuple[int, int, int, int]:
-    """(top, rows, left, cols) of the feature canvas that holds image rather than padding.
-
-    The padded axis is cut symmetrically by `(canvas - fitted) // 2` on both ends, so an odd
-    difference keeps one row (column) more than the fitted size: 1080 x 1920 in a 48 x 48 canvas
-    fits 27 rows and keeps 28.
-    """
-    _check_convention(convention)
-    as_int = (lambda x: int(round(x, 7))) if convention == "transformers" else int
-    if width / height > canvas_width / canvas_height:  # wider than the canvas: padding above and below
-        fitted = as_int(height * (canvas_width / width))
-        cut = (canvas_height - fitted) // 2
-        return cut, canvas_height - 2 * cut, 0, canvas_width
-    fitted = as_int(width * (canvas_height / height))
-    cut = (canvas_width - fitted) // 2
-    return 0, canvas_height, cut, canvas_width - 2 * cut
-
-
-def unpad_shape(height: int, width: int, canvas_height: int, canvas_width: int, *,
-                convention: Convention = "transformers") -> tuple[int, int]:
-    """(rows, cols) of a feature canvas left after cutting off the rows/columns of padding.
-
-    Args:
-        height: original image height in pixels.
-        width: original image width in pixels.
-        canvas_height: feature rows of the stitched tile grid (R * g).
-        canvas_width: feature columns of the stitched tile grid (C * g).
-        convention: "transformers" (`int(round(x, 7))`) or "llava" (`int(x)`).
-
-    Returns:
-        (rows, cols); either may be 0 for extreme aspect ratios (a 10 x 3000 image keeps no grid row).
-
-    Example:
-        >>> unpad_shape(1080, 1920, 48, 48)
-        (28, 48)
-    """
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
-    canvas_height = _positive_int(canvas_height, "canvas_height")
-    canvas_width = _positive_int(canvas_width, "canvas_width")
-    _, rows, _, cols = _unpad_window(height, width, canvas_height, canvas_width, convention)
-    return rows, cols
-
-
-def unpad(features: torch.Tensor, image_size: Sequence[int], *, convention: Convention = "transformers") -> torch.Tensor:
-    """Cut the padding off a feature canvas float[D, h, w] -> float[D, rows, cols] (a view).
-
-    Args:
-        features: the stitched tile features, channels first.
-        image_size: the original image's (height, width) in pixels.
-        convention: "transformers" or "llava" rounding.
-    """
-    if features.ndim != 3 or features.shape[1] == 0 or features.shape[2] == 0:
-        raise ValueError(f"features must be a non-empty (D, h, w) canvas, got shape {tuple(features.shape)}")
-    height, width = _size_pair(image_size, "image_size")
-    top, rows, left, cols = _unpad_window(height, width, features.shape[1], features.shape[2], convention)
-    return features[:, top:top + rows, left:left + cols]  # (D, rows, cols)
-
-
-def anyres_num_tokens(height: int, width: int, *, grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS,
-                      tile_size: int = 336, patch_size: int = 14, convention: Convention = "transformers") -> int:
-    """Visual tokens an image of this size becomes: g*g base tokens + rows * (cols + 1) grid tokens.
-
-    Matches transformers' `LlavaNextProcessor` (with the CLS token dropped, strategy "default") and
-    the length of `LlavaNextForConditionalGeneration`'s packed features.
-
-    Args:
-        height: image height in pixels.
-        width: image width in pixels.
-        grid_pinpoints: candidate canvases (multiples of `tile_size`).
-        tile_size: the tower's input side S.
-        patch_size: the tower's patch side; S must be a multiple of it.
-        convention: "transformers" or "llava".
-
-    Example:
-        >>> anyres_num_tokens(336, 336), anyres_num_tokens(480, 640), anyres_num_tokens(1080, 1920)
-        (1176, 2340, 1948)
-    """
-    tile_size, patch_size = _positive_int(tile_size, "tile_size"), _positive_int(patch_size, "patch_size")
-    if tile_size % patch_size:
-        raise ValueError(f"tile_size={tile_size} is not a multiple of patch_size={patch_size}")
-    g = tile_size // patch_size
-    rows, cols = anyres_grid_shape(height, width, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
-                                   convention=convention)
-    kept_rows, kept_cols = unpad_shape(height, width, rows * g, cols * g, convention=convention)
-    return g * g + kept_rows * (kept_cols + 1)
-
 
 # ----- pixels ------------------------------------------------------------------------------------------
 
@@ -293,16 +89,16 @@ def anyres_tiles(image: torch.Tensor, *, grid_pinpoints: Sequence[Sequence[int]]
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8[3, H, W], got {image.dtype}{list(image.shape)}")
     _, h, w = image.shape
-    s = _positive_int(tile_size, "tile_size")
+    s = positive_int(tile_size, "tile_size")
     rows, cols = anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=s, convention=convention)
     ch, cw = rows * s, cols * s
     new_h, new_w = resize_and_pad_size(h, w, ch, cw)
     top, left = (ch - new_h) // 2, (cw - new_w) // 2
     frame = image[None]  # (1, 3, H, W)
     canvas = torch.zeros((1, 3, ch, cw), dtype=torch.uint8, device=image.device)  # (1, 3, R*S, C*S)
-    canvas[:, :, top:top + new_h, left:left + new_w] = _resize_uint8(frame, (new_h, new_w))
+    canvas[:, :, top:top + new_h, left:left + new_w] = resize_uint8(frame, (new_h, new_w))
     tiles = canvas.view(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)  # (R*C, 3, S, S)
-    base = _resize_uint8(frame, (s, s))  # (1, 3, S, S)
+    base = resize_uint8(frame, (s, s))  # (1, 3, S, S)
     return torch.cat([base.contiguous(), tiles])  # (1 + R*C, 3, S, S)
 
 
@@ -335,7 +131,7 @@ def anyres_pixel_values(image: ImageInput, transform: CLIPImageTransform | None 
     transform = CLIPImageTransform(tile_size) if transform is None else transform
     if transform.image_size != tile_size:
         raise ValueError(f"transform.image_size={transform.image_size} differs from tile_size={tile_size}")
-    frames = _as_frames(image)  # list of uint8[t, 3, H, W]
+    frames = as_frames(image)  # list of uint8[t, 3, H, W]
     if len(frames) != 1 or frames[0].shape[0] != 1:
         raise ValueError(f"anyres_pixel_values takes one image, got {sum(f.shape[0] for f in frames)}; "
                          f"call it once per image")
@@ -346,6 +142,21 @@ def anyres_pixel_values(image: ImageInput, transform: CLIPImageTransform | None 
 
 
 # ----- features ----------------------------------------------------------------------------------------
+
+def unpad(features: torch.Tensor, image_size: Sequence[int], *, convention: Convention = "transformers") -> torch.Tensor:
+    """Cut the padding off a feature canvas float[D, h, w] -> float[D, rows, cols] (a view).
+
+    Args:
+        features: the stitched tile features, channels first.
+        image_size: the original image's (height, width) in pixels.
+        convention: "transformers" or "llava" rounding.
+    """
+    if features.ndim != 3 or features.shape[1] == 0 or features.shape[2] == 0:
+        raise ValueError(f"features must be a non-empty (D, h, w) canvas, got shape {tuple(features.shape)}")
+    height, width = size_pair(image_size, "image_size")
+    top, rows, left, cols = unpad_window(height, width, features.shape[1], features.shape[2], convention)
+    return features[:, top:top + rows, left:left + cols]  # (D, rows, cols)
+
 
 def pack_image_features(features: torch.Tensor, image_size: Sequence[int], image_newline: torch.Tensor | None, *,
                         grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_PINPOINTS, tile_size: int = 336,
@@ -376,7 +187,7 @@ def pack_image_features(features: torch.Tensor, image_size: Sequence[int], image
     g = math.isqrt(n)
     if g * g != n:
         raise ValueError(f"features have N={n} tokens per crop, not a square grid (was the CLS token kept?)")
-    height, width = _size_pair(image_size, "image_size")
+    height, width = size_pair(image_size, "image_size")
     rows, cols = anyres_grid_shape(height, width, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                    convention=convention)
     if crops != 1 + rows * cols:
@@ -386,7 +197,7 @@ def pack_image_features(features: torch.Tensor, image_size: Sequence[int], image
         raise ValueError(f"image_newline must be float[{d}], got shape {tuple(image_newline.shape)}")
     base = features[0]  # (N, D)
     grid = features[1:].view(rows, cols, g, g, d).permute(0, 2, 1, 3, 4).reshape(rows * g, cols * g, d)  # (R*g, C*g, D)
-    top, kept_rows, left, kept_cols = _unpad_window(height, width, rows * g, cols * g, convention)
+    top, kept_rows, left, kept_cols = unpad_window(height, width, rows * g, cols * g, convention)
     grid = grid[top:top + kept_rows, left:left + kept_cols]  # (rows, cols, D)
     if image_newline is not None:
         newline = image_newline.to(grid.dtype).to(grid.device).expand(kept_rows, 1, d)  # (rows, 1, D)
@@ -466,7 +277,7 @@ def encode_anyres_images(tower: torch.nn.Module, projector: torch.nn.Module,
         raise ValueError(f"anyres packing needs patch tokens only (select_feature='patch'), "
                          f"got select_feature={tower.select_feature!r}")
     tile_size = tower.image_size
-    sizes = [_size_pair(size, f"image_sizes[{i}]") for i, size in enumerate(image_sizes)]
+    sizes = [size_pair(size, f"image_sizes[{i}]") for i, size in enumerate(image_sizes)]
     counts = [1 + math.prod(anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                               convention=convention)) for h, w in sizes]
     crops = torch.cat(_crop_list(pixel_values, counts))  # (sum P, 3, S, S)

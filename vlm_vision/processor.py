@@ -35,7 +35,8 @@ from tokenizers import AddedToken
 
 from video.budget import VideoLayout, sampled_frame_count
 from video.decode import load_video
-from vlm_vision.anyres import anyres_batch, anyres_num_tokens
+from vlm_vision.anyres import anyres_batch
+from vlm_vision.anyres_grid import anyres_num_tokens
 from vlm_vision.placeholders import VisualSpanCut, expand_placeholders, truncate
 from vlm_vision.video_prompt import time_instruction, time_marker
 

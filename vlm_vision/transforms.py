@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD
 
-__all__ = ["CLIPImageTransform"]
+__all__ = ["CLIPImageTransform", "as_frames", "resize_uint8"]
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, Sequence[Any]]
 
@@ -152,7 +152,7 @@ class CLIPImageTransform:
             ValueError: for a bad layout, an empty image or list, or a file that is not a
                 readable image (including decompression bombs).
         """
-        groups = _as_frames(images)  # list of uint8[t, 3, H, W]
+        groups = as_frames(images)  # list of uint8[t, 3, H, W]
         device = groups[0].device
         for g in groups:
             if g.device != device:
@@ -185,10 +185,10 @@ class CLIPImageTransform:
         s = self.image_size
         if self.mode == "pad":
             frames = _pad_to_square(frames, self.fill)  # (t, 3, M, M)
-            return _resize_uint8(frames, (s, s))  # (t, 3, S, S)
+            return resize_uint8(frames, (s, s))  # (t, 3, S, S)
         h, w = frames.shape[-2:]
         new_h, new_w = _shortest_edge_size(h, w, s)
-        frames = _resize_uint8(frames, (new_h, new_w))  # (t, 3, h', w')
+        frames = resize_uint8(frames, (new_h, new_w))  # (t, 3, h', w')
         return _center_crop(frames, s)  # (t, 3, S, S)
 
     def _normalize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -243,7 +243,7 @@ def _pad_offsets(h: int, w: int) -> tuple[int, int]:
 
 # ----- tensor steps -----------------------------------------------------------------------------
 
-def _resize_uint8(frames: torch.Tensor, size: tuple[int, int], *, via_float: bool | None = None) -> torch.Tensor:
+def resize_uint8(frames: torch.Tensor, size: tuple[int, int], *, via_float: bool | None = None) -> torch.Tensor:
     """Antialiased bicubic resize of uint8[t, 3, H, W] -> uint8[t, 3, h, w], PIL's arithmetic.
 
     Two implementations, chosen by `via_float` (default: by device and direction):
@@ -293,7 +293,7 @@ def _pad_to_square(frames: torch.Tensor, fill: tuple[int, int, int]) -> torch.Te
 
 # ----- input conversion (the I/O boundary) ------------------------------------------------------
 
-def _as_frames(images: ImageInput) -> list[torch.Tensor]:
+def as_frames(images: ImageInput) -> list[torch.Tensor]:
     """Any accepted input -> a list of uint8[t, 3, H, W] tensors (t >= 1, H, W >= 1)."""
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
@@ -302,7 +302,7 @@ def _as_frames(images: ImageInput) -> list[torch.Tensor]:
         for i, item in enumerate(images):
             if isinstance(item, (list, tuple)):
                 raise TypeError(f"item {i} of the list is a nested {type(item).__name__}; expected {_ACCEPTED}")
-            out.extend(_as_frames(item))
+            out.extend(as_frames(item))
         return out
     if isinstance(images, (str, os.PathLike)):
         return [_pil_to_frames(_open_image(Path(images)), source=str(images))]

@@ -23,7 +23,7 @@ from transformers import CLIPImageProcessor
 
 from vlm_vision import CLIPImageTransform
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD
-from vlm_vision.transforms import _crop_offset, _pad_offsets, _resize_uint8, _shortest_edge_size
+from vlm_vision.transforms import _crop_offset, _pad_offsets, _shortest_edge_size, resize_uint8
 
 MEAN_TOL, MAX_TOL = 0.002, 0.03
 
@@ -141,7 +141,7 @@ def test_resize_kernels_stay_within_one_grey_level_of_pil(photos, name, size):
     x = torch.from_numpy(image).permute(2, 0, 1)[None]  # (1, 3, H, W)
     kernels = (None, True, False) if new_h <= h else (None, True)
     for via_float in kernels:
-        got = _resize_uint8(x, (new_h, new_w), via_float=via_float)[0].permute(1, 2, 0)  # (h, w, 3)
+        got = resize_uint8(x, (new_h, new_w), via_float=via_float)[0].permute(1, 2, 0)  # (h, w, 3)
         diff = (got.int() - expected.int()).abs()
         assert diff.max() <= 1, (name, size, via_float, diff.max().item())
         assert (diff > 0).float().mean() < 0.01, (name, size, via_float)

@@ -34,7 +34,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from video.pooling import NEWLINE_LAYOUTS, POOL_MODES
+from video.pooling import NEWLINE_LAYOUTS, POOL_MODES, pooled_grid, stride_fits
 
 __all__ = [
     "VideoBudget",
@@ -222,18 +222,13 @@ def candidate_strides(grid: tuple[int, int], pool_stride: int, mode: str, *, slo
     base = _positive_int("pool_stride", pool_stride)
 
     def ok(s: int) -> bool:
-        return mode == "bilinear" or (grid[0] % s == 0 and grid[1] % s == 0)
+        return stride_fits(grid, s, mode)
 
     out = [s for s in range(base, 2 * base + 1) if ok(s) and (not slowfast or ok(2 * s))]
     if not out or out[0] != base:
         raise ValueError(f"{mode} pooling with stride {base}{' (and 2x for SlowFast)' if slowfast else ''} does not "
                          f"divide the {grid[0]}x{grid[1]} patch grid")
     return out
-
-
-def pooled_side(side: int, stride: int, mode: str) -> int:
-    """Rows (or columns) after pooling: ceil for bilinear, exact division otherwise."""
-    return -(-side // stride) if mode == "bilinear" else side // stride
 
 
 @dataclass(frozen=True)
@@ -276,7 +271,7 @@ class VideoLayout:
 
     def pooled_grid(self, stride: int) -> tuple[int, int]:
         """(rows, cols) of a frame pooled by `stride`."""
-        return pooled_side(self.grid[0], stride, self.pool_mode), pooled_side(self.grid[1], stride, self.pool_mode)
+        return pooled_grid(self.grid, stride, self.pool_mode)
 
     def is_slow(self, frame: int) -> bool:
         """Whether frame `frame` (0-based, in the clip) keeps the finer pooling under SlowFast."""

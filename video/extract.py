@@ -2,7 +2,7 @@
 
 This is the vision half of LLaVA-NeXT-Video, stopped before the projector: each sampled frame goes
 through the CLIP tower as an independent image (frames are folded into the batch), its 24x24 patch
-grid is pooled 2x2 to 12x12 = 144 tokens, and the frames are unfolded again. transformers'
+grid is pooled 2x2 to 12x12 = 144 tokens, and the frames are unfolded again (`video.tower_pooling`). transformers'
 `LlavaNextVideoForConditionalGeneration` and the first LLaVA-NeXT-Video release pool *before* the
 projector, so the tokens stored here are projector-agnostic: any projector trained on that layout
 can be applied later, and one extraction serves many experiments.
@@ -33,7 +33,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from video.atomic_files import write_atomic
 from video.decode import VideoClip, load_video
-from video.pooling import POOL_MODES, spatial_pool
+from video.pooling import pooled_grid
+from video.tower_pooling import check_tower_pooling, encode_frames
 
 __all__ = ["VideoTokens", "extract_video_tokens", "load_video_tokens", "save_video_tokens"]
 
@@ -146,7 +147,7 @@ def extract_video_tokens(
     """
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    check_pooling(tower, pool_stride, pool_mode)  # before decoding, which is the slow part
+    check_tower_pooling(tower, pool_stride, pool_mode)  # before decoding, which is the slow part
     if isinstance(video, VideoClip):
         clip = video
     elif isinstance(video, (str, os.PathLike)):
@@ -154,45 +155,11 @@ def extract_video_tokens(
                           sampling=sampling, backend=backend, allow_partial=allow_partial)
     else:
         raise TypeError(f"video must be a path or a VideoClip, got {type(video).__name__}")
-    frames = clip.frames.to(tower.device, non_blocking=True)  # (T, H, W, 3) uint8, on the tower's device
-    pixels = tower.image_transform(frames)  # (T, 3, S, S) float32
-    tokens = encode_pixels(pixels, tower, pool_stride=pool_stride, pool_mode=pool_mode, batch_size=batch_size)
+    tokens = encode_frames(tower, clip.frames, stride=pool_stride, mode=pool_mode, batch_size=batch_size)  # (T, N', D)
     if isinstance(video, VideoClip):
         sampling = "keyframe" if clip.snapped else "exact"
     return tokens_for_clip(clip, tokens, tower, pool_stride=pool_stride, pool_mode=pool_mode,
                            model=model, random_weights=random_weights, sampling=sampling)
-
-
-def check_pooling(tower: torch.nn.Module, stride: int, mode: str) -> None:
-    """Fail early when the tower's output cannot be pooled as asked.
-
-    Raises:
-        ValueError: the tower keeps the CLS token, an unknown mode, or (average/max) a patch grid
-            that the stride does not divide.
-    """
-    if tower.select_feature != "patch":
-        raise ValueError(f"the tower keeps the CLS token (select_feature={tower.select_feature!r}); "
-                         f"video pooling needs patch tokens only: build it with select_feature='patch'")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"pool_stride must be an int >= 1, got {stride!r}")
-    if mode not in POOL_MODES:
-        raise ValueError(f"unknown pool_mode {mode!r}; choose from {POOL_MODES}")
-    h, w = tower.grid_size
-    if mode != "bilinear" and (h % stride or w % stride):
-        raise ValueError(f"{mode} pooling with stride {stride} does not divide the tower's {h}x{w} patch grid; "
-                         f"use a stride that divides it or pool_mode='bilinear' (rounds up)")
-
-
-def encode_pixels(pixels: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int, pool_mode: str,
-                  batch_size: int | None = None) -> torch.Tensor:
-    """Preprocessed frames float[T, 3, S, S] -> pooled tokens float[T, N', D] (tower, then pool)."""
-    check_pooling(tower, pool_stride, pool_mode)
-    step = pixels.shape[0] if batch_size is None else batch_size
-    pooled = []
-    for chunk in pixels.split(max(step, 1)):  # (b, 3, S, S) each
-        features = tower(chunk)  # (b, N, D)
-        pooled.append(spatial_pool(features, grid=tower.grid_size, stride=pool_stride, mode=pool_mode))  # (b, N', D)
-    return torch.cat(pooled)  # (T, N', D)
 
 
 def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Module, *, pool_stride: int,
@@ -223,14 +190,6 @@ def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Modul
         declared_frames=clip.declared_frames,
         partial=bool(clip.partial),
     )
-
-
-def pooled_grid(grid: tuple[int, int], stride: int, mode: str) -> tuple[int, int]:
-    """The grid after pooling: exact division for average/max, rounded up for bilinear."""
-    h, w = grid
-    if mode == "bilinear":
-        return -(-h // stride), -(-w // stride)
-    return h // stride, w // stride
 
 
 # ----- files ------------------------------------------------------------------------------------

@@ -45,13 +45,14 @@ import torch
 from video.budget import VideoLayout, sampled_frame_count
 from video.contact_sheet import contact_sheet, contact_sheet_png
 from video.atomic_files import temporary_files, write_atomic
-from video.extract import check_pooling, encode_pixels, save_video_tokens, tokens_for_clip
+from video.extract import save_video_tokens, tokens_for_clip
 from video.extract_plan import VIDEO_EXTENSIONS, Decision, clashes, decide, find_inputs, output_name
 from video.extract_report import (Outcome, append_line, manifest_path, merge_rank_manifests, plural, print_summary,
                                   record)
 from video.extract_tower import WeightsUnavailable, load_tower, resolve_device, weights_fingerprint
 from video.folder_lock import FolderBusy, FolderLock
 from video.provenance import source_identity
+from video.tower_pooling import check_tower_pooling, encode_frames, encode_pixels
 
 __all__ = ["add_arguments", "contact_sheet", "find_videos", "run", "shard"]
 
@@ -322,7 +323,7 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         print(f"vlm-vision extract: {e}", file=sys.stderr)
         return 2
     try:
-        check_pooling(tower, args.pool_stride, args.pool_mode)
+        check_tower_pooling(tower, args.pool_stride, args.pool_mode)
         layout = video_layout(args, tower)
         load_kwargs = load_arguments(args, layout)
     except ValueError as e:
@@ -471,11 +472,5 @@ def encode_with_retry(item: Decoded, tower, pool_stride: int, pool_mode: str,
 
 def _encode_batches(item: Decoded, tower, pool_stride: int, pool_mode: str, size: int) -> torch.Tensor:
     if item.pixels is not None:
-        return encode_pixels(item.pixels, tower, pool_stride=pool_stride, pool_mode=pool_mode, batch_size=size)
-    pooled = []
-    for frames in item.clip.frames.split(size):  # (b, H, W, 3) uint8
-        pixels = tower.image_transform(frames.to(tower.device, non_blocking=True))  # (b, 3, S, S) on the device
-        pooled.append(encode_pixels(pixels, tower, pool_stride=pool_stride, pool_mode=pool_mode))  # (b, N', D)
-    return torch.cat(pooled)  # (T, N', D)
-
-
+        return encode_pixels(tower, item.pixels, stride=pool_stride, mode=pool_mode, batch_size=size)
+    return encode_frames(tower, item.clip.frames, stride=pool_stride, mode=pool_mode, batch_size=size)  # (T, N', D)

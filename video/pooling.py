@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["spatial_pool", "num_video_tokens", "POOL_MODES", "NEWLINE_LAYOUTS"]
+__all__ = ["spatial_pool", "num_video_tokens", "check_pooling", "pooled_grid", "stride_fits", "POOL_MODES",
+           "NEWLINE_LAYOUTS"]
 
 PoolMode = Literal["average", "max", "bilinear"]
 POOL_MODES: tuple[str, ...] = ("average", "max", "bilinear")
@@ -38,12 +39,60 @@ NEWLINE_LAYOUTS: dict[str, Callable[[int, int, int], int]] = {
 }
 
 
-def _check_grid(grid: tuple[int, int], stride: int) -> tuple[int, int, int]:
-    if not isinstance(grid, (tuple, list)) or len(grid) != 2 or not all(isinstance(v, numbers.Integral) and v >= 1 for v in grid):
+def _check_grid(grid: tuple[int, int], stride: int, *, stride_name: str = "stride") -> tuple[int, int, int]:
+    if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+            or not all(isinstance(v, numbers.Integral) and v >= 1 for v in grid)):
         raise ValueError(f"grid must be two positive ints (rows, columns), got {grid!r}")
     if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
-        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        raise ValueError(f"{stride_name} must be an int >= 1, got {stride!r}")
     return int(grid[0]), int(grid[1]), int(stride)
+
+
+def stride_fits(grid: tuple[int, int], stride: int, mode: str) -> bool:
+    """Whether `mode` can pool `grid` by `stride`: bilinear always, average/max when it divides both sides."""
+    return mode == "bilinear" or (grid[0] % stride == 0 and grid[1] % stride == 0)
+
+
+def check_pooling(grid: tuple[int, int], stride: int, mode: str, *, of_tower: bool = False) -> tuple[int, int, int]:
+    """Fail early, with the values, on a pooling that `spatial_pool` cannot do on `grid`.
+
+    Args:
+        grid: (h, w), rows and columns of the token grid.
+        stride: the pooling stride.
+        mode: one of `POOL_MODES`.
+        of_tower: the grid is a tower's patch grid and `stride`/`mode` are a model's or an
+            extraction's `pool_stride`/`pool_mode`: the messages name them so.
+
+    Returns:
+        (h, w, stride) as ints.
+
+    Raises:
+        ValueError: a grid that is not two positive ints, a stride that is not an int >= 1, an
+            unknown mode, or (average/max) a stride that does not divide the grid.
+    """
+    h, w, s = _check_grid(grid, stride, stride_name="pool_stride" if of_tower else "stride")
+    if mode not in POOL_MODES:
+        raise ValueError(f"unknown {'pool_mode' if of_tower else 'pooling mode'} {mode!r}; choose from {POOL_MODES}")
+    if not stride_fits((h, w), s, mode):
+        if of_tower:
+            raise ValueError(f"{mode} pooling with stride {s} needs a patch grid divisible by it, the tower's is "
+                             f"{h}x{w}: stride {s} does not divide the tower's {h}x{w} patch grid; use a stride that "
+                             f"divides it or pool_mode='bilinear' (rounds up)")
+        raise ValueError(f"{mode} pooling needs a grid divisible by the stride: grid {h}x{w}, stride {s}")
+    return h, w, s
+
+
+def pooled_grid(grid: tuple[int, int], stride: int, mode: str) -> tuple[int, int]:
+    """The grid after pooling: exact division for average/max, rounded up for bilinear.
+
+    Example:
+        >>> pooled_grid((24, 24), 2, "average"), pooled_grid((5, 6), 2, "bilinear")
+        ((12, 12), (3, 3))
+    """
+    h, w = grid
+    if mode == "bilinear":
+        return -(-h // stride), -(-w // stride)
+    return h // stride, w // stride
 
 
 def spatial_pool(
@@ -75,14 +124,10 @@ def spatial_pool(
     """
     if not isinstance(features, torch.Tensor) or features.ndim != 3:
         raise ValueError(f"features must be a (T, N, D) tensor, got {getattr(features, 'shape', type(features))}")
-    h, w, s = _check_grid(grid, stride)
-    if mode not in POOL_MODES:
-        raise ValueError(f"unknown pooling mode {mode!r}; choose from {POOL_MODES}")
+    h, w, s = check_pooling(grid, stride, mode)
     t, n, d = features.shape
     if n != h * w:
         raise ValueError(f"features have {n} tokens per frame but grid {h}x{w} needs {h * w}")
-    if mode != "bilinear" and (h % s or w % s):
-        raise ValueError(f"{mode} pooling needs a grid divisible by the stride: grid {h}x{w}, stride {s}")
     x = features.reshape(t, h, w, d).permute(0, 3, 1, 2)  # (T, D, h, w)
     if mode == "average":
         x = F.avg_pool2d(x, kernel_size=s, stride=s)  # (T, D, h/s, w/s)

@@ -57,6 +57,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from projector import build_projector, load_projector
+from video.pooling import check_pooling
+from video.tower_pooling import encode_pixels, require_patch_tokens
 from vlm_vision.anyres import CONVENTIONS, anyres_num_tokens, encode_anyres_images
 from vlm_vision.interchange import save_transformers, transformers_parts
 from vlm_vision.llava_checkpoint import llava_checkpoint_parts
@@ -114,16 +116,14 @@ def video_tower_features(tower: CLIPVisionTower, videos: Videos) -> list[torch.T
         ValueError: for a tensor that is not [V, T, 3, S, S], or a tower that keeps the CLS token.
     """
     clips = _video_list(videos)
-    if tower.select_feature != "patch":
-        raise ValueError(f"videos are pooled on the patch grid, so the tower must drop the CLS token "
-                         f"(select_feature='patch'), got select_feature={tower.select_feature!r}")
+    require_patch_tokens(tower)
     lengths = [clip.shape[0] for clip in clips]
     features = tower(torch.cat(clips))  # (sum T, N, D_v)
     return list(features.split(lengths))  # V x (T_v, N, D_v)
 
 
 def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: str) -> list[torch.Tensor]:
-    """Pooled tower tokens of each video (`video_tower_features`, then one pooling for all frames).
+    """Pooled tower tokens of each video: frames folded into one batch, `video.tower_pooling.encode_pixels`, unfolded.
 
     Args:
         videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
@@ -133,11 +133,9 @@ def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: 
     Returns:
         One float[T_v, N', D_v] per video, in order.
     """
-    from video.pooling import spatial_pool
-
-    features = video_tower_features(tower, videos)  # V x (T_v, N, D_v)
-    lengths = [clip.shape[0] for clip in features]
-    pooled = spatial_pool(torch.cat(features), grid=tower.grid_size, stride=stride, mode=mode)  # (sum T, N', D_v)
+    clips = _video_list(videos)
+    lengths = [clip.shape[0] for clip in clips]
+    pooled = encode_pixels(tower, torch.cat(clips), stride=stride, mode=mode)  # (sum T, N', D_v)
     return list(pooled.split(lengths))  # V x (T_v, N', D_v)
 
 
@@ -237,19 +235,6 @@ def _check_pinpoints(pinpoints: Sequence[Sequence[int]] | None, tile_size: int,
     return pairs
 
 
-def _check_pooling(grid: tuple[int, int], stride: int, mode: str) -> None:
-    """Fail at construction, not at the first video, on a pooling the tower's grid cannot take."""
-    from video.pooling import POOL_MODES
-
-    if mode not in POOL_MODES:
-        raise ValueError(f"unknown pool_mode {mode!r}; choose from {POOL_MODES}")
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"pool_stride must be an int >= 1, got {stride!r}")
-    if mode != "bilinear" and (grid[0] % stride or grid[1] % stride):
-        raise ValueError(f"{mode} pooling with stride {stride} needs a patch grid divisible by it, "
-                         f"the tower's is {grid[0]}x{grid[1]}")
-
-
 def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:
     linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
     return (linears[0].in_features, linears[-1].out_features) if linears else None
@@ -312,7 +297,7 @@ class VisionLanguageModel(nn.Module):
         self.video_token_id = video_token_id
         self.pool_stride = pool_stride
         self.pool_mode = pool_mode
-        _check_pooling(tower.grid_size, pool_stride, pool_mode)
+        check_pooling(tower.grid_size, pool_stride, pool_mode, of_tower=True)
         self.video_newline = video_newline
         self.faster_token_stride = faster_token_stride
         self.max_video_tokens = max_video_tokens

@@ -21,36 +21,19 @@ from pathlib import Path
 from typing import Literal, Mapping, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from projector.builders import projector_kind
+from projector.weight_files import TORCH_SUFFIXES, read_weight_file
 
-__all__ = ["load_projector", "save_projector"]
+__all__ = ["load_projector", "projector_state_dict", "save_projector"]
 
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 Layout = Literal["llava", "transformers"]
 
 _LLAVA_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?mm_projector\.)(?P<key>.+)$")
 _HF_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?multi_modal_projector\.)linear_(?P<index>\d+)\.(?P<param>weight|bias)$")
-_TORCH_SUFFIXES = (".bin", ".pt", ".pth")
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a flat tensor file: `.safetensors`, or a torch pickle of tensors (`.bin`, `.pt`, `.pth`).
-
-    Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: for any other suffix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"projector weights not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    if path.suffix in _TORCH_SUFFIXES:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    raise ValueError(f"cannot read {path}: expected a .safetensors file or a torch file ({', '.join(_TORCH_SUFFIXES)})")
 
 
 def _source_keys(state_dict: Mapping[str, torch.Tensor], own: set[str], where: str) -> dict[str, str]:
@@ -90,8 +73,8 @@ def load_projector(module: nn.Module, source: Source) -> nn.Module:
 
     Args:
         module: a projector from `build_projector` (its kind decides which keys are expected).
-        source: a path (`.safetensors`, or `.bin`/`.pt`/`.pth` read with `weights_only=True`) or a
-            state dict. Keys may be LLaVA's (`model.mm_projector.0.weight`, `mm_projector.0.weight`,
+        source: a path (`.safetensors`, or `.bin`/`.pt`/`.pth` read with `weights_only=True`; see
+            `projector.weight_files`) or a state dict. Keys may be LLaVA's (`model.mm_projector.0.weight`, `mm_projector.0.weight`,
             any prefix before `mm_projector.`), transformers' (`multi_modal_projector.linear_1.weight`,
             also under `model.`) or bare (`0.weight`). Other keys are ignored.
 
@@ -105,8 +88,12 @@ def load_projector(module: nn.Module, source: Source) -> nn.Module:
     Example:
         >>> proj = load_projector(build_projector("mlp2x_gelu", 1024, 4096), "mm_projector.bin")
     """
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
-    state_dict = read_tensors(source) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"projector weights not found: {source}")
+        where, state_dict = str(source), read_weight_file(source)
+    else:
+        where, state_dict = "the state dict", source
     own = module.state_dict()
     mapped = _source_keys(state_dict, set(own), where)
     if own and not mapped:
@@ -129,6 +116,33 @@ def load_projector(module: nn.Module, source: Source) -> nn.Module:
     return module
 
 
+def projector_state_dict(module: nn.Module, layout: Layout = "llava") -> dict[str, torch.Tensor]:
+    """The projector's weights under the key names of `layout` (detached, on the CPU, contiguous).
+
+    Args:
+        module: a projector from `build_projector`.
+        layout: `"llava"`: `model.mm_projector.<key>`, as LLaVA's `mm_projector.bin`;
+            `"transformers"`: `multi_modal_projector.linear_{1,2}.*` (only for `mlp2x_gelu`, the one
+            projector transformers' LLaVA classes have).
+
+    Raises:
+        ValueError: for an unknown layout, or a transformers layout of another kind.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if layout == "llava":
+        return {f"model.mm_projector.{k}": v for k, v in state.items()}
+    if layout != "transformers":
+        raise ValueError(f"layout must be 'llava' or 'transformers', got {layout!r}")
+    kind = projector_kind(module)
+    if kind != "mlp2x_gelu":
+        raise ValueError(f"the transformers layout holds only mlp2x_gelu projectors, this one is {kind}")
+    out = {}
+    for k, v in state.items():
+        index, param = k.split(".")
+        out[f"multi_modal_projector.linear_{int(index) // 2 + 1}.{param}"] = v  # Sequential 0, 2 -> linear_1, _2
+    return out
+
+
 def save_projector(module: nn.Module, path: str | os.PathLike, layout: Layout = "llava") -> Path:
     """Write projector weights to `path` (format from the suffix: `.safetensors`, or torch for `.bin`/`.pt`).
 
@@ -136,8 +150,7 @@ def save_projector(module: nn.Module, path: str | os.PathLike, layout: Layout = 
         module: a projector from `build_projector`.
         path: the file to write; parent folders are created.
         layout: `"llava"` writes `model.mm_projector.<key>` as LLaVA's `mm_projector.bin` does;
-            `"transformers"` writes `multi_modal_projector.linear_{1,2}.*` (only for `mlp2x_gelu`, the
-            one projector transformers' LLaVA classes have).
+            `"transformers"` writes `multi_modal_projector.linear_{1,2}.*` (`projector_state_dict`).
 
     Returns:
         The path written.
@@ -146,24 +159,12 @@ def save_projector(module: nn.Module, path: str | os.PathLike, layout: Layout = 
         ValueError: for an unknown layout or suffix, or a transformers layout of another kind.
     """
     path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    if layout == "llava":
-        out = {f"model.mm_projector.{k}": v for k, v in state.items()}
-    elif layout == "transformers":
-        kind = projector_kind(module)
-        if kind != "mlp2x_gelu":
-            raise ValueError(f"the transformers layout holds only mlp2x_gelu projectors, this one is {kind}")
-        out = {}
-        for k, v in state.items():
-            index, param = k.split(".")
-            out[f"multi_modal_projector.linear_{int(index) // 2 + 1}.{param}"] = v
-    else:
-        raise ValueError(f"layout must be 'llava' or 'transformers', got {layout!r}")
+    out = projector_state_dict(module, layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         save_file(out, path, metadata={"format": "pt"})
-    elif path.suffix in _TORCH_SUFFIXES:
+    elif path.suffix in TORCH_SUFFIXES:
         torch.save(out, path)
     else:
-        raise ValueError(f"cannot write {path}: use a .safetensors or torch ({', '.join(_TORCH_SUFFIXES)}) suffix")
+        raise ValueError(f"cannot write {path}: use a .safetensors or torch ({', '.join(TORCH_SUFFIXES)}) suffix")
     return path

@@ -79,3 +79,14 @@ def vision_config(name: str) -> CLIPVisionConfig:
     if name not in VARIANTS:
         raise ValueError(f"unknown CLIP variant {name!r}; known variants: {sorted(VARIANTS)}")
     return VARIANTS[name]()
+
+
+def hub_config(hub_id: str) -> CLIPVisionConfig | None:
+    """The `CLIPVisionConfig` of an OpenAI release named by its Hub id (`HUB_IDS`), or None.
+
+    Example:
+        >>> hub_config("openai/clip-vit-large-patch14-336").image_size
+        336
+    """
+    variant = next((name for name, hub in HUB_IDS.items() if hub == hub_id), None)
+    return None if variant is None else vision_config(variant)

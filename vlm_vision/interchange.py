@@ -41,7 +41,8 @@ from transformers import AutoModelForCausalLM
 
 from projector import build_projector, load_projector
 from projector.builders import projector_kind
-from vlm_vision.checkpoints import hf_to_tower
+from projector.checkpoints import projector_state_dict
+from vlm_vision.checkpoint_keys import HF_BLOCK_KEYS, hf_to_tower
 from vlm_vision.model_parts import ModelParts
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.transforms import CLIPImageTransform
@@ -112,7 +113,7 @@ def split_transformers_keys(tensors: Mapping[str, torch.Tensor], *, base_prefix:
 def tower_to_hf(tower: CLIPVisionTower) -> dict[str, torch.Tensor]:
     """Our tower's weights under transformers `CLIPVisionModel` names (without `vision_model.`).
 
-    The inverse of `vlm_vision.checkpoints.hf_to_tower`: q, k and v are split back out of the fused
+    The inverse of `vlm_vision.checkpoint_keys.hf_to_tower`: q, k and v are split back out of the fused
     projection (in that order). Tensors are fresh copies.
     """
     src = {k: v.detach() for k, v in tower.state_dict().items()}
@@ -134,11 +135,8 @@ def tower_to_hf(tower: CLIPVisionTower) -> dict[str, torch.Tensor]:
         for part in ("weight", "bias"):
             for name, chunk in zip("qkv", take(s + f"attn.qkv.{part}").chunk(3, dim=0)):  # 3 x (D, ...)
                 out[d + f"self_attn.{name}_proj.{part}"] = chunk.clone()
-            out[d + f"self_attn.out_proj.{part}"] = take(s + f"attn.proj.{part}")
-            out[d + f"layer_norm1.{part}"] = take(s + f"ln_1.{part}")
-            out[d + f"layer_norm2.{part}"] = take(s + f"ln_2.{part}")
-            out[d + f"mlp.fc1.{part}"] = take(s + f"mlp.fc1.{part}")
-            out[d + f"mlp.fc2.{part}"] = take(s + f"mlp.fc2.{part}")
+            for ours, theirs in HF_BLOCK_KEYS.items():
+                out[d + f"{theirs}.{part}"] = take(s + f"{ours}.{part}")
     assert used == set(src), f"tower keys not mapped: {sorted(set(src) - used)}"
     return out
 
@@ -358,9 +356,7 @@ def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, ki
     like = model.tower.ln_pre.weight
     tensors["vision_tower.vision_model.post_layernorm.weight"] = torch.ones(width, dtype=like.dtype)
     tensors["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(width, dtype=like.dtype)
-    for key, value in model.projector.state_dict().items():
-        index, param = key.split(".")
-        tensors[f"multi_modal_projector.linear_{int(index) // 2 + 1}.{param}"] = value
+    tensors |= projector_state_dict(model.projector, "transformers")
     if kind in _ANYRES_KINDS:
         tensors["image_newline"] = model.image_newline.data
     head_key = _head_key(model.llm)

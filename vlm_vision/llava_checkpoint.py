@@ -5,7 +5,7 @@ LLaVA saves the LLM's keys as they are (`model.layers.*`, `lm_head.weight`), the
 `model.vision_tower.vision_tower.vision_model.*`, and its settings as `mm_*` config keys. The LLM is
 loaded by transformers; projector and tower weights are read from the shards by name and go
 through the same key maps as every other layout (`projector.load_projector`,
-`vlm_vision.checkpoints.hf_to_tower`). The result is a `ModelParts`, which
+`vlm_vision.checkpoint_keys.hf_to_tower`). The result is a `ModelParts`, which
 `VisionLanguageModel.from_llava_checkpoint` assembles.
 """
 
@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from safetensors import safe_open
 
 from projector import build_projector, load_projector
-from vlm_vision.checkpoints import hf_to_tower
-from vlm_vision.configs import HUB_IDS, vision_config as named_config
+from projector.weight_files import read_weights
+from vlm_vision.checkpoint_keys import hf_to_tower
+from vlm_vision.configs import hub_config
 from vlm_vision.model_parts import ModelParts
 from vlm_vision.tower import CLIPVisionTower
 
@@ -41,36 +40,6 @@ LLAVA_LLM_CLASSES = {
 LLAVA_DEFAULTS = {"mm_vision_select_feature": "patch", "mm_projector_type": "linear"}
 
 
-def read_checkpoint_tensors(folder: str | os.PathLike, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint folder whose names pass `keep`, from every shard.
-
-    Reads `model.safetensors`, `pytorch_model.bin`, or the shards their `.index.json` lists;
-    safetensors are read key by key (only the kept tensors are loaded), torch files weights-only.
-
-    Raises:
-        FileNotFoundError: when the folder has no weights file.
-    """
-    folder = Path(folder)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            break
-        if (folder / name).is_file():
-            files = [name]
-            break
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors, pytorch_model.bin or their index")
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.endswith(".safetensors"):
-            with safe_open(folder / file, framework="pt") as f:
-                out |= {k: f.get_tensor(k) for k in f.keys() if keep(k)}
-        else:
-            out |= {k: v for k, v in torch.load(folder / file, map_location="cpu", weights_only=True).items() if keep(k)}
-    return out
-
-
 def _llm_from_llava_config(config: dict[str, Any], llm_class: Any) -> tuple[Any, Any]:
     model_type = config.get("model_type")
     if llm_class is None:
@@ -84,12 +53,11 @@ def _llm_from_llava_config(config: dict[str, Any], llm_class: Any) -> tuple[Any,
 def _vision_config_for(config: dict[str, Any], vision_config: Any) -> Any:
     if vision_config is not None:
         return vision_config
-    names = {hub: name for name, hub in HUB_IDS.items()}
     hub_id = config.get("mm_vision_tower")
-    if hub_id not in names:
+    if (known := hub_config(hub_id)) is None:
         raise ValueError(f"cannot tell the tower's architecture from mm_vision_tower={hub_id!r}; "
                          f"pass vision_config= (a CLIPVisionConfig) or tower=")
-    return named_config(names[hub_id])
+    return known
 
 
 def _video_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +125,7 @@ def llava_checkpoint_parts(path: str | os.PathLike, *, image_token_id: int | Non
     llm_class, llm_config = _llm_from_llava_config(config, llm_class)
     llm = llm_class.from_pretrained(path, config=llm_config, dtype=dtype)
     wanted = lambda k: "mm_projector" in k or "vision_tower" in k or k.endswith("image_newline")  # noqa: E731
-    tensors = read_checkpoint_tensors(path, wanted)
+    tensors = read_weights(path, wanted)
     select = dict(select_layer=int(config["mm_vision_select_layer"]), select_feature=config["mm_vision_select_feature"])
 
     if isinstance(tower, CLIPVisionTower):

@@ -7,7 +7,7 @@ tokens of a 336 px image. Because only that layer is needed, the forward runs th
 and stops: later blocks never run and no other hidden states are kept.
 
 The module is numerically the same network as transformers' `CLIPVisionModel`; the parameter names
-are our own (fused q/k/v like OpenAI's checkpoints), and `vlm_vision.checkpoints` maps every
+are our own (fused q/k/v like OpenAI's checkpoints), and `vlm_vision.vision_weights` maps every
 published layout onto them.
 
 Shapes: B images, C=3 channels, S image side, G = S / patch grid side, N = G*G patches, D width,
@@ -23,6 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig
+
+from vlm_vision.checkpoint_keys import hf_to_tower
+from vlm_vision.fp8 import FP8Linear, to_fp8
+from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.vision_weights import load_vision_weights
 
 SelectFeature = Literal["patch", "cls_patch"]
 
@@ -141,8 +146,6 @@ class CLIPVisionTower(nn.Module):
         )
         self._init_weights()
         if image_transform is None:
-            from vlm_vision.transforms import CLIPImageTransform
-
             image_transform = CLIPImageTransform(image_size=config.image_size)
         self.image_transform = image_transform
         self._frozen = False
@@ -170,8 +173,6 @@ class CLIPVisionTower(nn.Module):
     def from_transformers(cls, model: nn.Module, *, select_layer: int = -2,
                           select_feature: SelectFeature = "patch") -> "CLIPVisionTower":
         """Copy the weights of a transformers `CLIPVisionModel` or `CLIPModel` (any version's layout)."""
-        from vlm_vision.checkpoints import hf_to_tower
-
         config = getattr(model.config, "vision_config", model.config)
         tower = cls(config, select_layer=select_layer, select_feature=select_feature)
         tower.load_tower_state_dict(hf_to_tower(model.state_dict(), config.num_hidden_layers),
@@ -185,10 +186,8 @@ class CLIPVisionTower(nn.Module):
                         device: str | torch.device | None = None) -> "CLIPVisionTower":
         """Load a tower from a Hub id, a transformers folder, or an OpenAI/OpenCLIP/LLaVA checkpoint.
 
-        The format is detected from the files; see `vlm_vision.checkpoints.load_vision_weights`.
+        The format is detected from the files; see `vlm_vision.vision_weights.load_vision_weights`.
         """
-        from vlm_vision.checkpoints import load_vision_weights
-
         config, state_dict, transform = load_vision_weights(name_or_path)
         # Like transformers, float32 unless a dtype is asked for, whatever the file stores. Cast one
         # tensor at a time, so that the file's copy of each is freed as its cast is made: the peak
@@ -280,8 +279,6 @@ class CLIPVisionTower(nn.Module):
     @property
     def is_fp8(self) -> bool:
         """Whether `to_fp8()` turned the blocks' matmuls into FP8 ones."""
-        from vlm_vision.fp8 import FP8Linear
-
         return any(isinstance(m, FP8Linear) for m in self.modules())
 
     def to_fp8(self) -> "CLIPVisionTower":
@@ -292,8 +289,6 @@ class CLIPVisionTower(nn.Module):
             >>> tower(torch.zeros(1, 3, 224, 224)).dtype
             torch.bfloat16
         """
-        from vlm_vision.fp8 import to_fp8
-
         return to_fp8(self)
 
     def compile(self, **kwargs) -> "CLIPVisionTower":

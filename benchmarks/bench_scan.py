@@ -67,7 +67,8 @@ def write_dataset(root: Path, n: int) -> Path:
 
 def start(path: Path, tok, visual, cache: Path, workers: int, max_length: int):
     """What a training start does with the data: read, fingerprint, scan or read the cached scan."""
-    from vlm_vision.data_formats import MediaRoots, load_rows
+    from vlm_vision.data_files import load_rows
+    from vlm_vision.data_formats import MediaRoots
     from vlm_vision.data_scan import cached_scan
 
     t0 = time.perf_counter()

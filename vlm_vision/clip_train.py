@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import random
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -47,18 +46,16 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
-from video.decode import VideoDecodeError, load_video
+from vlm_vision.clip_data import PairDataset, pair_dataset, read_pairs, split_pairs
 from vlm_vision.contrastive import LogitScale, clip_loss
 from vlm_vision.train_params import cosine_schedule
 from vlm_vision.train_runtime import release_accelerator_state
 from vlm_vision.transforms import CLIPImageTransform
-from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings, tokenize
+from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
 
-__all__ = ["ClipTrainConfig", "Pair", "add_arguments", "read_pairs", "retrieval_metrics", "run", "split_pairs",
-           "train"]
+__all__ = ["ClipTrainConfig", "add_arguments", "retrieval_metrics", "run", "train"]
 
 RECALL_AT = (1, 5, 10)
-MEDIA_KINDS = ("image", "video")
 
 
 @dataclass
@@ -96,134 +93,6 @@ class ClipTrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
 
-
-@dataclass(frozen=True)
-class Pair:
-    """One training example: a media file and its caption."""
-
-    path: Path
-    kind: str  # "image" or "video"
-    caption: str
-
-
-# --- data -------------------------------------------------------------------------------------------
-
-def read_pairs(data: str | os.PathLike, media_root: str | os.PathLike) -> tuple[list[Pair], list[str]]:
-    """Read the pairs of a JSON or JSONL file, dropping (and explaining) the bad records.
-
-    Args:
-        data: a JSON file holding a list of records, or a JSONL file with one record per line.
-            A record is {"image": path, "caption": text} or {"video": path, "caption": text}.
-        media_root: the folder the media paths are relative to (absolute paths are kept).
-
-    Returns:
-        (pairs, skipped): the usable pairs, and one line per dropped record saying why.
-
-    Raises:
-        FileNotFoundError: if `data` or `media_root` does not exist.
-        ValueError: if a .json file is not valid JSON or not a list.
-    """
-    data, media_root = Path(data), Path(media_root)
-    if not data.is_file():
-        raise FileNotFoundError(f"data file not found: {data}")
-    if not media_root.is_dir():
-        raise FileNotFoundError(f"media root is not a folder: {media_root}")
-    text = data.read_text(encoding="utf-8")
-    records: list[tuple[str, Any]] = []
-    skipped: list[str] = []
-    if data.suffix == ".json":
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{data} is not valid JSON ({e}); use .jsonl for one record per line") from e
-        if not isinstance(parsed, list):
-            raise ValueError(f"{data} must hold a JSON list of records, got a {type(parsed).__name__}")
-        records = [(f"record {i}", r) for i, r in enumerate(parsed)]
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                skipped.append(f"line {number}: invalid JSON ({e.msg})")
-    pairs = []
-    for where, record in records:
-        pair, reason = _parse_record(record, media_root)
-        if pair is None:
-            skipped.append(f"{where}: {reason}")
-        else:
-            pairs.append(pair)
-    return pairs, skipped
-
-
-def _parse_record(record: Any, media_root: Path) -> tuple[Pair | None, str]:
-    if not isinstance(record, dict):
-        return None, f"expected an object, got {type(record).__name__}"
-    kinds = [k for k in MEDIA_KINDS if k in record]
-    if len(kinds) != 1:
-        return None, f"needs exactly one of 'image' or 'video', has keys {sorted(record)}"
-    caption = record.get("caption")
-    if not isinstance(caption, str) or not caption.strip():
-        return None, f"caption must be a non-empty string, got {caption!r}"
-    path = media_root / str(record[kinds[0]])
-    if not path.is_file():
-        return None, f"{kinds[0]} file not found: {path}"
-    return Pair(path, kinds[0], caption), ""
-
-
-def split_pairs(pairs: Sequence[Pair], eval_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Shuffle with `seed` and hold out ceil(eval_fraction x N) pairs: (train, eval).
-
-    Raises:
-        ValueError: if the fraction is outside [0, 1) or leaves no training pair.
-    """
-    if not 0.0 <= eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    order = list(pairs)
-    random.Random(seed).shuffle(order)
-    n_eval = math.ceil(eval_fraction * len(order))
-    if n_eval >= len(order):
-        raise ValueError(f"{len(order)} usable pairs leave none for training with eval_fraction={eval_fraction}")
-    return order[n_eval:], order[:n_eval]
-
-
-class _PairDataset(torch.utils.data.Dataset):
-    """Decoded pixels and pre-tokenized captions; a sample that fails to decode becomes None."""
-
-    def __init__(self, pairs: Sequence[Pair], input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 transform: CLIPImageTransform, num_frames: int) -> None:
-        self.pairs, self.input_ids, self.attention_mask = list(pairs), input_ids, attention_mask
-        self.transform, self.num_frames = transform, num_frames
-        self.failed: dict[Path, str] = {}  # path -> why it could not be decoded
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
-        pair = self.pairs[i]
-        try:
-            return i, self._pixels(pair)  # (T, 3, S, S)
-        except (ValueError, OSError, VideoDecodeError) as e:  # an image or a video that does not decode
-            self.failed[pair.path] = f"{pair.kind} cannot be decoded: {e}"
-            return i, None
-
-    def _pixels(self, pair: Pair) -> torch.Tensor:
-        if pair.kind == "image":
-            return self.transform(pair.path)  # (1, 3, S, S)
-        return self.transform(load_video(pair.path, num_frames=self.num_frames).frames)  # (T, 3, S, S)
-
-    def collate(self, items: list[tuple[int, torch.Tensor | None]]) -> dict[str, Any]:
-        ok = [(i, px) for i, px in items if px is not None]
-        index = torch.tensor([i for i, _ in ok], dtype=torch.long)
-        mask = self.attention_mask[index]  # (B, L_max)
-        length = int(mask.sum(1).max()) if len(ok) else 1  # right padding: trailing columns are all pad
-        return {
-            "pixel_values": torch.cat([px for _, px in ok]) if ok else torch.empty(0),  # (sum T, 3, S, S)
-            "frame_counts": [px.shape[0] for _, px in ok],
-            "input_ids": self.input_ids[index, :length],  # (B, L)
-            "attention_mask": mask[:, :length],  # (B, L)
-        }
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -295,7 +164,7 @@ def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, cap
 
 
 @torch.no_grad()
-def _evaluate(encoder: _DualEncoder, dataset: _PairDataset, batch_size: int, device: torch.device) -> dict[str, Any]:
+def _evaluate(encoder: _DualEncoder, dataset: PairDataset, batch_size: int, device: torch.device) -> dict[str, Any]:
     was_training = encoder.training
     encoder.eval()
     visual, text, captions = [], [], []
@@ -343,7 +212,7 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
     train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
     clip, tokenizer, transform = load_clip(config.model)
     max_len = clip.config.text_config.max_position_embeddings
-    train_set, eval_set = (_tokenized_dataset(p, tokenizer, max_len, transform, config.num_frames)
+    train_set, eval_set = (pair_dataset(p, tokenizer, max_len, transform, config.num_frames)
                            for p in (train_pairs, eval_pairs))
     encoder = _DualEncoder(clip, config.lock_image_tower).to(accelerator.device)
     before = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
@@ -437,23 +306,12 @@ def _check_config(config: ClipTrainConfig) -> None:
 
 def _check_launch(accelerator: Accelerator) -> None:
     """Refuse a process group that accelerate does not use: the loss would gather unsharded batches."""
-    import torch.distributed as dist
-
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world != accelerator.num_processes:
         raise ValueError(f"torch.distributed has {world} processes but accelerate runs {accelerator.num_processes} "
                          f"(no DDP, no data sharding); without GPUs, launch several CPU processes with "
                          f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
 
-
-def _tokenized_dataset(pairs: Sequence[Pair], tokenizer: Any, max_len: int, transform: CLIPImageTransform,
-                       num_frames: int) -> _PairDataset:
-    if pairs:
-        batch = tokenize(tokenizer, [p.caption for p in pairs], max_len)  # warns once about long captions
-        ids, mask = batch["input_ids"], batch["attention_mask"]  # (N, L)
-    else:
-        ids = mask = torch.zeros(0, 1, dtype=torch.long)
-    return _PairDataset(pairs, ids, mask, transform, num_frames)
 
 
 def _any_rank_empty(accelerator: Accelerator, n_local: int) -> bool:

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Record, Skipped, load_rows, parse_record
+from vlm_vision.data_files import DataRows, Skipped, load_rows
+from vlm_vision.data_formats import BadSample, MediaRoots, Record, parse_record
 from vlm_vision.record_tokens import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
                                       visual_frames)
 

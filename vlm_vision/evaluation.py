@@ -1,7 +1,8 @@
-"""Run a model on evaluation questions: load it, load each question's medium, answer in batches.
+"""Run a model on evaluation questions: read them, load each one's medium, answer in batches.
 
 `answer_questions` is the whole path, used by `vlm-vision eval` (`vlm_vision.eval_run`) and by
-training's periodic evaluation alike: questions in, one scored row per question out.
+training's periodic evaluation alike: questions in, one scored row per question out. The model is
+loaded by `vlm_vision.eval_model`, each medium by `vlm_vision.eval_media`.
 
 Why each video goes through the tower once: a multiple-choice question is answered twice (a
 generated letter, then every option scored by log-likelihood), so the pooled tower tokens of each
@@ -20,38 +21,36 @@ K kept positions, V vocabulary.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import inspect
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vlm_vision.data_formats import Skipped, read_records
+from vlm_vision.data_files import Skipped, read_records
 from vlm_vision.eval_data import (
     LETTERS,
     BadRecord,
     Question,
     choice_prompt,
     exact_match,
+    log_fields,
     open_prompt,
     parse_choice,
     parse_question,
     token_f1,
 )
+from vlm_vision.eval_media import Loaded, QuestionMedia
+from vlm_vision.eval_model import load_eval_model, model_identity
+from vlm_vision.fusion import encode_videos
 from vlm_vision.train_data import IGNORE_INDEX, Example, expand_placeholder, pad_batch, tokenize_conversation
+from vlm_vision.train_loss import takes_logits_to_keep
+from vlm_vision.video_prompt import time_instruction
 
+# `load_eval_model` and `model_identity` live in `eval_model`; they are importable from here too.
 __all__ = ["read_questions", "load_eval_model", "answer_questions", "model_identity", "eval_questions",
-           "question_accuracy"]
-
-TRANSFORMERS_KINDS = ("llava_next_video", "llava_next", "llava")
-_HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".model", ".txt")
-_HASHED_BYTES = 1 << 16
+           "question_accuracy", "visual_count", "with_time_instruction"]
 
 
 # ----- questions ----------------------------------------------------------------------------------
@@ -90,156 +89,10 @@ def read_questions(paths: Sequence[str], media_root: str | None, limit: int | No
     return questions, bad, count
 
 
-# ----- the model ----------------------------------------------------------------------------------
-
-
-def _folder_kind(path: Path) -> str:
-    from vlm_vision.trained import CONFIG_NAME
-
-    if (path / CONFIG_NAME).is_file():
-        return "trained"
-    config = path / "config.json"
-    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    if model_type in TRANSFORMERS_KINDS:
-        return model_type
-    raise ValueError(f"{path} is neither a vlm-vision trained folder (final/, checkpoint-STEP/ or a merged model, "
-                     f"with vlm_config.json) nor a transformers folder of model_type {list(TRANSFORMERS_KINDS)} "
-                     f"(found model_type {model_type!r})")
-
-
-def model_identity(path: str | Path) -> dict[str, Any]:
-    """What a set of predictions was made with: the folder, its kind, and a fingerprint of its files.
-
-    The fingerprint hashes each config/weight file's name, size, first and last 64 KiB (a second
-    per folder even for large models): retrained or replaced weights change it.
-    """
-    path = Path(path).resolve()
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}".encode())
-        with file.open("rb") as f:
-            digest.update(f.read(_HASHED_BYTES))
-            f.seek(max(0, size - _HASHED_BYTES))
-            digest.update(f.read())
-    return {"path": str(path), "kind": _folder_kind(path), "fingerprint": digest.hexdigest()[:16]}
-
-
-def load_eval_model(path: str | Path, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
-    """A `VisionLanguageModel` in eval mode and its processor, from any folder we can evaluate.
-
-    Args:
-        path: a training run's `final/` or `checkpoint-STEP/`, a merged model (`merge_trained`), or a
-            transformers LLaVA-NeXT-Video / LLaVA-NeXT / LLaVA folder with its tokenizer.
-        device, dtype: where the model lives.
-
-    Raises:
-        ValueError: for another kind of folder, or a tokenizer without a chat template.
-    """
-    from vlm_vision.fusion import VisionLanguageModel
-    from vlm_vision.processor import VisionLanguageProcessor
-    from vlm_vision.trained import load_tokenizer, load_trained
-
-    path = Path(path)
-    kind = _folder_kind(path)
-    if kind == "trained":
-        model, processor = load_trained(path, dtype=dtype, device=device)
-    else:
-        model = getattr(VisionLanguageModel, f"from_{kind}")(path, dtype=dtype).to(device).eval()
-        processor = VisionLanguageProcessor.for_model(load_tokenizer(str(path)), model)
-    if not getattr(processor.tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer in {path} has no chat_template; questions are asked through it")
-    return model, processor
-
-
-# ----- media --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Loaded:
-    """A question with its medium ready for the model, or the reason it could not be loaded.
-
-    `kind` is "video" (`media` float[T, 3, S, S] frames), "video_features" (float[T, N', D_v] pooled
-    tower tokens) or "image" (float[1, 3, S, S], or float[P, 3, S, S] crops with `image_size` for
-    anyres models). `duration` is the seconds of video the question is about; `times` each frame's
-    presentation time (for the time instruction and markers).
-    """
-
-    question: Question
-    kind: str | None = None
-    media: torch.Tensor | None = None
-    image_size: tuple[int, int] | None = None
-    duration: float | None = None
-    error: str | None = None
-    times: list[float] | None = None
-
-
-def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
-    from video import load_video_tokens
-
-    tokens = load_video_tokens(question.media_path)
-    rows, cols = model.pooled_grid
-    made = (tokens.pool_stride, tokens.pool_mode, tokens.layer, tokens.tokens.shape[1], tokens.tokens.shape[2])
-    wanted = (model.pool_stride, model.pool_mode, model.tower.select_layer, rows * cols, model.tower.hidden_size)
-    if made != wanted:
-        return Loaded(question, error=f"token file {question.media_path} was made with (pool stride, pool mode, "
-                                      f"layer, tokens per frame, width) {made}; this model needs {wanted}")
-    if tokens.random_weights:
-        return Loaded(question, error=f"token file {question.media_path} comes from a tower with random weights")
-    times = tokens.presentation_times or tokens.timestamps
-    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration, times=times)  # (T, N', D_v)
-
-
-def load_medium(question: Question, model: nn.Module, num_frames: int, sampling: dict[str, Any] | None = None) -> Loaded:
-    """Decode or read a question's medium; a file that cannot be read gives a `Loaded` with `error`.
-
-    `sampling` are `video.load_video`'s frame arguments (`VisionLanguageProcessor.video_sampling`);
-    None: `num_frames` uniform frames.
-    """
-    from video import VideoDecodeError, load_video
-
-    transform = model.tower.image_transform
-    try:
-        if question.cached:
-            return _load_video_tokens(question, model)
-        if question.media_kind == "video":
-            clip = load_video(question.media_path, **(sampling or {"num_frames": num_frames}), start=question.start,
-                              end=question.end)
-            window = min(question.end or clip.duration, clip.duration) - (question.start or 0.0)
-            return Loaded(question, "video", transform(clip.frames), duration=window,
-                          times=list(clip.presentation_times))  # (T, 3, S, S)
-        if model.image_grid_pinpoints is not None:
-            from vlm_vision.anyres import anyres_pixel_values
-
-            crops, size = anyres_pixel_values(question.media_path, transform, grid_pinpoints=model.image_grid_pinpoints,
-                                              tile_size=transform.image_size, convention=model.anyres_convention)
-            return Loaded(question, "image", crops, image_size=tuple(size))  # (P, 3, S, S)
-        return Loaded(question, "image", transform(question.media_path))  # (1, 3, S, S)
-    except VideoDecodeError as e:
-        return Loaded(question, error=f"video could not be decoded: {e.reason}")
-    except (OSError, ValueError) as e:  # unreadable images, malformed token files
-        return Loaded(question, error=f"{question.media_kind} could not be read: {e}")
-
-
-class _Media(torch.utils.data.Dataset):
-    """Questions -> `Loaded`, so that a DataLoader decodes ahead of the model."""
-
-    def __init__(self, questions: Sequence[Question], model: nn.Module, num_frames: int,
-                 sampling: dict[str, Any] | None = None):
-        self.questions, self.model, self.num_frames, self.sampling = list(questions), model, num_frames, sampling
-
-    def __len__(self) -> int:
-        return len(self.questions)
-
-    def __getitem__(self, index: int) -> Loaded:
-        return load_medium(self.questions[index], self.model, self.num_frames, self.sampling)
-
-
 # ----- prompts -> tensors -------------------------------------------------------------------------
 
 
-def _visual_count(item: Loaded, model: nn.Module, processor: Any) -> int | list[int]:
+def visual_count(item: Loaded, model: nn.Module, processor: Any) -> int | list[int]:
     """Placeholders of the item's medium, or (time markers) the ids of its video span."""
     if item.kind == "image":
         return model.image_tokens if item.image_size is None else model.num_image_tokens(*item.image_size)
@@ -255,12 +108,10 @@ def _times(item: Loaded) -> list[float]:
     return item.times
 
 
-def _with_time(text: str, item: Loaded, processor: Any) -> str:
+def with_time_instruction(text: str, item: Loaded, processor: Any) -> str:
     """`text` with LLaVA-Video's time sentence after the video placeholder when the processor asks for it."""
     if item.kind == "image" or not getattr(processor, "time_instruction", False):
         return text
-    from vlm_vision.video_prompt import time_instruction
-
     token = processor.video_token
     return text.replace(token, f"{token}\n{time_instruction(item.duration, _times(item))}", 1)
 
@@ -286,8 +137,6 @@ def _media_inputs(items: Sequence[Loaded], features: dict[int, torch.Tensor], de
 
 def _pooled(items: Sequence[Loaded], model: nn.Module) -> dict[int, torch.Tensor]:
     """Pooled tower tokens of each video item, the tower run once over all raw videos."""
-    from vlm_vision.fusion import encode_videos
-
     device = model.tower.device
     raw = [item for item in items if item.kind == "video"]
     out = {id(item): item.media.to(device) for item in items if item.kind == "video_features"}
@@ -329,11 +178,11 @@ def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], 
     sequences = []
     for item in items:
         prompt = choice_prompt(item.question) if item.question.multiple_choice else open_prompt(item.question)
-        text = processor.apply_chat_template([{"role": "user", "content": _with_time(prompt, item, processor)}],
+        text = processor.apply_chat_template([{"role": "user", "content": with_time_instruction(prompt, item, processor)}],
                                              add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         sequences.append(expand_placeholder(ids, ids, _token_id(item, processor),
-                                            [_visual_count(item, model, processor)])[0])
+                                            [visual_count(item, model, processor)])[0])
     input_ids, mask = _left_pad(sequences, _pad_id(tokenizer))  # (B, L)
     stop = _stop_ids(model, tokenizer)
     out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
@@ -346,11 +195,6 @@ def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], 
     return answers
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
 @torch.no_grad()
 def sequence_logprobs(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Summed log-probability of each row's labelled tokens: float[B].
@@ -361,8 +205,7 @@ def sequence_logprobs(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     labels = batch.pop("labels")  # (B, L)
     targets = labels[:, 1:]  # (B, L-1): position j predicts token j+1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
-    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    if _forward_takes_logits_to_keep(type(llm)):
+    if takes_logits_to_keep(model.llm):
         logits = model(**batch, logits_to_keep=keep.to(labels.device)).logits  # (B, K, V)
     else:
         logits = model(**batch).logits[:, keep]  # (B, K, V)
@@ -383,11 +226,11 @@ def option_scores(model: nn.Module, processor: Any, items: Sequence[Loaded], fea
     sequences: list[tuple[Loaded, Example]] = []
     for item in items:
         for option in item.question.options:
-            messages = [{"role": "user", "content": _with_time(open_prompt(item.question), item, processor)},
+            messages = [{"role": "user", "content": with_time_instruction(open_prompt(item.question), item, processor)},
                         {"role": "assistant", "content": option}]
             ids, labels = tokenize_conversation(tokenizer, messages)
             ids, labels = expand_placeholder(ids, labels, _token_id(item, processor),
-                                             [_visual_count(item, model, processor)])
+                                             [visual_count(item, model, processor)])
             sequences.append((item, Example(item.question.id, torch.tensor(ids), torch.tensor(labels), None, None)))
     scores: list[float] = []
     for start in range(0, len(sequences), batch_size):
@@ -459,7 +302,7 @@ def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Quest
     """
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(_Media(questions, model, num_frames, sampling), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(QuestionMedia(questions, model, num_frames, sampling), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=list)
     rows: list[dict[str, Any]] = []
     try:
@@ -495,9 +338,7 @@ def question_accuracy(model: nn.Module, processor: Any, questions: Sequence[Ques
                       num_frames: int, batch_size: int) -> dict[str, float]:
     """Accuracy on `questions` as log fields (`eval_mc_generated_accuracy`, ...), each process
     answering every Nth question under the run's autocast."""
-    from accelerate.utils import gather_object
-
-    from vlm_vision.eval_data import log_fields
+    from accelerate.utils import gather_object  # lazy: only training's periodic evaluation gathers rows
 
     mine = list(questions[accelerator.process_index::accelerator.num_processes])
     with accelerator.autocast():

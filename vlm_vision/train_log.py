@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.data_formats import Skipped, record_origin
+from vlm_vision.data_files import Skipped
+from vlm_vision.data_formats import record_origin
 
 __all__ = ["RunLog", "plot_loss"]
 

@@ -1,5 +1,8 @@
 """From examples to the loss: the padded model inputs of a batch, the labelled loss, evaluation.
 
+`labelled_loss` and `vlm_vision.evaluation`'s option scoring both run the LM head only where a
+label follows, when the LLM's forward takes `logits_to_keep` (`takes_logits_to_keep`).
+
 Shapes: B batch, L sequence, K kept positions, V vocabulary (logits) or videos (lists), I images,
 P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
 """
@@ -7,6 +10,7 @@ P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlm_vision.fusion import encode_videos, mask_labels
 from vlm_vision.train_data import IGNORE_INDEX, ConversationDataset, Example, pad_batch
 
-__all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "to_device"]
+__all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "takes_logits_to_keep",
+           "to_device"]
 
 
 def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
@@ -30,8 +36,6 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
     pooled tower tokens float[T, N', D_v] (`video_features`; raw videos in that batch are encoded
     here with the frozen `tower`, at `stride_for(T)` when the model has a token budget, else `pool_stride`).
     """
-    from vlm_vision.fusion import encode_videos
-
     batch: dict[str, Any] = pad_batch(examples, pad_token_id)
     images = [e for e in examples if e.media_kind == "image"]
     videos = [e for e in examples if e.media_kind in ("video", "video_features")]
@@ -67,8 +71,6 @@ def labelled_loss(model: nn.Module, batch: dict[str, Any], reduction: str = "mea
             training loop divides by the token count of the whole optimizer step; a batch without
             labels then gives an exact zero that still depends on every trainable weight it used).
     """
-    from vlm_vision.fusion import mask_labels
-
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     base = getattr(model, "module", model)  # under DDP
@@ -78,7 +80,7 @@ def labelled_loss(model: nn.Module, batch: dict[str, Any], reduction: str = "mea
     if reduction == "sum" and count == 0:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return model(**inputs).logits.float().sum() * 0.0
-    if not _takes_logits_to_keep(base.llm):
+    if not takes_logits_to_keep(base.llm):
         loss = model(**batch).loss  # the mean over `count` tokens
         return loss * count if reduction == "sum" else loss
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,)
@@ -116,7 +118,8 @@ def step_loss_scale(step_tokens: int, num_processes: int, grad_accum: int) -> fl
     return num_processes * grad_accum / max(step_tokens, 1)
 
 
-def _takes_logits_to_keep(llm: nn.Module) -> bool:
+def takes_logits_to_keep(llm: nn.Module) -> bool:
+    """Whether the LLM's forward (under a PEFT wrapper: the base model's) takes `logits_to_keep`."""
     core = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
     return _forward_takes_logits_to_keep(type(core))
 
@@ -124,8 +127,6 @@ def _takes_logits_to_keep(llm: nn.Module) -> bool:
 @functools.lru_cache(maxsize=None)
 def _forward_takes_logits_to_keep(cls: type) -> bool:
     # once per class, not on every training step
-    import inspect
-
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 

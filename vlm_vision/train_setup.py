@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlm_vision.data_formats import BadSample, DataRows, MediaRoots, Skipped, load_rows, parse_record
+from vlm_vision.data_files import DataRows, Skipped, load_rows
+from vlm_vision.data_formats import BadSample, MediaRoots, parse_record
 from vlm_vision.data_scan import KINDS, TrainingData, load_training_data
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_data import ConversationDataset, VisualSpec

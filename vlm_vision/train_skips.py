@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from vlm_vision.data_formats import Skipped
+from vlm_vision.data_files import Skipped
 
 __all__ = ["SkipCeiling", "TooManySkipped"]
 

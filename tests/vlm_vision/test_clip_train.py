@@ -12,7 +12,8 @@ from transformers import CLIPModel
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from vlm_vision.cli import main
-from vlm_vision.clip_train import Pair, read_pairs, retrieval_metrics, split_pairs
+from vlm_vision.clip_data import Pair, read_pairs, split_pairs
+from vlm_vision.clip_train import retrieval_metrics
 from vlm_vision.zero_shot import ZeroShotClassifier
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),

@@ -9,7 +9,8 @@ import pytest
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import make_tokenizer
-from vlm_vision.data_formats import MediaRoots, load_rows
+from vlm_vision.data_files import load_rows
+from vlm_vision.data_formats import MediaRoots
 from vlm_vision.data_scan import KINDS, LazyRecords, cached_scan, scan_rows
 from vlm_vision.train_data import VisualSpec, sample_tokens
 

@@ -423,7 +423,7 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
 def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
     """The training loss runs the LM head only where a label follows: same loss, same gradients."""
     from vlm_vision.train_log import RunLog
-    from vlm_vision.train_loss import _takes_logits_to_keep, labelled_loss, model_inputs
+    from vlm_vision.train_loss import labelled_loss, model_inputs, takes_logits_to_keep
     from vlm_vision.train_setup import setup as _setup
 
     out = tmp_path / "ll"
@@ -432,7 +432,7 @@ def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
     model = run.model.train()
     examples = [run.dataset[i] for i in range(3)]
     batch = model_inputs(examples, run.processor.tokenizer.pad_token_id, model.tower)
-    assert _takes_logits_to_keep(model.llm)
+    assert takes_logits_to_keep(model.llm)
     labelled = int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
     assert 0 < labelled < batch["input_ids"].shape[1] // 2  # most positions are visual or prompt
 
@@ -453,13 +453,13 @@ def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
 def test_llms_without_logits_to_keep_get_the_plain_call():
     from torch import nn
 
-    from vlm_vision.train_loss import _takes_logits_to_keep
+    from vlm_vision.train_loss import takes_logits_to_keep
 
     class Plain(nn.Module):
         def forward(self, inputs_embeds=None, attention_mask=None, labels=None):
             return None
 
-    assert not _takes_logits_to_keep(Plain())
+    assert not takes_logits_to_keep(Plain())
 
 
 ANYRES_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # [height, width], multiples of the tiny tower's 28 px

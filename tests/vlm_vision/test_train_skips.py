@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_vision.data_formats import Skipped
+from vlm_vision.data_files import Skipped
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_skips import SkipCeiling, TooManySkipped
 

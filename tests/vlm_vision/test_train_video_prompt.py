@@ -69,7 +69,8 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
     # --fps/--max-frames/--max-video-tokens override the run's settings; a miscount would fail the splice
     from vlm_vision.eval_run import EvalConfig, run_eval
     from vlm_vision.eval_data import Question
-    from vlm_vision.evaluation import _visual_count, _with_time, load_medium
+    from vlm_vision.eval_media import load_medium
+    from vlm_vision.evaluation import visual_count, with_time_instruction
 
     records = tmp_path / "questions.jsonl"
     records.write_text("".join(json.dumps({"id": f"q{i}", "video": f"{c}.mp4", "question": "What colour is this video?",
@@ -87,10 +88,10 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
                  options=None, answer=None)
     item = load_medium(q, model, 6, {"fps": 4.0, "max_frames": 5})  # 12 frames at 8 fps: 0, 2, ..., 10 -> 5 uniform
     assert item.media.shape[0] == 5 and len(item.times) == 5
-    span = _visual_count(item, model, processor)
+    span = visual_count(item, model, processor)
     assert span.count(processor.video_token_id) == model.video_tokens(5)
     assert processor.tokenizer.decode([i for i in span if i != processor.video_token_id]).startswith("<t=0.0s>")
-    assert "and 5 frames are uniformly sampled" in _with_time("<video>\n?", item, processor)
+    assert "and 5 frames are uniformly sampled" in with_time_instruction("<video>\n?", item, processor)
 
     # stage 2 starts from stage 1 (faster_token included) and trains it further with LoRA
     stage2 = Path(train(TrainConfig(output_dir=str(tmp_path / "s2"), stage=2, max_steps=3, lr=1e-2,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlm_vision.conversation_tokens import tokenize_conversation
 from vlm_vision.data_files import Skipped, read_records
 from vlm_vision.eval_data import (
     LETTERS,
@@ -44,7 +45,9 @@ from vlm_vision.eval_data import (
 from vlm_vision.eval_media import Loaded, QuestionMedia
 from vlm_vision.eval_model import load_eval_model, model_identity
 from vlm_vision.fusion import encode_videos
-from vlm_vision.train_data import IGNORE_INDEX, Example, expand_placeholder, pad_batch, tokenize_conversation
+from vlm_vision.placeholders import IGNORE_INDEX
+from vlm_vision.record_tokens import expand_placeholder
+from vlm_vision.train_data import Example, pad_batch
 from vlm_vision.train_loss import takes_logits_to_keep
 from vlm_vision.video_prompt import time_instruction
 

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from vlm_vision.fusion import encode_videos, mask_labels
-from vlm_vision.train_data import IGNORE_INDEX, ConversationDataset, Example, pad_batch
+from vlm_vision.placeholders import IGNORE_INDEX
+from vlm_vision.train_data import ConversationDataset, Example, pad_batch
 
 __all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "takes_logits_to_keep",
            "to_device"]

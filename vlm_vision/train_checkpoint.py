@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from video.atomic_files import replace_dir
 from vlm_vision.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.train_runtime import deepspeed_kwargs
 from vlm_vision.train_sharded import FrozenParts, save_optimizer_state, whole_state
-from vlm_vision.trained import TrainedSpec, replace_dir, save_trained
+from vlm_vision.trained import TrainedSpec, save_trained
 
 __all__ = ["check_resumable", "latest_checkpoint", "prune_checkpoints", "read_state", "save_checkpoint"]
 

@@ -18,24 +18,29 @@ Layout of a trained folder (`final/`, and the model part of every `checkpoint-ST
                                output embedding is not tied to its input embedding)
     tokenizer files            the tokenizer with the placeholder tokens, so ids match on reload
 
-Every folder is written under a temporary name and renamed into place (`replace_dir`): a crash
+Every folder is written under a temporary name and renamed into place (`video.atomic_files.atomic_dir`): a crash
 mid-save leaves the previous folder intact, never half of a new one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from projector import build_projector, load_projector, save_projector
+from video.atomic_files import atomic_dir
+from vlm_vision.fusion import VisionLanguageModel
+from vlm_vision.processor import VisionLanguageProcessor
+from vlm_vision.tower import CLIPVisionTower
 
 FORMAT = "vlm-vision/trained/v1"
 CONFIG_NAME = "vlm_config.json"
@@ -124,16 +129,12 @@ def _gguf_split(name_or_path: str) -> tuple[str, dict[str, str]]:
 
 def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Module:
     """A transformers causal LM from a Hub id, a folder, or a `.gguf` file (dequantised)."""
-    from transformers import AutoModelForCausalLM
-
     where, extra = _gguf_split(name_or_path)
     return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
 
 
 def load_tokenizer(name_or_path: str) -> Any:
     """The fast tokenizer of a Hub id, a folder, or a `.gguf` file."""
-    from transformers import AutoTokenizer
-
     where, extra = _gguf_split(name_or_path)
     return AutoTokenizer.from_pretrained(where, **extra)
 
@@ -187,43 +188,6 @@ def set_token_rows(llm: nn.Module, rows: dict[str, torch.Tensor]) -> None:
         out.weight[index.to(out.weight.device)] = rows["output"].to(device=out.weight.device, dtype=out.weight.dtype)
 
 
-# ----- atomic folders -----------------------------------------------------------------------------
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder `src` to `dst`, replacing an older `dst`.
-
-    `os.replace` cannot swap a non-empty folder in one step, so an old `dst` is first renamed aside
-    and removed after the new one is in place; at every instant `dst` is either absent (for the
-    moment between two renames) or complete.
-    """
-    src, dst = Path(src), Path(dst)
-    old = dst.with_name(f".old-{dst.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a folder under a temporary name beside `path`; rename it to `path` only on success."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, path)
-
-
 # ----- save and load ------------------------------------------------------------------------------
 
 
@@ -244,8 +208,6 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
             train; default: the trained rows (`model.new_token_rows`, from `state` when given), else
             read from the model's embeddings.
     """
-    from projector import save_projector
-
     folder = Path(folder)
     tensors = dict(model.named_parameters()) if state is None else state
     projector = {k[len("projector."):]: v for k, v in tensors.items() if k.startswith("projector.")}
@@ -275,8 +237,6 @@ def save_trained(model: nn.Module, processor: Any, spec: TrainedSpec, folder: st
 
 def _projector_like(model: nn.Module, spec: TrainedSpec, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """A projector of the model's kind holding `state` (built on the meta device, so nothing is copied)."""
-    from projector import build_projector
-
     with torch.device("meta"):
         projector = build_projector(spec.projector_type, model.tower.hidden_size,
                                     model.llm.get_input_embeddings().embedding_dim)
@@ -295,11 +255,6 @@ def build_base(spec: TrainedSpec, *, tokenizer: Any, llm: nn.Module | None = Non
     Raises:
         ValueError: when the tokenizer's placeholder ids differ from those the spec records.
     """
-    from projector import build_projector
-    from vlm_vision.fusion import VisionLanguageModel
-    from vlm_vision.processor import VisionLanguageProcessor
-    from vlm_vision.tower import CLIPVisionTower
-
     llm = load_llm(spec.llm, dtype) if llm is None else llm
     tower = CLIPVisionTower.from_pretrained(spec.tower, select_layer=spec.select_layer, dtype=dtype) \
         if tower is None else tower
@@ -336,8 +291,6 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
 
     With an adapter, `model.llm` becomes the peft model; returns `model`.
     """
-    from projector import load_projector
-
     folder = Path(folder)
     load_projector(model.projector, folder / PROJECTOR_FILE)
     with torch.no_grad():
@@ -354,12 +307,11 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
         if getattr(model, "new_token_rows", None) is not None:  # training them (resuming a run)
             model.new_token_rows.load(rows)
     if spec.lora is not None:
-        from peft import PeftModel, set_peft_model_state_dict
-        from safetensors.torch import load_file as read
+        from peft import PeftModel, set_peft_model_state_dict  # lazy: peft is heavy and only stage-2 folders need it
 
         if hasattr(model.llm, "peft_config"):
             # An adapter is already attached (resuming a run): load its weights in place.
-            result = set_peft_model_state_dict(model.llm, read(str(folder / "adapter_model.safetensors")))
+            result = set_peft_model_state_dict(model.llm, load_file(str(folder / "adapter_model.safetensors")))
             if result.unexpected_keys:
                 raise ValueError(f"{folder}: adapter weights not in the model: {result.unexpected_keys[:4]}")
         else:
@@ -408,8 +360,6 @@ def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
     Returns:
         The output folder.
     """
-    from projector import save_projector
-
     model, processor = load_trained(path, merge=True)
     spec = TrainedSpec.read(path)
     with atomic_dir(output_dir) as tmp:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from video.atomic_files import atomic_dir
 from vlm_vision.evaluation import eval_questions, question_accuracy
 from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.train_config import TrainConfig
@@ -46,7 +47,7 @@ from vlm_vision.train_runtime import (
 )
 from vlm_vision.train_setup import setup
 from vlm_vision.train_sharded import frozen_parts, load_optimizer_state, shard_model, whole_state
-from vlm_vision.trained import atomic_dir, load_trained_weights, save_trained
+from vlm_vision.trained import load_trained_weights, save_trained
 
 __all__ = ["train"]
 

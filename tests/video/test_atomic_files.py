@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from video.atomic_files import temporary_files, write_atomic
+from video.atomic_files import atomic_dir, temporary_files, write_atomic
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -32,3 +32,20 @@ def test_temporary_files_of_a_live_writer_are_not_stale(tmp_path):
         p.write_bytes(b"")
     assert temporary_files(target) == sorted([live, dead, old])
     assert temporary_files(target, stale_only=True) == sorted([dead, old])
+
+
+def test_atomic_dir_replaces_a_folder_only_when_the_block_finishes(tmp_path):
+    target = tmp_path / "final"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_bytes(b"old")
+    assert (target / "weights.bin").read_bytes() == b"old"
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights.bin").write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert (target / "weights.bin").read_bytes() == b"old"  # the previous folder is intact
+    with atomic_dir(target) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # no temporary or old folder left
+    assert (target / "sub" / "weights.bin").read_bytes() == b"new" and not (target / "weights.bin").exists()

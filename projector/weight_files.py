@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-__all__ = ["HF_WEIGHT_FILES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "KeyFilter", "UnsafeWeightsError", "read_json",
-           "read_weight_file", "read_weights", "sniff"]
+__all__ = ["HF_WEIGHT_FILES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "KeyFilter", "StateDict", "UnsafeWeightsError",
+           "read_json", "read_weight_file", "read_weights", "sniff"]
 
 StateDict = dict[str, torch.Tensor]
 KeyFilter = Callable[[str], bool] | None

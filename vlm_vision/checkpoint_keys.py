@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from transformers import CLIPVisionConfig
 
+from projector.weight_files import StateDict
+
 __all__ = ["HEAD_WIDTH", "HF_BLOCK_KEYS", "KeyMap", "check_shapes", "count_blocks", "find_prefix", "hf_key_map",
            "hf_to_tower", "infer_vision_config", "openai_key_map", "openai_to_tower"]
-
-StateDict = dict[str, torch.Tensor]
 
 HEAD_WIDTH = 64  # every released CLIP ViT has 64-wide attention heads
 # Our key -> the source's, each with a `.weight` and a `.bias`: the stem, and each block.

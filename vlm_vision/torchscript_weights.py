@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_torchscript", "read_torchscript"]
+from projector.weight_files import StateDict
 
-StateDict = dict[str, torch.Tensor]
+__all__ = ["is_torchscript", "read_torchscript"]
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from transformers import CLIPVisionConfig
 
-from projector.weight_files import (HF_WEIGHT_FILES, WEIGHT_SUFFIXES, KeyFilter, read_json, read_weight_file,
-                                    read_weights, sniff)
+from projector.weight_files import (HF_WEIGHT_FILES, WEIGHT_SUFFIXES, KeyFilter, StateDict, read_json,
+                                    read_weight_file, read_weights, sniff)
 from vlm_vision.checkpoint_keys import (HEAD_WIDTH, KeyMap, check_shapes, hf_key_map, infer_vision_config,
                                         openai_key_map)
 from vlm_vision.configs import hub_config
@@ -46,8 +46,6 @@ from vlm_vision.torchscript_weights import is_torchscript, read_torchscript
 from vlm_vision.transforms import CLIPImageTransform
 
 __all__ = ["load_vision_weights"]
-
-StateDict = dict[str, torch.Tensor]
 
 
 # ----- reading the files ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What `vlm-vision extract` does with each video: its output name, and whether an output there is kept.
+"""What `vlm-vision extract` does with each video: which inputs are videos, its output name, which
+process writes it, and whether an output there is kept.
 
 Output names are a pure function of the video's path relative to the input argument it was found
 under (`videos/sub/c.mp4` found under `videos/` -> `sub__c`; a file given directly -> its stem), so
@@ -19,10 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
+from safetensors import safe_open
+
+from video.atomic_files import temporary_files
 from video.extract import read_metadata
+from video.extract_report import Outcome
 from video.provenance import describe_differences, differences, source_identity
 
-__all__ = ["Decision", "Found", "clashes", "decide", "find_inputs", "output_name"]
+__all__ = ["Decision", "Found", "clashes", "decide", "find_inputs", "find_videos", "output_name", "plan_outputs",
+           "shard"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
                               ".wmv", ".3gp", ".ogv"})
@@ -69,6 +75,11 @@ def find_inputs(inputs: Iterable[str | os.PathLike]) -> list[Found]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def find_videos(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The video paths of `find_inputs`, in order, each once."""
+    return [f.path for f in find_inputs(inputs)]
 
 
 def _listed_relative(entry: str, inner: Found, is_folder: bool) -> PurePath:
@@ -145,8 +156,45 @@ def decide(video: Path, output: Path, settings: dict[str, Any], *, overwrite: bo
     differ = differences(meta, {**identity, **settings})
     if differ:
         return Decision("extract", f"the existing output differs: {describe_differences(differ)}", identity)
-    from safetensors import safe_open
-
     with safe_open(str(output), framework="pt") as f:
         shape = tuple(f.get_slice("tokens").get_shape())
     return Decision("keep", identity=identity, shape=shape)
+
+
+def shard(items: list, process_index: int, num_processes: int) -> list:
+    """Items i with i % num_processes == process_index: one writer per output across processes."""
+    return items[process_index::num_processes]
+
+
+def plan_outputs(found: list[Found], out: Path, settings: dict[str, Any], rank: int, world: int, *,
+                 overwrite: bool) -> tuple[list[Outcome], list[tuple[Path, Path, str | None]]]:
+    """(outcomes settled before decoding, (video, output, why it is extracted again) still to do).
+
+    Names clash check over all inputs (every process sees the same list), then this process's
+    share. Also removes the temporary files an interrupted run left for these outputs.
+    """
+    taken = clashes(found)
+    settled, todo = [], []
+    for i, f in shard(list(enumerate(found)), rank, world):
+        output = out / f"{output_name(f.relative)}.safetensors"
+        if i in taken:
+            other = found[taken[i]]
+            settled.append(Outcome(f.path, output, "error", reason=(
+                f"its output name {output.name!r} is also that of {other.path} in this run (both are "
+                f"{output_name(f.relative)!r} relative to their inputs); pass their common parent folder as the "
+                f"input so that names include the subfolders, or extract them into different --out folders")))
+            continue
+        for leftover in temporary_files(output, stale_only=True) + temporary_files(output.with_suffix(".png"),
+                                                                                   stale_only=True):
+            leftover.unlink(missing_ok=True)
+        try:
+            decision = decide(f.path, output, settings, overwrite=overwrite)
+        except Exception as e:  # e.g. an output that cannot be read: this video only
+            decision = Decision("error", f"{type(e).__name__}: {e}")
+        if decision.action == "keep":
+            settled.append(Outcome(f.path, output, "skipped-existing", shape=decision.shape))
+        elif decision.action == "error":
+            settled.append(Outcome(f.path, output, "error", reason=decision.why))
+        else:
+            todo.append((f.path, output, decision.why))
+    return settled, todo

@@ -13,7 +13,7 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "extract": ("video.extract_cli", "extract per-frame pooled video tokens for one clip or a corpus"),
+    "extract": ("vlm_vision.extract_cli", "extract per-frame pooled video tokens for one clip or a corpus"),
     "train": ("vlm_vision.train_cli", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),

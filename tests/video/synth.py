@@ -176,3 +176,14 @@ def corrupt_file(src: str | pathlib.Path, dst: str | pathlib.Path, start: float 
     dst = pathlib.Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def make_video_folder(folder: str | pathlib.Path) -> pathlib.Path:
+    """A folder of three small good videos, one of them in a subfolder: a.mp4 (12 frames), b.mkv (9),
+    sub/c.mp4 (15, 64x96)."""
+    folder = pathlib.Path(folder)
+    (folder / "sub").mkdir(parents=True)
+    make_numbered_video(folder / "a.mp4", 12)
+    make_numbered_video(folder / "b.mkv", 9)
+    make_numbered_video(folder / "sub" / "c.mp4", 15, size=(64, 96))
+    return folder

@@ -1,15 +1,21 @@
-"""The tower `vlm-vision extract` encodes with, the device and process it runs on, and its fingerprint."""
+"""The tower `vlm-vision extract` encodes with (pretrained, or random through a named architecture), and
+the device and process it runs on."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from video.provenance import weights_fingerprint as _fingerprint
+if TYPE_CHECKING:
+    from transformers import CLIPVisionConfig
 
-__all__ = ["WeightsUnavailable", "load_tower", "resolve_device"]
+    from vlm_vision.tower import CLIPVisionTower
+
+__all__ = ["RANDOM_SEED", "WeightsUnavailable", "load_tower", "resolve_device"]
 
 RANDOM_SEED = 0  # random weights are drawn from this seed, so that reruns give the same tokens
 
@@ -18,7 +24,8 @@ class WeightsUnavailable(RuntimeError):
     """The requested pretrained weights are not on this machine (and could not be downloaded)."""
 
 
-def load_tower(model: str, *, random_weights: bool, device: torch.device, dtype: torch.dtype):
+def load_tower(model: str, *, random_weights: bool, device: torch.device,
+               dtype: torch.dtype) -> tuple["CLIPVisionTower", str]:
     """The tower to extract with, and the label stored with its tokens.
 
     Random weights are drawn from `RANDOM_SEED`: the same architecture gives the same weights
@@ -28,7 +35,7 @@ def load_tower(model: str, *, random_weights: bool, device: torch.device, dtype:
         WeightsUnavailable: when pretrained weights are asked for and are not on this machine.
         ValueError: with `random_weights`, when `model` does not name an architecture.
     """
-    from vlm_vision import CLIPVisionTower
+    from vlm_vision.tower import CLIPVisionTower  # lazy: transformers loads after the folder lock (busy: stop at once)
 
     if random_weights:
         variant, config = _architecture(model)
@@ -43,12 +50,11 @@ def load_tower(model: str, *, random_weights: bool, device: torch.device, dtype:
     return tower, model
 
 
-def _architecture(model: str):
+def _architecture(model: str) -> tuple[str, "CLIPVisionConfig"]:
     """(variant label, CLIPVisionConfig) for --random-weights."""
-    from transformers import CLIPVisionConfig
+    from transformers import CLIPVisionConfig  # lazy: as `load_tower`, transformers loads after the folder lock
 
-    from vlm_vision.configs import HUB_IDS, VARIANTS, vision_config
-
+    from vlm_vision.configs import HUB_IDS, VARIANTS, vision_config  # lazy: imports transformers, as above
     if model in VARIANTS:
         return model, vision_config(model)
     by_hub_id = {hub_id: name for name, hub_id in HUB_IDS.items()}
@@ -76,7 +82,7 @@ def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
     Under `accelerate launch` (WORLD_SIZE > 1) each process uses its own accelerator.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+        from accelerate import PartialState  # lazy: accelerate only under `accelerate launch`
 
         # Without CUDA (or with --device cpu) the processes talk over gloo on the CPU.
         state = PartialState(cpu=name == "cpu" or not torch.cuda.is_available())
@@ -88,15 +94,3 @@ def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
     return device, 0, 1
-
-
-def _barrier(num_processes: int) -> None:
-    if num_processes > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-
-
-def weights_fingerprint(tower: torch.nn.Module) -> str:
-    """`video.provenance.weights_fingerprint` of the tower as loaded."""
-    return _fingerprint(tower)

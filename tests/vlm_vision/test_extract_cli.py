@@ -16,10 +16,9 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, truncate_file
+from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, make_video_folder, truncate_file
 from video import load_video, load_video_tokens, spatial_pool
-from video.extract_cli import contact_sheet, find_videos, shard
-from video.extract_plan import find_inputs, output_name
+from video.extract_plan import output_name
 from vlm_vision import CLIPVisionTower
 from vlm_vision.cli import main
 
@@ -40,12 +39,7 @@ def tiny_model(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def videos(tmp_path) -> pathlib.Path:
     """A folder of three small good videos, one of them in a subfolder."""
-    folder = tmp_path / "videos"
-    (folder / "sub").mkdir(parents=True)
-    make_numbered_video(folder / "a.mp4", 12)
-    make_numbered_video(folder / "b.mkv", 9)
-    make_numbered_video(folder / "sub" / "c.mp4", 15, size=(64, 96))
-    return folder
+    return make_video_folder(tmp_path / "videos")
 
 
 def extract(capsys, *args: str) -> tuple[int, str, str]:
@@ -61,39 +55,6 @@ def manifest(out: pathlib.Path) -> list[dict]:
 def outputs(out: pathlib.Path) -> dict[str, float]:
     """Output file name -> modification time (ns)."""
     return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix in (".safetensors", ".png")}
-
-
-# ----- pure helpers -----------------------------------------------------------------------------
-
-def test_find_videos_expands_folders_and_lists(tmp_path, videos):
-    listing = tmp_path / "list.txt"
-    listing.write_text("# my videos\nvideos/a.mp4\n\nvideos/missing.mp4\n")
-    (videos / "notes.txt").write_text("not a video")
-    found = find_videos([listing, videos])
-    assert found == [tmp_path / "videos/a.mp4", tmp_path / "videos/missing.mp4", videos / "b.mkv",
-                     videos / "sub" / "c.mp4"]  # a.mp4 once, notes.txt ignored, missing kept (reported later)
-
-
-def test_output_names_come_from_the_path_below_the_input(tmp_path, videos):
-    names = {f.path.name: output_name(f.relative) for f in find_inputs([videos, tmp_path / "elsewhere.mp4"])}
-    assert names == {"a.mp4": "a", "b.mkv": "b", "c.mp4": "sub__c", "elsewhere.mp4": "elsewhere"}
-    listing = tmp_path / "list.txt"
-    listing.write_text("videos/sub/c.mp4\nvideos/sub\n")
-    assert [output_name(f.relative) for f in find_inputs([listing])] == ["videos__sub__c"]  # c once, first name
-    assert output_name(pathlib.PurePath("x/y/clip.v2.mp4")) == "x__y__clip.v2"
-
-
-def test_shard_gives_every_item_to_exactly_one_process():
-    items = list(range(11))
-    parts = [shard(items, r, 3) for r in range(3)]
-    assert sorted(sum(parts, [])) == items
-    assert parts[1] == [1, 4, 7, 10]
-
-
-def test_contact_sheet_size():
-    frames = torch.zeros(10, 48, 64, 3, dtype=torch.uint8)
-    sheet = contact_sheet(frames, [0.1 * i for i in range(10)], columns=4, thumb_width=32, pad=2)
-    assert sheet.size == (4 * 32 + 5 * 2, 3 * 24 + 4 * 2)
 
 
 # ----- the command ------------------------------------------------------------------------------
@@ -199,7 +160,8 @@ def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_
     """The GPU layout (uint8 frames to the tower, preprocessed there) gives the CPU layout's tokens."""
     import argparse
 
-    from video.extract_cli import DecodeJobs, _encode_and_save
+    from video.decode_jobs import DecodeJobs
+    from video.extract_encode import encode_and_save
 
     tower = CLIPVisionTower.from_pretrained(tiny_model)
     kwargs = {"num_frames": 4, "fps": None, "max_frames": None, "sampling": "exact"}
@@ -211,7 +173,7 @@ def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_
                               sampling="exact")
     settings = {"num_frames": 4, "fps": None}
     for name, item in (("worker", in_worker), ("device", as_uint8)):
-        _encode_and_save(item, videos / "a.mp4", tmp_path / f"{name}.safetensors", tower, args, "tiny", settings)
+        encode_and_save(item, videos / "a.mp4", tmp_path / f"{name}.safetensors", tower, args, "tiny", settings)
     assert torch.equal(load_video_tokens(tmp_path / "worker.safetensors").tokens,
                        load_video_tokens(tmp_path / "device.safetensors").tokens)
 
@@ -484,7 +446,7 @@ def test_a_truncated_download_is_an_error_unless_partial_is_allowed(capsys, tmp_
 
 def _tower_that_runs_out_of_memory(monkeypatch, above: int) -> list[int]:
     """Make the CLI's tower raise torch.OutOfMemoryError for batches of more than `above` frames."""
-    import video.extract_cli as cli
+    import vlm_vision.extract_cli as cli
 
     real, seen = cli.load_tower, []
 
@@ -532,7 +494,7 @@ def test_out_of_memory_at_one_frame_fails_that_video_and_the_run_goes_on(capsys,
 def test_a_failing_write_fails_that_video_only(capsys, tmp_path, tiny_model, videos, monkeypatch):
     import errno
 
-    import video.extract_cli as cli
+    import video.extract_encode as cli
 
     real = cli.save_video_tokens
 

@@ -97,9 +97,6 @@ class VisionLanguageProcessor:
         self.tokenizer = tokenizer
         self.image_transform = image_transform
         self.num_frames = num_frames
-        self.pool_stride = pool_stride
-        self.grid = tuple(grid)
-        self.video_newline = video_newline
         self.image_tokens = image_tokens
         self.image_grid_pinpoints = image_grid_pinpoints
         self.anyres_convention = anyres_convention
@@ -130,6 +127,23 @@ class VisionLanguageProcessor:
             if theirs is not None and ours != theirs:
                 raise ValueError(f"the tokenizer's {kind} placeholder has id {ours} but the model expects {theirs}")
         return processor
+
+    # ----- the model's video settings (held once, in `layout`) ------------------------------------
+
+    @property
+    def pool_stride(self) -> int:
+        """The model's spatial pooling stride for videos."""
+        return self.layout.pool_stride
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The tower's patch grid (rows, cols)."""
+        return self.layout.grid
+
+    @property
+    def video_newline(self) -> str:
+        """The model's video newline layout."""
+        return self.layout.newline
 
     # ----- counts and embeddings ----------------------------------------------------------------
 

@@ -11,19 +11,17 @@ D LLM width, M tokens of the video.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from video.budget import VideoLayout
+from video.budget import VideoLayout
+from video.pooling import spatial_pool
 
 __all__ = ["VIDEO_NEWLINES", "add_video_newlines", "arrange_video_tokens", "pool_video"]
 
 VIDEO_NEWLINES = ("no_token", "one_token", "frame", "grid")
 
 
-def pool_video(features: torch.Tensor, layout: "VideoLayout", stride: int, *, pooled: bool,
+def pool_video(features: torch.Tensor, layout: VideoLayout, stride: int, *, pooled: bool,
                name: str = "video") -> tuple[torch.Tensor, torch.Tensor | None]:
     """(slow, fast) pooled tower tokens of one video; fast is None without SlowFast.
 
@@ -43,8 +41,6 @@ def pool_video(features: torch.Tensor, layout: "VideoLayout", stride: int, *, po
         ValueError: tokens per frame that do not match the grid or the stride; SlowFast on
             precomputed bilinear tokens (their fast pooling cannot be derived exactly).
     """
-    from video.pooling import spatial_pool
-
     t, n, _ = features.shape
     rows, cols = layout.pooled_grid(stride)
     if pooled:

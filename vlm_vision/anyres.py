@@ -57,6 +57,7 @@ from vlm_vision.anyres_grid import (
     unpad_shape,
     unpad_window,
 )
+from vlm_vision.fusion_steps import project
 from vlm_vision.transforms import CLIPImageTransform, ImageInput, as_frames, resize_uint8
 
 __all__ = [
@@ -281,11 +282,7 @@ def encode_anyres_images(tower: torch.nn.Module, projector: torch.nn.Module,
     counts = [1 + math.prod(anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                               convention=convention)) for h, w in sizes]
     crops = torch.cat(_crop_list(pixel_values, counts))  # (sum P, 3, S, S)
-    features = tower(crops)  # (sum P, N, D_v)
-    param = next(projector.parameters(), None)
-    if param is not None:
-        features = features.to(device=param.device, dtype=param.dtype)
-    projected = projector(features)  # (sum P, N, D)
+    projected = project(projector, tower(crops))  # (sum P, N, D)
     return [pack_image_features(f, size, image_newline, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                 convention=convention)
             for f, size in zip(projected.split(counts), sizes)]  # I x (M_i, D)

@@ -25,6 +25,7 @@ __all__ = [
     "Convention",
     "anyres_grid_shape",
     "anyres_num_tokens",
+    "check_pinpoints",
     "positive_int",
     "resize_and_pad_size",
     "select_best_resolution",
@@ -78,6 +79,22 @@ def _canvases(pinpoints: Sequence[Sequence[int]], convention: str) -> list[tuple
         raise ValueError(f"grid_pinpoints must be a non-empty list of [a, b] pairs, got {pinpoints!r}")
     pairs = [size_pair(p, f"grid_pinpoints[{i}]") for i, p in enumerate(pinpoints)]
     return pairs if convention == "transformers" else [(b, a) for a, b in pairs]
+
+
+def check_pinpoints(pinpoints: Sequence[Sequence[int]] | None, tile_size: int,
+                     convention: str) -> tuple[tuple[int, int], ...] | None:
+    """Anyres canvases as a tuple of pairs, each a whole number of tiles; None stays None."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"anyres_convention must be one of {CONVENTIONS}, got {convention!r}")
+    if pinpoints is None:
+        return None
+    if isinstance(pinpoints, (str, bytes)) or len(pinpoints) == 0:
+        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [a, b] pairs, got {pinpoints!r}")
+    pairs = tuple((int(a), int(b)) for a, b in pinpoints)
+    bad = [p for p in pairs if min(p) <= 0 or p[0] % tile_size or p[1] % tile_size]
+    if bad:
+        raise ValueError(f"image_grid_pinpoints {bad} are not positive multiples of the tower's image size {tile_size}")
+    return pairs
 
 
 def _image_and_canvas(height: object, width: object, canvas_height: object,

@@ -24,22 +24,11 @@ Frames are concatenated in temporal order, row-major within a frame; `video_newl
 adds LLaVA-NeXT's learned `image_newline` embedding once at the end (`one_token`), after every frame
 (`frame`) or after every row of every frame (`grid`). transformers and NeXT-Video v1 add none.
 
-Two later LLaVA-Video options, both off by default (LLaVA-NeXT-Video uses neither):
-- `max_video_tokens`, a token budget per video: a video of T frames is pooled at the finest stride
-  from `pool_stride` up to twice it at which its tokens fit (`video.budget`), so long videos pool
-  harder instead of overflowing the context. The stride is a function of T alone, so the
-  processor, extraction and the model agree without passing it around.
-- SlowFast (`faster_token_stride` k, LLaVA-Video's `add_faster_video`): frames 0, k, 2k, ... keep
-  the stride s (slow), the others are pooled at 2s (fast), and every frame, in time order, is its
-  tokens (with the newline layout applied to that frame) followed by the learned `faster_token`.
-  LLaVA-Video's code defines this for the `grid` layout only; with `frame` the frame's newline
-  comes before the `faster_token`, with `one_token` the single newline ends the video. LLaVA-Video
-  pools after the projector; here both speeds are pooled on tower features, like everything else.
+Two later LLaVA-Video options, both off by default (LLaVA-NeXT-Video uses neither): a token budget
+per video (`max_video_tokens`) and SlowFast (`faster_token_stride`); `vlm_vision.video_tokens` says how.
 
-Labels at visual positions become -100 here (transformers leaves that to the caller). Position ids
-are counted from each sample's first real token, as LLaVA does, so a sample gives the same logits
-alone or in a left- or right-padded batch. (RoPE only sees relative positions and would not notice
-the shift that left padding causes; LLMs with absolute position embeddings would.)
+Each step is a small function in `vlm_vision.fusion_steps` (encode, project, splice, mask labels at
+visual positions, position ids from the attention mask); this module is the model that runs them.
 
 Shapes: B batch, L sequence, I images, V videos, T frames, S image side, N tokens per image or
 frame (N' after pooling), D_v tower width, D LLM width, M visual tokens.
@@ -50,24 +39,36 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
 from projector import build_projector, load_projector
+from video.budget import VideoLayout
 from video.pooling import check_pooling
-from video.tower_pooling import encode_pixels, require_patch_tokens
-from vlm_vision.anyres import CONVENTIONS, anyres_num_tokens, encode_anyres_images
+from vlm_vision.anyres import encode_anyres_images
+from vlm_vision.anyres_grid import anyres_num_tokens, check_pinpoints
+from vlm_vision.fusion_steps import (
+    IGNORE_INDEX,
+    Videos,
+    check_input_ids,
+    check_media,
+    encode_images,
+    encode_videos,
+    feature_list,
+    mask_labels,
+    position_ids_from_mask,
+    project,
+    splice,
+    video_tower_features,
+)
 from vlm_vision.interchange import save_transformers, transformers_parts
 from vlm_vision.llava_checkpoint import llava_checkpoint_parts
 from vlm_vision.model_parts import ModelParts
 from vlm_vision.tower import CLIPVisionTower
 from vlm_vision.video_tokens import VIDEO_NEWLINES, add_video_newlines, arrange_video_tokens, pool_video
-
-if TYPE_CHECKING:
-    from video.budget import VideoLayout
 
 __all__ = [
     "IGNORE_INDEX",
@@ -84,160 +85,22 @@ __all__ = [
     "video_tower_features",
 ]
 
-IGNORE_INDEX = -100
-Videos = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-# ----- the steps, each a small function -----------------------------------------------------------
-
-
-def encode_images(tower: CLIPVisionTower, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Tower tokens of single-crop images (LLaVA-1.5); the one place images meet the tower.
-
-    Args:
-        pixel_values: float[I, 3, S, S], preprocessed by `tower.image_transform`.
-
-    Returns:
-        float[I, N, D_v] (N = 576 for ViT-L/14@336).
-    """
-    return tower(pixel_values)
-
-
-def video_tower_features(tower: CLIPVisionTower, videos: Videos) -> list[torch.Tensor]:
-    """Unpooled tower tokens of each video: frames folded into one tower batch, then unfolded.
-
-    Args:
-        videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
-
-    Returns:
-        One float[T_v, N, D_v] per video, in order.
-
-    Raises:
-        ValueError: for a tensor that is not [V, T, 3, S, S], or a tower that keeps the CLS token.
-    """
-    clips = _video_list(videos)
-    require_patch_tokens(tower)
-    lengths = [clip.shape[0] for clip in clips]
-    features = tower(torch.cat(clips))  # (sum T, N, D_v)
-    return list(features.split(lengths))  # V x (T_v, N, D_v)
-
-
-def encode_videos(tower: CLIPVisionTower, videos: Videos, *, stride: int, mode: str) -> list[torch.Tensor]:
-    """Pooled tower tokens of each video: frames folded into one batch, `video.tower_pooling.encode_pixels`, unfolded.
-
-    Args:
-        videos: float[V, T, 3, S, S], or a list of float[T_v, 3, S, S] when frame counts differ.
-        stride: pooling window and stride on the patch grid (2: 24x24 -> 12x12).
-        mode: pooling mode passed to `video.spatial_pool` ("average" in every released model).
-
-    Returns:
-        One float[T_v, N', D_v] per video, in order.
-    """
-    clips = _video_list(videos)
-    lengths = [clip.shape[0] for clip in clips]
-    pooled = encode_pixels(tower, torch.cat(clips), stride=stride, mode=mode)  # (sum T, N', D_v)
-    return list(pooled.split(lengths))  # V x (T_v, N', D_v)
-
-
-def project(projector: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Map tower features float[..., D_v] to LLM width float[..., D] (in the projector's dtype)."""
-    param = next(projector.parameters(), None)
-    if param is not None:
-        features = features.to(device=param.device, dtype=param.dtype)
-    return projector(features)
-
-
-def splice(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor, *,
-           what: str) -> torch.Tensor:
-    """Write visual tokens over the placeholder rows, in prompt order (row-major over the batch).
-
-    Args:
-        inputs_embeds: float[B, L, D], the embedded prompt.
-        input_ids: long[B, L].
-        token_id: the placeholder id.
-        features: float[M, D]; M must equal the number of placeholders.
-        what: how the error message names the features ("images", "videos" and their counts).
-
-    Returns:
-        float[B, L, D], a new tensor.
-
-    Raises:
-        ValueError: stating both counts, in tokens, when they differ.
-    """
-    mask = input_ids == token_id  # (B, L)
-    n_tokens, n_features = int(mask.sum()), features.shape[0]
-    if n_tokens != n_features:
-        per_sample = mask.sum(dim=1).tolist()
-        raise ValueError(f"the prompt holds {n_tokens} placeholder tokens (id {token_id}; per sample {per_sample}) "
-                         f"but the {what} give {n_features} tokens; expand each placeholder to exactly its "
-                         f"token count (VisionLanguageProcessor does) and never truncate inside a visual span")
-    features = features.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-    return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)  # (B, L, D)
-
-
-def mask_labels(labels: torch.Tensor, input_ids: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
-    """A copy of `labels` (long[B, L]) with -100 wherever `input_ids` holds a visual placeholder."""
-    visual = torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))  # (B, L)
-    return labels.masked_fill(visual, IGNORE_INDEX)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions counted from each sample's first real token: long[B, length].
-
-    `attention_mask` (long[B, L_past + length]) may cover cached tokens too; the last `length`
-    positions are returned. Padding positions get 0 or repeat the last real position; the mask
-    hides them anyway.
-    """
-    positions = attention_mask.long().cumsum(-1) - 1  # (B, L_past + length)
-    return positions.clamp(min=0)[:, -length:]  # (B, length)
-
-
-def _video_list(videos: Videos) -> list[torch.Tensor]:
-    if isinstance(videos, torch.Tensor):
-        if videos.ndim != 5 or videos.shape[2] != 3:
-            raise ValueError(f"pixel_values_videos must be float[V, T, 3, S, S], got shape {list(videos.shape)}")
-        return list(videos.unbind(0))
-    clips = list(videos)
-    for i, clip in enumerate(clips):
-        if not isinstance(clip, torch.Tensor) or clip.ndim != 4 or clip.shape[1] != 3:
-            shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
-            raise ValueError(f"video {i} must be float[T, 3, S, S], got {shape}")
-    return clips
-
-
-def _feature_list(video_features: Videos) -> list[torch.Tensor]:
-    if isinstance(video_features, torch.Tensor):
-        if video_features.ndim != 4:
-            raise ValueError(f"video_features must be float[V, T, N', D_v] or a list of float[T, N', D_v], "
-                             f"got shape {list(video_features.shape)}")
-        return list(video_features.unbind(0))
-    clips = list(video_features)
-    for i, clip in enumerate(clips):
-        if not isinstance(clip, torch.Tensor) or clip.ndim != 3:
-            shape = list(clip.shape) if isinstance(clip, torch.Tensor) else type(clip).__name__
-            raise ValueError(f"video_features[{i}] must be float[T, N', D_v], got {shape}")
-    return clips
-
-
-def _check_pinpoints(pinpoints: Sequence[Sequence[int]] | None, tile_size: int,
-                     convention: str) -> tuple[tuple[int, int], ...] | None:
-    """Anyres canvases as a tuple of pairs, each a whole number of tiles; None stays None."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"anyres_convention must be one of {CONVENTIONS}, got {convention!r}")
-    if pinpoints is None:
-        return None
-    if isinstance(pinpoints, (str, bytes)) or len(pinpoints) == 0:
-        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [a, b] pairs, got {pinpoints!r}")
-    pairs = tuple((int(a), int(b)) for a, b in pinpoints)
-    bad = [p for p in pairs if min(p) <= 0 or p[0] % tile_size or p[1] % tile_size]
-    if bad:
-        raise ValueError(f"image_grid_pinpoints {bad} are not positive multiples of the tower's image size {tile_size}")
-    return pairs
-
 
 def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:
+    """(input width, output width) of a projector's first and last linear layers; None without any."""
     linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
     return (linears[0].in_features, linears[-1].out_features) if linears else None
+
+
+def _learned_token(init: torch.Tensor | None, embedding: torch.Tensor, name: str) -> nn.Parameter:
+    """A learned float[D] token (`image_newline`, `faster_token`) on the LLM embedding's device and dtype;
+    random with std 1/sqrt(D) when `init` is None."""
+    width = embedding.shape[1]
+    if init is None:
+        init = torch.randn(width) / math.sqrt(width)
+    if tuple(init.shape) != (width,):
+        raise ValueError(f"{name} must have shape ({width},), got {tuple(init.shape)}")
+    return nn.Parameter(init.detach().to(device=embedding.device, dtype=embedding.dtype))
 
 
 # ----- the model ----------------------------------------------------------------------------------
@@ -290,33 +153,20 @@ class VisionLanguageModel(nn.Module):
         if widths is not None and widths != (tower.hidden_size, width):
             raise ValueError(f"projector maps {widths[0]} -> {widths[1]}, but the tower gives {tower.hidden_size} "
                              f"and the LLM embeds in {width}")
-        self.tower = tower
-        self.projector = projector
-        self.llm = llm
-        self.image_token_id = image_token_id
-        self.video_token_id = video_token_id
-        self.pool_stride = pool_stride
-        self.pool_mode = pool_mode
+        self.tower, self.projector, self.llm = tower, projector, llm
+        self.image_token_id, self.video_token_id = image_token_id, video_token_id
         check_pooling(tower.grid_size, pool_stride, pool_mode, of_tower=True)
+        self.pool_stride, self.pool_mode = pool_stride, pool_mode
         self.video_newline = video_newline
         self.faster_token_stride = faster_token_stride
         self.max_video_tokens = max_video_tokens
         self.video_layout  # validates SlowFast and the budget against the grid
-        self.image_grid_pinpoints = _check_pinpoints(image_grid_pinpoints, tower.image_size, anyres_convention)
+        self.image_grid_pinpoints = check_pinpoints(image_grid_pinpoints, tower.image_size, anyres_convention)
         self.anyres_convention = anyres_convention
-        if image_newline is None:
-            image_newline = torch.randn(width) / math.sqrt(width)
-        if tuple(image_newline.shape) != (width,):
-            raise ValueError(f"image_newline must have shape ({width},), got {tuple(image_newline.shape)}")
-        weight = embeddings.weight
-        self.image_newline = nn.Parameter(image_newline.detach().to(device=weight.device, dtype=weight.dtype))
+        self.image_newline = _learned_token(image_newline, embeddings.weight, "image_newline")
         self.faster_token = None
         if faster_token_stride is not None:
-            if faster_token is None:
-                faster_token = torch.randn(width) / math.sqrt(width)
-            if tuple(faster_token.shape) != (width,):
-                raise ValueError(f"faster_token must have shape ({width},), got {tuple(faster_token.shape)}")
-            self.faster_token = nn.Parameter(faster_token.detach().to(device=weight.device, dtype=weight.dtype))
+            self.faster_token = _learned_token(faster_token, embeddings.weight, "faster_token")
         elif faster_token is not None:
             raise ValueError("a faster_token was given but faster_token_stride is None (SlowFast off)")
 
@@ -325,8 +175,7 @@ class VisionLanguageModel(nn.Module):
     @property
     def pooled_grid(self) -> tuple[int, int]:
         """Rows and columns of a video frame's token grid after pooling, e.g. (12, 12)."""
-        rows, cols = self.tower.grid_size
-        return math.ceil(rows / self.pool_stride), math.ceil(cols / self.pool_stride)
+        return self.video_layout.pooled_grid(self.pool_stride)
 
     @property
     def image_tokens(self) -> int:
@@ -343,10 +192,8 @@ class VisionLanguageModel(nn.Module):
                                  convention=self.anyres_convention)
 
     @property
-    def video_layout(self) -> "VideoLayout":
+    def video_layout(self) -> VideoLayout:
         """The video-token settings (grid, pooling, newlines, SlowFast, budget) as one `VideoLayout`."""
-        from video.budget import VideoLayout
-
         return VideoLayout(grid=tuple(self.tower.grid_size), pool_stride=self.pool_stride, pool_mode=self.pool_mode,
                            newline=self.video_newline, faster_token_stride=self.faster_token_stride,
                            max_video_tokens=self.max_video_tokens)
@@ -389,7 +236,7 @@ class VisionLanguageModel(nn.Module):
         if pixel_values_videos is not None:
             per_video, pooled = video_tower_features(self.tower, pixel_values_videos), False  # V x (T, N, D_v)
         else:
-            per_video, pooled = _feature_list(video_features), True  # V x (T, N', D_v)
+            per_video, pooled = feature_list(video_features), True  # V x (T, N', D_v)
         out = []
         for v, clip in enumerate(per_video):
             stride = layout.stride_for(clip.shape[0])
@@ -410,10 +257,10 @@ class VisionLanguageModel(nn.Module):
             ValueError: when placeholders and visual tokens disagree in number (both counts given),
                 when placeholders have no media, or when an id is outside the LLM's vocabulary.
         """
-        self._check_ids(input_ids)
+        check_input_ids(input_ids, self.llm.get_input_embeddings().num_embeddings)
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, L, D)
         if pixel_values is not None or self._has(input_ids, self.image_token_id):
-            self._need(self.image_token_id, pixel_values, input_ids, "image")
+            check_media(self.image_token_id, pixel_values, input_ids, "image")
             features = self.image_features(pixel_values, image_sizes)  # (I*N, D), anyres (sum M_i, D)
             what = f"{len(pixel_values)} images ({self.image_tokens} tokens per image)"
             if self.image_grid_pinpoints is not None:
@@ -423,7 +270,7 @@ class VisionLanguageModel(nn.Module):
             embeds = splice(embeds, input_ids, self.image_token_id, features, what=what)
         if pixel_values_videos is not None or video_features is not None or self._has(input_ids, self.video_token_id):
             media = pixel_values_videos if pixel_values_videos is not None else video_features
-            self._need(self.video_token_id, media, input_ids, "video")
+            check_media(self.video_token_id, media, input_ids, "video")
             per_video = self.video_features(pixel_values_videos, video_features)  # V x (M_v, D)
             what = f"{len(per_video)} videos (tokens per video: {[clip.shape[0] for clip in per_video]})"
             embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)
@@ -580,21 +427,3 @@ class VisionLanguageModel(nn.Module):
     @staticmethod
     def _has(input_ids: torch.Tensor, token_id: int | None) -> bool:
         return token_id is not None and bool((input_ids == token_id).any())
-
-    @staticmethod
-    def _need(token_id: int | None, media: Any, input_ids: torch.Tensor, kind: str) -> None:
-        if token_id is None:
-            raise ValueError(f"{kind}s were given but this model has no {kind}_token_id")
-        if media is None:
-            n = int((input_ids == token_id).sum())
-            raise ValueError(f"the prompt holds {n} {kind} placeholder tokens (id {token_id}) but no {kind}s were given")
-
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
-            shape = list(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be long[B, L], got {shape}")
-        vocab = self.llm.get_input_embeddings().num_embeddings
-        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
-            raise ValueError(f"input_ids hold ids in [{int(input_ids.min())}, {int(input_ids.max())}] but the LLM "
-                             f"embeds {vocab}; after adding <image>/<video> to the tokenizer, resize the LLM's "
-                             f"embeddings (VisionLanguageProcessor.resize_embeddings)")

@@ -5,6 +5,18 @@ frame count (and, for SlowFast, its fast frames at twice that stride); `arrange_
 lays the projected frames out with LLaVA-NeXT's newline layouts and LLaVA-Video's `faster_token`.
 Counts always agree with `VideoLayout.frame_tokens`, which the processor uses to expand `<video>`.
 
+Two later LLaVA-Video options, both off by default (LLaVA-NeXT-Video uses neither):
+- `max_video_tokens`, a token budget per video: a video of T frames is pooled at the finest stride
+  from `pool_stride` up to twice it at which its tokens fit (`video.budget`), so long videos pool
+  harder instead of overflowing the context. The stride is a function of T alone, so the
+  processor, extraction and the model agree without passing it around.
+- SlowFast (`faster_token_stride` k, LLaVA-Video's `add_faster_video`): frames 0, k, 2k, ... keep
+  the stride s (slow), the others are pooled at 2s (fast), and every frame, in time order, is its
+  tokens (with the newline layout applied to that frame) followed by the learned `faster_token`.
+  LLaVA-Video's code defines this for the `grid` layout only; with `frame` the frame's newline
+  comes before the `faster_token`, with `one_token` the single newline ends the video. LLaVA-Video
+  pools after the projector; here both speeds are pooled on tower features, like everything else.
+
 Shapes: T frames (T_s slow, T_f fast), N tokens per frame (N' after pooling), D_v tower width,
 D LLM width, M tokens of the video.
 """

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from vlm_vision.data_formats import convert_to_llava, record_origin
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `vlm-vision convert-data`."""
     parser.add_argument("data", help="a .json/.jsonl file, a prefix{a,b}.json pattern or a LLaVA-NeXT .yaml mixture")
     parser.add_argument("--output", required=True, help="the LLaVA JSON file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of a mixture's random:N sampling")
@@ -20,8 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_vision.data_formats import convert_to_llava, record_origin
-
+    """Convert; 0 on success, 1 when every record was left out, 2 for a data spec that cannot be read."""
     try:
         written, skipped = convert_to_llava(args.data, args.output, seed=args.seed,
                                             video_placeholder=args.video_placeholder)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlm_vision.config_flags import add_config_arguments, missing_flags
 from vlm_vision.eval_data import summarize
 
 __all__ = ["EvalConfig", "run_eval", "read_predictions"]
@@ -146,7 +147,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _device_dtype(config: EvalConfig) -> tuple[Any, Any]:
-    import torch
+    """The device and dtype the model runs in: the config's, else cuda and bfloat16 when there is a GPU."""
+    import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
@@ -160,9 +162,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         ValueError: for a model folder we cannot read, a data file that is not JSON, or an output
             folder whose predictions were made with another model or settings.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: kept off `vlm-vision eval --help`
 
-    from vlm_vision.evaluation import answer_questions, load_eval_model, model_identity, read_questions
+    from vlm_vision.eval_model import load_eval_model, model_identity  # lazy: torch and transformers, for a run only
+    from vlm_vision.evaluation import answer_questions, read_questions  # lazy: as eval_model
 
     out = Path(config.output_dir)
     questions, bad, records = read_questions(config.data, config.media_root, config.limit)
@@ -215,7 +218,7 @@ def _with_sampling(model: Any, processor: Any, config: EvalConfig) -> Any:
         return processor
     if config.max_video_tokens is not None:
         model.max_video_tokens = config.max_video_tokens  # the stride follows from the frame count
-    from vlm_vision.processor import VisionLanguageProcessor
+    from vlm_vision.processor import VisionLanguageProcessor  # lazy: loads transformers (see `run_eval`)
 
     kept = {"fps": processor.fps, "min_frames": processor.min_frames, "max_frames": processor.max_frames}
     if "fps" not in overrides and processor.fps is None:  # uniform sampling has no max_frames
@@ -258,10 +261,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path:
     """Bars of each category's accuracies (generated letter, log-likelihood, exact match) into `path`."""
-    import matplotlib
+    import matplotlib  # lazy: only the chart needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
 
     series = {"multiple choice, generated letter": ("multiple_choice", "generated_accuracy"),
               "multiple choice, log-likelihood": ("multiple_choice", "log_likelihood_accuracy"),
@@ -292,16 +295,13 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `EvalConfig` field, built from the fields as `vlm-vision train`'s are."""
-    from vlm_vision.train_cli import add_config_arguments
-
     add_config_arguments(parser, EvalConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fields = dataclasses.fields(EvalConfig)
-    missing = ["--" + f.name.replace("_", "-") for f in fields if f.default is dataclasses.MISSING
-               and not getattr(args, f.name)]
+    missing = missing_flags(args, EvalConfig)
     if missing:
         print(f"vlm-vision eval: missing required flags: {' '.join(missing)}")
         return 2

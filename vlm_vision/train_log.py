@@ -57,10 +57,10 @@ class RunLog:
 
 def plot_loss(entries: Sequence[dict[str, Any]], path: Path) -> Path:
     """Draw training (and evaluation) loss against step into `path` (matplotlib, Agg backend)."""
-    import matplotlib
+    import matplotlib  # lazy: only the loss chart needs it, at the end of a run
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
 
     train = [(e["step"], e["loss"]) for e in entries if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in entries if "eval_loss" in e]

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from video.extract import read_metadata
 from video.provenance import describe_differences, differences, weights_fingerprint
@@ -110,8 +111,6 @@ def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, nu
 
 def _recorded(path: str) -> dict[str, Any]:
     """A token file's metadata, with `frames` (T, from the tensor's shape) added."""
-    from safetensors import safe_open
-
     recorded = read_metadata(path)
     with safe_open(path, framework="pt") as f:
         recorded["frames"] = int(f.get_slice("tokens").get_shape()[0])

@@ -18,6 +18,9 @@ import os
 from typing import Any
 
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, parse_flag_from_env
 
 from vlm_vision.train_config import TrainConfig
 
@@ -42,8 +45,6 @@ def device_defaults(device_type: str, bf16_supported: bool) -> dict[str, Any]:
 def run_device() -> torch.device:
     """The kind of device the run will train on: CUDA when there is one, unless ACCELERATE_USE_CPU says
     otherwise (known before the accelerator exists, whose mixed precision depends on it)."""
-    from accelerate.utils import parse_flag_from_env
-
     return torch.device("cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
                         else "cpu")
 
@@ -69,9 +70,6 @@ def make_accelerator(config: TrainConfig) -> Any:
         ValueError: for accelerate's FSDP plugin (FSDP is `fsdp=True`), or `fsdp` under DeepSpeed.
         RuntimeError: when the processes disagree on how many they are (`check_processes`).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import DistributedType
-
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed
     accelerator = Accelerator(
@@ -111,8 +109,6 @@ def check_processes(accelerator: Any) -> None:
 
 def deepspeed_kwargs(accelerator: Any, **kwargs: Any) -> dict[str, Any]:
     """`kwargs` under DeepSpeed (for its `save_checkpoint` / `load_checkpoint`), else nothing."""
-    from accelerate.utils import DistributedType
-
     return kwargs if accelerator.distributed_type == DistributedType.DEEPSPEED else {}
 
 
@@ -123,7 +119,5 @@ def release_accelerator_state() -> None:
     script running stage 1 in fp32 and stage 2 in bf16 would fail). The process group
     (`PartialState`) is kept: it belongs to the launcher.
     """
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()

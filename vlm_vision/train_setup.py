@@ -23,8 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from torch import nn
 
+from video import VideoDecodeError, load_video_tokens
+from video.budget import sampled_frame_count
+from vlm_vision.anyres import anyres_pixel_values
+from vlm_vision.anyres_grid import anyres_num_tokens
 from vlm_vision.data_files import DataRows, Skipped, load_rows
 from vlm_vision.data_formats import BadSample, MediaRoots, parse_record
 from vlm_vision.data_scan import KINDS, TrainingData, load_training_data
@@ -137,8 +143,6 @@ def _first_raw_video(rows: DataRows, roots: MediaRoots) -> str | None:
 def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
     # Counting functions of small objects (the video layout, the anyres numbers), never bound methods
     # of the model: the dataset holds them, and every DataLoader worker receives a pickled dataset.
-    from vlm_vision.anyres import anyres_num_tokens
-
     rows, cols = model.pooled_grid
     marked = processor.time_markers
     anyres = None
@@ -163,8 +167,6 @@ def _marked_span_length(processor: Any, frames: int) -> int:
 def _scan_frames(config: TrainConfig, processor: Any) -> int:
     """Frames the length scan assumes for a raw video: the fixed count, or with `fps` the most it can
     get (`max_frames` within the token budget; `num_frames` when neither bounds it)."""
-    from video.budget import sampled_frame_count
-
     if config.fps is None:
         return sampled_frame_count(1, 1.0, None, num_frames=config.num_frames, min_frames=config.min_frames,
                                    max_frames=processor.max_frames)
@@ -174,11 +176,6 @@ def _scan_frames(config: TrainConfig, processor: Any) -> int:
 def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, log: RunLog, main: bool,
              max_length_source: str) -> tuple[ConversationDataset, SkipCeiling, TrainingData]:
     """The dataset of a data spec; its scan is shared by all processes and cached in `output_dir/data-scan/`."""
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    from video import VideoDecodeError
-
     state = PartialState()
     # Absolute, so that decoding does not depend on the working directory of whatever process decodes.
     roots = MediaRoots(*(Path(p).absolute() if p else None for p in (config.media_root, config.image_folder,
@@ -233,15 +230,13 @@ def _video_clip(processor: Any, path: Path) -> Any:
 
 def _anyres_crops(path: Path, transform: Any, grid_pinpoints: Sequence[Sequence[int]],
                   convention: str) -> tuple[torch.Tensor, tuple[int, int]]:
-    from vlm_vision.anyres import anyres_pixel_values
-
+    """An image's anyres crops and its (height, width)."""
     return anyres_pixel_values(path, transform, grid_pinpoints=grid_pinpoints, tile_size=transform.image_size,
                                convention=convention)  # (P, 3, S, S), (H, W)
 
 
 def _cached_tokens(path: Path) -> torch.Tensor:
-    from video import load_video_tokens
-
+    """A token file's pooled tower tokens."""
     return load_video_tokens(path).tokens  # (T, N', D)
 
 
@@ -285,7 +280,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
         model.llm.enable_input_require_grads()
     model.llm.config.use_cache = False
     if config.stage == 2:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # lazy: peft takes seconds to import; stage 1 needs no LoRA
 
         spec.lora = {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                      "targets": list(config.lora_targets)}

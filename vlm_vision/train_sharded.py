@@ -110,7 +110,7 @@ def whole_state(model: nn.Module, frozen: FrozenParts) -> dict[str, torch.Tensor
         state = get_model_state_dict(model, options=options)
         return {**frozen.tensors, **state} if state else {}
     if any(hasattr(p, "ds_id") for _, p in trainable):  # ZeRO-3 partitions parameters in place
-        import deepspeed  # optional: only DeepSpeed runs have it installed
+        import deepspeed  # lazy: optional, only DeepSpeed (ZeRO-3) runs have it installed
 
         with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
             return {**frozen.tensors, **{n: p.detach().cpu().clone() for n, p in trainable}}

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
 
 from video.atomic_files import atomic_dir
 from vlm_vision.evaluation import eval_questions, question_accuracy
@@ -77,8 +79,6 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
-    from accelerate.utils import gather_object, set_seed
-
     main = accelerator.is_main_process
     if main:
         print(runtime)
@@ -163,8 +163,6 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
             print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "step"))
 
     # ----- loop
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=config.max_steps, initial=step, disable=not (main and config.progress), desc="train")
     model.train()
     while step < config.max_steps:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 from transformers.utils import cached_file
 
+from video.decode import VideoClip, load_video
 from vlm_vision.transforms import CLIPImageTransform
 
 __all__ = ["ZeroShotClassifier", "average_frame_embeddings", "load_clip", "projected_embeddings", "tokenize"]
@@ -130,8 +131,6 @@ class ZeroShotClassifier:
             TypeError: for something that is neither a path nor a `VideoClip`.
             video.VideoDecodeError: for a file that cannot be decoded.
         """
-        from video.decode import VideoClip, load_video  # decord is imported only when videos are used
-
         items = [videos] if isinstance(videos, (str, os.PathLike, VideoClip)) else list(videos)
         if not items:
             raise ValueError("videos is empty")

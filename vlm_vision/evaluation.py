@@ -44,7 +44,7 @@ from vlm_vision.eval_data import (
 )
 from vlm_vision.eval_media import Loaded, QuestionMedia
 from vlm_vision.eval_model import load_eval_model, model_identity
-from vlm_vision.fusion import encode_videos
+from vlm_vision.fusion_steps import encode_videos
 from vlm_vision.placeholders import IGNORE_INDEX
 from vlm_vision.record_tokens import expand_placeholder
 from vlm_vision.train_data import Example, pad_batch

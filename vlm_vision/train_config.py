@@ -14,9 +14,9 @@ import dataclasses
 from typing import Any
 
 from video.pooling import POOL_MODES
-from vlm_vision.anyres import CONVENTIONS
-from vlm_vision.fusion import VIDEO_NEWLINES
+from vlm_vision.anyres_grid import CONVENTIONS
 from vlm_vision.trained import DTYPES
+from vlm_vision.video_tokens import VIDEO_NEWLINES
 
 __all__ = ["DEFAULT_LR", "DEFAULT_PROJECTOR_LR", "LORA_TARGETS", "MIXED_PRECISIONS", "RESUMABLE_CHANGES",
            "TrainConfig", "config_dict"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.fusion import encode_videos, mask_labels
+from vlm_vision.fusion_steps import encode_videos, mask_labels
 from vlm_vision.placeholders import IGNORE_INDEX
 from vlm_vision.train_data import ConversationDataset, Example, pad_batch
 

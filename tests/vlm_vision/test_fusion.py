@@ -10,8 +10,7 @@ from tests.vlm_vision.fusion_fixtures import (FRAME_TOKENS, IMAGE_ID, IMAGE_TOKE
                                               prompt, scramble, text_config, vision_config)
 from video.pooling import num_video_tokens, spatial_pool
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
-from vlm_vision.fusion import (IGNORE_INDEX, add_video_newlines, encode_videos, mask_labels, position_ids_from_mask,
-                               splice)
+from vlm_vision.fusion import add_video_newlines, encode_videos
 
 ATOL = 1e-4
 
@@ -108,14 +107,6 @@ def test_precomputed_video_features_give_the_same_logits(model):
     torch.testing.assert_close(model(ids, video_features=torch.stack(features)).logits, from_pixels, rtol=0, atol=1e-6)
 
 
-def test_splice_writes_rows_in_prompt_order():
-    ids = torch.tensor([[5, 9, 9, 6], [9, 7, 8, 9]])
-    embeds = torch.zeros(2, 4, 1)
-    out = splice(embeds, ids, 9, torch.tensor([[1.0], [2.0], [3.0], [4.0]]), what="test")
-    assert out.squeeze(-1).tolist() == [[0, 1, 2, 0], [3, 0, 0, 4]]
-    assert embeds.abs().sum() == 0  # not in place
-
-
 def test_count_mismatch_states_both_counts_in_tokens(model):
     ids = torch.tensor([prompt(5, ("video", 2), 6)[:-2] + [6]])  # one placeholder cut
     with pytest.raises(ValueError, match=r"holds 7 placeholder tokens \(id 198; per sample \[7\]\) but the 1 videos "
@@ -163,11 +154,6 @@ def test_projector_width_is_checked():
 
 
 # ----- labels -----------------------------------------------------------------------------------------
-
-
-def test_mask_labels():
-    ids = torch.tensor([[1, IMAGE_ID, 5, VIDEO_ID, 6]])
-    assert mask_labels(ids, ids, [IMAGE_ID, VIDEO_ID]).tolist() == [[1, IGNORE_INDEX, 5, IGNORE_INDEX, 6]]
 
 
 def test_loss_ignores_visual_positions(model):
@@ -253,12 +239,6 @@ def test_left_padded_batch_generates_what_each_sample_generates_alone(model):
                                max_new_tokens=5, do_sample=False, pad_token_id=PAD_ID)
         i_img, i_vid = i_img + n_img, i_vid + n_vid
         assert out[row, ids.shape[1]:].tolist() == alone[0, len(sample):].tolist(), row
-
-
-def test_position_ids_from_mask():
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
-    assert position_ids_from_mask(mask, 5).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2]]
-    assert position_ids_from_mask(mask, 2).tolist() == [[1, 2], [2, 2]]
 
 
 # ----- construction -----------------------------------------------------------------------------------

@@ -9,23 +9,12 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
+from tests.vlm_vision.test_anyres_grid import HF_PINPOINTS, TINY_PINPOINTS
 from vlm_vision import CLIP_STD
+from vlm_vision.anyres import (anyres_batch, anyres_pixel_values, anyres_tiles, encode_anyres_images,
+                               pack_image_features, unpad)
+from vlm_vision.anyres_grid import anyres_grid_shape, anyres_num_tokens, unpad_shape
 from vlm_vision.transforms import CLIPImageTransform
-from vlm_vision.anyres import (
-    DEFAULT_PINPOINTS,
-    anyres_batch,
-    anyres_grid_shape,
-    anyres_num_tokens,
-    anyres_pixel_values,
-    anyres_tiles,
-    encode_anyres_images,
-    pack_image_features,
-    unpad,
-    unpad_shape,
-)
-
-HF_PINPOINTS = [list(p) for p in DEFAULT_PINPOINTS]
-TINY_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # the test models: 28 px tiles of 7 px patches, g = 4
 
 
 # ----- unpadding ---------------------------------------------------------------------------------------

@@ -314,9 +314,7 @@ def convert_to_llava(spec: str | Path, out: str | Path, *, seed: int = 0,
             written.append(to_llava(normalise(raw, rows.positions[i]), video_placeholder))
         except BadSample as e:
             skipped.append(Skipped(e.sample_id, e.reason, rows.source(i)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(written, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    from video.atomic_files import write_atomic  # lazy: `import video` loads torch; convert-data needs none
+
+    write_atomic(Path(out), json.dumps(written, ensure_ascii=False, indent=1).encode("utf-8"))
     return len(written), skipped

@@ -19,6 +19,7 @@ one that appears after the scan stays skipped until the cache file is deleted.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from video.atomic_files import write_atomic
 from vlm_vision.data_files import DataRows, Skipped, load_rows
 from vlm_vision.data_formats import BadSample, MediaRoots, Record, parse_record
 from vlm_vision.record_tokens import (VisualSpec, frame_times, image_size, prompt_messages, scan_one, visual_counts,
@@ -204,11 +206,11 @@ def _merge(parts: Sequence[dict[str, Any]], n: int) -> ScanResult:
 
 
 def _write(result: ScanResult, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, lengths=result.lengths, kinds=result.kinds, skipped_rows=result.skipped_rows,
-                 skipped=np.asarray(json.dumps([[s.id, s.reason, s.source] for s in result.skipped])))
-    tmp.replace(path)
+    """Save a scan result as one `.npz` file, atomically."""
+    data = io.BytesIO()
+    np.savez(data, lengths=result.lengths, kinds=result.kinds, skipped_rows=result.skipped_rows,
+             skipped=np.asarray(json.dumps([[s.id, s.reason, s.source] for s in result.skipped])))
+    write_atomic(path, data.getvalue())
 
 
 def _read(path: Path, n: int) -> ScanResult | None:

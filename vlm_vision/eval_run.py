@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import io
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,10 @@ def _check_run(out: Path, run: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write `data` as indented JSON, atomically."""
+    from video.atomic_files import write_atomic  # lazy: `import video` loads torch, kept off `eval --help`
+
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 # ----- the run ------------------------------------------------------------------------------------
@@ -266,6 +267,8 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
 
+    from video.atomic_files import write_atomic  # lazy: `import video` loads torch, kept off `eval --help`
+
     series = {"multiple choice, generated letter": ("multiple_choice", "generated_accuracy"),
               "multiple choice, log-likelihood": ("multiple_choice", "log_likelihood_accuracy"),
               "open-ended, exact match": ("open_ended", "exact_match")}
@@ -283,10 +286,10 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
     if shown:
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png", dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
     return path
 
 

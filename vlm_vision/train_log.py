@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from video.atomic_files import write_atomic
 from vlm_vision.data_files import Skipped
 from vlm_vision.data_formats import record_origin
 
@@ -50,9 +51,7 @@ class RunLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [e for e in self.entries() if e["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(json.dumps(e) + "\n" for e in kept).encode())
 
 
 def plot_loss(entries: Sequence[dict[str, Any]], path: Path) -> Path:

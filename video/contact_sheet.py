@@ -6,6 +6,7 @@ import io
 import math
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["contact_sheet", "contact_sheet_png"]
 
@@ -15,7 +16,7 @@ SHEET_PAD = 4
 
 
 def contact_sheet(frames: torch.Tensor, timestamps: list[float], *, columns: int = SHEET_COLUMNS,
-                  thumb_width: int = SHEET_THUMB_WIDTH, pad: int = SHEET_PAD):
+                  thumb_width: int = SHEET_THUMB_WIDTH, pad: int = SHEET_PAD) -> Image.Image:
     """A grid of thumbnails of uint8[T, H, W, 3] frames, each labelled with its time in seconds.
 
     The sheet has min(T, columns) columns and ceil(T / columns) rows of `thumb_width` x
@@ -24,8 +25,6 @@ def contact_sheet(frames: torch.Tensor, timestamps: list[float], *, columns: int
     Returns:
         A PIL RGB image.
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     t, h, w, _ = frames.shape
     thumb_h = max(1, round(thumb_width * h / w))
     cols = min(t, columns)

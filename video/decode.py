@@ -1,7 +1,7 @@
 """Decoding the sampled frames of a video, so that a bad file costs an exception, not a run.
 
 `load_video` asks `video.sampling` which frames to take and a decoder for their pixels. Decoding
-runs in a separate worker process (`video/_decode_worker.py`): started once per Python process
+runs in a separate worker process (`video.decoder_process`): started once per Python process
 (about 0.3 s; it imports PyAV and numpy, not torch), reused for every video, and killed and
 replaced after a time-out, a crash, or every `_VIDEOS_PER_WORKER` videos. A native decoder can
 hang for ever holding the GIL or crash its process on a bad file (decord does both:
@@ -56,108 +56,29 @@ Shapes: T frames, H/W pixels.
 from __future__ import annotations
 
 import atexit
-import math
-import numbers
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import threading
-import warnings
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
-import torch
 
-from video import _decode_worker as _wire
-from video.sampling import (
-    fps_indices,
-    indices_to_timestamps,
-    snap_to_keyframes,
-    time_window_to_frames,
-    uniform_indices,
-)
+from video.clip import Backend, Sampling, VideoClip, VideoDecodeError
+from video.clip_loading import check_load_arguments, load_clip, missing_frames_allowed
+from video.decoder_wire import recv_into, recv_message, send_message
 
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
-Sampling = Literal["exact", "keyframe"]
-Backend = Literal["exact", "decord"]
-
 _VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds any leak
-_WORKER_FILE = pathlib.Path(__file__).with_name("_decode_worker.py")
-# Loads the worker file by path, so the child never imports the `video` package (and torch).
+_VIDEO_DIR = pathlib.Path(__file__).parent
+# Imports the decoder process's module under an empty `video` package (no video/__init__.py, so no
+# torch in the child); see `video.decoder_process`.
 _LOADER = (
-    "import sys, importlib.util as u; "
-    "s = u.spec_from_file_location('_video_decode_worker', sys.argv[1]); "
-    "m = u.module_from_spec(s); s.loader.exec_module(m); m.main(int(sys.argv[2]))"
+    "import sys, types; p = types.ModuleType('video'); p.__path__ = [sys.argv[1]]; sys.modules['video'] = p; "
+    "import video.decoder_process as m; m.main(int(sys.argv[2]))"
 )
-
-
-class VideoDecodeError(Exception):
-    """A video that cannot be decoded: missing, not a video, corrupt, or the decoder hung/crashed.
-
-    Attributes:
-        path: the file that was asked for.
-        reason: what went wrong, in words.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"cannot decode video {self.path!r}: {reason}")
-
-    def __reduce__(self):  # keeps (path, reason) through pickling, e.g. out of DataLoader workers
-        return type(self), (self.path, self.reason)
-
-
-@dataclass
-class VideoClip:
-    """Frames sampled from one video, with where and when they come from.
-
-    Attributes:
-        frames: uint8[T, H, W, 3], RGB.
-        indices: frame index in the video of each of the T frames (non-decreasing).
-        timestamps: seconds at which each frame is shown, `index / native_fps` (what LLaVA-NeXT-Video
-            computes and puts in its prompts).
-        presentation_times: seconds at which each frame is shown according to the container's own
-            timestamps, counted from the first frame. Equal to `timestamps` for a constant frame
-            rate; the true times for variable-rate video (phones). `timestamps` when the container
-            has none, and with the decord backend.
-        native_fps: the video's average frame rate.
-        num_total_frames: frames in the video that decode (may be fewer than the container lists).
-        duration: `num_total_frames / native_fps`, seconds.
-        path: the file the frames come from, None when not read from a file.
-        snapped: True when the indices were moved to keyframes (`sampling="keyframe"`).
-        timestamp_shift: per frame, seconds between the frame returned and the one asked for
-            (returned minus asked; all zeros unless snapped).
-        backend: the decoder that produced the frames, "exact" or "decord" (see `load_video`).
-        declared_frames: the frame count the container's header declares (from its duration
-            when it gives none); None when it declares neither.
-        partial: True when more frames are missing than `missing_frames_allowed` tolerates and
-            `allow_partial=True` let the clip through: the frames come from the part that decodes.
-    """
-
-    frames: torch.Tensor
-    indices: list[int]
-    timestamps: list[float]
-    native_fps: float
-    num_total_frames: int
-    duration: float
-    path: str | None
-    snapped: bool = False
-    timestamp_shift: list[float] = field(default_factory=list)
-    backend: Backend = "exact"
-    presentation_times: list[float] = field(default_factory=list)
-    declared_frames: int | None = None
-    partial: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.timestamp_shift:
-            self.timestamp_shift = [0.0] * len(self.indices)
-        if not self.presentation_times:
-            self.presentation_times = list(self.timestamps)
 
 
 class _Timeout(Exception):
@@ -178,7 +99,7 @@ class _Worker:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LOADER, str(_WORKER_FILE), str(theirs.fileno())],
+            [sys.executable, "-c", _LOADER, str(_VIDEO_DIR), str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -190,13 +111,13 @@ class _Worker:
         self.videos = 0
 
     def request(self, message: tuple, timeout: float | None) -> tuple:
-        _wire.send_message(self.sock, message)
+        send_message(self.sock, message)
         return self.reply(timeout)
 
     def reply(self, timeout: float | None) -> tuple:
         self.sock.settimeout(timeout)
         try:
-            return _wire.recv_message(self.sock)
+            return recv_message(self.sock)
         except socket.timeout as error:
             raise _Timeout from error
         except ValueError as error:  # not JSON, or an absurd length: the worker is not ours to trust
@@ -205,7 +126,7 @@ class _Worker:
     def recv_frame(self, out: np.ndarray, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
         try:
-            _wire.recv_into(self.sock, memoryview(out).cast("B"))
+            recv_into(self.sock, memoryview(out).cast("B"))
         except socket.timeout as error:
             raise _Timeout from error
 
@@ -216,7 +137,7 @@ class _Worker:
 
     def close(self) -> None:
         try:
-            _wire.send_message(self.sock, ("exit",))
+            send_message(self.sock, ("exit",))
             self.process.wait(timeout=2)
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
@@ -295,7 +216,7 @@ class _Session:
         """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, None, and each frame's
         presentation time (None where unknown); or None, the number of frames that really decode
         when some index is past it, and []."""
-        _wire.send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
+        send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
         out, received, times = None, 0, [None] * len(indices)
         while True:
             reply = self.worker.reply(self.timeout)
@@ -313,73 +234,6 @@ class _Session:
                                             f"an earlier one {out.shape[2]}x{out.shape[1]}")
             self.worker.recv_frame(out[k], self.timeout)
             received += 1
-
-
-def _plan(
-    total: int,
-    native_fps: float,
-    num_frames: int,
-    fps: float | None,
-    max_frames: int | None,
-    start: float | None,
-    end: float | None,
-    min_frames: int = 1,
-) -> tuple[list[int], int, int]:
-    """Frame indices to return, and the frame window they were drawn from."""
-    first, last = 0, total
-    if start is not None or end is not None:
-        first, last = time_window_to_frames(total, native_fps, start, end)
-    if fps is not None:
-        indices = fps_indices(total, native_fps, fps, max_frames, min_frames=min_frames, start_frame=first,
-                              end_frame=last)
-    else:
-        indices = uniform_indices(total, num_frames, start_frame=first, end_frame=last)
-    return indices, first, last
-
-
-def missing_frames_allowed(declared: int) -> int:
-    """Frames a file may declare and not decode before it counts as truncated: max(2, 2%).
-
-    Containers that list one or two frames that never decode are common (a broken last packet, an
-    edit list cutting one; tests/data/box.mp4). A file that decodes a quarter of what it declares
-    is a download cut short, and a clip sampled from it would describe its first seconds only.
-    """
-    return max(2, math.floor(0.02 * declared))
-
-
-def _check_complete(path: str, declared: int | None, decodable: int, native_fps: float, allow_partial: bool) -> bool:
-    """True when frames are missing beyond the tolerance and `allow_partial` accepts it.
-
-    Raises:
-        VideoDecodeError: frames are missing beyond the tolerance and `allow_partial` is False.
-    """
-    if declared is None or declared - decodable <= missing_frames_allowed(declared):
-        return False
-    if allow_partial:
-        return True
-    raise VideoDecodeError(
-        path, f"truncated: the container declares {declared} frames ({declared / native_fps:.2f} s) but only "
-              f"{decodable} decode ({decodable / native_fps:.2f} s), more than {missing_frames_allowed(declared)} "
-              f"missing (an incomplete download?); pass allow_partial=True (--allow-partial) to sample from the "
-              f"frames that decode")
-
-
-def _check_args(num_frames, fps, max_frames, sampling, timeout, backend, min_frames=1) -> None:
-    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 1:
-        raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
-    if fps is not None and (not isinstance(fps, numbers.Real) or not fps > 0):
-        raise ValueError(f"fps must be a positive number of frames per second or None, got {fps!r}")
-    if (max_frames is not None or min_frames != 1) and fps is None:
-        raise ValueError("max_frames bounds fps sampling (so does min_frames); pass fps=..., or num_frames for "
-                         "uniform sampling")
-    if isinstance(min_frames, bool) or not isinstance(min_frames, numbers.Integral) or min_frames < 1:
-        raise ValueError(f"min_frames must be an int >= 1, got {min_frames!r}")
-    if sampling not in ("exact", "keyframe"):
-        raise ValueError(f"sampling must be 'exact' or 'keyframe', got {sampling!r}")
-    if timeout is not None and (not isinstance(timeout, numbers.Real) or not timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    if backend not in ("exact", "decord"):
-        raise ValueError(f"backend must be 'exact' or 'decord', got {backend!r}")
 
 
 def load_video(
@@ -440,7 +294,7 @@ def load_video(
         >>> load_video("tests/data/realshort.mp4", num_frames=8, backend="decord").backend
         'decord'
     """
-    _check_args(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
+    check_load_arguments(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -452,8 +306,8 @@ def load_video(
         worker = _get_worker()
         session = _Session(worker, path, timeout)
         try:
-            clip = _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
-                         min_frames)
+            clip = load_clip(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
+                             min_frames)
         except _Timeout:
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder made no progress for {timeout} s and was killed") from None
@@ -479,63 +333,3 @@ def load_video(
             raise
         worker.videos += 1
         return clip
-
-
-def _load(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
-          min_frames=1) -> VideoClip:
-    meta = session.open(backend)
-    total, native_fps, keyframes = meta["num_frames"], meta["fps"], meta["keyframes"]
-    declared = meta["declared_frames"]
-    if not (math.isfinite(native_fps) and native_fps > 0):
-        raise VideoDecodeError(session.path, f"the video stream has no usable frame rate ({native_fps})")
-    # Packets missing from a file cut short are known before any decoding.
-    partial = _check_complete(session.path, declared, total, native_fps, allow_partial)
-    for attempt in range(2):
-        targets, first, last = _plan(total, native_fps, num_frames, fps, max_frames, start, end, min_frames)
-        indices, snapped = targets, False
-        if sampling == "keyframe":
-            # nearest keyframe inside the window, else the last one before its end
-            candidates = [k for k in keyframes if first <= k < last] or [k for k in keyframes if k < last]
-            if candidates:  # none when the stream has no timestamps: exact frames instead
-                indices, snapped = snap_to_keyframes(targets, candidates), True
-        unique = sorted(set(indices))
-        decoded, decodable, times = None, None, []
-        # Past the frames that decode, decord lies or hangs: check the last one first. A second
-        # attempt samples below the count the check returned, so it needs no check.
-        if backend == "decord" and not snapped and attempt == 0:
-            decodable = session.check(unique[-1])
-        if decodable is None:
-            decoded, decodable, times = session.frames(unique, keyframes_only=snapped)  # (U, H, W, 3)
-        if decoded is not None:
-            break
-        if attempt or not 0 < decodable < total:
-            raise VideoDecodeError(
-                session.path, f"the container lists {total} frames but frame {unique[-1]} does not decode "
-                              f"({decodable} do)")
-        partial = _check_complete(session.path, declared, decodable, native_fps, allow_partial) or partial
-        warnings.warn(
-            f"{session.path}: the container lists {total} frames but only {decodable} decode; sampling from those",
-            stacklevel=3,
-        )
-        total = decodable
-        keyframes = [k for k in keyframes if k < decodable]
-    frames = torch.from_numpy(decoded)  # (U, H, W, 3)
-    position = {index: k for k, index in enumerate(unique)}
-    if unique != indices:
-        frames = frames[[position[i] for i in indices]]  # (T, H, W, 3)
-    shown = [times[position[i]] for i in indices]
-    return VideoClip(
-        frames=frames,
-        indices=list(indices),
-        timestamps=indices_to_timestamps(indices, native_fps),
-        native_fps=native_fps,
-        num_total_frames=total,
-        duration=total / native_fps,
-        path=session.path,
-        snapped=snapped,
-        timestamp_shift=[(i - t) / native_fps for i, t in zip(indices, targets)],
-        backend=backend,
-        presentation_times=[] if None in shown else shown,
-        declared_frames=declared,
-        partial=partial,
-    )

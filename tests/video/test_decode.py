@@ -511,7 +511,7 @@ def test_a_pickled_reply_is_refused_and_never_run(tmp_path):
     """The parent's reader gets a reply crafted to run code when unpickled: it raises, nothing ran."""
     import socket
 
-    from video import _decode_worker as wire
+    from video import decoder_wire as wire
 
     marker = tmp_path / "code-ran"
     ours, theirs = socket.socketpair()
@@ -555,7 +555,7 @@ def test_worker_messages_are_json():
     """What the worker sends is plain JSON: a frame header reads back as the same values."""
     import socket
 
-    from video import _decode_worker as wire
+    from video import decoder_wire as wire
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
@@ -718,6 +718,14 @@ def test_worker_loads_decord_only_for_the_decord_backend(media):
     assert not decord_loaded()
     load_video(media["short"], num_frames=2, backend="decord")
     assert decode_module._worker.process.pid == pid and decord_loaded()
+
+
+def test_worker_imports_neither_torch_nor_the_video_package(media):
+    """The decoder process loads its modules under an empty `video` package: no torch, a fast start."""
+    decode_module.shutdown_worker()
+    load_video(media["short"], num_frames=2)
+    maps = pathlib.Path(f"/proc/{decode_module._worker.process.pid}/maps").read_text()
+    assert "libavcodec" in maps and "libtorch" not in maps
 
 
 def test_bad_backend(media):

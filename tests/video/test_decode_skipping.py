@@ -13,8 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from video import _decode_worker as worker
+from video import exact_decoder as worker
 from video import load_video
+from video.h264_nal import is_disposable
 from tests.video.synth import make_numbered_video, read_frame_number
 
 
@@ -69,14 +70,14 @@ def _avcc(*units: bytes) -> memoryview:
     ],
 )
 def test_is_disposable(units, disposable):
-    assert worker._is_disposable(_avcc(*units), 4) is disposable
+    assert is_disposable(_avcc(*units), 4) is disposable
 
 
 def test_is_disposable_refuses_malformed_lengths():
     data = _avcc(b"\x01\x9a\x00")
-    assert not worker._is_disposable(data[:-1], 4)  # the unit runs past the packet
-    assert not worker._is_disposable(memoryview(bytes(data) + b"\x00\x00"), 4)  # a cut length prefix
-    assert not worker._is_disposable(memoryview(b"\x00\x00\x00\x00\x01"), 4)  # an empty unit
+    assert not is_disposable(data[:-1], 4)  # the unit runs past the packet
+    assert not is_disposable(memoryview(bytes(data) + b"\x00\x00"), 4)  # a cut length prefix
+    assert not is_disposable(memoryview(b"\x00\x00\x00\x00\x01"), 4)  # an empty unit
 
 
 # what the first packet teaches the decoder -------------------------------------------------------

@@ -1,0 +1,83 @@
+"""What decoding a video gives: a `VideoClip` of sampled frames with their times, or a
+`VideoDecodeError` naming the file and the reason (`video.load_video` returns and raises them).
+
+Shapes: T frames, H/W pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+__all__ = ["Backend", "Sampling", "VideoClip", "VideoDecodeError"]
+
+Sampling = Literal["exact", "keyframe"]
+Backend = Literal["exact", "decord"]
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be decoded: missing, not a video, corrupt, or the decoder hung/crashed.
+
+    Attributes:
+        path: the file that was asked for.
+        reason: what went wrong, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path!r}: {reason}")
+
+    def __reduce__(self):  # keeps (path, reason) through pickling, e.g. out of DataLoader workers
+        return type(self), (self.path, self.reason)
+
+
+@dataclass
+class VideoClip:
+    """Frames sampled from one video, with where and when they come from.
+
+    Attributes:
+        frames: uint8[T, H, W, 3], RGB.
+        indices: frame index in the video of each of the T frames (non-decreasing).
+        timestamps: seconds at which each frame is shown, `index / native_fps` (what LLaVA-NeXT-Video
+            computes and puts in its prompts).
+        presentation_times: seconds at which each frame is shown according to the container's own
+            timestamps, counted from the first frame. Equal to `timestamps` for a constant frame
+            rate; the true times for variable-rate video (phones). `timestamps` when the container
+            has none, and with the decord backend.
+        native_fps: the video's average frame rate.
+        num_total_frames: frames in the video that decode (may be fewer than the container lists).
+        duration: `num_total_frames / native_fps`, seconds.
+        path: the file the frames come from, None when not read from a file.
+        snapped: True when the indices were moved to keyframes (`sampling="keyframe"`).
+        timestamp_shift: per frame, seconds between the frame returned and the one asked for
+            (returned minus asked; all zeros unless snapped).
+        backend: the decoder that produced the frames, "exact" or "decord" (see `load_video`).
+        declared_frames: the frame count the container's header declares (from its duration
+            when it gives none); None when it declares neither.
+        partial: True when more frames are missing than `missing_frames_allowed` tolerates and
+            `allow_partial=True` let the clip through: the frames come from the part that decodes.
+    """
+
+    frames: torch.Tensor
+    indices: list[int]
+    timestamps: list[float]
+    native_fps: float
+    num_total_frames: int
+    duration: float
+    path: str | None
+    snapped: bool = False
+    timestamp_shift: list[float] = field(default_factory=list)
+    backend: Backend = "exact"
+    presentation_times: list[float] = field(default_factory=list)
+    declared_frames: int | None = None
+    partial: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.timestamp_shift:
+            self.timestamp_shift = [0.0] * len(self.indices)
+        if not self.presentation_times:
+            self.presentation_times = list(self.timestamps)

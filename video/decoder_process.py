@@ -1,0 +1,122 @@
+"""The decoder process behind `video.decode`: FFmpeg (through PyAV), or decord on request, in a
+process of its own.
+
+A decoder can hang in native code while holding the GIL (decord does: dmlc/decord#269, #373,
+#375), kill its process on a bad file, or grow in memory over many files (#208). None of that can
+be caught in the process where it happens, so `video.decode` decodes here, in a child process it
+can time out, kill and replace. The decoders themselves are `video.exact_decoder` (the default)
+and `video.decord_decoder`.
+
+`video.decode` starts it with `python -c <loader> VIDEO_DIR FD`: the loader registers an empty
+`video` package whose path is VIDEO_DIR, so that this module and the few it imports
+(`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`) load
+without `video/__init__.py`, which imports torch. They need only PyAV and numpy, so the process
+starts in a fraction of a second. It serves one request at a time on one stream socket, in the
+protocol of `video.decoder_wire`:
+
+    ("open", path, backend)     -> ("meta", {"num_frames", "fps", "keyframes", "declared_frames"}):
+                                   the packets found, and the count the header declares (None
+                                   if it declares neither count nor duration); backend is
+                                   "exact" (PyAV, `Video`) or "decord" (`DecordVideo`)
+    ("frames", indices)         -> per index, in any order, ("frame", k, shape) + the RGB bytes;
+                                   then ("done",), or ("short", n) when only n frames decode
+    ("keyframes", indices)      -> the same for keyframe indices, one packet decoded each
+                                   (decord: both are one `get_batch`, after which the file is closed)
+    ("check", index)            -> decord only: ("done",) when frame `index` decodes, else ("short", n)
+    ("exit",)                   -> the process ends
+
+Any request may instead get ("error", kind, message): the exception's class name and message.
+
+Shapes: H/W pixels.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import numpy as np
+
+from video.decoder_wire import recv_message, send_message
+from video.decord_decoder import DecordVideo
+from video.exact_decoder import FewerFrames, Video
+
+__all__ = ["main", "serve"]
+
+
+def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]],
+                 times: list[float | None] | None = None) -> None:
+    """Send (k, frame) pairs as ("frame", k, shape, seconds) messages, each followed by its pixels.
+
+    `seconds` is `times[k]`, the frame's presentation time; None when unknown (decord's frames).
+    """
+    for k, frame in frames:
+        seconds = times[k] if times else None
+        if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
+            # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
+            # in the container. Turn the frame upright, as players and decord show it.
+            turns = round(getattr(frame, "rotation", 0) / 90) % 4
+            frame = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+            if turns:
+                frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
+        # rows of odd widths come padded: make the bytes contiguous before announcing them
+        pixels = np.ascontiguousarray(frame)  # (H, W, 3) uint8
+        send_message(sock, ("frame", k, pixels.shape, seconds))
+        sock.sendall(pixels)
+
+
+def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, argument) -> None:
+    """Serve one frames/keyframes/check request about the open file (FewerFrames when frames are missing)."""
+    if video is None:
+        raise ValueError(f"{op!r} before a file was opened")
+    if op == "check":
+        if not isinstance(video, DecordVideo):
+            raise ValueError("'check' is a request of the decord backend only")
+        video.check(argument)
+    elif isinstance(video, DecordVideo):  # decord decodes keyframes like any frame
+        _send_frames(sock, video.frames(argument))
+    else:
+        # every frame is matched to the timestamp index, so its time is the index's
+        _send_frames(sock, video.exact(argument) if op == "frames" else video.keyframe_frames(argument),
+                     video.presentation_times(argument))
+
+
+def serve(sock: socket.socket) -> None:
+    """Answer requests on `sock` until "exit" or until the parent goes away."""
+    # FFmpeg's own log stays off (PyAV's default): forwarding it to Python from the decoder's
+    # threads deadlocks on files that log while decoding (box.mp4 did), and stderr is discarded.
+    video = None
+    while True:
+        try:
+            request = recv_message(sock)
+        except (EOFError, ConnectionError):  # the parent went away
+            return
+        op = request[0]
+        try:
+            if op == "exit":
+                return
+            if op == "open":
+                video = None  # drop the previous file first
+                video = DecordVideo(request[1]) if request[2] == "decord" else Video(request[1])
+                meta = {"num_frames": video.num_frames, "fps": video.fps, "keyframes": video.keyframes,
+                        "declared_frames": video.declared_frames}
+                send_message(sock, ("meta", meta))
+            elif op in ("frames", "keyframes", "check"):
+                try:
+                    _answer(sock, video, op, request[1])
+                except FewerFrames as short:
+                    send_message(sock, ("short", short.count))
+                else:
+                    send_message(sock, ("done",))
+                if isinstance(video, DecordVideo) and op != "check":
+                    video = None  # decord's reader is closed after its one batch
+            else:
+                send_message(sock, ("error", "ValueError", f"unknown request {op!r}"))
+        except Exception as error:  # reported to the parent, which raises VideoDecodeError
+            message = " ".join((str(error).strip() or type(error).__name__).split())
+            send_message(sock, ("error", type(error).__name__, message))
+
+
+def main(fd: int) -> None:
+    """Entry point: serve requests on the stream socket whose file descriptor is `fd`."""
+    serve(socket.socket(fileno=fd))

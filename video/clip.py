@@ -7,12 +7,12 @@ Shapes: T frames, H/W pixels.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
 import torch
 
-__all__ = ["Backend", "Sampling", "VideoClip", "VideoDecodeError"]
+__all__ = ["Backend", "ClipOrigin", "Sampling", "VideoClip", "VideoDecodeError"]
 
 Sampling = Literal["exact", "keyframe"]
 Backend = Literal["exact", "decord"]
@@ -36,8 +36,40 @@ class VideoDecodeError(Exception):
 
 
 @dataclass
-class VideoClip:
-    """Frames sampled from one video, with where and when they come from.
+class ClipOrigin:
+    """Where the T frames of a clip come from: which video, which frames, what it holds.
+
+    Shared by `VideoClip` (the frames) and `video.VideoTokens` (their tokens), so that tokens keep
+    the facts of the clip they were computed from. The fields are keyword-only.
+    """
+
+    _: KW_ONLY
+    indices: list[int]
+    """Frame index in the video of each of the T frames (non-decreasing)."""
+    timestamps: list[float]
+    """Seconds at which each frame is shown, `index / native_fps` (what LLaVA-NeXT-Video computes and
+    puts in its prompts)."""
+    native_fps: float
+    """The video's average frame rate."""
+    num_total_frames: int
+    """Frames in the video that decode (may be fewer than the container lists)."""
+    duration: float
+    """`num_total_frames / native_fps`, seconds."""
+    path: str | None
+    """The video file, None for a clip not read from a file."""
+    backend: Backend = "exact"
+    """The decoder that produced the frames, "exact" or "decord" (see `video.load_video`)."""
+    declared_frames: int | None = None
+    """The frame count the container's header declares (from its duration when it gives none);
+    None when it declares neither."""
+    partial: bool = False
+    """True when more frames are missing than `missing_frames_allowed` tolerates and
+    `allow_partial=True` let the clip through: the frames come from the part that decodes."""
+
+
+@dataclass
+class VideoClip(ClipOrigin):
+    """Frames sampled from one video, with where and when they come from (`ClipOrigin`'s fields).
 
     Attributes:
         frames: uint8[T, H, W, 3], RGB.
@@ -63,18 +95,9 @@ class VideoClip:
     """
 
     frames: torch.Tensor
-    indices: list[int]
-    timestamps: list[float]
-    native_fps: float
-    num_total_frames: int
-    duration: float
-    path: str | None
     snapped: bool = False
     timestamp_shift: list[float] = field(default_factory=list)
-    backend: Backend = "exact"
     presentation_times: list[float] = field(default_factory=list)
-    declared_frames: int | None = None
-    partial: bool = False
 
     def __post_init__(self) -> None:
         if not self.timestamp_shift:

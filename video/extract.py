@@ -32,7 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from video.atomic_files import write_atomic
-from video.decode import VideoClip, load_video
+from video.clip import ClipOrigin, VideoClip
+from video.decode import load_video
 from video.pooling import pooled_grid
 from video.tower_pooling import check_tower_pooling, encode_frames
 
@@ -42,23 +43,13 @@ FORMAT = "vlm-vision/video-tokens/v1"
 
 
 @dataclasses.dataclass
-class VideoTokens:
-    """The pooled tokens of one clip and where they came from."""
+class VideoTokens(ClipOrigin):
+    """The pooled tokens of one clip and where they came from (`video.clip.ClipOrigin`'s fields:
+    indices, timestamps, native_fps, num_total_frames, duration, path, backend, declared_frames,
+    partial; keyword-only)."""
 
     tokens: torch.Tensor
     """float[T, N', D]: per frame, tower -> pool, before any projector."""
-    indices: list[int]
-    """Frame index in the video of each of the T frames."""
-    timestamps: list[float]
-    """Presentation time of each frame, in seconds."""
-    native_fps: float
-    """The video's average frame rate."""
-    num_total_frames: int
-    """Frames in the video."""
-    duration: float
-    """Length of the video in seconds."""
-    path: str | None
-    """The video file, or None for a clip built in memory."""
     grid: tuple[int, int]
     """The tower's patch grid (rows, cols) before pooling, e.g. (24, 24)."""
     pooled_grid: tuple[int, int]
@@ -75,16 +66,9 @@ class VideoTokens:
     """'exact' or 'keyframe' (indices moved to the nearest keyframe)."""
     timestamp_shift: list[float] | None = None
     """With keyframe sampling, how far (s) each frame moved from the uniform target."""
-    backend: str = "exact"
-    """The decoder of the frames: 'exact' or 'decord' (see `video.load_video`)."""
     presentation_times: list[float] | None = None
     """Each frame's time (s) from the container's timestamps; differs from `timestamps` on
     variable-frame-rate video (see `VideoClip.presentation_times`)."""
-    declared_frames: int | None = None
-    """The frame count the video's container declares (None: it declares none; see `VideoClip`)."""
-    partial: bool = False
-    """True when the video decodes fewer frames than it declares beyond the tolerance and
-    `allow_partial` let it through: the tokens describe only the part that decodes."""
 
     @property
     def num_frames(self) -> int:

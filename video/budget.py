@@ -34,7 +34,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from video.pooling import NEWLINE_LAYOUTS, POOL_MODES, pooled_grid, stride_fits
+from video.pooling import NEWLINE_LAYOUTS, check_pool_mode, pooled_grid, stride_fits
 
 __all__ = [
     "VideoBudget",
@@ -217,8 +217,7 @@ def candidate_strides(grid: tuple[int, int], pool_stride: int, mode: str, *, slo
         >>> candidate_strides((16, 16), 2, "average")
         [2, 4]
     """
-    if mode not in POOL_MODES:
-        raise ValueError(f"unknown pooling mode {mode!r}; choose from {POOL_MODES}")
+    check_pool_mode(mode)
     base = _positive_int("pool_stride", pool_stride)
 
     def ok(s: int) -> bool:

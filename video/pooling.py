@@ -24,8 +24,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["spatial_pool", "num_video_tokens", "check_pooling", "pooled_grid", "stride_fits", "POOL_MODES",
-           "NEWLINE_LAYOUTS"]
+__all__ = ["spatial_pool", "num_video_tokens", "check_pool_mode", "check_pooling", "pooled_grid", "stride_fits",
+           "POOL_MODES", "NEWLINE_LAYOUTS"]
 
 PoolMode = Literal["average", "max", "bilinear"]
 POOL_MODES: tuple[str, ...] = ("average", "max", "bilinear")
@@ -46,6 +46,12 @@ def _check_grid(grid: tuple[int, int], stride: int, *, stride_name: str = "strid
     if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
         raise ValueError(f"{stride_name} must be an int >= 1, got {stride!r}")
     return int(grid[0]), int(grid[1]), int(stride)
+
+
+def check_pool_mode(mode: str, *, name: str = "pooling mode") -> None:
+    """Raise ValueError, naming the argument (`name`) and the choices, for a mode not in `POOL_MODES`."""
+    if mode not in POOL_MODES:
+        raise ValueError(f"unknown {name} {mode!r}; choose from {POOL_MODES}")
 
 
 def stride_fits(grid: tuple[int, int], stride: int, mode: str) -> bool:
@@ -71,8 +77,7 @@ def check_pooling(grid: tuple[int, int], stride: int, mode: str, *, of_tower: bo
             unknown mode, or (average/max) a stride that does not divide the grid.
     """
     h, w, s = _check_grid(grid, stride, stride_name="pool_stride" if of_tower else "stride")
-    if mode not in POOL_MODES:
-        raise ValueError(f"unknown {'pool_mode' if of_tower else 'pooling mode'} {mode!r}; choose from {POOL_MODES}")
+    check_pool_mode(mode, name="pool_mode" if of_tower else "pooling mode")
     if not stride_fits((h, w), s, mode):
         if of_tower:
             raise ValueError(f"{mode} pooling with stride {s} needs a patch grid divisible by it, the tower's is "

@@ -1,25 +1,51 @@
 """Video: frame sampling (pure), decoding (frame-exact FFmpeg, or decord on request, in a worker
-process), spatial pooling, per-frame token extraction."""
+process), spatial pooling, per-frame token extraction.
 
-from video.budget import VideoBudget, VideoLayout, choose_video_budget
-from video.decode import VideoClip, VideoDecodeError, load_video
-from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens
-from video.pooling import num_video_tokens, spatial_pool
-from video.sampling import fps_indices, uniform_indices
+The names below are the public API. They are imported on first use, so that `import video` (and a
+light submodule such as `video.atomic_files`, or the decoder process) does not pay for torch.
+"""
 
-__all__: list[str] = [
-    "uniform_indices",
-    "fps_indices",
-    "choose_video_budget",
-    "VideoBudget",
-    "VideoLayout",
-    "load_video",
-    "VideoClip",
-    "VideoDecodeError",
-    "spatial_pool",
-    "num_video_tokens",
-    "VideoTokens",
-    "extract_video_tokens",
-    "save_video_tokens",
-    "load_video_tokens",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "uniform_indices": "video.sampling",
+    "fps_indices": "video.sampling",
+    "choose_video_budget": "video.budget",
+    "VideoBudget": "video.budget",
+    "VideoLayout": "video.budget",
+    "load_video": "video.decode",
+    "VideoClip": "video.decode",
+    "VideoDecodeError": "video.decode",
+    "spatial_pool": "video.pooling",
+    "num_video_tokens": "video.pooling",
+    "VideoTokens": "video.extract",
+    "extract_video_tokens": "video.extract",
+    "save_video_tokens": "video.extract",
+    "load_video_tokens": "video.extract",
+}
+
+__all__: list[str] = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'video' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from video.budget import VideoBudget, VideoLayout, choose_video_budget  # noqa: F401
+    from video.decode import VideoClip, VideoDecodeError, load_video  # noqa: F401
+    from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens  # noqa: F401
+    from video.pooling import num_video_tokens, spatial_pool  # noqa: F401
+    from video.sampling import fps_indices, uniform_indices  # noqa: F401

@@ -72,13 +72,12 @@ from video.decoder_wire import recv_into, recv_message, send_message
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
 _VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds any leak
-_VIDEO_DIR = pathlib.Path(__file__).parent
-# Imports the decoder process's module under an empty `video` package (no video/__init__.py, so no
-# torch in the child); see `video.decoder_process`.
-_LOADER = (
-    "import sys, types; p = types.ModuleType('video'); p.__path__ = [sys.argv[1]]; sys.modules['video'] = p; "
-    "import video.decoder_process as m; m.main(int(sys.argv[2]))"
-)
+_PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The child imports only `video.decoder_process` and what it needs (PyAV, numpy): `video/__init__.py`
+# imports its public names lazily, so no torch is loaded there. The package root goes first on its
+# path, so the child runs this very source tree whatever its working directory.
+_LOADER = ("import sys; sys.path.insert(0, sys.argv[1]); "
+           "from video.decoder_process import main; main(int(sys.argv[2]))")
 
 
 class _Timeout(Exception):
@@ -99,7 +98,7 @@ class _Worker:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LOADER, str(_VIDEO_DIR), str(theirs.fileno())],
+            [sys.executable, "-c", _LOADER, str(_PACKAGE_ROOT), str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -7,12 +7,11 @@ be caught in the process where it happens, so `video.decode` decodes here, in a 
 can time out, kill and replace. The decoders themselves are `video.exact_decoder` (the default)
 and `video.decord_decoder`.
 
-`video.decode` starts it with `python -c <loader> VIDEO_DIR FD`: the loader registers an empty
-`video` package whose path is VIDEO_DIR, so that this module and the few it imports
-(`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`) load
-without `video/__init__.py`, which imports torch. They need only PyAV and numpy, so the process
-starts in a fraction of a second. It serves one request at a time on one stream socket, in the
-protocol of `video.decoder_wire`:
+`video.decode` starts it with `python -c <loader> PACKAGE_ROOT FD`. This module and the few it
+imports (`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`) need
+only PyAV and numpy, and `video/__init__.py` loads its public names (and torch) only on first
+use, so the process starts in a fraction of a second. It serves one request at a time on one
+stream socket, in the protocol of `video.decoder_wire`:
 
     ("open", path, backend)     -> ("meta", {"num_frames", "fps", "keyframes", "declared_frames"}):
                                    the packets found, and the count the header declares (None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -23,9 +25,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def version() -> str:
     """The installed package's version ("unknown" when run from a source tree that is not installed)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
     try:
         return installed("vlm-vision")
     except PackageNotFoundError:

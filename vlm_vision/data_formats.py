@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from video.atomic_files import write_atomic
 from vlm_vision.data_files import DataRows, Skipped, load_rows, read_records
 
 __all__ = ["BadSample", "CACHED_SUFFIX", "DataRows", "MediaRoots", "PLACEHOLDERS", "ROLES", "Record", "Skipped",
@@ -314,7 +315,6 @@ def convert_to_llava(spec: str | Path, out: str | Path, *, seed: int = 0,
             written.append(to_llava(normalise(raw, rows.positions[i]), video_placeholder))
         except BadSample as e:
             skipped.append(Skipped(e.sample_id, e.reason, rows.source(i)))
-    from video.atomic_files import write_atomic  # lazy: `import video` loads torch; convert-data needs none
 
     write_atomic(Path(out), json.dumps(written, ensure_ascii=False, indent=1).encode("utf-8"))
     return len(written), skipped

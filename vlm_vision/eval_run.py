@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from video.atomic_files import write_atomic
 from vlm_vision.config_flags import add_config_arguments, missing_flags
 from vlm_vision.eval_data import summarize
 
@@ -139,8 +140,6 @@ def _check_run(out: Path, run: dict[str, Any]) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
-    from video.atomic_files import write_atomic  # lazy: `import video` loads torch, kept off `eval --help`
-
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
@@ -266,8 +265,6 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: after choosing the Agg backend
-
-    from video.atomic_files import write_atomic  # lazy: `import video` loads torch, kept off `eval --help`
 
     series = {"multiple choice, generated letter": ("multiple_choice", "generated_accuracy"),
               "multiple choice, log-likelihood": ("multiple_choice", "log_likelihood_accuracy"),

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.conversation_tokens import tokenize_conversation
+from vlm_vision.conversation_tokens import padding_id, tokenize_conversation
 from vlm_vision.data_files import Skipped, read_records
 from vlm_vision.eval_data import (
     LETTERS,
@@ -163,10 +163,6 @@ def _left_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     configured = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
@@ -186,10 +182,10 @@ def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], 
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         sequences.append(expand_placeholder(ids, ids, _token_id(item, processor),
                                             [visual_count(item, model, processor)])[0])
-    input_ids, mask = _left_pad(sequences, _pad_id(tokenizer))  # (B, L)
+    input_ids, mask = _left_pad(sequences, padding_id(tokenizer))  # (B, L)
     stop = _stop_ids(model, tokenizer)
     out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=_pad_id(tokenizer),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=padding_id(tokenizer),
                          eos_token_id=stop, use_cache=True)  # (B, L + new); training turns the cache off
     answers = []
     for row in out[:, input_ids.shape[1]:].tolist():
@@ -225,7 +221,7 @@ def option_scores(model: nn.Module, processor: Any, items: Sequence[Loaded], fea
     All options of all items are scored together, `batch_size` sequences per forward pass.
     """
     tokenizer, device = processor.tokenizer, model.tower.device
-    pad_id = _pad_id(tokenizer)
+    pad_id = padding_id(tokenizer)
     sequences: list[tuple[Loaded, Example]] = []
     for item in items:
         for option in item.question.options:

@@ -322,7 +322,7 @@ class VisionLanguageModel(nn.Module):
         """
         embeds = self.embed(input_ids, pixel_values, pixel_values_videos, video_features, image_sizes)  # (B, L, D)
         if labels is not None:
-            labels = mask_labels(labels, input_ids, self._placeholder_ids())
+            labels = mask_labels(labels, input_ids, self.placeholder_ids())
         if attention_mask is not None and "position_ids" not in llm_kwargs:
             llm_kwargs["position_ids"] = position_ids_from_mask(attention_mask, input_ids.shape[1])
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
@@ -421,7 +421,8 @@ class VisionLanguageModel(nn.Module):
 
     # ----- checks -------------------------------------------------------------------------------
 
-    def _placeholder_ids(self) -> list[int]:
+    def placeholder_ids(self) -> list[int]:
+        """The `<image>`/`<video>` ids this model splices at (labels there never train)."""
         return [i for i in (self.image_token_id, self.video_token_id) if i is not None]
 
     @staticmethod

@@ -37,6 +37,7 @@ from video.budget import VideoLayout, sampled_frame_count
 from video.decode import load_video
 from vlm_vision.anyres import anyres_batch
 from vlm_vision.anyres_grid import anyres_num_tokens
+from vlm_vision.conversation_tokens import padding_id
 from vlm_vision.placeholders import VisualSpanCut, expand_placeholders, truncate
 from vlm_vision.video_prompt import time_instruction, time_marker
 
@@ -394,12 +395,7 @@ class VisionLanguageProcessor:
             length = longest
         else:
             raise ValueError(f"padding must be True, 'longest', 'max_length' or False, got {padding!r}")
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id  # masked out; any id the LLM embeds will do
-        if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token to pad with; set tokenizer.pad_token")
-        input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)  # (B, L)
+        input_ids = torch.full((len(ids), length), padding_id(self.tokenizer), dtype=torch.long)  # (B, L)
         attention_mask = torch.zeros((len(ids), length), dtype=torch.long)  # (B, L)
         for row, sample in enumerate(ids):
             span = slice(length - len(sample), length) if side == "left" else slice(0, len(sample))

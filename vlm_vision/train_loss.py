@@ -75,7 +75,7 @@ def labelled_loss(model: nn.Module, batch: dict[str, Any], reduction: str = "mea
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     base = getattr(model, "module", model)  # under DDP
-    labels = mask_labels(batch["labels"], batch["input_ids"], base._placeholder_ids())  # (B, L)
+    labels = mask_labels(batch["labels"], batch["input_ids"], base.placeholder_ids())  # (B, L)
     targets = labels[:, 1:]  # (B, L-1): position j predicts token j+1
     count = int((targets != IGNORE_INDEX).sum())
     if reduction == "sum" and count == 0:
@@ -159,7 +159,7 @@ def evaluate(model: nn.Module, dataset: ConversationDataset, accelerator: Any, b
         with accelerator.autocast():
             loss = labelled_loss(model, batch, reduction="sum")
         if counted:
-            total += torch.tensor([float(loss), label_count(examples, model._placeholder_ids())], device=total.device)
+            total += torch.tensor([float(loss), label_count(examples, model.placeholder_ids())], device=total.device)
     model.train(was_training)
     total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / total[1].clamp(min=1))

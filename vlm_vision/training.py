@@ -33,6 +33,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from video.atomic_files import atomic_dir
+from vlm_vision.conversation_tokens import padding_id
 from vlm_vision.evaluation import eval_questions, question_accuracy
 from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.train_config import TrainConfig
@@ -140,12 +141,10 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
     elif config.resume and main:
         print(f"no checkpoint in {out}; starting from step 0")
 
-    pad_id = run.processor.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = run.processor.tokenizer.eos_token_id
+    pad_id = padding_id(run.processor.tokenizer)
     batches = iter(loader)
     params = [p for p in model.parameters() if p.requires_grad]
-    placeholders = unwrapped._placeholder_ids()
+    placeholders = unwrapped.placeholder_ids()
 
     questions = eval_questions(config, log) if config.eval_accuracy else []
 

@@ -80,9 +80,8 @@ def check_pooling(grid: tuple[int, int], stride: int, mode: str, *, of_tower: bo
     check_pool_mode(mode, name="pool_mode" if of_tower else "pooling mode")
     if not stride_fits((h, w), s, mode):
         if of_tower:
-            raise ValueError(f"{mode} pooling with stride {s} needs a patch grid divisible by it, the tower's is "
-                             f"{h}x{w}: stride {s} does not divide the tower's {h}x{w} patch grid; use a stride that "
-                             f"divides it or pool_mode='bilinear' (rounds up)")
+            raise ValueError(f"{mode} pooling with stride {s} does not divide the tower's {h}x{w} patch grid; use a "
+                             f"stride that divides it or pool_mode='bilinear' (rounds up)")
         raise ValueError(f"{mode} pooling needs a grid divisible by the stride: grid {h}x{w}, stride {s}")
     return h, w, s
 

@@ -142,7 +142,7 @@ def test_projector_width_is_checked():
     tower, llm = CLIPVisionTower(vision_config()), LlamaForCausalLM(text_config())
     with pytest.raises(ValueError, match="projector maps 32 -> 48, but the tower gives 32 and the LLM embeds in 64"):
         VisionLanguageModel(tower, build_projector("mlp2x_gelu", 32, 48), llm, image_token_id=1, video_token_id=2)
-    with pytest.raises(ValueError, match="stride 3 needs a patch grid divisible by it, the tower's is 4x4"):
+    with pytest.raises(ValueError, match="stride 3 does not divide the tower's 4x4 patch grid"):
         VisionLanguageModel(tower, build_projector("linear", 32, 64), llm, image_token_id=1, video_token_id=2,
                             pool_stride=3)
     with pytest.raises(ValueError, match="unknown pool_mode 'mean'"):

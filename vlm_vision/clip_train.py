@@ -16,10 +16,12 @@ model memorises its pairs; recall on pairs it never saw says whether it learned 
 whose captions are identical count as matches of each other (a caption shared by several images
 is no mistake to retrieve).
 
-Bad samples never stop a run: records with a missing caption or media file are dropped when the
-data is read, media that fail to decode are dropped from their batch, and every one is counted in
-`metrics.json`. With several processes a batch that ends up empty on any rank is skipped on all of
-them, so the collective calls stay in step.
+A bad sample does not stop a run: records with a missing caption or media file are dropped when
+the data is read, media that fail to decode are dropped from their batch, and every one is counted
+in `metrics.json`. Mostly bad data does stop it: once more than `max_skip_fraction` of the pairs
+have been skipped (every process's, gathered each step), `TooManySkipped` names the count and the
+top reasons (`vlm_vision.train_skips`, as in `vlm-vision train`). With several processes a batch
+that ends up empty on any rank is skipped on all of them, so the collective calls stay in step.
 
 Layout: setup (data, model, optimizer, schedule, accelerate) -> loop (max_steps; one line per step
 in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json).
@@ -33,7 +35,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from vlm_vision.clip_data import PairDataset, pair_dataset, read_pairs, split_pairs
+from vlm_vision.config_flags import add_config_arguments, missing_flags
 from vlm_vision.contrastive import LogitScale, clip_loss
+from vlm_vision.data_files import Skipped
 from vlm_vision.train_params import cosine_schedule
 from vlm_vision.train_runtime import release_accelerator_state
+from vlm_vision.train_skips import SkipCeiling, TooManySkipped
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
 
@@ -76,11 +81,11 @@ class ClipTrainConfig:
     """Pairs per process per step; the loss sees batch_size x processes pairs."""
     lr: float = 1e-5
     """Peak AdamW learning rate."""
-    lr_schedule: str = "cosine"
+    lr_schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant")})
     """"cosine": linear warmup over `warmup_ratio` of the steps, then cosine decay to 0; "constant"."""
     warmup_ratio: float = 0.03
     """Share of the steps spent warming up (cosine schedule)."""
-    mixed_precision: str = "no"
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16")})
     """"no", "bf16" or "fp16" (accelerate's autocast; the weights and the saved model stay float32)."""
     lock_image_tower: bool = False
     """LiT: freeze the image tower and its projection; train text tower and logit scale."""
@@ -92,6 +97,9 @@ class ClipTrainConfig:
     """Frames sampled uniformly from each video."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    max_skip_fraction: float = 0.05
+    """Stop with an error once more than this fraction of the pairs has been skipped as bad data (unreadable
+    records, missing or undecodable media), listing the top reasons; 1.0 never stops."""
 
 
 
@@ -209,6 +217,8 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
     pairs, skipped = read_pairs(config.data, config.media_root)
     if not pairs:
         raise ValueError(f"no usable pairs in {config.data}: {len(skipped)} records skipped, e.g. {skipped[:3]}")
+    ceiling = SkipCeiling(len(pairs) + len(skipped), config.max_skip_fraction, str(config.data), listed_in=None)
+    ceiling.add([_read_skip(line, config.data) for line in skipped], "reading the data")
     train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
     clip, tokenizer, transform = load_clip(config.model)
     max_len = clip.config.text_config.max_position_embeddings
@@ -216,6 +226,7 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
                            for p in (train_pairs, eval_pairs))
     encoder = _DualEncoder(clip, config.lock_image_tower).to(accelerator.device)
     before = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+    ceiling.add(_decode_skips(eval_set.failed.items(), config.data), "decoding the held-out pairs")
     optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
@@ -231,7 +242,7 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
         log = open(out / "log.jsonl", "w", buffering=1)  # a line per step, flushed as it is written
 
     # --- loop
-    step, losses = 0, []
+    step, losses, reported = 0, [], 0  # reported: this process's decode failures already counted
     progress = tqdm(total=config.max_steps, desc="clip-train", disable=not accelerator.is_local_main_process)
     model.train()
     while step < config.max_steps:
@@ -239,7 +250,11 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
         for batch in loader:
             if step >= config.max_steps:
                 break
-            if _any_rank_empty(accelerator, len(batch["frame_counts"])):
+            failures = list(train_set.failed.items())[reported:]  # this batch's new ones (dicts keep order)
+            reported += len(failures)
+            empty_somewhere, failures = _gather_step(accelerator, len(batch["frame_counts"]), failures)
+            ceiling.add(_decode_skips(failures, config.data), "decoding during training")
+            if empty_somewhere:
                 continue  # every sample of a batch failed to decode somewhere: skip it everywhere
             visual, text, log_scale = model(**batch)
             loss = clip_loss(visual, text, log_scale)
@@ -292,6 +307,8 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
 def _check_config(config: ClipTrainConfig) -> None:
     problems = [f"{name}={getattr(config, name)!r} must be positive" for name in
                 ("max_steps", "batch_size", "lr", "num_frames") if not getattr(config, name) > 0]
+    if not 0 <= config.max_skip_fraction <= 1:
+        problems.append(f"max_skip_fraction={config.max_skip_fraction!r} must be in [0, 1]")
     if config.weight_decay < 0:
         problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
     if config.lr_schedule not in ("cosine", "constant"):
@@ -314,11 +331,24 @@ def _check_launch(accelerator: Accelerator) -> None:
 
 
 
-def _any_rank_empty(accelerator: Accelerator, n_local: int) -> bool:
+def _gather_step(accelerator: Accelerator, n_local: int,
+                 failures: list[tuple[Path, str]]) -> tuple[bool, list[tuple[Path, str]]]:
+    """Whether any process's batch is empty, and every process's new decode failures (one collective)."""
     if accelerator.num_processes == 1:
-        return n_local == 0
-    counts = accelerator.gather(torch.tensor([n_local], device=accelerator.device))  # (processes,)
-    return bool((counts == 0).any())
+        return n_local == 0, failures
+    rows = gather_object([(n_local, failures)])  # one (count, failures) per process
+    return any(n == 0 for n, _ in rows), [f for _, fs in rows for f in fs]
+
+
+def _read_skip(line: str, data: Path) -> Skipped:
+    """A record `read_pairs` dropped ("line 3: invalid JSON ..."), as a skip of `data`."""
+    where, _, reason = line.partition(": ")
+    return Skipped(where, reason, str(data))
+
+
+def _decode_skips(failures: Sequence[tuple[Path, str]], data: Path) -> list[Skipped]:
+    """Media that failed to decode (path, why), as skips of `data`."""
+    return [Skipped(str(path), why, str(data)) for path, why in failures]
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -354,42 +384,20 @@ def _processor_config(transform: CLIPImageTransform) -> dict[str, Any]:
 # --- CLI --------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `vlm-vision clip-train`."""
-    d = ClipTrainConfig
-    parser.add_argument("--model", required=True, help="Hub id or folder of a CLIPModel with its tokenizer")
-    parser.add_argument("--data", required=True, type=Path,
-                        help='JSON list or JSONL of {"image" or "video": path, "caption": text}')
-    parser.add_argument("--media-root", required=True, type=Path, help="folder the media paths are relative to")
-    parser.add_argument("--output-dir", required=True, type=Path, help="where the model and metrics.json go")
-    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per process per step")
-    parser.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
-    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
-                        help="cosine: linear warmup, then cosine decay to 0")
-    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="share of steps warming up")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=d.mixed_precision,
-                        help="autocast precision (weights stay float32)")
-    parser.add_argument("--lock-image-tower", action="store_true",
-                        help="LiT: freeze the image tower, train the text tower and logit scale")
-    parser.add_argument("--eval-fraction", type=float, default=d.eval_fraction,
-                        help="share of pairs held out for retrieval recall (0: none)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--num-frames", type=int, default=d.num_frames, help="frames sampled per video")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    """One flag per `ClipTrainConfig` field, in field order (help from the field docstrings)."""
+    add_config_arguments(parser, ClipTrainConfig, {name: (Path, "PATH") for name in ("data", "media_root", "output_dir")})
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision clip-train`; 0 on success, 2 for bad input (the reason on stderr)."""
-    config = ClipTrainConfig(
-        model=args.model, data=args.data, media_root=args.media_root, output_dir=args.output_dir,
-        max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, lock_image_tower=args.lock_image_tower,
-        eval_fraction=args.eval_fraction, seed=args.seed, num_frames=args.num_frames,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, warmup_ratio=args.warmup_ratio,
-        mixed_precision=args.mixed_precision,
-    )
+    """Run `vlm-vision clip-train`; 0 on success, 2 for bad input or mostly bad data (the reason on stderr)."""
+    missing = missing_flags(args, ClipTrainConfig)
+    if missing:
+        print(f"vlm-vision clip-train: error: missing required flags: {' '.join(missing)}", file=sys.stderr)
+        return 2
+    config = ClipTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ClipTrainConfig)})
     try:
         metrics = train(config)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, TooManySkipped) as e:
         print(f"vlm-vision clip-train: error: {e}", file=sys.stderr)
         return 2
     print(_summary(metrics, Path(config.output_dir)))

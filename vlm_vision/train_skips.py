@@ -33,10 +33,11 @@ class SkipCeiling:
         num_samples: records in the data file (those the scan dropped included).
         fraction: the most that may be skipped, e.g. 0.05; 1.0 never stops.
         what: the data, named in the error (e.g. its path).
+        listed_in: the file that lists every skip and its reason, named in the error (None: none does).
     """
 
-    def __init__(self, num_samples: int, fraction: float, what: str):
-        self.num_samples, self.fraction, self.what = num_samples, fraction, what
+    def __init__(self, num_samples: int, fraction: float, what: str, listed_in: str | None = "skipped.jsonl"):
+        self.num_samples, self.fraction, self.what, self.listed_in = num_samples, fraction, what, listed_in
         self.reasons: dict[tuple[str, str], str] = {}  # (source, id) -> reason
 
     @property
@@ -61,6 +62,6 @@ class SkipCeiling:
         kinds = Counter(reason.split(":")[0] for reason in self.reasons.values())
         top = "; ".join(f"{kind} ({count})" for kind, count in kinds.most_common(TOP_REASONS))
         return (f"{n} of {self.num_samples} samples of {self.what} ({n / max(self.num_samples, 1):.0%}) were skipped "
-                f"by {where}, more than max_skip_fraction={self.fraction:g} allows. Top reasons: {top}. Every "
-                f"skip and its reason is in skipped.jsonl; fix the data, or raise max_skip_fraction "
-                f"(--max-skip-fraction) to train on the rest")
+                f"by {where}, more than max_skip_fraction={self.fraction:g} allows. Top reasons: {top}. "
+                + (f"Every skip and its reason is in {self.listed_in}. " if self.listed_in else "")
+                + "Fix the data, or raise max_skip_fraction (--max-skip-fraction) to train on the rest")

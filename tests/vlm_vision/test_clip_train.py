@@ -112,8 +112,8 @@ def test_bad_schedule_settings_are_refused(colours, tmp_path, capsys):
     assert "warmup_ratio=1.5 must be in [0, 1)" in capsys.readouterr().err
 
 
-def test_bad_samples_are_skipped_and_counted(colours, tmp_path):
-    media = colours["media"]
+def _bad_sample_lines(tmp_path: pathlib.Path) -> list[str]:
+    """6 good pairs, then 6 bad ones: a missing file, a corrupt image and video, no caption, two kinds, bad JSON."""
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.mp4").write_bytes(b"not a video")
     lines = [json.dumps({"image": f"{name}{k}.png", "caption": f"a {name} square"})
@@ -126,17 +126,50 @@ def test_bad_samples_are_skipped_and_counted(colours, tmp_path):
         json.dumps({"image": "red0.png", "video": "red0.png", "caption": "both kinds"}),
         "{not json",
     ]
-    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def test_bad_samples_are_skipped_and_counted(colours, tmp_path):
+    (tmp_path / "pairs.jsonl").write_text("\n".join(_bad_sample_lines(tmp_path)) + "\n")
     rc = main(["clip-train", "--model", str(colours["model"]), "--data", str(tmp_path / "pairs.jsonl"),
-               "--media-root", str(media), "--output-dir", str(tmp_path / "out"), "--max-steps", "3",
-               "--batch-size", "4", "--lr", "1e-4", "--eval-fraction", "0"])
-    assert rc == 0
+               "--media-root", str(colours["media"]), "--output-dir", str(tmp_path / "out"), "--max-steps", "3",
+               "--batch-size", "4", "--lr", "1e-4", "--eval-fraction", "0", "--max-skip-fraction", "0.5"])
+    assert rc == 0  # 6 of 12 skipped: exactly the ceiling, not past it
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["skipped"] == 6 and metrics["steps"] == 3
     assert metrics["before"] is None and metrics["after"] is None
     reasons = "\n".join(metrics["skipped_reasons"])
     for expected in ("nowhere.png", "corrupt.png", "corrupt.mp4", "caption must be", "exactly one of", "invalid JSON"):
         assert expected in reasons
+
+
+def test_mostly_bad_data_stops_the_run(colours, tmp_path, capsys):
+    # The same 6 bad of 12 with the default ceiling (5%): an error naming the count and the reasons, no model.
+    (tmp_path / "pairs.jsonl").write_text("\n".join(_bad_sample_lines(tmp_path)) + "\n")
+    rc = main(["clip-train", "--model", str(colours["model"]), "--data", str(tmp_path / "pairs.jsonl"),
+               "--media-root", str(colours["media"]), "--output-dir", str(tmp_path / "out"), "--max-steps", "3",
+               "--batch-size", "4", "--eval-fraction", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "of 12 samples" in err and "max_skip_fraction=0.05" in err and "--max-skip-fraction" in err
+    assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "config.json").exists()
+
+
+def test_undecodable_media_during_training_stop_the_run(colours, tmp_path, capsys):
+    # Every record reads fine; 2 of 12 images do not decode (17% > 10%): the loop stops once it has met them.
+    for k in range(2):
+        (tmp_path / f"broken{k}.png").write_bytes(b"\x89PNG but not really")
+    lines = [json.dumps({"image": str(colours["media"] / f"red{k}.png"), "caption": "red"}) for k in range(6)]
+    lines += [json.dumps({"image": str(colours["media"] / f"blue{k}.png"), "caption": "blue"}) for k in range(4)]
+    lines += [json.dumps({"image": str(tmp_path / f"broken{k}.png"), "caption": "broken"}) for k in range(2)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["clip-train", "--model", str(colours["model"]), "--data", str(tmp_path / "pairs.jsonl"),
+            "--media-root", str(colours["media"]), "--max-steps", "6", "--batch-size", "4", "--eval-fraction", "0"]
+    assert main([*args, "--output-dir", str(tmp_path / "stop"), "--max-skip-fraction", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 12 samples" in err and "by decoding during training" in err and "image cannot be decoded (2)" in err
+    assert main([*args, "--output-dir", str(tmp_path / "go"), "--max-skip-fraction", "0.2"]) == 0
+    assert json.loads((tmp_path / "go" / "metrics.json").read_text())["skipped"] == 2
 
 
 def test_video_text_pairs_train(colours, tmp_path):

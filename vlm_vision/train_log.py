@@ -41,6 +41,22 @@ class RunLog:
             for s in items:
                 f.write(json.dumps({**record_origin(s), "reason": s.reason, "where": where}) + "\n")
 
+    def skips_until(self, step: int) -> list[Skipped]:
+        """The samples skipped during training at steps 1..`step`, as `skipped.jsonl` holds them.
+
+        A resumed run counts them again towards its skip ceiling, so that stopping and resuming
+        never resets the count. (Skips of later steps are left out: the resumed run replays them.)
+        """
+        if not self.skipped_path.exists():
+            return []
+        found = []
+        for line in self.skipped_path.read_text().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            kind, _, number = entry.get("where", "").partition(" ")
+            if kind == "step" and number.isdigit() and int(number) <= step:
+                found.append(Skipped(entry["id"], entry["reason"], entry.get("source", "")))
+        return found
+
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

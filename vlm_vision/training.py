@@ -136,6 +136,7 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
         if sharded:
             load_optimizer_state(model, optimizer, checkpoint)
         log.truncate(step)
+        run.skip_ceiling.add(log.skips_until(step), f"the {step} steps before the resume")
         if main:
             print(f"resumed from {checkpoint} at step {step}")
     elif config.resume and main:

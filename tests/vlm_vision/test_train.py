@@ -341,6 +341,26 @@ def test_a_dataset_with_a_fifth_of_its_videos_unreadable_stops(parts, tmp_path):
     assert {s["id"] for s in skipped} == {"s1", "s6"}
 
 
+def test_a_resumed_run_keeps_counting_its_skips(parts, tmp_path):
+    from vlm_vision.train_skips import TooManySkipped
+
+    root = tmp_path / "data"
+    data = write_colour_dataset(root, n=10, frames=FRAMES)
+    for bad in ("videos/green_1.mp4", "videos/blue_6.mp4"):
+        (root / bad).write_bytes(b"\x00" * 2000)
+    run = dict(data=str(data), media_root=str(root), save_every=1)
+    # Where the two bad videos are met, from a run allowed both.
+    train(config(parts, tmp_path / "lenient", max_steps=5, max_skip_fraction=0.25, **run))
+    met = sorted(int(json.loads(line)["where"].split()[1])
+                 for line in (tmp_path / "lenient" / "skipped.jsonl").read_text().splitlines())
+    assert len(met) == 2 and met[0] < met[1], met  # met at two different steps
+    # Allowed 1.5 of 10: a run that stops after meeting the first, then resumes, stops at the second.
+    out = tmp_path / "resumed"
+    train(config(parts, out, max_steps=met[0], max_skip_fraction=0.15, **run))
+    with pytest.raises(TooManySkipped, match=rf"2 of 10 samples .* skipped by step {met[1]}"):
+        train(config(parts, out, max_steps=5, max_skip_fraction=0.15, resume=True, **run))
+
+
 def test_records_the_scan_drops_count_towards_the_ceiling(parts, tmp_path):
     from vlm_vision.train_skips import TooManySkipped
 

@@ -189,7 +189,7 @@ def _evaluate(encoder: _DualEncoder, dataset: PairDataset, batch_size: int, devi
     encoder.train(was_training)
     if not visual:
         return {"num_pairs": 0}
-    metrics = retrieval_metrics(torch.cat(visual).cpu(), torch.cat(text).cpu(), captions)
+    metrics = retrieval_metrics(torch.cat(visual).cpu(), torch.cat(text).cpu(), captions)  # (B_all, D) each
     return {"num_pairs": len(captions), **metrics}
 
 

@@ -273,7 +273,7 @@ class VisionLanguageModel(nn.Module):
             check_media(self.video_token_id, media, input_ids, "video")
             per_video = self.video_features(pixel_values_videos, video_features)  # V x (M_v, D)
             what = f"{len(per_video)} videos (tokens per video: {[clip.shape[0] for clip in per_video]})"
-            embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)
+            embeds = splice(embeds, input_ids, self.video_token_id, torch.cat(per_video), what=what)  # (sum M_v, D)
         if self.training:
             ran = pixel_values is not None or pixel_values_videos is not None or video_features is not None
             embeds = embeds + self._zero_vision_term(ran)  # (B, L, D), values unchanged

@@ -197,7 +197,7 @@ class CLIPImageTransform:
         scale = (1.0 / (255.0 * std)).to(torch.float32)
         shift = (-torch.tensor(self.mean, dtype=torch.float64) / std).to(torch.float32)
         x = frames.to(torch.float32, memory_format=torch.contiguous_format)  # (T, 3, S, S)
-        x.mul_(scale.to(x.device).view(1, 3, 1, 1)).add_(shift.to(x.device).view(1, 3, 1, 1))
+        x.mul_(scale.to(x.device).view(1, 3, 1, 1)).add_(shift.to(x.device).view(1, 3, 1, 1))  # (1, 3, 1, 1)
         return x
 
 
@@ -285,7 +285,7 @@ def _pad_to_square(frames: torch.Tensor, fill: tuple[int, int, int]) -> torch.Te
         return frames
     m = max(h, w)
     canvas = torch.empty((t, m, m, 3), dtype=torch.uint8, device=frames.device).permute(0, 3, 1, 2)  # (t, 3, M, M)
-    canvas[:] = torch.tensor(fill, dtype=torch.uint8, device=frames.device).view(1, 3, 1, 1)
+    canvas[:] = torch.tensor(fill, dtype=torch.uint8, device=frames.device).view(1, 3, 1, 1)  # (1, 3, 1, 1) fill
     top, left = _pad_offsets(h, w)
     canvas[:, :, top:top + h, left:left + w] = frames
     return canvas

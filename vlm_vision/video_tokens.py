@@ -150,7 +150,8 @@ def arrange_video_tokens(slow: torch.Tensor, fast: torch.Tensor | None, newline:
     def frame_rows(x: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor]:
         if x.shape[0] == 0:  # a clip with no fast frame (fewer than 2 frames)
             return []
-        return list(add_video_newlines(x, newline, grid=grid, layout=per_frame).unflatten(0, (x.shape[0], -1)))
+        rows = add_video_newlines(x, newline, grid=grid, layout=per_frame)  # (T_x * (N_x + newlines), D)
+        return list(rows.unflatten(0, (x.shape[0], -1)))  # T_x x (N_x + newlines, D)
 
     # each row: one frame's tokens with its newlines, (N_* + newlines, D)
     pieces, next_slow, next_fast = [], iter(frame_rows(slow, slow_grid)), iter(frame_rows(fast, fast_grid))

@@ -44,6 +44,7 @@ DEFAULT_PINPOINTS: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 
 # ----- argument checks ----------------------------------------------------------------------------
 
 def positive_int(value: object, name: str) -> int:
+    """`value` as an int when it is a positive integer (not a bool); TypeError or ValueError naming `name`."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     try:

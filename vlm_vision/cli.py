@@ -32,6 +32,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: `--version` and one (help-only) entry per subcommand."""
     parser = argparse.ArgumentParser(prog="vlm-vision", description="Vision components of a LLaVA-style VLM.")
     parser.add_argument("--version", action="version", version=f"vlm-vision {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `vlm-vision COMMAND ...`; the exit code (0 success, 2 usage or bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "--version":

@@ -299,6 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `vlm-vision eval` from parsed flags; 0 on success, 2 for missing or bad flags."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fields = dataclasses.fields(EvalConfig)
     missing = missing_flags(args, EvalConfig)

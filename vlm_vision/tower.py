@@ -64,6 +64,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """A transformer block's feed-forward: fc1 -> activation -> fc2 (CLIP's key names)."""
+
     def __init__(self, width: int, hidden: int, act: str):
         super().__init__()
         if act not in _ACTIVATIONS:

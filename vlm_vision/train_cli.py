@@ -74,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `vlm-vision train` (or `--merge`) from parsed flags; 0 on success, 2 for missing flags."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.merge:
         if not args.merge_output:

@@ -19,6 +19,13 @@ off and that question is asked again. Predictions are only ever mixed with ones 
 Bad records (a missing field, an answer that is not among the options, missing media) are
 counted and listed with their reason in `metrics.json`, and so are media that fail to decode;
 none stops the run, and none counts towards the accuracy.
+
+Several processes (`accelerate launch` or `torchrun`, one per GPU; gloo on CPUs): each loads the
+model on its own device and answers every Nth open question into its own
+`predictions.part-RANK.jsonl`; at the end the first process appends the parts to
+`predictions.jsonl` (a rerun does the same with parts a killed run left) and writes the metrics.
+The answers are those of one process: each question is answered alone or in a batch, and the
+batch's padding never changes an answer.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import dataclasses
 import json
 import io
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -126,16 +134,47 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 def _check_run(out: Path, run: dict[str, Any]) -> None:
-    """Record what the predictions are made with, or refuse to add to predictions made otherwise."""
-    path = out / RUN_FILE
-    if not path.is_file():
-        _write_json(path, run)
-        return
-    before = json.loads(path.read_text())
+    """Refuse to add to predictions made with another model or settings than `run.json` records."""
+    before = json.loads((out / RUN_FILE).read_text())
     changed = {k: (before[k], run[k]) for k in ("model", "settings") if before.get(k) != run[k]}
     if changed:
         raise ValueError(f"{out} holds predictions made with another model or settings (then, now): {changed}; "
                          f"choose another --output-dir, or delete {out / PREDICTIONS} to start again")
+
+
+def _part(out: Path, rank: int) -> Path:
+    """Where process `rank` of a multi-process run writes its predictions."""
+    return out / f"predictions.part-{rank}.jsonl"
+
+
+def merge_parts(out: Path) -> int:
+    """Append the part files of a multi-process run to `predictions.jsonl` and remove them; the rows moved.
+
+    A part's unfinished last line (a killed process) is dropped, and that question is asked again.
+    """
+    moved = 0
+    for part in sorted(out.glob("predictions.part-*.jsonl")):
+        rows = read_predictions(part)
+        with (out / PREDICTIONS).open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+            f.flush()
+            os.fsync(f.fileno())  # the rows are safe before their part goes
+        part.unlink()
+        moved += len(rows)
+    return moved
+
+
+def _processes(config: "EvalConfig") -> tuple[int, int, Any, Any]:
+    """(rank, processes, device, barrier) of this run: one process, or one of `accelerate launch`/`torchrun`'s."""
+    import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, _device(config.device), lambda: None
+    from accelerate import PartialState  # lazy: only a multi-process run needs it
+
+    state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())  # gloo without GPUs
+    device = state.device if config.device in (None, "cuda") else torch.device(config.device)
+    return state.process_index, state.num_processes, device, state.wait_for_everyone
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -146,13 +185,19 @@ def _write_json(path: Path, data: Any) -> None:
 # ----- the run ------------------------------------------------------------------------------------
 
 
-def _device_dtype(config: EvalConfig) -> tuple[Any, Any]:
-    """The device and dtype the model runs in: the config's, else cuda and bfloat16 when there is a GPU."""
+def _device(name: str | None) -> Any:
+    """The device a one-process run uses: `name`, else cuda when there is a GPU, else cpu."""
     import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
 
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _dtype(config: EvalConfig, device: Any) -> Any:
+    """The dtype the model runs in: the config's, else bfloat16 on a GPU and float32 on the CPU."""
+    import torch  # lazy: as `_device`
+
     name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    return device, getattr(torch, name)
+    return getattr(torch, name)
 
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
@@ -168,9 +213,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     from vlm_vision.evaluation import answer_questions, read_questions  # lazy: as eval_model
 
     out = Path(config.output_dir)
+    rank, processes, device, barrier = _processes(config)
     questions, bad, records = read_questions(config.data, config.media_root, config.limit)
     identity = model_identity(config.model)
-    device, dtype = _device_dtype(config)
+    dtype = _dtype(config, device)
     model, processor = load_eval_model(config.model, device=device, dtype=dtype)
     processor = _with_sampling(model, processor, config)
     num_frames = config.num_frames or processor.num_frames
@@ -179,35 +225,51 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                 "dtype": str(dtype).removeprefix("torch.")}
     if sampling.get("fps") is not None or model.max_video_tokens is not None:
         settings.update({**sampling, "max_video_tokens": model.max_video_tokens})
-    out.mkdir(parents=True, exist_ok=True)
-    _check_run(out, {"model": identity, "settings": settings})
+    run = {"model": identity, "settings": settings}
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / RUN_FILE).is_file():
+            _write_json(out / RUN_FILE, run)
+        merge_parts(out)  # a killed multi-process run's answers; repairs the files for the readers below
+    barrier()
+    _check_run(out, run)  # every process, so that all stop together
 
     predictions = out / PREDICTIONS
     done = {(r["source"], r["id"]): r for r in read_predictions(predictions)}
     todo = [q for q in questions if (q.source, q.id) not in done]
+    mine = todo[rank::processes]
     bar = tqdm(total=len(questions), initial=len(questions) - len(todo), unit="q", desc="eval",
-               disable=not config.progress)
+               disable=not config.progress or rank != 0)
     started = time.perf_counter()
-    with predictions.open("a", encoding="utf-8") as f:
+    with (predictions if processes == 1 else _part(out, rank)).open("a", encoding="utf-8") as f:
         def write(rows: list[dict[str, Any]]) -> None:
             for row in rows:
                 f.write(json.dumps(row) + "\n")  # one write per line: a kill leaves at most a partial last line
                 done[(row["source"], row["id"])] = row
             f.flush()
-            bar.update(len(rows))
+            bar.update(min(len(rows) * processes, bar.total - bar.n))  # the others answer about as many meanwhile
 
-        answer_questions(model, processor, todo, num_frames=num_frames, batch_size=config.batch_size,
+        answer_questions(model, processor, mine, num_frames=num_frames, batch_size=config.batch_size,
                          max_new_tokens=config.max_new_tokens, num_workers=config.num_workers, on_rows=write,
                          sampling=sampling)
     bar.close()
+    barrier()
     seconds = time.perf_counter() - started
+    if rank != 0:
+        barrier()  # the first process merges and writes the metrics
+        return json.loads((out / METRICS).read_text())
+    if processes > 1:
+        merge_parts(out)
+        done = {(r["source"], r["id"]): r for r in read_predictions(predictions)}
     rows = [done[(q.source, q.id)] for q in questions]
     metrics = _metrics(rows, bad, records, len(questions) - len(todo), identity, config, settings)
     metrics["timing"] = {"seconds": round(seconds, 2),
                          "questions_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    metrics["processes"] = processes
     _write_json(out / METRICS, metrics)
     plot_categories(metrics["per_category"], out / CHART)
     _print_summary(metrics, out)
+    barrier()
     return metrics
 
 

@@ -165,3 +165,32 @@ def test_training_reports_the_accuracy_vlm_vision_eval_reports(colour):
     expected = log_fields(list(colour["reference"].values()))
     assert expected["eval_questions"] == 16 and expected["eval_mc_log_likelihood_accuracy"] >= 0.75
     assert {k: v for k, v in evals[-1].items() if k not in ("step", "eval_loss")} == expected
+
+
+@pytest.mark.slow
+def test_two_processes_answer_like_one(colour, tmp_path):
+    out = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "vlm_vision.cli", "eval", "--model", str(colour["final"]), "--data",
+                           str(colour["data"]), "--output-dir", str(out), "--device", "cpu", "--num-workers", "0",
+                           "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_as_reference(colour, _rows(out))
+    assert not list(out.glob("predictions.part-*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["counts"]["evaluated"] == 16
+
+
+def test_parts_a_killed_multi_process_run_left_are_kept(colour, tmp_path):
+    # Two processes were killed: their parts hold 3 and 2 answers, the second with a line cut mid-write.
+    out = tmp_path / "out"
+    out.mkdir()
+    reference = list(colour["reference"].values())
+    (out / "predictions.part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reference[0:6:2]))
+    (out / "predictions.part-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reference[1:5:2])
+                                                  + json.dumps(reference[5])[:30])
+    run_eval(_config(colour, out, limit=1))  # writes run.json, merges the parts, answers nothing new
+    metrics = run_eval(_config(colour, out))
+    assert metrics["counts"]["resumed"] == 5 and not list(out.glob("predictions.part-*"))
+    _same_as_reference(colour, _rows(out))

@@ -164,19 +164,6 @@ def merge_parts(out: Path) -> int:
     return moved
 
 
-def _processes(config: "EvalConfig") -> tuple[int, int, Any, Any]:
-    """(rank, processes, device, barrier) of this run: one process, or one of `accelerate launch`/`torchrun`'s."""
-    import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, _device(config.device), lambda: None
-    from accelerate import PartialState  # lazy: only a multi-process run needs it
-
-    state = PartialState(cpu=config.device == "cpu" or not torch.cuda.is_available())  # gloo without GPUs
-    device = state.device if config.device in (None, "cuda") else torch.device(config.device)
-    return state.process_index, state.num_processes, device, state.wait_for_everyone
-
-
 def _write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
@@ -185,16 +172,9 @@ def _write_json(path: Path, data: Any) -> None:
 # ----- the run ------------------------------------------------------------------------------------
 
 
-def _device(name: str | None) -> Any:
-    """The device a one-process run uses: `name`, else cuda when there is a GPU, else cpu."""
-    import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
-
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def _dtype(config: EvalConfig, device: Any) -> Any:
     """The dtype the model runs in: the config's, else bfloat16 on a GPU and float32 on the CPU."""
-    import torch  # lazy: as `_device`
+    import torch  # lazy: `vlm-vision eval --help` and `import vlm_vision` do not load torch
 
     name = config.dtype if config.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     return getattr(torch, name)
@@ -211,9 +191,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     from vlm_vision.eval_model import load_eval_model, model_identity  # lazy: torch and transformers, for a run only
     from vlm_vision.evaluation import answer_questions, read_questions  # lazy: as eval_model
+    from vlm_vision.processes import barrier, resolve_device  # lazy: torch, for a run only
 
     out = Path(config.output_dir)
-    rank, processes, device, barrier = _processes(config)
+    device, rank, processes = resolve_device(config.device)
     questions, bad, records = read_questions(config.data, config.media_root, config.limit)
     identity = model_identity(config.model)
     dtype = _dtype(config, device)
@@ -231,7 +212,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         if not (out / RUN_FILE).is_file():
             _write_json(out / RUN_FILE, run)
         merge_parts(out)  # a killed multi-process run's answers; repairs the files for the readers below
-    barrier()
+    barrier(processes)
     _check_run(out, run)  # every process, so that all stop together
 
     predictions = out / PREDICTIONS
@@ -253,10 +234,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                          max_new_tokens=config.max_new_tokens, num_workers=config.num_workers, on_rows=write,
                          sampling=sampling)
     bar.close()
-    barrier()
+    barrier(processes)
     seconds = time.perf_counter() - started
     if rank != 0:
-        barrier()  # the first process merges and writes the metrics
+        barrier(processes)  # the first process merges and writes the metrics
         return json.loads((out / METRICS).read_text())
     if processes > 1:
         merge_parts(out)
@@ -269,7 +250,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     _write_json(out / METRICS, metrics)
     plot_categories(metrics["per_category"], out / CHART)
     _print_summary(metrics, out)
-    barrier()
+    barrier(processes)
     return metrics
 
 

@@ -48,7 +48,8 @@ from video.extract_run import extract_share
 from video.extract_settings import load_arguments, token_settings, video_layout
 from video.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
-from vlm_vision.extract_tower import WeightsUnavailable, load_tower, resolve_device
+from vlm_vision.extract_tower import WeightsUnavailable, load_tower
+from vlm_vision.processes import barrier, resolve_device
 
 __all__ = ["DEFAULT_MODEL", "add_arguments", "run"]
 
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank: int, world: int, t0: float) -> int:
     if rank == 0:
         merge_rank_manifests(out)  # lines left by an interrupted multi-process run
-    _barrier(world)
+    barrier(world)
     try:
         tower, model_label = load_tower(args.model, random_weights=args.random_weights, device=device,
                                         dtype=DTYPES[args.dtype])
@@ -194,18 +195,11 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
     outcomes, frames_done, loop_seconds = extract_share(found, out, tower, args, model_label=model_label,
                                                         settings=settings, layout=layout, load_kwargs=load_kwargs,
                                                         rank=rank, world=world, tag=tag)
-    _barrier(world)
+    barrier(world)
     if rank == 0 and world > 1:
         merge_rank_manifests(out)
     print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, loop_seconds, frames_done)
     return 1 if any(o.status == "error" for o in outcomes) else 0
-
-
-def _barrier(num_processes: int) -> None:
-    if num_processes > 1:
-        from accelerate import PartialState  # lazy: accelerate only under `accelerate launch`
-
-        PartialState().wait_for_everyone()
 
 
 def _all_agree(ok: bool, num_processes: int) -> bool:

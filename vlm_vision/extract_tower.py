@@ -1,9 +1,7 @@
-"""The tower `vlm-vision extract` encodes with (pretrained, or random through a named architecture), and
-the device and process it runs on."""
+"""The tower `vlm-vision extract` encodes with: pretrained, or random through a named architecture."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -15,7 +13,7 @@ if TYPE_CHECKING:
 
     from vlm_vision.tower import CLIPVisionTower
 
-__all__ = ["RANDOM_SEED", "WeightsUnavailable", "load_tower", "resolve_device"]
+__all__ = ["RANDOM_SEED", "WeightsUnavailable", "load_tower"]
 
 RANDOM_SEED = 0  # random weights are drawn from this seed, so that reruns give the same tokens
 
@@ -74,23 +72,3 @@ def _unavailable_message(model: str, why: str) -> str:
             f"  To run offline anyway: add --random-weights, which runs the same architecture with random "
             f"weights; the tokens then have the right shapes but no meaning, and are labelled as random in the "
             f"output files, the manifest and the summary.")
-
-
-def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
-    """(device, process index, number of processes), from --device and the accelerate launcher.
-
-    Under `accelerate launch` (WORLD_SIZE > 1) each process uses its own accelerator.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState  # lazy: accelerate only under `accelerate launch`
-
-        # Without CUDA (or with --device cpu) the processes talk over gloo on the CPU.
-        state = PartialState(cpu=name == "cpu" or not torch.cuda.is_available())
-        device = state.device if name is None or name == "cuda" else torch.device(name)
-        return device, state.process_index, state.num_processes
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
-    return device, 0, 1

@@ -260,15 +260,21 @@ def test_console_script(tmp_path, tiny_model, videos):
     assert "b.mkv: tokens (2, 4, 32)" in done.stdout
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_with_nothing_lost_or_written_twice(tmp_path, tiny_model):
+def _many_videos_command(tmp_path: pathlib.Path, count: int, out: pathlib.Path, tiny_model, *,
+                         workers: int) -> list[str]:
+    """`vlm-vision extract` over a new folder of `count` 30-frame videos (v00.mp4, ...), 8 frames each."""
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(12):
+    for i in range(count):
         make_numbered_video(folder / f"v{i:02d}.mp4", 30)
+    return [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
+            str(tiny_model), "--num-frames", "8", "--workers", str(workers)]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_nothing_lost_or_written_twice(tmp_path, tiny_model):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
-           str(tiny_model), "--num-frames", "8", "--workers", "1"]
+    cmd = _many_videos_command(tmp_path, 12, out, tiny_model, workers=1)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.safetensors")) and time.monotonic() < deadline and proc.poll() is None:
@@ -538,13 +544,8 @@ def test_ctrl_c_stops_at_once_with_nothing_half_written(capsys, tmp_path, tiny_m
 
 def test_two_runs_into_one_folder(tmp_path, tiny_model):
     """A second run into a folder in use stops at once, naming the first; a dead run's lock is taken over."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(6):
-        make_numbered_video(folder / f"v{i}.mp4", 30)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
-           str(tiny_model), "--num-frames", "8", "--workers", "0"]
+    cmd = _many_videos_command(tmp_path, 6, out, tiny_model, workers=0)
     first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = out / ".vlm-vision-extract.lock"
     deadline = time.monotonic() + 120

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
+
+from vlm_vision.cli_errors import EXIT_INPUT, InputError, debug_enabled
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -56,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
+    debug = "--debug" in rest or debug_enabled()
+    rest = [a for a in rest if a != "--debug"]
     module_name, help_text = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"vlm-vision {name}", description=help_text)
     module.add_arguments(sub)
     args = sub.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as e:  # the user's input, not a bug: one line, exit 2 (the traceback with --debug)
+        if debug:
+            traceback.print_exc()
+        print(e.line(name), file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

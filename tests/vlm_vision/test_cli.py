@@ -34,3 +34,41 @@ def test_version_is_the_installed_package_version(capsys):
 
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"vlm-vision {version('vlm-vision')}"
+
+
+def test_input_error_is_one_line_and_exit_2(monkeypatch, capsys):
+    from vlm_vision.cli_errors import InputError
+
+    class Failing:
+        @staticmethod
+        def add_arguments(parser):
+            parser.add_argument("path")
+
+        @staticmethod
+        def run(args):
+            raise InputError("not a JSON file", args.path, "a JSON list of records", hint="convert it first")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "failing", ("failing_module", "fails"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: Failing)
+    assert cli.main(["failing", "data.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "vlm-vision failing: not a JSON file (data.txt): a JSON list of records"
+    assert "convert it first" in err and "Traceback" not in err
+    assert cli.main(["failing", "data.txt", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    class Broken:
+        @staticmethod
+        def add_arguments(parser):
+            pass
+
+        @staticmethod
+        def run(args):
+            raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "broken", ("broken_module", "breaks"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: Broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["broken"])

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),
     "eval": ("vlm_vision.eval_run", "answer video questions with a trained model; accuracy, per category"),
+    "export": ("vlm_vision.export_cli", "write a trained model as a transformers folder (or LLaVA's projector file)"),
 }
 
 

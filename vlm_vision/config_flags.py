@@ -55,7 +55,7 @@ def _default(field: dataclasses.Field) -> Any:
         return field.default
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
-    return None  # a required field: checked by `missing_flags`, so that other flags (`--merge`) can go alone
+    return None  # a required field: checked by `missing_flags`, so that the message names every missing flag at once
 
 
 def _without_none(hint: Any) -> Any:

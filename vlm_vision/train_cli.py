@@ -1,9 +1,10 @@
-"""`vlm-vision train`: one flag per `TrainConfig` field, plus `--merge` to export a trained folder.
+"""`vlm-vision train`: one flag per `TrainConfig` field.
 
     vlm-vision train --llm LLM --tower TOWER --data train.jsonl --media-root media/ --output-dir runs/s1 --stage 1
     vlm-vision train ... --output-dir runs/s2 --stage 2 --init-from runs/s1/final
     accelerate launch -m vlm_vision.cli train ...        # several GPUs / machines
-    vlm-vision train --merge runs/s2/final --merge-output runs/s2/merged [--llava-next-video runs/s2/hf]
+
+Exporting a trained folder (merged, for transformers and vLLM) is `vlm-vision export` (`vlm_vision.export_cli`).
 
 The flags are built from the config's fields, never listed by hand (`vlm_vision.config_flags`): the
 field `max_length` is `--max-length`, its type and default come from the dataclass, its help is the
@@ -23,7 +24,6 @@ from accelerate import PartialState
 from vlm_vision.anyres_grid import DEFAULT_PINPOINTS
 from vlm_vision.config_flags import Parsers, add_config_arguments, missing_flags
 from vlm_vision.train_config import TrainConfig
-from vlm_vision.trained import merge_trained
 from vlm_vision.training import train
 
 __all__ = ["add_arguments", "config_from_args", "run"]
@@ -50,15 +50,10 @@ _PARSERS: Parsers = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field (in field order), then the export flags."""
+    """One flag per `TrainConfig` field (in field order)."""
     add_config_arguments(parser.add_argument_group("training (the fields of vlm_vision.TrainConfig)"), TrainConfig,
                          _PARSERS)
 
-    export = parser.add_argument_group("export instead of training")
-    export.add_argument("--merge", metavar="TRAINED_DIR", help="merge the LoRA of a trained folder into the LLM")
-    export.add_argument("--merge-output", metavar="DIR", help="where the merged model goes (with --merge)")
-    export.add_argument("--llava-next-video", metavar="DIR",
-                        help="also write transformers' LlavaNextVideoForConditionalGeneration layout (with --merge)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -74,15 +69,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision train` (or `--merge`) from parsed flags; 0 on success, 2 for missing flags."""
+    """Run `vlm-vision train` from parsed flags; 0 on success, 2 for missing flags."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.merge:
-        if not args.merge_output:
-            print("vlm-vision train: --merge needs --merge-output DIR")
-            return 2
-        out = merge_trained(args.merge, args.merge_output, llava_next_video_dir=args.llava_next_video)
-        print(f"merged model written to {out}")
-        return 0
     try:
         config = config_from_args(args)
     except ValueError as e:

@@ -348,14 +348,12 @@ def load_trained(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     return model.to(device=device).eval(), processor
 
 
-def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
-                  llava_next_video_dir: str | os.PathLike | None = None) -> Path:
-    """Fold the LoRA adapter into the LLM and write a self-contained folder.
+def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Fold the LoRA adapter into the LLM and write a self-contained vlm-vision folder.
 
     The output holds the merged LLM (`llm/`, a transformers folder with its tokenizer), the projector,
-    the newline and a config pointing at `./llm`; `load_trained(output_dir)` reads it. With
-    `llava_next_video_dir`, the model is also written in transformers' LLaVA-NeXT-Video layout
-    (weights, config and tokenizer; `LlavaNextVideoForConditionalGeneration.from_pretrained` reads it).
+    the newline and a config pointing at `./llm`; `load_trained(output_dir)` reads it. For a folder
+    transformers and vLLM load as they are, use `vlm_vision.export` (`vlm-vision export`).
 
     Returns:
         The output folder.
@@ -373,7 +371,4 @@ def merge_trained(path: str | os.PathLike, output_dir: str | os.PathLike, *,
         merged = dataclasses.replace(spec, llm="./llm", lora=None, new_token_ids=[],
                                      tower=spec.resolve(spec.tower, Path(path)))
         (tmp / CONFIG_NAME).write_text(merged.to_json())
-    if llava_next_video_dir is not None:
-        model.save_llava_next_video(llava_next_video_dir)
-        processor.tokenizer.save_pretrained(str(llava_next_video_dir))
     return Path(output_dir)

@@ -1,0 +1,51 @@
+"""`vlm-vision export RUN --out DIR`: a trained model for transformers and vLLM, or LLaVA's projector file.
+
+    vlm-vision export runs/stage2/final --out runs/export                       # transformers folder
+    vlm-vision export runs/stage1/final --out runs/projector --format llava-projector
+    vlm-vision export runs/stage2/checkpoint-200 --out runs/export --overwrite
+
+The work is `vlm_vision.export.export`; this module only maps flags onto `ExportSettings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the settings class imports torch; only its type is named here
+    from vlm_vision.export import ExportSettings
+
+__all__ = ["add_arguments", "run", "settings_from_args"]
+
+_FORMATS = ("llava-next-video", "llava-projector")  # vlm_vision.export.FORMATS, kept here so --help imports no torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN, --out, --format, --overwrite, --max-shard-size."""
+    parser.add_argument("run", metavar="RUN",
+                        help="a training run's final/ or checkpoint-N/ (LoRA or merged, any stage or sharding), a "
+                             "merged model, or a transformers LLaVA folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (written atomically)")
+    parser.add_argument("--format", choices=_FORMATS, default="llava-next-video",
+                        help="llava-next-video: a complete transformers folder (weights, config, tokenizer, chat "
+                             "template, processors, model card); llava-projector: LLaVA's mm_projector.bin "
+                             "(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace) -> "ExportSettings":
+    """The typed settings of parsed flags."""
+    from vlm_vision.export import ExportSettings  # lazy: torch and transformers stay off `--help`
+
+    return ExportSettings(run=args.run, out=args.out, format=args.format, overwrite=args.overwrite,
+                          max_shard_size=args.max_shard_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export; 0 on success (an `InputError` becomes exit 2 in `vlm_vision.cli.main`)."""
+    from vlm_vision.export import export  # lazy: torch and transformers stay off `--help`
+
+    out = export(settings_from_args(args))
+    print(f"{args.format} export written to {out}")
+    return 0

@@ -1,5 +1,6 @@
 """The README's API tour is executed: every ```python block, in order, in one namespace; and its
-`vlm-vision train` commands run as written with tiny models."""
+`vlm-vision train` and `vlm-vision export` commands run as written with tiny models. (The
+```python interop block runs in transformers alone: tests/vlm_vision/test_export_interop.py.)"""
 
 import os
 import pathlib
@@ -34,13 +35,13 @@ def test_readme_code_blocks_run(tmp_path, monkeypatch):
             raise AssertionError(f"README python block {i} failed: {e!r}\n---\n{block}") from e
 
 
-def train_commands(text: str) -> list[list[str]]:
-    """The arguments of every `vlm-vision train` line in the README's bash blocks (continuations joined)."""
+def train_commands(text: str, command: str = "train") -> list[list[str]]:
+    """The arguments of every `vlm-vision COMMAND` line in the README's bash blocks (continuations joined)."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            if words[:2] == ["vlm-vision", "train"]:
+            if words[:2] == ["vlm-vision", command]:
                 commands.append(words[2:])
     return commands
 
@@ -55,7 +56,8 @@ def test_readme_train_commands_run_with_tiny_models(tmp_path, monkeypatch):
     from vlm_vision.cli import main
 
     commands = train_commands((ROOT / "README.md").read_text())
-    assert len(commands) >= 3, commands  # stage 1, stage 2, merge
+    exports = train_commands((ROOT / "README.md").read_text(), "export")
+    assert len(commands) >= 2 and exports, (commands, exports)  # stage 1, stage 2; the export
     llm, tower = write_tiny_models(tmp_path / "models")
     shutil.copy(write_dataset(tmp_path / "media", n=8, frames=32), tmp_path / "train.jsonl")
     swap = {"--llm": llm, "--tower": tower, "--max-steps": "2"}
@@ -64,4 +66,6 @@ def test_readme_train_commands_run_with_tiny_models(tmp_path, monkeypatch):
         args = [swap.get(prev, word) for prev, word in zip(["", *args], args)]
         assert main(["train", *args]) == 0, args
     assert (tmp_path / "runs/stage2/final/adapter_model.safetensors").exists()
-    assert (tmp_path / "runs/hf/config.json").exists()
+    for args in exports:
+        assert main(["export", *args]) == 0, args
+    assert (tmp_path / "runs/export/processor_config.json").exists()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vlm_vision.fusion import VisionLanguageModel
+from vlm_vision.interchange import saved_video_processor
 from vlm_vision.processor import VisionLanguageProcessor
 from vlm_vision.trained import CONFIG_NAME, load_tokenizer, load_trained
 
@@ -75,7 +76,9 @@ def load_eval_model(path: str | Path, *, device: str | torch.device | None = Non
         model, processor = load_trained(path, dtype=dtype, device=device)
     else:
         model = getattr(VisionLanguageModel, f"from_{kind}")(path, dtype=dtype).to(device).eval()
-        processor = VisionLanguageProcessor.for_model(load_tokenizer(str(path)), model)
+        sampling = saved_video_processor(path)  # the frames an export states (`vlm-vision export`)
+        processor = VisionLanguageProcessor.for_model(load_tokenizer(str(path)), model,
+                                                      num_frames=sampling.get("num_frames") or 32, fps=sampling.get("fps"))
     if not getattr(processor.tokenizer, "chat_template", None):
         raise ValueError(f"the tokenizer in {path} has no chat_template; questions are asked through it")
     return model, processor

@@ -19,6 +19,7 @@ from vlm_vision.cli_errors import InputError
 from vlm_vision.data_files import load_rows
 from vlm_vision.data_formats import BadSample, Skipped, normalise
 from vlm_vision.eval_model import TRANSFORMERS_KINDS, load_eval_model
+from vlm_vision.interchange import saved_video_processor
 from vlm_vision.trained import CONFIG_NAME, TrainedSpec, load_trained
 
 __all__ = ["EXPECTED_FOLDER", "Recipe", "load_source", "read_recipe", "run_metrics", "training_images"]
@@ -65,17 +66,8 @@ def _trained_recipe(run: Path) -> Recipe:
                   stage=spec.stage, train=spec.train)
 
 
-def _video_processor_config(run: Path) -> dict[str, Any]:
-    """The folder's saved video processor settings (either transformers layout), or {}."""
-    nested = run / "processor_config.json"
-    if nested.is_file():
-        return json.loads(nested.read_text()).get("video_processor", {})
-    flat = run / "video_preprocessor_config.json"
-    return json.loads(flat.read_text()) if flat.is_file() else {}
-
-
 def _transformers_recipe(run: Path, config: dict[str, Any]) -> Recipe:
-    video = _video_processor_config(run)
+    video = saved_video_processor(run)
     text, vision = config.get("text_config", {}), config.get("vision_config", {})
     return Recipe(base_llm=text.get("_name_or_path") or text.get("model_type", "unknown"),
                   tower=vision.get("_name_or_path") or "CLIP (weights in this folder)",

@@ -27,6 +27,7 @@ identity LayerNorm so the folder loads without missing keys.)
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -50,7 +51,8 @@ from vlm_vision.transforms import CLIPImageTransform
 if TYPE_CHECKING:  # the model class imports this module; only its type is named here
     from vlm_vision.fusion import VisionLanguageModel
 
-__all__ = ["save_transformers", "split_transformers_keys", "tower_to_hf", "transformers_parts"]
+__all__ = ["saved_video_processor", "save_transformers", "split_transformers_keys", "tower_to_hf",
+           "transformers_parts"]
 
 # kind -> (transformers config class, model class)
 KINDS = {
@@ -264,9 +266,23 @@ def transformers_parts(model_or_path: Any, *, kind: str, dtype: torch.dtype | No
     return ModelParts(tower, projector, llm, settings)
 
 
+def saved_video_processor(folder: str | os.PathLike) -> dict[str, Any]:
+    """A transformers folder's video processor settings (`num_frames`, `fps`, sizes), from
+    transformers 5's nested `processor_config.json` or 4.x's `video_preprocessor_config.json`; {}."""
+    nested = Path(folder) / "processor_config.json"
+    if nested.is_file():
+        return json.loads(nested.read_text()).get("video_processor") or {}
+    flat = Path(folder) / "video_preprocessor_config.json"
+    return json.loads(flat.read_text()) if flat.is_file() else {}
+
+
 def _transform_for(model_or_path: Any) -> Any:
-    """The folder's own CLIP preprocessing when it ships a preprocessor config, else the default."""
+    """The folder's own CLIP preprocessing when it ships a processor config (transformers 5's nested
+    `processor_config.json`, or 4.x's `preprocessor_config.json`), else the default."""
     if isinstance(model_or_path, (str, os.PathLike)):
+        video = saved_video_processor(model_or_path)
+        if video:
+            return CLIPImageTransform.from_processor_config(video)
         config = Path(model_or_path) / "preprocessor_config.json"
         if config.is_file():
             return CLIPImageTransform.from_processor_config(config)

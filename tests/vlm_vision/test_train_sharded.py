@@ -1,6 +1,6 @@
 """Sharded training: FSDP2 in two real gloo processes (torchrun) against one process, its saved
-weights and its exact resume; DeepSpeed ZeRO-3 in one CPU process (the save path); the shipped
-launch configs.
+weights, its export (`vlm-vision export`) and its exact resume; DeepSpeed ZeRO-3 in one CPU process
+(the save path, the export); the shipped launch configs.
 
 Every comparison uses LoRA dropout 0, so two processes draw no different dropout masks than one,
 and samples whose answers have the same number of labelled tokens, so the mean over processes of
@@ -31,6 +31,7 @@ from tests.vlm_vision.train_fixtures import (
     write_tower_folder,
 )
 from vlm_vision import TrainConfig, train
+from vlm_vision.export import ExportSettings, export
 from vlm_vision.train_order import micro_batch_indices
 from vlm_vision.train_runtime import check_processes
 from vlm_vision.trained import load_trained
@@ -121,6 +122,20 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: f
     assert worst[0] <= tol, worst
 
 
+def _assert_exports_agree(sharded: Path, single: Path, out: Path) -> None:
+    """`vlm-vision export` of a sharded run's final/ writes the same files, keys and (within the
+    weight tolerance) tensors as the export of the same run in one process."""
+    exported = [export(ExportSettings(run=str(run), out=str(out / name)))
+                for run, name in ((sharded, "sharded"), (single, "single"))]
+    files = [sorted(p.name for p in folder.iterdir()) for folder in exported]
+    assert files[0] == files[1], files
+    tensors = [{k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+               for folder in exported]
+    _assert_close(tensors[0], tensors[1], WEIGHT_TOL)
+    for name in ("config.json", "processor_config.json", "chat_template.jinja", "tokenizer.json"):
+        assert (exported[0] / name).read_text() == (exported[1] / name).read_text(), name
+
+
 @pytest.mark.slow
 def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
     """2 processes x batch 2 under FSDP = 1 process x batch 4: logged losses, final weights and the
@@ -137,6 +152,8 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(parts, tmp_path):
     _assert_close(trained, _weights(one), WEIGHT_TOL)
     # LoRA's B starts at zero, so its values are the updates: whole tensors, well above the tolerance.
     assert min(float(v.abs().max()) for k, v in trained.items() if "lora_B" in k) > 100 * WEIGHT_TOL
+
+    _assert_exports_agree(fsdp / "final", one, tmp_path / "exports")
 
     # final/ rebuilds with load_trained (peft reads the adapter) and answers as the 1-process model does.
     model, processor = load_trained(fsdp / "final")
@@ -219,6 +236,7 @@ def test_deepspeed_zero3_one_process_saves_whole_adapter_and_resumes(parts, tmp_
     assert _losses(ds) == pytest.approx(_losses(tmp_path / "one"), abs=LOSS_TOL)
     model, _ = load_trained(ds / "final")  # peft and the projector read the gathered files
     assert model.llm.peft_config["default"].r == 4
+    _assert_exports_agree(ds / "final", one, tmp_path / "exports")
 
     states = torch.load(next((ds / "checkpoint-2").rglob("*model_states.pt")), weights_only=False)
     assert set(states["module"]) == {"llm." + k.replace(".weight", ".default.weight") for k in trained

@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "train": "vlm_vision.training",
     "load_trained": "vlm_vision.trained",
     "merge_trained": "vlm_vision.trained",
+    "ExportSettings": "vlm_vision.export",
+    "export_model": "vlm_vision.export",
     "EvalConfig": "vlm_vision.eval_run",
     "run_eval": "vlm_vision.eval_run",
     "load_eval_model": "vlm_vision.evaluation",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
     from vlm_vision.transforms import CLIPImageTransform  # noqa: F401
     from vlm_vision.tower import CLIPVisionTower  # noqa: F401
+    from vlm_vision.export import ExportSettings, export_model  # noqa: F401
     from vlm_vision.fusion import VisionLanguageModel  # noqa: F401
     from vlm_vision.processor import VisionLanguageProcessor  # noqa: F401
     from vlm_vision.contrastive import LogitScale, clip_loss  # noqa: F401

@@ -36,8 +36,9 @@ from vlm_vision.export_files import ProcessorSettings, as_typed, processor_files
     typed_parts_template
 from vlm_vision.export_source import Recipe, load_source, read_recipe, run_metrics, training_images
 from vlm_vision.model_card import CardFacts, model_card
+from vlm_vision.video_prompt import time_instruction
 
-__all__ = ["FORMATS", "MIN_TRANSFORMERS", "ExportSettings", "export", "refuse_inexpressible"]
+__all__ = ["FORMATS", "MIN_TRANSFORMERS", "ExportSettings", "export_model", "refuse_inexpressible"]
 
 FORMATS = ("llava-next-video", "llava-projector")
 MIN_TRANSFORMERS = {5: "5.0", 4: "4.52"}
@@ -95,17 +96,23 @@ def refuse_inexpressible(recipe: Recipe, source: str) -> None:
 
 
 def _wrapped_template(tokenizer: Any, recipe: Recipe, source: str) -> str:
-    """The typed-parts chat template, checked to render training's prompts exactly."""
+    """The typed-parts chat template, checked to render training's prompts exactly (with the time
+    sentence training put after `<video>`, when it did)."""
     base = getattr(tokenizer, "chat_template", None)
     if not isinstance(base, str) or not base:
         raise InputError("the tokenizer has no chat template", source, "a tokenizer with a chat_template")
     wrapped = typed_parts_template(base, time_instruction=recipe.time_instruction)
+    duration, times = 2.5, [0.0, 0.125, 2.4]
     for conversation in sample_conversations():
-        expected = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         typed = as_typed(conversation)
-        if recipe.time_instruction:
-            continue  # the sentence needs times; tests/vlm_vision/test_export.py checks it
-        for messages in (conversation, typed):
+        if recipe.time_instruction:  # training's `prompt_messages`: the sentence after the first <video>
+            sentence = time_instruction(duration, times)
+            conversation = [{**m, "content": m["content"].replace("<video>", f"<video>\n{sentence}", 1)}
+                            for m in conversation]
+            typed = [{**m, "content": [{**p, "duration": duration, "frame_times": times} if p["type"] == "video"
+                                       else p for p in m["content"]]} for m in typed]
+        expected = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        for messages in ((typed,) if recipe.time_instruction else (conversation, typed)):
             got = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                 chat_template=wrapped)
             if got != expected:
@@ -219,7 +226,7 @@ def _check_paths(settings: ExportSettings) -> tuple[Path, Path]:
     return run, out
 
 
-def export(settings: ExportSettings) -> Path:
+def export_model(settings: ExportSettings) -> Path:
     """Write the export `settings` asks for; returns the folder.
 
     Raises:

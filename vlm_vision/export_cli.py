@@ -4,7 +4,7 @@
     vlm-vision export runs/stage1/final --out runs/projector --format llava-projector
     vlm-vision export runs/stage2/checkpoint-200 --out runs/export --overwrite
 
-The work is `vlm_vision.export.export`; this module only maps flags onto `ExportSettings`.
+The work is `vlm_vision.export.export_model`; this module only maps flags onto `ExportSettings`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def settings_from_args(args: argparse.Namespace) -> "ExportSettings":
 
 def run(args: argparse.Namespace) -> int:
     """Export; 0 on success (an `InputError` becomes exit 2 in `vlm_vision.cli.main`)."""
-    from vlm_vision.export import export  # lazy: torch and transformers stay off `--help`
+    from vlm_vision.export import export_model  # lazy: torch and transformers stay off `--help`
 
-    out = export(settings_from_args(args))
+    out = export_model(settings_from_args(args))
     print(f"{args.format} export written to {out}")
     return 0

@@ -53,9 +53,9 @@ def test_trained_model_is_well_above_chance_and_untrained_is_not(colour):
 
 
 def test_the_llava_next_video_export_answers_like_its_training_run(colour, tmp_path):
-    from vlm_vision.export import ExportSettings, export
+    from vlm_vision.export import ExportSettings, export_model
 
-    export(ExportSettings(run=str(colour["final"]), out=str(tmp_path / "hf")))
+    export_model(ExportSettings(run=str(colour["final"]), out=str(tmp_path / "hf")))
     assert model_identity(tmp_path / "hf")["kind"] == "llava_next_video"
     model, processor = load_eval_model(tmp_path / "hf")
     rows = answer_questions(model, processor, colour["questions"], num_frames=FRAMES, batch_size=8)

@@ -20,7 +20,7 @@ from vlm_vision import TrainConfig, train
 from vlm_vision.cli import main
 from vlm_vision.cli_errors import InputError
 from vlm_vision.eval_model import load_eval_model
-from vlm_vision.export import ExportSettings, export
+from vlm_vision.export import ExportSettings, export_model
 from vlm_vision.export_files import ProcessorSettings, processor_files, typed_parts_template
 from vlm_vision.llava_checkpoint import llava_checkpoint_parts
 from vlm_vision.trained import load_trained
@@ -60,7 +60,7 @@ def _edited_run(run, tmp_path: Path, **changes) -> Path:
 def test_the_folder_is_complete_and_reads_back_to_the_same_logits(run, tmp_path):
     from transformers import LlavaNextVideoForConditionalGeneration
 
-    out = export(ExportSettings(run=str(run["final"]), out=str(tmp_path / "hf"), max_shard_size="200KB"))
+    out = export_model(ExportSettings(run=str(run["final"]), out=str(tmp_path / "hf"), max_shard_size="200KB"))
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "README.md"} <= names
@@ -137,7 +137,7 @@ def test_transformers_4_layout_has_separate_processor_files():
 
 @pytest.mark.slow
 def test_llava_projector_reloads_through_the_llava_reader(run, tmp_path):
-    out = export(ExportSettings(run=str(run["final"]), out=str(tmp_path / "projector"), format="llava-projector"))
+    out = export_model(ExportSettings(run=str(run["final"]), out=str(tmp_path / "projector"), format="llava-projector"))
     state = torch.load(out / "mm_projector.bin", weights_only=True)
     assert sorted(state) == ["model.mm_projector.0.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias",
                              "model.mm_projector.2.weight"]
@@ -168,7 +168,7 @@ def test_llava_projector_reloads_through_the_llava_reader(run, tmp_path):
 def test_what_transformers_cannot_express_is_refused_by_name(run, tmp_path, changes, setting):
     folder = _edited_run(run, tmp_path, **changes)
     with pytest.raises(InputError, match=f"cannot export {setting}") as refused:
-        export(ExportSettings(run=str(folder), out=str(tmp_path / "out")))
+        export_model(ExportSettings(run=str(folder), out=str(tmp_path / "out")))
     assert "transformers" in refused.value.expected
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
 
@@ -181,7 +181,7 @@ def test_multi_image_records_at_base_resolution_are_refused(run, tmp_path):
     spec = json.loads((run["final"] / "vlm_config.json").read_text())
     folder = _edited_run(run, tmp_path, train={**spec["train"], "data": str(data)})
     with pytest.raises(InputError, match="multi-image records at base resolution"):
-        export(ExportSettings(run=str(folder), out=str(tmp_path / "out")))
+        export_model(ExportSettings(run=str(folder), out=str(tmp_path / "out")))
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_existing_output_is_refused_and_a_failed_export_leaves_nothing(run, tmp_
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="the output folder exists"):
-        export(ExportSettings(run=str(run["final"]), out=str(out)))
+        export_model(ExportSettings(run=str(run["final"]), out=str(out)))
     assert (out / "keep.txt").read_text() == "mine"
 
     def broken(*args, **kwargs):
@@ -199,13 +199,13 @@ def test_existing_output_is_refused_and_a_failed_export_leaves_nothing(run, tmp_
     monkeypatch.setattr("vlm_vision.export.model_card", broken)
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="disk full"):
-        export(ExportSettings(run=str(run["final"]), out=str(fresh)))
+        export_model(ExportSettings(run=str(run["final"]), out=str(fresh)))
     assert not fresh.exists() and not list(tmp_path.glob(".tmp-*"))
     with pytest.raises(RuntimeError, match="disk full"):  # --overwrite: the old folder stays whole
-        export(ExportSettings(run=str(run["final"]), out=str(out), overwrite=True))
+        export_model(ExportSettings(run=str(run["final"]), out=str(out), overwrite=True))
     assert (out / "keep.txt").read_text() == "mine"
     monkeypatch.undo()
-    export(ExportSettings(run=str(run["final"]), out=str(out), overwrite=True))
+    export_model(ExportSettings(run=str(run["final"]), out=str(out), overwrite=True))
     assert not (out / "keep.txt").exists() and (out / "processor_config.json").is_file()
 
 
@@ -218,3 +218,25 @@ def test_cli_refuses_bad_input_in_one_line(run, tmp_path, capsys):
     (tmp_path / "notamodel").mkdir()
     assert main(["export", str(tmp_path / "notamodel"), "--out", str(tmp_path / "out")]) == 2
     assert "not a model folder the project reads" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_merged_model_exports_as_its_run_does(run, tmp_path):
+    from vlm_vision.trained import merge_trained
+
+    merged = merge_trained(run["final"], tmp_path / "merged")
+    folders = [export_model(ExportSettings(run=str(source), out=str(tmp_path / name)))
+               for source, name in ((run["final"], "from_run"), (merged, "from_merged"))]
+    assert sorted(p.name for p in folders[0].iterdir()) == sorted(p.name for p in folders[1].iterdir())
+    tensors = [load_file(folder / "model.safetensors") for folder in folders]
+    assert tensors[0].keys() == tensors[1].keys()
+    for key in tensors[0]:
+        torch.testing.assert_close(tensors[1][key], tensors[0][key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_a_time_instruction_model_exports_the_sentence_in_its_template_and_card(run, tmp_path):
+    folder = _edited_run(run, tmp_path, time_instruction=True)
+    out = export_model(ExportSettings(run=str(folder), out=str(tmp_path / "hf")))
+    assert "The video lasts for " in (out / "chat_template.jinja").read_text()
+    assert "trained with LLaVA-Video's time instruction" in (out / "README.md").read_text()

@@ -30,7 +30,7 @@ import torch
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from video.decode import load_video
 from vlm_vision import TrainConfig, train
-from vlm_vision.export import ExportSettings, export
+from vlm_vision.export import ExportSettings, export_model
 from vlm_vision.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def trained(tmp_path_factory):
                               data=str(data), output_dir=str(root / "run"), stage=2, max_steps=4, batch_size=2,
                               num_frames=FRAMES, max_length=128, lora_r=4, lora_alpha=8, lr=1e-2, projector_lr=1e-2,
                               warmup_ratio=0.0, progress=False))
-    out = export(ExportSettings(run=str(final), out=str(root / "export")))
+    out = export_model(ExportSettings(run=str(final), out=str(root / "export")))
     return {"root": root, "final": final, "export": out}
 
 

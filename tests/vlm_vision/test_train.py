@@ -27,7 +27,7 @@ from tests.vlm_vision.train_fixtures import (
 from vlm_vision import TrainConfig, train
 from vlm_vision.train_order import micro_batch_indices
 from vlm_vision.train_params import cosine_schedule
-from vlm_vision.export import ExportSettings, export
+from vlm_vision.export import ExportSettings, export_model
 from vlm_vision.trained import load_llm, load_trained, merge_trained
 
 FRAMES = 4
@@ -429,7 +429,7 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
 
     final = train(config(parts, tmp_path / "m", stage=2, max_steps=2, lr=1e-2))
     merged_dir = merge_trained(final, tmp_path / "merged")
-    export(ExportSettings(run=str(final), out=str(tmp_path / "hf")))
+    export_model(ExportSettings(run=str(final), out=str(tmp_path / "hf")))
     assert (merged_dir / "llm" / "config.json").exists() and not (merged_dir / "adapter_config.json").exists()
     model, processor = load_trained(final)
     merged, _ = load_trained(merged_dir)
@@ -532,7 +532,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     with torch.no_grad():
         expected = run.model.eval()(**inputs).logits
         torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=0, atol=0)
-    export(ExportSettings(run=str(final), out=str(tmp_path / "hf")))
+    export_model(ExportSettings(run=str(final), out=str(tmp_path / "hf")))
     hf = LlavaNextVideoForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(**inputs).logits, expected, rtol=1e-4, atol=1e-4)

@@ -31,7 +31,7 @@ from tests.vlm_vision.train_fixtures import (
     write_tower_folder,
 )
 from vlm_vision import TrainConfig, train
-from vlm_vision.export import ExportSettings, export
+from vlm_vision.export import ExportSettings, export_model
 from vlm_vision.train_order import micro_batch_indices
 from vlm_vision.train_runtime import check_processes
 from vlm_vision.trained import load_trained
@@ -125,7 +125,7 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: f
 def _assert_exports_agree(sharded: Path, single: Path, out: Path) -> None:
     """`vlm-vision export` of a sharded run's final/ writes the same files, keys and (within the
     weight tolerance) tensors as the export of the same run in one process."""
-    exported = [export(ExportSettings(run=str(run), out=str(out / name)))
+    exported = [export_model(ExportSettings(run=str(run), out=str(out / name)))
                 for run, name in ((sharded, "sharded"), (single, "single"))]
     files = [sorted(p.name for p in folder.iterdir()) for folder in exported]
     assert files[0] == files[1], files

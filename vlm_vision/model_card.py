@@ -60,7 +60,7 @@ def _sampling(facts: CardFacts) -> str:
 def _table(facts: CardFacts) -> str:
     feature = "patch tokens (CLS dropped)" if facts.select_strategy == "default" else "CLS + patch tokens"
     images = (f"anyres tiling on canvases {facts.image_grid_pinpoints} ([height, width])"
-              if facts.image_grid_pinpoints else "not trained on tiled images (see below)")
+              if facts.image_grid_pinpoints else "one crop per image in training (see the note above)")
     rows = [
         ("architecture", "`LlavaNextVideoForConditionalGeneration` (`model_type` `llava_next_video`)"),
         ("base LLM", f"`{facts.base_llm}`"),
@@ -72,11 +72,21 @@ def _table(facts: CardFacts) -> str:
                     f"{facts.tokens_per_frame} tokens per frame"),
         ("layout", "each video's frames in order, one `<video>` position per pooled token, no newline tokens"),
         ("images", images),
-        ("training", f"stage {facts.stage}" if facts.stage is not None else "not recorded"),
+        ("training", _training(facts)),
         ("transformers", f"written with {facts.transformers_version}; needs >= {facts.min_transformers} to read the "
                          f"processor"),
     ]
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def _training(facts: CardFacts) -> str:
+    if facts.stage is None:
+        return "not recorded"
+    train = facts.train or {}
+    settings = [f"{k} {train[k]}" for k in ("max_steps", "batch_size", "lr", "projector_lr", "lora_r", "num_frames")
+                if train.get(k) is not None]
+    what = "projector" if facts.stage == 1 else "projector + LoRA on the LLM (merged here)"
+    return f"stage {facts.stage}: {what}" + (f"; {', '.join(settings)}" if settings else "")
 
 
 def _metrics(facts: CardFacts) -> str:
@@ -144,7 +154,6 @@ default): pass frames already sampled this way, as uint8 `[T, H, W, 3]`. With
 ```python
 import av
 import numpy as np
-import torch
 from transformers import AutoProcessor, LlavaNextVideoForConditionalGeneration
 
 processor = AutoProcessor.from_pretrained("MODEL")

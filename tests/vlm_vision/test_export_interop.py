@@ -64,6 +64,12 @@ def run_interop(python: Path, args: list[str], cwd: Path) -> subprocess.Complete
 
 
 @pytest.fixture(scope="module")
+def python() -> Path:
+    """The interop Python, found (or failed / skipped) before anything is trained."""
+    return interop_python()
+
+
+@pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained for a few steps (stage 2: projector and LoRA), and its export."""
     root = tmp_path_factory.mktemp("interop")
@@ -77,8 +83,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_transformers_alone_answers_as_load_trained(trained, tmp_path):
-    python = interop_python()
+def test_transformers_alone_answers_as_load_trained(python, trained, tmp_path):
     check = run_interop(python, ["-c", "import importlib.metadata as m; print(m.version('transformers'))"], tmp_path)
     assert check.stdout.strip() == version("transformers"), "pin the same transformers in both environments"
     model, processor = load_trained(trained["final"])
@@ -115,9 +120,8 @@ def readme_interop_blocks() -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_snippet_runs_with_transformers_alone(trained, tmp_path):
+def test_readme_snippet_runs_with_transformers_alone(python, trained, tmp_path):
     """The README's "without our code" snippet, as written, on the export at runs/export."""
-    python = interop_python()
     blocks = readme_interop_blocks()
     assert len(blocks) == 1, "the README's 'without our code' section lost its transformers snippet"
     (tmp_path / "runs").mkdir()

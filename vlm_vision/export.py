@@ -32,20 +32,29 @@ from projector.builders import projector_kind
 from projector.checkpoints import projector_state_dict
 from video.atomic_files import atomic_dir
 from vlm_vision.cli_errors import InputError
-from vlm_vision.export_files import ProcessorSettings, as_typed, processor_files, sample_conversations, \
-    typed_parts_template
+from vlm_vision.export_files import (
+    FORMATS,
+    ProcessorSettings,
+    as_typed,
+    processor_files,
+    sample_conversations,
+    typed_parts_template,
+)
 from vlm_vision.export_source import Recipe, load_source, read_recipe, run_metrics, training_images
 from vlm_vision.model_card import CardFacts, model_card
 from vlm_vision.video_prompt import time_instruction
 
 __all__ = ["FORMATS", "MIN_TRANSFORMERS", "ExportSettings", "export_model", "refuse_inexpressible"]
 
-FORMATS = ("llava-next-video", "llava-projector")
 MIN_TRANSFORMERS = {5: "5.0", 4: "4.52"}
 """Oldest transformers that reads the processor layout written for each major version (5: one
 nested `processor_config.json`; 4: separate image and video processor files)."""
-_LLAVA_MODEL_TYPES = {"llama": ("llava_llama", "LlavaLlamaForCausalLM"), "mistral": ("llava_mistral", "LlavaMistralForCausalLM"),
-                      "mixtral": ("llava_mixtral", "LlavaMixtralForCausalLM"), "qwen2": ("llava_qwen", "LlavaQwenForCausalLM")}
+_LLAVA_MODEL_TYPES = {  # the LLM's model_type -> LLaVA's model_type and class for it
+    "llama": ("llava_llama", "LlavaLlamaForCausalLM"),
+    "mistral": ("llava_mistral", "LlavaMistralForCausalLM"),
+    "mixtral": ("llava_mixtral", "LlavaMixtralForCausalLM"),
+    "qwen2": ("llava_qwen", "LlavaQwenForCausalLM"),
+}
 
 
 @dataclasses.dataclass(frozen=True)

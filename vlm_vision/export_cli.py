@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from vlm_vision.export_files import FORMATS  # no torch: `--help` stays fast
+
 if TYPE_CHECKING:  # the settings class imports torch; only its type is named here
     from vlm_vision.export import ExportSettings
 
 __all__ = ["add_arguments", "run", "settings_from_args"]
 
-_FORMATS = ("llava-next-video", "llava-projector")  # vlm_vision.export.FORMATS, kept here so --help imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training run's final/ or checkpoint-N/ (LoRA or merged, any stage or sharding), a "
                              "merged model, or a transformers LLaVA folder")
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (written atomically)")
-    parser.add_argument("--format", choices=_FORMATS, default="llava-next-video",
+    parser.add_argument("--format", choices=FORMATS, default="llava-next-video",
                         help="llava-next-video: a complete transformers folder (weights, config, tokenizer, chat "
                              "template, processors, model card); llava-projector: LLaVA's mm_projector.bin "
                              "(default: %(default)s)")

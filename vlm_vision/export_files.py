@@ -23,8 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ProcessorSettings", "as_typed", "processor_files", "sample_conversations", "typed_parts_template"]
+__all__ = ["FORMATS", "ProcessorSettings", "as_typed", "processor_files", "sample_conversations",
+           "typed_parts_template"]
 
+FORMATS = ("llava-next-video", "llava-projector")
+"""What `vlm-vision export` writes: a transformers folder, or LLaVA's projector file."""
 _PIL_BICUBIC = 3
 _RESCALE = 1 / 255
 

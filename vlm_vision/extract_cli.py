@@ -150,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
     """
     t0 = time.perf_counter()
     _check_inputs(args)
-    try:
-        device, rank, world = resolve_device(args.device)
-    except ValueError as e:
-        raise InputError("device not available", f"--device {args.device}", str(e), rank_only=True) from None
+    device, rank, world = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(out)

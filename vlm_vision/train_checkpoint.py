@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from video.atomic_files import replace_dir
+from vlm_vision.cli_errors import InputError
 from vlm_vision.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.train_runtime import deepspeed_kwargs
 from vlm_vision.train_sharded import FrozenParts, save_optimizer_state, whole_state
@@ -57,7 +58,9 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     now = config_dict(config)
     changed = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:
-        raise ValueError(f"cannot resume: the run was started with other settings (then, now): {changed}")
+        raise InputError("cannot resume", f"--output-dir {config.output_dir}", f"the same settings as the run "
+                         f"being resumed; cannot resume: the run was started with other settings (then, now): "
+                         f"{changed}")
 
 
 def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, spec: TrainedSpec, config: TrainConfig,

@@ -14,19 +14,22 @@ needs its own text format has a parser in `_PARSERS`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 
 from accelerate import PartialState
 
 from vlm_vision.anyres_grid import DEFAULT_PINPOINTS
-from vlm_vision.config_flags import Parsers, add_config_arguments, missing_flags
+from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import Parsers, add_config_arguments, config_from_flags
+from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.trained import merge_trained
 from vlm_vision.training import train
 
-__all__ = ["add_arguments", "config_from_args", "run"]
+__all__ = ["RESUME_HINT", "add_arguments", "check_train_inputs", "config_from_args", "run"]
+
+RESUME_HINT = "to continue from the last checkpoint-STEP/ (--save-every), run the same command with --resume"
 
 
 def _pinpoints(text: str) -> list[list[int]]:
@@ -65,30 +68,50 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build the `TrainConfig` of parsed flags.
 
     Raises:
-        ValueError: naming the required flags that are missing.
+        InputError: naming the required flags that are missing, or a flag with a refused value.
     """
-    missing = missing_flags(args, TrainConfig)
-    if missing:
-        raise ValueError(f"missing required flags for training: {' '.join(missing)}")
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return config_from_flags(args, TrainConfig)
+
+
+def check_train_inputs(config: TrainConfig) -> None:
+    """Everything about `config` that can be checked before the LLM loads and the data is scanned.
+
+    Raises:
+        InputError: naming the flag and its value (data files, folders, output folder, weights).
+    """
+    check_output_folder(config.output_dir, "--output-dir")
+    for path, name in ((config.media_root, "--media-root"), (config.image_folder, "--image-folder"),
+                       (config.video_folder, "--video-folder")):
+        check_folder(path, name, "an existing folder that the data's media paths are relative to")
+    check_data_spec(config.data, "--data")
+    if config.eval_data:
+        check_data_spec(config.eval_data, "--eval-data")
+    if config.init_from:
+        check_folder(config.init_from, "--init-from", "a previous run's final/ folder")
+    check_weights(config.llm, "--llm", what="LLM weights")
+    check_weights(config.tower, "--tower", what="tower weights")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision train` (or `--merge`) from parsed flags; 0 on success, 2 for missing flags."""
+    """Run `vlm-vision train` (or `--merge`) from parsed flags; 0 on success.
+
+    Raises:
+        InputError: for missing or refused flags, inputs that do not exist or cannot be read, an
+            output folder that cannot be written, weights not on this machine.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.merge:
         if not args.merge_output:
-            print("vlm-vision train: --merge needs --merge-output DIR")
-            return 2
+            raise InputError("missing flag", "--merge-output", "--merge needs --merge-output DIR")
+        check_folder(args.merge, "--merge", "a trained folder (final/ or checkpoint-STEP/)")
+        check_output_folder(args.merge_output, "--merge-output")
         out = merge_trained(args.merge, args.merge_output, llava_next_video_dir=args.llava_next_video)
         print(f"merged model written to {out}")
         return 0
-    try:
-        config = config_from_args(args)
-    except ValueError as e:
-        print(f"vlm-vision train: {e}")
-        return 2
-    final = train(config)
+    config = config_from_args(args)
+    check_train_inputs(config)
+    with weights_errors({"--llm": config.llm, "--tower": config.tower}):
+        final = train(config)
     if PartialState().is_main_process:
         print(f"trained model written to {final}")
     return 0

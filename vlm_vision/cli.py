@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args = sub.parse_args(rest)
         return int(module.run(args) or 0)
     except InputError as e:  # the user's input, not a bug: one line, exit 2 (the traceback with --debug)
+        _close_progress_bars()
         rank = process_rank()
         if rank == 0 or e.rank_only or debug:
             if debug:
@@ -83,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
             print(prefix + e.line(name), file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:  # Ctrl-C: what was half-written has been removed on the way up
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         if process_rank() == 0:
             resume = getattr(module, "RESUME_HINT", None)
             print(f"vlm-vision {name}: interrupted" + (f"; {resume}" if resume else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+
+def _close_progress_bars() -> None:
+    """Close the progress bars a stopped command left open, so that its last line stays the last one."""
+    if "tqdm" not in sys.modules:  # no bar was ever made (and importing tqdm here would cost start-up)
+        return
+    from tqdm import tqdm  # lazy: already imported by the command (checked above)
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
 
 if __name__ == "__main__":
     sys.exit(main())

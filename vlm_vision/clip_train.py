@@ -51,7 +51,7 @@ from transformers import CLIPModel
 
 from vlm_vision.clip_data import PairDataset, pair_dataset, read_pairs, split_pairs
 from vlm_vision.cli_errors import InputError
-from vlm_vision.config_flags import add_config_arguments, config_from_flags
+from vlm_vision.config_flags import add_config_arguments, config_from_flags, flag
 from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.contrastive import LogitScale, clip_loss
 from vlm_vision.data_files import Skipped
@@ -309,20 +309,24 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
 
 
 def _check_config(config: ClipTrainConfig) -> None:
-    problems = [f"{name}={getattr(config, name)!r} must be positive" for name in
-                ("max_steps", "batch_size", "lr", "num_frames") if not getattr(config, name) > 0]
+    bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames")
+           if not getattr(config, name) > 0}
     if not 0 <= config.max_skip_fraction <= 1:
-        problems.append(f"max_skip_fraction={config.max_skip_fraction!r} must be in [0, 1]")
+        bad["max_skip_fraction"] = "in [0, 1]"
     if config.weight_decay < 0:
-        problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
+        bad["weight_decay"] = ">= 0"
+    if not 0 <= config.eval_fraction < 1:
+        bad["eval_fraction"] = "in [0, 1)"
     if config.lr_schedule not in ("cosine", "constant"):
-        problems.append(f"lr_schedule={config.lr_schedule!r} must be 'cosine' or 'constant'")
+        bad["lr_schedule"] = "'cosine' or 'constant'"
     if not 0 <= config.warmup_ratio < 1:
-        problems.append(f"warmup_ratio={config.warmup_ratio!r} must be in [0, 1)")
+        bad["warmup_ratio"] = "in [0, 1)"
     if config.mixed_precision not in ("no", "bf16", "fp16"):
-        problems.append(f"mixed_precision={config.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")
-    if problems:
-        raise InputError("bad clip-train settings", "the flags", "; ".join(problems))
+        bad["mixed_precision"] = "'no', 'bf16' or 'fp16'"
+    if bad:
+        raise InputError("bad value" if len(bad) == 1 else "bad values",
+                         " ".join(f"{flag(name)} {getattr(config, name)}" for name in bad),
+                         "; ".join(f"{name} must be {rule}" for name, rule in bad.items()))
 
 
 def _check_launch(accelerator: Accelerator) -> None:
@@ -401,7 +405,7 @@ def check_clip_inputs(config: ClipTrainConfig) -> None:
     _check_config(config)
     check_output_folder(config.output_dir, "--output-dir")
     check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
-    check_data_spec(config.data, "--data")
+    check_data_spec(config.data, "--data", mixtures=False)
     check_weights(config.model, "--model", what="CLIP weights")
 
 

@@ -364,18 +364,21 @@ def check_eval_inputs(config: EvalConfig) -> None:
     check_output_folder(config.output_dir, "--output-dir")
     check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
     for path in config.data:
-        check_data_spec(path, "--data")
+        check_data_spec(path, "--data", mixtures=False)
     model = Path(config.model)
     if not model.exists():
-        raise weights_unavailable(config.model, "--model", f"{model} does not exist", what="model")
+        raise weights_unavailable(config.model, "--model", f"{model} does not exist", what="model",
+                                  fix="pass --model with a training run's final/ or checkpoint-STEP/ folder")
     check_folder(model, "--model", "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
                  "transformers LLaVA-NeXT-Video folder)")
     from vlm_vision.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
 
     if (model / CONFIG_NAME).is_file():  # the base LLM and tower a trained folder names
         spec = TrainedSpec.read(model)
-        check_weights(spec.resolve(spec.llm, model), f"--model {config.model}: its llm", what="LLM weights")
-        check_weights(spec.resolve(spec.tower, model), f"--model {config.model}: its tower", what="tower weights")
+        for part in ("llm", "tower"):
+            check_weights(spec.resolve(getattr(spec, part), model), f"--model {config.model} -> {CONFIG_NAME} {part}",
+                          what=f"{'LLM' if part == 'llm' else part} weights",
+                          fix=f"put them back where {model / CONFIG_NAME} says (its \"{part}\"), or edit that path")
 
 
 def run(args: argparse.Namespace) -> int:

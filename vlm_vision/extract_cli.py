@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from video.extract_plan import VIDEO_EXTENSIONS, find_inputs
+from video.extract_plan import VIDEO_EXTENSIONS, Found, find_inputs
 from video.extract_report import merge_rank_manifests, plural, print_summary
 from video.extract_run import extract_share
 from video.extract_settings import load_arguments, token_settings, video_layout
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             model is loaded or video decoded where they can be checked then.
     """
     t0 = time.perf_counter()
-    _check_inputs(args)
+    found = _check_inputs(args)
     device, rank, world = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -169,12 +169,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"vlm-vision extract: taking over {lock.path} left by a run that is no longer running "
                   f"(pid {lock.previous.get('pid')} on host {lock.previous.get('host')}, started "
                   f"{lock.previous.get('started')})", file=sys.stderr)
-        return _run_locked(args, out, device, rank, world, t0)
+        return _run_locked(args, found, out, device, rank, world, t0)
     finally:
         lock.release()
 
 
-def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank: int, world: int, t0: float) -> int:
+def _run_locked(args: argparse.Namespace, found: list[Found], out: Path, device: torch.device, rank: int, world: int,
+                t0: float) -> int:
     if rank == 0:
         merge_rank_manifests(out)  # lines left by an interrupted multi-process run
     barrier(world)
@@ -186,10 +187,6 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         load_kwargs = load_arguments(args, layout)
     except ValueError as e:
         raise InputError("settings that do not fit the tower", f"--model {args.model}", str(e)) from None
-    found = find_inputs(args.inputs)
-    if not found:
-        raise InputError("no videos found", " ".join(map(str, args.inputs)),
-                         f"video files or folders holding them (extensions: {sorted(VIDEO_EXTENSIONS)})")
     settings = token_settings(args, tower, model_label)
     tag = " [RANDOM WEIGHTS]" if args.random_weights else ""
     if rank == 0:
@@ -206,8 +203,9 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
     return 1 if any(o.status == "error" for o in outcomes) else 0
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    """What can be wrong before the tower loads: the inputs named, the output folder, the weights."""
+def _check_inputs(args: argparse.Namespace) -> list[Found]:
+    """What can be wrong before the tower loads or the output folder is made: the inputs named (and
+    the videos they hold, found), the output folder, the weights. Returns the videos found."""
     for item in args.inputs:
         if not Path(item).exists():
             raise InputError("input not found", item, "an existing video file, a folder of videos, or a .txt/.lst "
@@ -215,6 +213,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
     check_output_folder(args.out, "--out")
     if not args.random_weights:
         check_weights(args.model, "--model", what="weights", extra_hint=RANDOM_WEIGHTS_HINT)
+    found = find_inputs(args.inputs)
+    if not found:
+        raise InputError("no videos found", " ".join(map(str, args.inputs)),
+                         f"video files or folders holding them (extensions: {sorted(VIDEO_EXTENSIONS)})")
+    return found
 
 
 def _all_agree(ok: bool, num_processes: int) -> bool:

@@ -40,21 +40,25 @@ class WeightsUnavailable(InputError):
 
 
 def weights_unavailable(name: str, flag: str, why: str, *, what: str = "weights",
-                        extra_hint: str | None = None) -> WeightsUnavailable:
+                        extra_hint: str | None = None, fix: str | None = None) -> WeightsUnavailable:
     """The error for weights that are not here: names them, says why, and how to get them.
 
     Args:
         name: the path or Hub id as given.
         flag: the flag that named it (`--llm`, `--tower`, `--model`).
         why: what was found (no such path, not in the cache while offline, the loader's error).
-        what: which weights ("the LLM", "the tower", "the model").
+        what: which weights ("LLM weights", "tower weights", "model").
         extra_hint: one more way out (extract's `--random-weights`).
+        fix: how to point at other weights (default: pass `flag` with a local folder or checkpoint file).
     """
-    hint = (f"Why: {why}\n  To use them: download them once while online (`hf download {name}`), or pass "
-            f"{flag} with a local folder or checkpoint file.")
+    fix = fix or f"pass {flag.split()[0]} with a local folder or checkpoint file"
+    get = (f"check the path (a typo?) or copy the {what} to this machine" if _looks_like_path(name) else
+           f"download them once while online (`hf download {name}`)")
+    hint = f"Why: {why}\n  To use them: {get}, or {fix}."
     if extra_hint:
         hint += f"\n  {extra_hint}"
-    return WeightsUnavailable(f"the {what} {name!r} are not available on this machine", f"{flag} {name}",
+    verb = "are" if what.endswith("weights") else "is"
+    return WeightsUnavailable(f"the {what} {name!r} {verb} not available on this machine", f"{flag} {name}",
                               "a local folder or file, or a Hub id downloaded once", hint=hint)
 
 
@@ -73,13 +77,16 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 def _looks_like_path(name: str) -> bool:
     """A name that can only be a local path: not a Hub id, or one whose first folder exists here."""
+    if Path(name).expanduser().is_absolute() or name.startswith("."):
+        return True
     if not _HUB_ID.match(name):
         return True
     first = name.split("/")[0]
     return "/" in name and Path(first).is_dir()
 
 
-def check_weights(name: str, flag: str, *, what: str = "weights", extra_hint: str | None = None) -> None:
+def check_weights(name: str, flag: str, *, what: str = "weights", extra_hint: str | None = None,
+                  fix: str | None = None) -> None:
     """Refuse weights that cannot be here: a missing local path, or a Hub id not cached while offline.
 
     A Hub id that is not cached while online is let through (the loader downloads it; a failure
@@ -93,10 +100,11 @@ def check_weights(name: str, flag: str, *, what: str = "weights", extra_hint: st
         return
     if _looks_like_path(name):
         raise weights_unavailable(name, flag, f"{path} does not exist (a local path, not a Hub id)", what=what,
-                                  extra_hint=extra_hint)
+                                  extra_hint=extra_hint, fix=fix)
     if hub_offline() and not _in_hub_cache(name):
         raise weights_unavailable(name, flag, "no such local path, and the Hub id is not in the Hugging Face cache "
-                                  "while the Hub is offline (HF_HUB_OFFLINE)", what=what, extra_hint=extra_hint)
+                                  "while the Hub is offline (HF_HUB_OFFLINE)", what=what, extra_hint=extra_hint,
+                                  fix=fix)
 
 
 @contextlib.contextmanager
@@ -156,15 +164,17 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
     _writable_here(p.parent if p.parent != Path("") else Path("."), flag, path, "file")
 
 
-def check_data_spec(spec: str | os.PathLike, flag: str) -> None:
+def check_data_spec(spec: str | os.PathLike, flag: str, *, mixtures: bool = True) -> None:
     """Refuse a data spec whose files are missing, not JSON / JSON lines, or empty, reading a few KiB.
 
-    A YAML mixture is read (`vlm_vision.data_files.data_files` refuses a missing or unsafe one).
-    A file that passes can still hold a bad record further on: its reader says so then.
+    With `mixtures`, a YAML mixture or a `prefix{a,b}.json` pattern names the files
+    (`vlm_vision.data_files.data_files` refuses a missing or unsafe mixture); without, `spec` is
+    one JSON or JSONL file. A file that passes can still hold a bad record further on: its reader
+    says so then.
     """
     from vlm_vision.data_files import data_files  # lazy: the YAML reader loads only for a mixture
 
-    for path, _ in data_files(str(spec)):
+    for path, _ in data_files(str(spec)) if mixtures else [(Path(spec), "all")]:
         _sniff(path, flag if str(path) == str(spec) else f"{flag} {spec} ->")
 
 

@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
 
 from vlm_vision.cli_errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
+
+# In a multi-process run, the seconds the other processes wait before exiting with an input error the
+# first one prints: torchrun stops every process as soon as one exits, which could be before the line.
+PEER_EXIT_DELAY_S = 3.0
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             prefix = f"[rank {rank}] " if rank else ""
             print(prefix + e.line(name), file=sys.stderr)
+        else:  # the first process prints it: exit after it, as a launcher stops the others at the first exit
+            time.sleep(PEER_EXIT_DELAY_S)
         return EXIT_INPUT
     except KeyboardInterrupt:  # Ctrl-C: what was half-written has been removed on the way up
         _close_progress_bars()

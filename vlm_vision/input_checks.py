@@ -18,6 +18,7 @@ Every process of a multi-process run makes the same checks, so all of them stop 
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -111,18 +112,37 @@ def check_weights(name: str, flag: str, *, what: str = "weights", extra_hint: st
 def weights_errors(names: Mapping[str, str], what: str = "weights") -> Iterator[None]:
     """Turn a loader's `OSError` about one of `names` ({flag: path or Hub id}) into `weights_unavailable`.
 
-    transformers answers a name it cannot find with an `OSError` that names it (and, offline, with
-    advice about the internet connection); any other `OSError` is left alone.
+    transformers answers a name it cannot find (or cannot download) with an `OSError`: one that
+    names it, or, without a network, advice about the internet connection that does not. The name
+    is then found among the arguments of the failing calls (the deepest one that holds it). Any
+    other `OSError` (a full disk, a permission) is left alone.
     """
     try:
         yield
     except OSError as e:
-        text = str(e)
-        for flag, name in names.items():
-            if name and f"{name}" in text and not Path(name).expanduser().is_file():
-                why = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-                raise weights_unavailable(name, flag, why, what=what) from e
-        raise
+        flag = _weights_named(e, names)
+        if flag is None:
+            raise
+        text = str(e).strip()
+        why = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+        raise weights_unavailable(names[flag], flag, why, what=what) from e
+
+
+def _weights_named(error: OSError, names: Mapping[str, str]) -> str | None:
+    """The flag whose weights `error` is about: named in its text, else an argument of a failing call."""
+    if isinstance(error, (PermissionError, IsADirectoryError)) or error.errno == errno.ENOSPC:
+        return None
+    text = str(error)
+    for flag, name in names.items():
+        if name and name in text:
+            return flag
+    found = None
+    tb = error.__traceback__
+    while tb is not None:  # outermost to innermost: the last match is the call that loaded it
+        values = [str(v) for v in tb.tb_frame.f_locals.values() if isinstance(v, (str, os.PathLike))]
+        found = next((flag for flag, name in names.items() if name and name in values), found)
+        tb = tb.tb_next
+    return found
 
 
 def check_folder(path: str | os.PathLike | None, flag: str, expected: str = "an existing folder") -> None:

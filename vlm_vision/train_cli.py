@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     check_train_inputs(config)
-    with weights_errors({"--llm": config.llm, "--tower": config.tower}):
+    with weights_errors({"--llm": config.llm}, "LLM weights"), weights_errors({"--tower": config.tower},
+                                                                               "tower weights"):
         final = train(config)
     if PartialState().is_main_process:
         print(f"trained model written to {final}")

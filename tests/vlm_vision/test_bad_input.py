@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _extract_rows(i: Inputs) -> dict[str, Row | str]:
         "mixture_with_a_python_tag": "extract reads no data mixtures",
         "llm_path_typo": "extract has no LLM",
         "tower_path_missing": Row([str(i.video__mp4), "--out", str(i.out), "--model", str(i.towr)],
-                                  (f"--model {i.towr}", "not available on this machine", "hf download")),
+                                  (f"--model {i.towr}", "not available on this machine", "--random-weights")),
         "output_is_an_existing_file": Row([str(i.video__mp4), "--out", str(i.a_file__txt), *base],
                                           (f"--out {i.a_file__txt}", "an existing file")),
         "empty_data": Row([str(i.empty__txt), "--out", str(i.out), *base], (str(i.empty__txt), "no videos")),
@@ -338,7 +339,7 @@ def test_weights_not_here_name_the_path_and_how_to_get_them(inputs, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"vlm-vision train: the LLM weights '{inputs.llm_typo}' are not available on this "
                           f"machine (--llm {inputs.llm_typo})")
-    assert f"hf download {inputs.llm_typo}" in err and "internet connection" not in err
+    assert "check the path (a typo?)" in err and "internet connection" not in err
 
 
 def test_a_hub_id_not_in_the_cache_while_offline(inputs, capsys):
@@ -347,4 +348,43 @@ def test_a_hub_id_not_in_the_cache_while_offline(inputs, capsys):
     assert run_cli(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert "'no-org/no-such-llm' are not available on this machine" in err and "HF_HUB_OFFLINE" in err
+    assert "hf download no-org/no-such-llm" in err
 
+
+
+def test_a_loader_error_about_the_weights_becomes_the_weights_message():
+    """Online, a Hub id that does not exist reaches transformers; its OSError (which, without a network,
+    does not even name the id) becomes the same message, found from the failing call's arguments."""
+    from vlm_vision.cli_errors import InputError
+    from vlm_vision.input_checks import weights_errors
+
+    def load(name_or_path):  # as transformers' loaders fail without a network
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files. Check your internet "
+                      "connection.")
+
+    with pytest.raises(InputError, match=r"the LLM weights 'no-org/no-llm' are not available on this machine "
+                                         r"\(--llm no-org/no-llm\)"):
+        with weights_errors({"--llm": "no-org/no-llm", "--tower": "openai/clip"}, what="LLM weights"):
+            load("no-org/no-llm")
+    with pytest.raises(OSError, match="No space left"):  # not about the weights: left alone
+        with weights_errors({"--llm": "no-org/no-llm"}):
+            raise OSError(28, "No space left on device")
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(inputs):
+    """Two real processes find the same mistake: the line once (by rank 0), and torchrun's summary gives
+    rank 0 exit code 2 as the root cause (the other process waits, so the line is out before torchrun
+    stops it)."""
+    import subprocess
+
+    row = _train_rows(inputs)["data_not_json"]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "vlm_vision.cli", "train", *row.argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert output.count(f"vlm-vision train: not JSON (--data {inputs.notes__json})") == 1, output[-3000:]
+    root_cause = output.split("Root Cause")[1]
+    assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause, output[-3000:]

@@ -109,7 +109,7 @@ def test_bad_schedule_settings_are_refused(colours, tmp_path, capsys):
     rc = main(["clip-train", "--model", str(colours["model"]), "--data", str(colours["data"]),
                "--media-root", str(colours["media"]), "--output-dir", str(tmp_path / "x"), "--warmup-ratio", "1.5"])
     assert rc == 2
-    assert "warmup_ratio=1.5 must be in [0, 1)" in capsys.readouterr().err
+    assert "bad value (--warmup-ratio 1.5): warmup_ratio must be in [0, 1)" in capsys.readouterr().err
 
 
 def _bad_sample_lines(tmp_path: pathlib.Path) -> list[str]:

@@ -24,6 +24,8 @@ from vlm_vision.cli_errors import InputError
 from vlm_vision.config_flags import Parsers, add_config_arguments, config_from_flags
 from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.train_config import TrainConfig
+from vlm_vision.train_provenance import ForeignTokens
+from vlm_vision.train_skips import TooManySkipped
 from vlm_vision.trained import merge_trained
 from vlm_vision.training import train
 
@@ -110,9 +112,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     check_train_inputs(config)
-    with weights_errors({"--llm": config.llm}, "LLM weights"), weights_errors({"--tower": config.tower},
-                                                                               "tower weights"):
-        final = train(config)
+    try:
+        with weights_errors({"--llm": config.llm}, "LLM weights"), weights_errors({"--tower": config.tower},
+                                                                                   "tower weights"):
+            final = train(config)
+    except TooManySkipped as e:  # the data, not a bug (every process counts everyone's skips: all stop)
+        raise InputError("too many bad samples", f"--data {config.data}", f"at most --max-skip-fraction "
+                         f"{config.max_skip_fraction} of the samples skipped; {e}") from e
+    except ForeignTokens as e:
+        raise InputError("cached tokens made with other weights or settings", f"--data {config.data}",
+                         f"token files made by this run's tower and settings; {e}",
+                         hint="--accept-foreign-tokens trains on them anyway") from e
     if PartialState().is_main_process:
         print(f"trained model written to {final}")
     return 0

@@ -34,6 +34,7 @@ __all__ = ["WeightsUnavailable", "check_data_spec", "check_folder", "check_outpu
 # A Hub id: `name` or `owner/name`, letters, digits, `-`, `_`, `.` (no leading dot, no `..`).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _SNIFF_BYTES = 1 << 16
+_SNIFF_LINES = 20
 
 
 class WeightsUnavailable(InputError):
@@ -163,8 +164,15 @@ def _writable_here(p: Path, flag: str, shown: object, kind: str) -> None:
         raise InputError(f"cannot create the {kind}", f"{flag} {shown}", f"a path below a folder, but {ancestor} "
                          f"is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError("not writable", f"{flag} {shown}", f"a {kind} that {getpass.getuser()} can write; "
+        raise InputError("not writable", f"{flag} {shown}", f"a {kind} that {_user()} can write; "
                          f"{ancestor} is read-only here")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a name
+        return f"uid {os.getuid()}"
 
 
 def check_output_folder(path: str | os.PathLike, flag: str) -> None:
@@ -181,7 +189,7 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise InputError("an existing folder, not a file", f"{flag} {path}", "a file path to write")
-    _writable_here(p.parent if p.parent != Path("") else Path("."), flag, path, "file")
+    _writable_here(p.parent, flag, path, "file")
 
 
 def check_data_spec(spec: str | os.PathLike, flag: str, *, mixtures: bool = True) -> None:
@@ -198,6 +206,14 @@ def check_data_spec(spec: str | os.PathLike, flag: str, *, mixtures: bool = True
         _sniff(path, flag if str(path) == str(spec) else f"{flag} {spec} ->")
 
 
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _sniff(path: Path, flag: str) -> None:
     """The first bytes of a data file: JSON lines, or a JSON list that is not empty."""
     shown = f"{flag} {path}"
@@ -210,14 +226,14 @@ def _sniff(path: Path, flag: str) -> None:
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not text:
         raise InputError("empty data file", shown, "at least one record (a JSON list, or one JSON object a line)")
-    if path.suffix == ".jsonl":
-        first = text.split("\n", 1)[0].strip()
-        try:
-            json.loads(first)
-        except json.JSONDecodeError:
-            if len(first) < len(head) - 1:  # a whole first line that is not JSON (not one cut by the sniff)
-                raise InputError("not JSON lines", shown, "one JSON object per line; the first line is "
-                                 f"{first[:40]!r}") from None
+    if path.suffix == ".jsonl":  # one bad line is a skipped record; a file of which no line parses is not JSONL
+        pieces = text.split("\n")
+        if len(head) == _SNIFF_BYTES:  # more follows: the last piece may be a line cut by the sniff
+            pieces = pieces[:-1]
+        lines = [line.strip() for line in pieces[:_SNIFF_LINES] if line.strip()]
+        if lines and not any(_parses(line) for line in lines):
+            raise InputError("not JSON lines", shown, f"one JSON object per line; none of the first {len(lines)} "
+                             f"lines is JSON (the first is {lines[0][:40]!r})")
         return
     if text[0] != "[":
         what = "a JSON object, not a list" if text[0] == "{" else "not JSON"

@@ -388,3 +388,18 @@ def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(input
     assert output.count(f"vlm-vision train: not JSON (--data {inputs.notes__json})") == 1, output[-3000:]
     root_cause = output.split("Root Cause")[1]
     assert "rank      : 0" in root_cause and "exitcode  : 2" in root_cause, output[-3000:]
+
+
+def test_one_bad_line_of_json_lines_is_a_skipped_record_not_a_bad_file(tmp_path):
+    """The sniff refuses a file of which no line is JSON, never one whose first line alone is broken."""
+    from vlm_vision.cli_errors import InputError
+    from vlm_vision.input_checks import check_data_spec
+
+    good = json.dumps({"id": "a", "conversations": []})
+    (tmp_path / "first_bad.jsonl").write_text("{broken\n" + good + "\n")
+    check_data_spec(tmp_path / "first_bad.jsonl", "--data")
+    (tmp_path / "csv.jsonl").write_text("id,video\n1,a.mp4\n2,b.mp4\n")
+    with pytest.raises(InputError, match="not JSON lines"):
+        check_data_spec(tmp_path / "csv.jsonl", "--data")
+    (tmp_path / "long.jsonl").write_text(json.dumps({"id": "x" * 100_000}) + "\n")  # longer than the sniff
+    check_data_spec(tmp_path / "long.jsonl", "--data")

@@ -368,7 +368,9 @@ def check_eval_inputs(config: EvalConfig) -> None:
     model = Path(config.model)
     if not model.exists():
         raise weights_unavailable(config.model, "--model", f"{model} does not exist", what="model",
-                                  fix="pass --model with a training run's final/ or checkpoint-STEP/ folder")
+                                  fix="pass --model with a local folder: a training run's final/ or "
+                                      "checkpoint-STEP/, a merged model, or a downloaded transformers "
+                                      "LLaVA-NeXT-Video folder (`hf download ID --local-dir DIR`)")
     check_folder(model, "--model", "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
                  "transformers LLaVA-NeXT-Video folder)")
     from vlm_vision.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only

@@ -205,3 +205,22 @@ def test_ctrl_c_stops_within_5_s_with_exit_130_and_nothing_half_written(command,
     if command in ("clip-train", "convert-data"):  # nothing to resume: nothing of theirs is left
         assert not case.out.exists()
     case.check(case.out)
+
+
+def test_ctrl_c_while_a_checkpoint_is_flushed_leaves_no_half_checkpoint(shared, tmp_path, monkeypatch, capsys):
+    """Ctrl-C at the worst moment of a save (flushing checkpoint-2 before its rename): the temporary
+    folder goes, checkpoint-2 never appears, and the run says how to resume."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if ".tmp-checkpoint-2" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    case = _train(tmp_path, shared)
+    argv = [a if a != "100000" else "4" for a in case.argv]
+    assert cli.main(["train", *argv]) == 130
+    assert "vlm-vision train: interrupted; to continue" in capsys.readouterr().err
+    assert sorted(p.name for p in case.out.glob("*checkpoint*")) == []
+    assert _temporaries(tmp_path) == []

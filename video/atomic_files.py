@@ -94,10 +94,15 @@ def replace_dir(src: Path, dst: Path) -> None:
     the rename cannot leave a folder whose files are not on disk. `os.replace` cannot swap a
     non-empty folder in one step, so an old `dst` is first renamed aside and removed after the new
     one is in place; at every instant `dst` is either absent (for the moment between two renames)
-    or complete.
+    or complete. Stopped before the rename (Ctrl-C while flushing), `src` is removed: nothing
+    half-moved is left behind.
     """
     src, dst = Path(src), Path(dst)
-    fsync_tree(src)
+    try:
+        fsync_tree(src)
+    except BaseException:
+        shutil.rmtree(src, ignore_errors=True)
+        raise
     old = dst.with_name(f".old-{dst.name}")
     if old.exists():
         shutil.rmtree(old)

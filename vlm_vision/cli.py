@@ -3,6 +3,10 @@
 Each subcommand lives in the module that does the work and exposes two functions:
 `add_arguments(parser)` and `run(args) -> int`. This file only wires them together, importing a
 subcommand's module when that subcommand runs so `vlm-vision --help` stays fast.
+
+Exit codes: 0 success; 1 a bug (with its traceback) or, for batch commands, items that failed; 2 bad
+input or usage (`vlm_vision.cli_errors.InputError`: one line, no traceback); 130 interrupted
+(Ctrl-C: one line, and how to resume when the command can resume: the module's `RESUME_HINT`).
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
 
-from vlm_vision.cli_errors import EXIT_INPUT, InputError, debug_enabled
+from vlm_vision.cli_errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
+
+# In a multi-process run, the seconds the other processes wait before exiting with an input error the
+# first one prints: torchrun stops every process as soon as one exits, which could be before the line.
+PEER_EXIT_DELAY_S = 3.0
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -46,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `vlm-vision COMMAND ...`; the exit code (0 success, 2 usage or bad input)."""
+    """Run `vlm-vision COMMAND ...`; the exit code (0 success, 1 a bug or failed items, 2 usage or bad input,
+    130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "--version":
@@ -63,17 +73,41 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in rest or debug_enabled()
     rest = [a for a in rest if a != "--debug"]
     module_name, help_text = SUBCOMMANDS[name]
-    module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"vlm-vision {name}", description=help_text)
-    module.add_arguments(sub)
-    args = sub.parse_args(rest)
+    module = None
     try:
+        module = importlib.import_module(module_name)
+        sub = argparse.ArgumentParser(prog=f"vlm-vision {name}", description=help_text)
+        module.add_arguments(sub)
+        args = sub.parse_args(rest)
         return int(module.run(args) or 0)
     except InputError as e:  # the user's input, not a bug: one line, exit 2 (the traceback with --debug)
+        _close_progress_bars()
+        rank = process_rank()
+        if rank == 0 or e.rank_only or debug:
+            if debug:
+                traceback.print_exc()
+            prefix = f"[rank {rank}] " if rank else ""
+            print(prefix + e.line(name), file=sys.stderr)
+        else:  # the first process prints it: exit after it, as a launcher stops the others at the first exit
+            time.sleep(PEER_EXIT_DELAY_S)
+        return EXIT_INPUT
+    except KeyboardInterrupt:  # Ctrl-C: what was half-written has been removed on the way up
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
-        print(e.line(name), file=sys.stderr)
-        return EXIT_INPUT
+        if process_rank() == 0:
+            resume = getattr(module, "RESUME_HINT", None)
+            print(f"vlm-vision {name}: interrupted" + (f"; {resume}" if resume else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+def _close_progress_bars() -> None:
+    """Close the progress bars a stopped command left open, so that its last line stays the last one."""
+    if "tqdm" not in sys.modules:  # no bar was ever made (and importing tqdm here would cost start-up)
+        return
+    from tqdm import tqdm  # lazy: already imported by the command (checked above)
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

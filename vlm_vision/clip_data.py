@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from video.decode import VideoDecodeError, load_video
+from vlm_vision.cli_errors import InputError
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import tokenize
 
@@ -54,14 +55,14 @@ def read_pairs(data: str | os.PathLike, media_root: str | os.PathLike) -> tuple[
         (pairs, skipped): the usable pairs, and one line per dropped record saying why.
 
     Raises:
-        FileNotFoundError: if `data` or `media_root` does not exist.
-        ValueError: if a .json file is not valid JSON or not a list.
+        InputError: if `data` or `media_root` does not exist, or a .json file is not valid JSON or not a list.
     """
     data, media_root = Path(data), Path(media_root)
     if not data.is_file():
-        raise FileNotFoundError(f"data file not found: {data}")
+        raise InputError("data file not found", data, "an existing .json or .jsonl file of pairs")
     if not media_root.is_dir():
-        raise FileNotFoundError(f"media root is not a folder: {media_root}")
+        raise InputError("media root is not a folder", media_root, "an existing folder that the media paths are "
+                         "relative to")
     text = data.read_text(encoding="utf-8")
     records: list[tuple[str, Any]] = []
     skipped: list[str] = []
@@ -69,9 +70,11 @@ def read_pairs(data: str | os.PathLike, media_root: str | os.PathLike) -> tuple[
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{data} is not valid JSON ({e}); use .jsonl for one record per line") from e
+            raise InputError("not valid JSON", data, f"a JSON list of records ({e}); use .jsonl for one record per "
+                             f"line") from None
         if not isinstance(parsed, list):
-            raise ValueError(f"{data} must hold a JSON list of records, got a {type(parsed).__name__}")
+            raise InputError("not a JSON list", data, f"{data} must hold a JSON list of records, got a "
+                             f"{type(parsed).__name__}")
         records = [(f"record {i}", r) for i, r in enumerate(parsed)]
     else:
         for number, line in enumerate(text.splitlines(), start=1):
@@ -118,7 +121,8 @@ def split_pairs(pairs: Sequence[Pair], eval_fraction: float, seed: int) -> tuple
     random.Random(seed).shuffle(order)
     n_eval = math.ceil(eval_fraction * len(order))
     if n_eval >= len(order):
-        raise ValueError(f"{len(order)} usable pairs leave none for training with eval_fraction={eval_fraction}")
+        raise InputError("too few pairs", f"--eval-fraction {eval_fraction}", f"{len(order)} usable pairs leave "
+                         f"none for training with eval_fraction={eval_fraction}")
     return order[n_eval:], order[:n_eval]
 
 

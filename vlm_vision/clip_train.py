@@ -33,9 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from vlm_vision.clip_data import PairDataset, pair_dataset, read_pairs, split_pairs
-from vlm_vision.config_flags import add_config_arguments, missing_flags
+from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import add_config_arguments, config_from_flags, flag
+from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.contrastive import LogitScale, clip_loss
 from vlm_vision.data_files import Skipped
 from vlm_vision.train_params import cosine_schedule
@@ -58,7 +61,7 @@ from vlm_vision.train_skips import SkipCeiling, TooManySkipped
 from vlm_vision.transforms import CLIPImageTransform
 from vlm_vision.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
 
-__all__ = ["ClipTrainConfig", "add_arguments", "retrieval_metrics", "run", "train"]
+__all__ = ["ClipTrainConfig", "add_arguments", "check_clip_inputs", "retrieval_metrics", "run", "train"]
 
 RECALL_AT = (1, 5, 10)
 
@@ -216,7 +219,8 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
     set_seed(config.seed)
     pairs, skipped = read_pairs(config.data, config.media_root)
     if not pairs:
-        raise ValueError(f"no usable pairs in {config.data}: {len(skipped)} records skipped, e.g. {skipped[:3]}")
+        raise InputError("no usable pairs", f"--data {config.data}", f"at least one record with a caption and "
+                         f"media that exist: {len(skipped)} records skipped, e.g. {skipped[:3]}")
     ceiling = SkipCeiling(len(pairs) + len(skipped), config.max_skip_fraction, str(config.data), listed_in=None)
     ceiling.add([_read_skip(line, config.data) for line in skipped], "reading the data")
     train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
@@ -305,20 +309,24 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
 
 
 def _check_config(config: ClipTrainConfig) -> None:
-    problems = [f"{name}={getattr(config, name)!r} must be positive" for name in
-                ("max_steps", "batch_size", "lr", "num_frames") if not getattr(config, name) > 0]
+    bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames")
+           if not getattr(config, name) > 0}
     if not 0 <= config.max_skip_fraction <= 1:
-        problems.append(f"max_skip_fraction={config.max_skip_fraction!r} must be in [0, 1]")
+        bad["max_skip_fraction"] = "in [0, 1]"
     if config.weight_decay < 0:
-        problems.append(f"weight_decay={config.weight_decay!r} must be >= 0")
+        bad["weight_decay"] = ">= 0"
+    if not 0 <= config.eval_fraction < 1:
+        bad["eval_fraction"] = "in [0, 1)"
     if config.lr_schedule not in ("cosine", "constant"):
-        problems.append(f"lr_schedule={config.lr_schedule!r} must be 'cosine' or 'constant'")
+        bad["lr_schedule"] = "'cosine' or 'constant'"
     if not 0 <= config.warmup_ratio < 1:
-        problems.append(f"warmup_ratio={config.warmup_ratio!r} must be in [0, 1)")
+        bad["warmup_ratio"] = "in [0, 1)"
     if config.mixed_precision not in ("no", "bf16", "fp16"):
-        problems.append(f"mixed_precision={config.mixed_precision!r} must be 'no', 'bf16' or 'fp16'")
-    if problems:
-        raise ValueError("bad clip-train settings: " + "; ".join(problems))
+        bad["mixed_precision"] = "'no', 'bf16' or 'fp16'"
+    if bad:
+        raise InputError("bad value" if len(bad) == 1 else "bad values",
+                         " ".join(f"{flag(name)} {getattr(config, name)}" for name in bad),
+                         "; ".join(f"{name} must be {rule}" for name, rule in bad.items()))
 
 
 def _check_launch(accelerator: Accelerator) -> None:
@@ -388,19 +396,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ClipTrainConfig, {name: (Path, "PATH") for name in ("data", "media_root", "output_dir")})
 
 
+def check_clip_inputs(config: ClipTrainConfig) -> None:
+    """Everything about `config` that can be checked before CLIP loads and the data is read.
+
+    Raises:
+        InputError: naming the flag and its value (settings, data file, media root, output folder, weights).
+    """
+    _check_config(config)
+    check_output_folder(config.output_dir, "--output-dir")
+    check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
+    check_data_spec(config.data, "--data", mixtures=False)
+    check_weights(config.model, "--model", what="CLIP weights")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision clip-train`; 0 on success, 2 for bad input or mostly bad data (the reason on stderr)."""
-    missing = missing_flags(args, ClipTrainConfig)
-    if missing:
-        print(f"vlm-vision clip-train: error: missing required flags: {' '.join(missing)}", file=sys.stderr)
-        return 2
-    config = ClipTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ClipTrainConfig)})
+    """Run `vlm-vision clip-train`; 0 on success, 2 for mostly bad data (the reason on stderr).
+
+    Raises:
+        InputError: for missing or refused flags, inputs that do not exist or cannot be read, an
+            output folder that cannot be written, weights not on this machine.
+    """
+    config = config_from_flags(args, ClipTrainConfig)
+    check_clip_inputs(config)
+    out = Path(config.output_dir)
+    created = not out.exists()
     try:
-        metrics = train(config)
-    except (FileNotFoundError, ValueError, TooManySkipped) as e:
+        with weights_errors({"--model": config.model}, what="CLIP weights"):
+            metrics = train(config)
+    except TooManySkipped as e:
         print(f"vlm-vision clip-train: error: {e}", file=sys.stderr)
         return 2
-    print(_summary(metrics, Path(config.output_dir)))
+    except KeyboardInterrupt:  # nothing to resume from: a folder this run created is half-written, remove it
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    print(_summary(metrics, out))
     return 0
 
 

@@ -21,7 +21,9 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Parsers", "add_config_arguments", "field_docs", "flag", "missing_flags"]
+from vlm_vision.cli_errors import InputError
+
+__all__ = ["Parsers", "add_config_arguments", "config_from_flags", "field_docs", "flag", "missing_flags"]
 
 # field name -> (text parser, metavar), for fields that are not a plain int, float, str, bool or tuple[str, ...]
 Parsers = Mapping[str, tuple[Callable[[str], Any], str]]
@@ -116,3 +118,29 @@ def missing_flags(args: argparse.Namespace, cls: type) -> list[str]:
     return [flag(f.name) for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             and not getattr(args, f.name)]
+
+
+def config_from_flags(args: argparse.Namespace, cls: type) -> Any:
+    """The config `cls` of parsed flags; a missing or refused value is an `InputError` naming its flag.
+
+    Raises:
+        InputError: naming the missing required flags, or the flag whose value the config refuses
+            (its `__post_init__` raised `ValueError`, e.g. "batch_size must be a positive int, got 0").
+    """
+    missing = missing_flags(args, cls)
+    if missing:
+        raise InputError("missing required flags", " ".join(missing), "a value for each (see --help)")
+    names = [f.name for f in dataclasses.fields(cls)]
+    try:
+        return cls(**{name: getattr(args, name) for name in names})
+    except InputError:
+        raise
+    except ValueError as e:
+        text = str(e)
+        named = [name for name in names if text.startswith(name) or f" {name}" in text]
+        source = " ".join(f"{flag(n)} {_shown(getattr(args, n))}" for n in named[:2]) or "the flags"
+        raise InputError("bad value", source, text) from None
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
+from video.atomic_files import write_atomic
 from vlm_vision.data_formats import convert_to_llava, record_origin
+from vlm_vision.input_checks import check_data_spec, check_output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,18 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; 0 on success, 1 when every record was left out, 2 for a data spec that cannot be read."""
-    try:
-        written, skipped = convert_to_llava(args.data, args.output, seed=args.seed,
-                                            video_placeholder=args.video_placeholder)
-    except (OSError, ValueError) as e:
-        print(f"vlm-vision convert-data: {e}")
-        return 2
+    """Convert; 0 on success, 1 when every record was left out.
+
+    Both files are written atomically: an interrupted run leaves neither half-written.
+
+    Raises:
+        InputError: for a data spec that cannot be read, or an output that cannot be written.
+    """
+    check_output_file(args.output, "--output")
+    if args.skipped:
+        check_output_file(args.skipped, "--skipped")
+    check_data_spec(args.data, "DATA")
+    print(f"vlm-vision convert-data: reading {args.data}", file=sys.stderr)
+    written, skipped = convert_to_llava(args.data, args.output, seed=args.seed,
+                                        video_placeholder=args.video_placeholder)
     for s in skipped[:10]:
         print(f"left out {s.id} ({s.source}): {s.reason}")
     if args.skipped:
-        with open(args.skipped, "w", encoding="utf-8") as f:
-            for s in skipped:
-                f.write(json.dumps({**record_origin(s), "reason": s.reason}) + "\n")
+        lines = "".join(json.dumps({**record_origin(s), "reason": s.reason}) + "\n" for s in skipped)
+        write_atomic(Path(args.skipped), lines.encode("utf-8"))
     print(f"wrote {written} records to {args.output}; {len(skipped)} left out")
     return 1 if skipped and not written else 0

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_vision.cli_errors import InputError
+
 __all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "parse_strategy", "read_records",
            "sample_positions"]
 
@@ -81,8 +83,9 @@ def data_files(spec: str | Path) -> list[tuple[Path, str]]:
         [(file, strategy)], strategy "all" except in mixtures.
 
     Raises:
-        FileNotFoundError: for a spec or a mixture entry that does not exist.
-        ValueError: for a mixture without a `datasets` list or an entry without `json_path`.
+        InputError: for a mixture that does not exist, is not plain YAML (a `!!python/...` tag is
+            refused: the file is read with `yaml.safe_load`), has no `datasets` list, an entry without
+            `json_path` or with a bad `sampling_strategy`, or names a file that does not exist.
 
     Example:
         >>> data_files("data/llava_{a,b}.json")
@@ -99,19 +102,37 @@ def data_files(spec: str | Path) -> list[tuple[Path, str]]:
     import yaml  # lazy: only a YAML mixture needs it
 
     if not path.is_file():
-        raise FileNotFoundError(f"data mixture {path} does not exist")
-    mixture = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raise InputError("data mixture not found", path, "an existing .yaml mixture with a 'datasets:' list")
+    try:
+        mixture = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:  # a syntax error, or a tag such as !!python/object that safe_load refuses
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise InputError("not a plain YAML mixture", path, "plain YAML with a 'datasets:' list of {json_path, "
+                         "sampling_strategy} (no !!python tags: the file is read with yaml.safe_load)",
+                         hint=problem) from None
+    except UnicodeDecodeError as e:
+        raise InputError("not a text file", path, f"a UTF-8 YAML mixture ({e.reason})") from None
     entries = mixture.get("datasets") if isinstance(mixture, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"data mixture {path} must hold a 'datasets:' list of {{json_path, sampling_strategy}}")
+        raise InputError("no datasets", path, "a data mixture must hold a 'datasets:' list of "
+                         "{json_path, sampling_strategy}")
     out = []
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("json_path"), str):
-            raise ValueError(f"data mixture {path}: entry {n} has no json_path: {entry!r}")
+            raise InputError(f"entry {n} has no json_path", path, f"data mixture {path}: entry {n} has no "
+                             f"json_path: {entry!r}")
         file = Path(entry["json_path"])
+        file = file if file.is_absolute() else path.parent / file
         strategy = str(entry.get("sampling_strategy", "all"))
-        parse_strategy(strategy, 0)  # fail early, naming the mixture
-        out.append((file if file.is_absolute() else path.parent / file, strategy))
+        try:
+            parse_strategy(strategy, 0)  # fail early, naming the mixture
+        except ValueError as e:
+            raise InputError(f"entry {n}: bad sampling_strategy", path, str(e)) from None
+        if not file.is_file():
+            raise InputError("data file not found", f"{file}, entry {n} of the mixture {path}",
+                             "an existing .json or .jsonl file (a relative json_path is relative to the mixture's "
+                             "folder)")
+        out.append((file, strategy))
     return out
 
 
@@ -165,15 +186,15 @@ def read_records(path: str | Path) -> list[dict[str, Any] | Skipped]:
     is not a list, is an error of the whole file.
 
     Raises:
-        FileNotFoundError: when `path` does not exist.
-        ValueError: for a `.json` file that is not a JSON list of objects.
+        InputError: when `path` does not exist, or for a `.json` file that is not a JSON list.
     """
     return _parse_file(Path(path), _read_bytes(Path(path)))[0]
 
 
 def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise InputError("data file not found" if not path.exists() else "not a file", path,
+                         "an existing .json or .jsonl file")
     return path.read_bytes()
 
 
@@ -194,8 +215,13 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
     """(records, positions): JSON list index, or JSONL line number (blank lines skipped)."""
     if path.suffix == ".jsonl":
         out, lines = [], []
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError("not a text file", path, "JSON lines in UTF-8, one record per line",
+                             hint=str(e)) from None
         with _no_cyclic_gc():
-            for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            for n, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -209,10 +235,11 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
         with _no_cyclic_gc():
             records = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"data file {path} is not valid JSON: {e}") from e
+        raise InputError("not valid JSON", path, "a JSON list of records (or .jsonl, one record per line)",
+                         hint=str(e)) from None
     if not isinstance(records, list):
-        raise ValueError(f"data file {path} must hold a JSON list of records, got {type(records).__name__}; "
-                         f"use .jsonl for one record per line")
+        raise InputError("not a JSON list", path, f"a data file must hold a JSON list of records, got "
+                         f"{type(records).__name__}; use .jsonl for one record per line")
     return records, range(len(records))
 
 
@@ -220,7 +247,7 @@ def load_rows(spec: str | Path, seed: int = 0) -> DataRows:
     """Read every file of a data spec (see `data_files`), applying each mixture entry's sampling.
 
     Raises:
-        FileNotFoundError, ValueError: as `data_files` and `read_records`.
+        InputError: as `data_files` and `read_records`.
     """
     rows = DataRows()
     for file_no, (path, strategy) in enumerate(data_files(spec)):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlm_vision.cli_errors import InputError
 from vlm_vision.fusion import VisionLanguageModel
 from vlm_vision.interchange import saved_video_processor
 from vlm_vision.processor import VisionLanguageProcessor
@@ -35,9 +36,9 @@ def _folder_kind(path: Path) -> str:
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     if model_type in TRANSFORMERS_KINDS:
         return model_type
-    raise ValueError(f"{path} is neither a vlm-vision trained folder (final/, checkpoint-STEP/ or a merged model, "
-                     f"with vlm_config.json) nor a transformers folder of model_type {list(TRANSFORMERS_KINDS)} "
-                     f"(found model_type {model_type!r})")
+    raise InputError("not a model folder we can evaluate", path, f"a vlm-vision trained folder (final/, "
+                     f"checkpoint-STEP/ or a merged model, with vlm_config.json) or a transformers folder of "
+                     f"model_type {list(TRANSFORMERS_KINDS)} (found model_type {model_type!r})")
 
 
 def model_identity(path: str | Path) -> dict[str, Any]:
@@ -80,5 +81,6 @@ def load_eval_model(path: str | Path, *, device: str | torch.device | None = Non
         processor = VisionLanguageProcessor.for_model(load_tokenizer(str(path)), model,
                                                       num_frames=sampling.get("num_frames") or 32, fps=sampling.get("fps"))
     if not getattr(processor.tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer in {path} has no chat_template; questions are asked through it")
+        raise InputError("a tokenizer without a chat_template", path, "a tokenizer with a chat_template; questions "
+                         "are asked through it")
     return model, processor

@@ -41,10 +41,21 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
-from vlm_vision.config_flags import add_config_arguments, missing_flags
+from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import add_config_arguments, config_from_flags
 from vlm_vision.eval_data import summarize
+from vlm_vision.input_checks import (
+    check_data_spec,
+    check_folder,
+    check_output_folder,
+    check_weights,
+    weights_errors,
+    weights_unavailable,
+)
 
-__all__ = ["EvalConfig", "run_eval", "read_predictions"]
+__all__ = ["EvalConfig", "RESUME_HINT", "check_eval_inputs", "run_eval", "read_predictions"]
+
+RESUME_HINT = "run the same command again to continue (the questions already answered are kept)"
 
 logger = logging.getLogger("vlm_vision.eval")
 
@@ -123,8 +134,9 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not JSON ({e.msg}); it was not written by vlm-vision eval, "
-                                 f"or was edited; remove the line or choose another output folder") from e
+                raise InputError(f"line {n} is not JSON ({e.msg})", path, "predictions written by vlm-vision eval; "
+                                 "it was not written by vlm-vision eval, or was edited; remove the line or choose "
+                                 "another output folder") from None
     if end < len(data):
         logger.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run",
                        path, len(data) - end)
@@ -138,8 +150,9 @@ def _check_run(out: Path, run: dict[str, Any]) -> None:
     before = json.loads((out / RUN_FILE).read_text())
     changed = {k: (before[k], run[k]) for k in ("model", "settings") if before.get(k) != run[k]}
     if changed:
-        raise ValueError(f"{out} holds predictions made with another model or settings (then, now): {changed}; "
-                         f"choose another --output-dir, or delete {out / PREDICTIONS} to start again")
+        raise InputError("holds predictions made with another model or settings", f"--output-dir {out}",
+                         f"another model or settings (then, now): {changed}; choose another --output-dir, or "
+                         f"delete {out / PREDICTIONS} to start again")
 
 
 def _part(out: Path, rank: int) -> Path:
@@ -341,13 +354,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, EvalConfig)
 
 
+def check_eval_inputs(config: EvalConfig) -> None:
+    """Everything about `config` that can be checked before the model loads and the data is read.
+
+    Raises:
+        InputError: naming the flag and its value (model folder and the weights it names, data files,
+            media root, output folder).
+    """
+    check_output_folder(config.output_dir, "--output-dir")
+    check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
+    for path in config.data:
+        check_data_spec(path, "--data", mixtures=False)
+    model = Path(config.model)
+    if not model.exists():
+        raise weights_unavailable(config.model, "--model", f"{model} does not exist", what="model",
+                                  fix="pass --model with a local folder: a training run's final/ or "
+                                      "checkpoint-STEP/, a merged model, or a downloaded transformers "
+                                      "LLaVA-NeXT-Video folder (`hf download ID --local-dir DIR`)")
+    check_folder(model, "--model", "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
+                 "transformers LLaVA-NeXT-Video folder)")
+    from vlm_vision.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
+
+    if (model / CONFIG_NAME).is_file():  # the base LLM and tower a trained folder names
+        spec = TrainedSpec.read(model)
+        for part in ("llm", "tower"):
+            check_weights(spec.resolve(getattr(spec, part), model), f"--model {config.model} -> {CONFIG_NAME} {part}",
+                          what=f"{'LLM' if part == 'llm' else part} weights",
+                          fix=f"put them back where {model / CONFIG_NAME} says (its \"{part}\"), or edit that path")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision eval` from parsed flags; 0 on success, 2 for missing or bad flags."""
+    """Run `vlm-vision eval` from parsed flags; 0 on success.
+
+    Raises:
+        InputError: for missing or refused flags, a model folder or data that cannot be read, an
+            output folder that cannot be written, weights not on this machine.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    fields = dataclasses.fields(EvalConfig)
-    missing = missing_flags(args, EvalConfig)
-    if missing:
-        print(f"vlm-vision eval: missing required flags: {' '.join(missing)}")
-        return 2
-    run_eval(EvalConfig(**{f.name: getattr(args, f.name) for f in fields}))
+    config = config_from_flags(args, EvalConfig)
+    check_eval_inputs(config)
+    with weights_errors({"--model": config.model}, what="model"):
+        run_eval(config)
     return 0

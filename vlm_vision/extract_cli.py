@@ -42,16 +42,20 @@ from pathlib import Path
 
 import torch
 
-from video.extract_plan import VIDEO_EXTENSIONS, find_inputs
+from video.extract_plan import VIDEO_EXTENSIONS, Found, find_inputs
 from video.extract_report import merge_rank_manifests, plural, print_summary
 from video.extract_run import extract_share
 from video.extract_settings import load_arguments, token_settings, video_layout
 from video.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
-from vlm_vision.extract_tower import WeightsUnavailable, load_tower
+from vlm_vision.cli_errors import InputError
+from vlm_vision.extract_tower import RANDOM_WEIGHTS_HINT, load_tower
+from vlm_vision.input_checks import check_output_folder, check_weights
 from vlm_vision.processes import barrier, resolve_device
 
-__all__ = ["DEFAULT_MODEL", "add_arguments", "run"]
+__all__ = ["DEFAULT_MODEL", "RESUME_HINT", "add_arguments", "run"]
+
+RESUME_HINT = "run the same command again to continue (finished videos are kept, the others are extracted)"
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14-336"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,8 +142,14 @@ def _positive_float(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Extract tokens for every input video; 0 when all succeeded (or were done), 1 otherwise, 2 when
-    the run cannot start (weights, pooling, the output folder in use)."""
+    the run cannot start (weights, pooling, the output folder in use).
+
+    Raises:
+        InputError: for inputs, an output folder, weights or settings that cannot work, before any
+            model is loaded or video decoded where they can be checked then.
+    """
     t0 = time.perf_counter()
+    found = _check_inputs(args)
     device, rank, world = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -159,33 +169,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"vlm-vision extract: taking over {lock.path} left by a run that is no longer running "
                   f"(pid {lock.previous.get('pid')} on host {lock.previous.get('host')}, started "
                   f"{lock.previous.get('started')})", file=sys.stderr)
-        return _run_locked(args, out, device, rank, world, t0)
+        return _run_locked(args, found, out, device, rank, world, t0)
     finally:
         lock.release()
 
 
-def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank: int, world: int, t0: float) -> int:
+def _run_locked(args: argparse.Namespace, found: list[Found], out: Path, device: torch.device, rank: int, world: int,
+                t0: float) -> int:
     if rank == 0:
         merge_rank_manifests(out)  # lines left by an interrupted multi-process run
     barrier(world)
-    try:
-        tower, model_label = load_tower(args.model, random_weights=args.random_weights, device=device,
-                                        dtype=DTYPES[args.dtype])
-    except WeightsUnavailable as e:
-        print(f"vlm-vision extract: {e}", file=sys.stderr)
-        return 2
+    tower, model_label = load_tower(args.model, random_weights=args.random_weights, device=device,
+                                    dtype=DTYPES[args.dtype])
     try:
         check_tower_pooling(tower, args.pool_stride, args.pool_mode)
         layout = video_layout(args, tower)
         load_kwargs = load_arguments(args, layout)
     except ValueError as e:
-        print(f"vlm-vision extract: {args.model}: {e}", file=sys.stderr)
-        return 2
-    found = find_inputs(args.inputs)
-    if not found:
-        print(f"vlm-vision extract: no videos found in {args.inputs} (extensions: {sorted(VIDEO_EXTENSIONS)})",
-              file=sys.stderr)
-        return 1
+        raise InputError("settings that do not fit the tower", f"--model {args.model}", str(e)) from None
     settings = token_settings(args, tower, model_label)
     tag = " [RANDOM WEIGHTS]" if args.random_weights else ""
     if rank == 0:
@@ -200,6 +201,23 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         merge_rank_manifests(out)
     print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, loop_seconds, frames_done)
     return 1 if any(o.status == "error" for o in outcomes) else 0
+
+
+def _check_inputs(args: argparse.Namespace) -> list[Found]:
+    """What can be wrong before the tower loads or the output folder is made: the inputs named (and
+    the videos they hold, found), the output folder, the weights. Returns the videos found."""
+    for item in args.inputs:
+        if not Path(item).exists():
+            raise InputError("input not found", item, "an existing video file, a folder of videos, or a .txt/.lst "
+                             "list of paths")
+    check_output_folder(args.out, "--out")
+    if not args.random_weights:
+        check_weights(args.model, "--model", what="weights", extra_hint=RANDOM_WEIGHTS_HINT)
+    found = find_inputs(args.inputs)
+    if not found:
+        raise InputError("no videos found", " ".join(map(str, args.inputs)),
+                         f"video files or folders holding them (extensions: {sorted(VIDEO_EXTENSIONS)})")
+    return found
 
 
 def _all_agree(ok: bool, num_processes: int) -> bool:

@@ -8,18 +8,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlm_vision.cli_errors import InputError
+from vlm_vision.input_checks import WeightsUnavailable, weights_unavailable
+
 if TYPE_CHECKING:
     from transformers import CLIPVisionConfig
 
     from vlm_vision.tower import CLIPVisionTower
 
-__all__ = ["RANDOM_SEED", "WeightsUnavailable", "load_tower"]
+__all__ = ["RANDOM_SEED", "RANDOM_WEIGHTS_HINT", "WeightsUnavailable", "load_tower"]
 
 RANDOM_SEED = 0  # random weights are drawn from this seed, so that reruns give the same tokens
-
-
-class WeightsUnavailable(RuntimeError):
-    """The requested pretrained weights are not on this machine (and could not be downloaded)."""
+RANDOM_WEIGHTS_HINT = ("To run offline anyway: add --random-weights, which runs the same architecture with random "
+                       "weights; the tokens then have the right shapes but no meaning, and are labelled as random in "
+                       "the output files, the manifest and the summary.")
 
 
 def load_tower(model: str, *, random_weights: bool, device: torch.device,
@@ -31,7 +33,7 @@ def load_tower(model: str, *, random_weights: bool, device: torch.device,
 
     Raises:
         WeightsUnavailable: when pretrained weights are asked for and are not on this machine.
-        ValueError: with `random_weights`, when `model` does not name an architecture.
+        InputError: with `random_weights`, when `model` does not name an architecture.
     """
     from vlm_vision.tower import CLIPVisionTower  # lazy: transformers loads after the folder lock (busy: stop at once)
 
@@ -44,7 +46,8 @@ def load_tower(model: str, *, random_weights: bool, device: torch.device,
     try:
         tower = CLIPVisionTower.from_pretrained(model, dtype=dtype, device=device)
     except OSError as e:  # not found locally or in the HF cache (FileNotFoundError), or no network
-        raise WeightsUnavailable(_unavailable_message(model, f"{type(e).__name__}: {e}")) from e
+        raise weights_unavailable(model, "--model", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                  extra_hint=RANDOM_WEIGHTS_HINT) from e
     return tower, model
 
 
@@ -60,15 +63,6 @@ def _architecture(model: str) -> tuple[str, "CLIPVisionConfig"]:
         return by_hub_id[model], vision_config(by_hub_id[model])
     if (Path(model) / "config.json").is_file():
         return str(model), CLIPVisionConfig.from_pretrained(model)
-    raise ValueError(f"--random-weights needs an architecture, got --model {model!r}: use a variant name "
+    raise InputError("--random-weights needs an architecture", f"--model {model}", f"a variant name "
                      f"{sorted(VARIANTS)}, one of the Hub ids {sorted(by_hub_id)}, or a folder with config.json")
 
-
-def _unavailable_message(model: str, why: str) -> str:
-    return (f"the weights of {model!r} are not available on this machine.\n"
-            f"  Why: {why}\n"
-            f"  To use them: download them once while online (`hf download {model}`), or pass --model with a "
-            f"local folder or checkpoint file.\n"
-            f"  To run offline anyway: add --random-weights, which runs the same architecture with random "
-            f"weights; the tokens then have the right shapes but no meaning, and are labelled as random in the "
-            f"output files, the manifest and the summary.")

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from vlm_vision.cli_errors import InputError
+
 __all__ = ["barrier", "resolve_device"]
 
 
@@ -19,7 +21,7 @@ def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
     """(device, process index, number of processes), from `--device` and the launcher.
 
     Raises:
-        ValueError: `--device cuda` on a machine without CUDA.
+        InputError: `--device cuda` on a machine without CUDA (this process's own mistake: `rank_only`).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState  # lazy: accelerate only under a multi-process launch
@@ -31,7 +33,8 @@ def resolve_device(name: str | None) -> tuple[torch.device, int, int]:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise InputError("CUDA is not available on this machine", f"--device {name}",
+                         f"cpu, or a machine with CUDA (torch {torch.__version__})", rank_only=True)
     return device, 0, 1
 
 

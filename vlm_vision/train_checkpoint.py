@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from video.atomic_files import replace_dir
+from vlm_vision.cli_errors import InputError
 from vlm_vision.train_config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.train_runtime import deepspeed_kwargs
 from vlm_vision.train_sharded import FrozenParts, save_optimizer_state, whole_state
@@ -57,7 +58,9 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     now = config_dict(config)
     changed = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if changed:
-        raise ValueError(f"cannot resume: the run was started with other settings (then, now): {changed}")
+        raise InputError("cannot resume", f"--output-dir {config.output_dir}", f"the same settings as the run "
+                         f"being resumed; cannot resume: the run was started with other settings (then, now): "
+                         f"{changed}")
 
 
 def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, spec: TrainedSpec, config: TrainConfig,
@@ -76,16 +79,21 @@ def save_checkpoint(accelerator: Any, model: nn.Module, processor: Any, spec: Tr
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), **deepspeed_kwargs(accelerator, exclude_frozen_parameters=True))
-    if optimizer is not None:
-        save_optimizer_state(model, optimizer, tmp, accelerator.is_main_process)
-    state = whole_state(model, frozen)  # every process takes part in gathering sharded weights
-    if accelerator.is_main_process:
-        save_trained(model, processor, spec, tmp, state=state, rows=frozen.rows)
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "position": position, "config": config_dict(config)}, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        replace_dir(tmp, out / f"checkpoint-{step}")
-        prune_checkpoints(out, config.keep_last)
+    try:
+        accelerator.save_state(str(tmp), **deepspeed_kwargs(accelerator, exclude_frozen_parameters=True))
+        if optimizer is not None:
+            save_optimizer_state(model, optimizer, tmp, accelerator.is_main_process)
+        state = whole_state(model, frozen)  # every process takes part in gathering sharded weights
+        if accelerator.is_main_process:
+            save_trained(model, processor, spec, tmp, state=state, rows=frozen.rows)
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"step": step, "position": position, "config": config_dict(config)}, indent=2))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            replace_dir(tmp, out / f"checkpoint-{step}")
+            prune_checkpoints(out, config.keep_last)
+    except BaseException:  # Ctrl-C or a failure mid-save: no half-written checkpoint is left
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()

@@ -15,18 +15,23 @@ needs its own text format has a parser in `_PARSERS`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 
 from accelerate import PartialState
 
 from vlm_vision.anyres_grid import DEFAULT_PINPOINTS
-from vlm_vision.config_flags import Parsers, add_config_arguments, missing_flags
+from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import Parsers, add_config_arguments, config_from_flags
+from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.train_config import TrainConfig
+from vlm_vision.train_provenance import ForeignTokens
+from vlm_vision.train_skips import TooManySkipped
 from vlm_vision.training import train
 
-__all__ = ["add_arguments", "config_from_args", "run"]
+__all__ = ["RESUME_HINT", "add_arguments", "check_train_inputs", "config_from_args", "run"]
+
+RESUME_HINT = "to continue from the last checkpoint-STEP/ (--save-every), run the same command with --resume"
 
 
 def _pinpoints(text: str) -> list[list[int]]:
@@ -60,23 +65,51 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build the `TrainConfig` of parsed flags.
 
     Raises:
-        ValueError: naming the required flags that are missing.
+        InputError: naming the required flags that are missing, or a flag with a refused value.
     """
-    missing = missing_flags(args, TrainConfig)
-    if missing:
-        raise ValueError(f"missing required flags for training: {' '.join(missing)}")
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return config_from_flags(args, TrainConfig)
+
+
+def check_train_inputs(config: TrainConfig) -> None:
+    """Everything about `config` that can be checked before the LLM loads and the data is scanned.
+
+    Raises:
+        InputError: naming the flag and its value (data files, folders, output folder, weights).
+    """
+    check_output_folder(config.output_dir, "--output-dir")
+    for path, name in ((config.media_root, "--media-root"), (config.image_folder, "--image-folder"),
+                       (config.video_folder, "--video-folder")):
+        check_folder(path, name, "an existing folder that the data's media paths are relative to")
+    check_data_spec(config.data, "--data")
+    if config.eval_data:
+        check_data_spec(config.eval_data, "--eval-data")
+    if config.init_from:
+        check_folder(config.init_from, "--init-from", "a previous run's final/ folder")
+    check_weights(config.llm, "--llm", what="LLM weights")
+    check_weights(config.tower, "--tower", what="tower weights")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision train` from parsed flags; 0 on success, 2 for missing flags."""
+    """Run `vlm-vision train` from parsed flags; 0 on success.
+
+    Raises:
+        InputError: for missing or refused flags, inputs that do not exist or cannot be read, an
+            output folder that cannot be written, weights not on this machine.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    check_train_inputs(config)
     try:
-        config = config_from_args(args)
-    except ValueError as e:
-        print(f"vlm-vision train: {e}")
-        return 2
-    final = train(config)
+        with weights_errors({"--llm": config.llm}, "LLM weights"), weights_errors({"--tower": config.tower},
+                                                                                   "tower weights"):
+            final = train(config)
+    except TooManySkipped as e:  # the data, not a bug (every process counts everyone's skips: all stop)
+        raise InputError("too many bad samples", f"--data {config.data}", f"at most --max-skip-fraction "
+                         f"{config.max_skip_fraction} of the samples skipped; {e}") from e
+    except ForeignTokens as e:
+        raise InputError("cached tokens made with other weights or settings", f"--data {config.data}",
+                         f"token files made by this run's tower and settings; {e}",
+                         hint="--accept-foreign-tokens trains on them anyway") from e
     if PartialState().is_main_process:
         print(f"trained model written to {final}")
     return 0

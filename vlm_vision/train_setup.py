@@ -29,6 +29,7 @@ from torch import nn
 
 from video import VideoDecodeError, load_video_tokens
 from video.budget import sampled_frame_count
+from vlm_vision.cli_errors import InputError
 from vlm_vision.anyres import anyres_pixel_values
 from vlm_vision.anyres_grid import anyres_num_tokens
 from vlm_vision.data_files import DataRows, Skipped, load_rows
@@ -187,7 +188,7 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     problem = video_fit_error(frames, visual.tokens_per_frame, visual.video_tokens, config.max_length,
                               max_length_source, frames_flag="--num-frames" if config.fps is None else "--max-frames")
     if problem and (video := _first_raw_video(rows, roots)) is not None:
-        raise ValueError(f"{path}: {problem} (first video: {video})")
+        raise InputError("settings that no video fits", path, f"{problem} (first video: {video})")
     data = load_training_data(rows, roots, processor.tokenizer, visual, config.max_length,
                               cache_dir=Path(config.output_dir) / "data-scan", process_index=state.process_index,
                               num_processes=state.num_processes, gather=lambda obj: gather_object([obj]),
@@ -203,8 +204,8 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     if not len(records):
         hint = ("; raise --max-length or lower --num-frames" if any("truncated" in s.reason for s in skipped)
                 else "")
-        raise ValueError(f"no usable samples in {path}: all {len(skipped)} were skipped "
-                         f"(first reasons: {[s.reason for s in skipped[:3]]}){hint}")
+        raise InputError("no usable samples", path, f"at least one record that can be trained on: all "
+                         f"{len(skipped)} were skipped (first reasons: {[s.reason for s in skipped[:3]]}){hint}")
     ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
     ceiling.add(skipped, "the scan")
     videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
@@ -321,9 +322,11 @@ def _init_from(model: nn.Module, folder: str, spec: TrainedSpec) -> None:
                    "video_newline", "faster_token_stride")
                   if getattr(init, k) != getattr(spec, k)}
     if mismatched:
-        raise ValueError(f"init_from {folder} was trained with other settings (theirs, ours): {mismatched}")
+        raise InputError("trained with other settings", f"--init-from {folder}", f"a run with this run's settings; "
+                         f"init_from {folder} was trained with other settings (theirs, ours): {mismatched}")
     if init.lora is not None:
-        raise ValueError(f"init_from {folder} holds a LoRA adapter; merge it first (merge_trained) and train "
+        raise InputError("holds a LoRA adapter", f"--init-from {folder}", f"a stage-1 folder; init_from {folder} "
+                         f"holds a LoRA adapter; merge it first (merge_trained) and train "
                          f"on the merged LLM")
     load_trained_weights(model, folder, init)
 

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from projector import build_projector, load_projector, save_projector
 from video.atomic_files import atomic_dir
+from vlm_vision.cli_errors import InputError
 from vlm_vision.fusion import VisionLanguageModel
 from vlm_vision.processor import VisionLanguageProcessor
 from vlm_vision.tower import CLIPVisionTower
@@ -100,15 +101,18 @@ class TrainedSpec:
         """Read `folder/vlm_config.json`.
 
         Raises:
-            FileNotFoundError: when the folder has no config (not a trained folder).
-            ValueError: for another format.
+            InputError: when the folder has no config (not a trained folder), or one of another format.
         """
         path = Path(folder) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a trained vlm-vision folder: {CONFIG_NAME} is missing")
-        data = json.loads(path.read_text())
-        if data.pop("format", None) != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} config")
+            raise InputError("not a trained vlm-vision folder", folder, f"a folder with {CONFIG_NAME} (a run's final/ "
+                             f"or checkpoint-STEP/, or a merged model); {CONFIG_NAME} is missing")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError("not JSON", path, f"a {FORMAT} config", hint=str(e)) from None
+        if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
+            raise InputError("not a vlm-vision config", path, f"a {FORMAT} config")
         return cls(**data)
 
     def resolve(self, name: str, folder: Path) -> str:

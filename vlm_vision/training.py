@@ -33,6 +33,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from video.atomic_files import atomic_dir
+from vlm_vision.cli_errors import InputError
 from vlm_vision.conversation_tokens import padding_id
 from vlm_vision.evaluation import eval_questions, question_accuracy
 from vlm_vision.train_checkpoint import latest_checkpoint, read_state, save_checkpoint
@@ -88,8 +89,8 @@ def _train(config: TrainConfig, accelerator: Any, runtime: str) -> Path:
     checkpoint = latest_checkpoint(out) if config.resume else None
     # Every process checks (and raises), so none is left waiting for the others.
     if not config.resume and (log.path.exists() or latest_checkpoint(out) is not None):
-        raise ValueError(f"{out} already holds a run (log.jsonl or checkpoints); pass resume=True "
-                         f"(--resume) to continue it, or choose another output_dir")
+        raise InputError("already holds a run (log.jsonl or checkpoints)", f"--output-dir {out}", "a new folder; "
+                         "pass resume=True (--resume) to continue the run in it, or choose another output_dir")
     if main:
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()

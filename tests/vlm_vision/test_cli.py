@@ -72,3 +72,21 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli.importlib, "import_module", lambda name: Broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["broken"])
+
+
+def test_ctrl_c_is_exit_130_and_one_line_with_how_to_resume(monkeypatch, capsys):
+    class Interrupted:
+        RESUME_HINT = "run the same command again to continue"
+
+        @staticmethod
+        def add_arguments(parser):
+            pass
+
+        @staticmethod
+        def run(args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "slow", ("slow_module", "takes long"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: Interrupted)
+    assert cli.main(["slow"]) == 130
+    assert capsys.readouterr().err == "vlm-vision slow: interrupted; run the same command again to continue\n"

@@ -219,8 +219,8 @@ def test_random_weights_are_labelled(capsys, tmp_path, tiny_model, videos):
 
 
 def test_random_weights_need_an_architecture(capsys, tmp_path, videos):
-    with pytest.raises(ValueError, match="architecture"):
-        main(["extract", str(videos / "a.mp4"), "--out", str(tmp_path), "--random-weights", "--model", "nonsense"])
+    code, _, err = extract(capsys, videos / "a.mp4", "--out", tmp_path, "--random-weights", "--model", "nonsense")
+    assert code == 2 and "needs an architecture (--model nonsense)" in err and "Traceback" not in err
 
 
 def test_pooling_that_does_not_fit_the_tower_fails_before_decoding(capsys, tmp_path, tiny_model, videos):
@@ -233,7 +233,7 @@ def test_pooling_that_does_not_fit_the_tower_fails_before_decoding(capsys, tmp_p
 def test_no_videos_found(capsys, tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     code, _, err = extract(capsys, tmp_path / "empty", "--out", tmp_path / "out", "--model", tiny_model)
-    assert code == 1 and "no videos found" in err
+    assert code == 2 and "no videos found" in err
 
 
 # ----- processes --------------------------------------------------------------------------------
@@ -535,9 +535,10 @@ def test_ctrl_c_stops_at_once_with_nothing_half_written(capsys, tmp_path, tiny_m
 
     monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        main(["extract", str(videos), "--out", str(out), "--model", str(tiny_model), "--num-frames", "2",
-              "--workers", "0"])
+    assert main(["extract", str(videos), "--out", str(out), "--model", str(tiny_model), "--num-frames", "2",
+                 "--workers", "0"]) == 130
+    err = capsys.readouterr().err
+    assert "vlm-vision extract: interrupted; run the same command again" in err.rstrip().split("\n")[-1]
     assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "manifest.jsonl"]
     assert [r["status"] for r in manifest(out)] == ["ok"]
 

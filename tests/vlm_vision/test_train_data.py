@@ -9,6 +9,7 @@ import torch
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
+from vlm_vision.cli_errors import InputError
 from vlm_vision.train_data import (
     IGNORE_INDEX,
     BadSample,
@@ -134,7 +135,7 @@ def test_read_records_json_and_jsonl(tmp_path):
     (tmp_path / "obj.json").write_text("{}")
     with pytest.raises(ValueError, match="JSON list"):
         read_records(tmp_path / "obj.json")
-    with pytest.raises(FileNotFoundError, match="nothing.json"):
+    with pytest.raises(InputError, match="nothing.json"):
         read_records(tmp_path / "nothing.json")
 
 

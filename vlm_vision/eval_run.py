@@ -47,10 +47,9 @@ from vlm_vision.eval_data import summarize
 from vlm_vision.input_checks import (
     check_data_spec,
     check_folder,
+    check_model_folder,
     check_output_folder,
-    check_weights,
     weights_errors,
-    weights_unavailable,
 )
 
 __all__ = ["EvalConfig", "RESUME_HINT", "check_eval_inputs", "run_eval", "read_predictions"]
@@ -365,22 +364,7 @@ def check_eval_inputs(config: EvalConfig) -> None:
     check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
     for path in config.data:
         check_data_spec(path, "--data", mixtures=False)
-    model = Path(config.model)
-    if not model.exists():
-        raise weights_unavailable(config.model, "--model", f"{model} does not exist", what="model",
-                                  fix="pass --model with a local folder: a training run's final/ or "
-                                      "checkpoint-STEP/, a merged model, or a downloaded transformers "
-                                      "LLaVA-NeXT-Video folder (`hf download ID --local-dir DIR`)")
-    check_folder(model, "--model", "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
-                 "transformers LLaVA-NeXT-Video folder)")
-    from vlm_vision.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
-
-    if (model / CONFIG_NAME).is_file():  # the base LLM and tower a trained folder names
-        spec = TrainedSpec.read(model)
-        for part in ("llm", "tower"):
-            check_weights(spec.resolve(getattr(spec, part), model), f"--model {config.model} -> {CONFIG_NAME} {part}",
-                          what=f"{'LLM' if part == 'llm' else part} weights",
-                          fix=f"put them back where {model / CONFIG_NAME} says (its \"{part}\"), or edit that path")
+    check_model_folder(config.model, "--model")
 
 
 def run(args: argparse.Namespace) -> int:

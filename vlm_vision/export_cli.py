@@ -10,15 +10,26 @@ The work is `vlm_vision.export.export_model`; this module only maps flags onto `
 from __future__ import annotations
 
 import argparse
+import re
 from typing import TYPE_CHECKING
 
 from vlm_vision.export_files import FORMATS  # no torch: `--help` stays fast
+from vlm_vision.input_checks import check_model_folder, check_output_folder
 
 if TYPE_CHECKING:  # the settings class imports torch; only its type is named here
     from vlm_vision.export import ExportSettings
 
 __all__ = ["add_arguments", "run", "settings_from_args"]
 
+_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)  # transformers' "5GB", "500MiB", or bytes
+
+
+def shard_size(text: str) -> str:
+    """`--max-shard-size` as transformers reads it: a number of bytes, or one with KB/MB/GB/TB (or KiB...)."""
+    if not _SHARD_SIZE.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: expected bytes or a number with KB, MB, GB "
+                                         f"or TB (e.g. 5GB)")
+    return text.strip()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "template, processors, model card); llava-projector: LLaVA's mm_projector.bin "
                              "(default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: %(default)s)")
+    parser.add_argument("--max-shard-size", default="5GB", type=shard_size, help="largest safetensors shard (default: %(default)s)")
 
 
 def settings_from_args(args: argparse.Namespace) -> "ExportSettings":
@@ -44,9 +55,11 @@ def settings_from_args(args: argparse.Namespace) -> "ExportSettings":
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export; 0 on success (an `InputError` becomes exit 2 in `vlm_vision.cli.main`)."""
+    """Check the inputs, then export; 0 on success (an `InputError` becomes exit 2 in `vlm_vision.cli.main`)."""
     from vlm_vision.export import export_model  # lazy: torch and transformers stay off `--help`
 
+    check_model_folder(args.run, "RUN")  # before torch loads: the folder and the weights it names
+    check_output_folder(args.out, "--out")
     out = export_model(settings_from_args(args))
     print(f"{args.format} export written to {out}")
     return 0

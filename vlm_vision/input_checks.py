@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vlm_vision.cli_errors import InputError
 
-__all__ = ["WeightsUnavailable", "check_data_spec", "check_folder", "check_output_file", "check_output_folder",
+__all__ = ["WeightsUnavailable", "check_data_spec", "check_folder", "check_model_folder", "check_output_file", "check_output_folder",
            "check_weights", "hub_offline", "weights_errors", "weights_unavailable"]
 
 # A Hub id: `name` or `owner/name`, letters, digits, `-`, `_`, `.` (no leading dot, no `..`).
@@ -241,3 +241,24 @@ def _sniff(path: Path, flag: str) -> None:
                          hint=f"it starts with {text[:40]!r}")
     if text[1:].lstrip().startswith("]"):
         raise InputError("no records", shown, "a JSON list holding at least one record")
+
+
+def check_model_folder(path: str | os.PathLike, flag: str) -> None:
+    """Refuse a model folder that is not here, and the base LLM or tower a trained folder names when
+    those are not here (eval and export read the same folders)."""
+    model = Path(path)
+    if not model.exists():
+        raise weights_unavailable(str(path), flag, f"{model} does not exist", what="model",
+                                  fix=f"pass {flag} with a local folder: a training run's final/ or "
+                                      "checkpoint-STEP/, a merged model, or a downloaded transformers "
+                                      "LLaVA-NeXT-Video folder (`hf download ID --local-dir DIR`)")
+    check_folder(model, flag, "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
+                 "transformers LLaVA-NeXT-Video folder)")
+    from vlm_vision.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
+
+    if (model / CONFIG_NAME).is_file():  # the base LLM and tower a trained folder names
+        spec = TrainedSpec.read(model)
+        for part in ("llm", "tower"):
+            check_weights(spec.resolve(getattr(spec, part), model), f"{flag} {path} -> {CONFIG_NAME} {part}",
+                          what=f"{'LLM' if part == 'llm' else part} weights",
+                          fix=f"put them back where {model / CONFIG_NAME} says (its \"{part}\"), or edit that path")

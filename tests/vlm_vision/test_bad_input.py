@@ -176,12 +176,34 @@ def _convert_data_rows(i: Inputs) -> dict[str, Row | str]:
     }
 
 
+def _export_rows(i: Inputs) -> dict[str, Row | str]:
+    def export(run: Path, out: Path | None = None, *flags: str) -> list[str]:
+        return [str(run), "--out", str(out or i.out), *flags]
+
+    return {
+        "data_not_json": "export reads a model folder, no data",
+        "mixture_names_a_missing_file": "export reads no data mixtures",
+        "mixture_with_a_python_tag": "export reads no data mixtures",
+        "llm_path_typo": Row(export(i.trained_llm_typo), (str(i.llm_typo), "not available on this machine")),
+        "tower_path_missing": Row(export(i.trained_towr), (str(i.towr), "not available on this machine")),
+        "output_is_an_existing_file": Row(export(i.trained, i.a_file__txt), (f"--out {i.a_file__txt}",)),
+        "empty_data": "export reads no data",
+        "model_folder_missing": Row(export(i.no_run), (f"RUN {i.no_run}", "not available on this machine",
+                                                       "does not exist")),
+        "bad_flag_value": Row(export(i.trained, None, "--max-shard-size", "lots"), ("--max-shard-size", "lots")),
+        "output_not_writable": Row(export(i.trained, i.unwritable / "export"), (str(i.unwritable / "export"),
+                                                                               "not writable")),
+        "media_root_missing": "export reads no media",
+    }
+
+
 ROWS: dict[str, Callable[[Inputs], dict[str, Row | str]]] = {
     "extract": _extract_rows,
     "train": _train_rows,
     "eval": _eval_rows,
     "clip-train": _clip_train_rows,
     "convert-data": _convert_data_rows,
+    "export": _export_rows,
 }
 
 

@@ -137,12 +137,25 @@ def _convert_data(root: Path, shared: dict[str, Path]) -> Case:
                 lambda err: "reading" in err, out, None)
 
 
+def _export(root: Path, shared: dict[str, Path]) -> Case:
+    out = root / "export"
+    begun = time.monotonic()
+
+    def check(out: Path) -> None:
+        assert not out.exists()  # an export is whole or absent
+
+    # A tiny model exports in a second or two once torch is up: interrupt while it loads and merges.
+    return Case([str(shared["trained"]), "--out", str(out)], lambda err: time.monotonic() - begun > 2.0, out,
+                None, check)
+
+
 CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
     "extract": _extract,
     "train": _train,
     "eval": _eval,
     "clip-train": _clip_train,
     "convert-data": _convert_data,
+    "export": _export,
 }
 
 

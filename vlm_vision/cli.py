@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),
     "eval": ("vlm_vision.eval_run", "answer video questions with a trained model; accuracy, per category"),
+    "report": ("vlm_vision.eval_report", "an HTML page of an eval folder: frames, answers, scores, filters"),
+    "demo": ("vlm_vision.demo_cli", "a local web page to ask a model questions about a video"),
 }
 
 

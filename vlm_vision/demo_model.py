@@ -51,7 +51,8 @@ class Sampling:
             InputError: a frame count outside 1..256, or a rate that is not a positive number.
         """
         try:
-            frames = int(body.get("num_frames") or default.num_frames)
+            frames = body.get("num_frames")
+            frames = int(frames) if frames not in (None, "") else default.num_frames
             fps = body.get("fps")
             fps = float(fps) if fps not in (None, "") else None
         except (TypeError, ValueError) as e:
@@ -65,8 +66,9 @@ class Sampling:
         return cls(frames, fps, default.time_instruction if time_instruction is None else bool(time_instruction))
 
 
-def check_video(path: Path, max_seconds: float) -> float:
-    """The video's duration in seconds, when it decodes and is at most `max_seconds` long.
+def check_video(path: Path, max_seconds: float, name: str | None = None) -> float:
+    """The video's duration in seconds, when it decodes and is at most `max_seconds` long (`name`: the
+    file's name in messages, default its own).
 
     Raises:
         InputError: not a video we can decode, or too long.
@@ -74,10 +76,11 @@ def check_video(path: Path, max_seconds: float) -> float:
     try:
         clip = load_video(path, num_frames=1)
     except (VideoDecodeError, ValueError) as e:
-        reason = str(getattr(e, "reason", e)).replace(str(path), path.name)
-        raise InputError("not a video", path.name, f"a video file FFmpeg can decode ({reason})") from e
+        name = name or path.name
+        reason = str(getattr(e, "reason", e)).replace(str(path), name).replace(path.name, name)
+        raise InputError("not a video", name, f"a video file FFmpeg can decode ({reason})") from e
     if clip.duration > max_seconds:
-        raise InputError("video too long", path.name, f"at most {max_seconds / 60:g} minutes; it lasts "
+        raise InputError("video too long", name or path.name, f"at most {max_seconds / 60:g} minutes; it lasts "
                                                       f"{clip.duration / 60:.1f} minutes")
     return clip.duration
 

@@ -188,7 +188,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         try:
             if left:
                 raise InputError("upload cut short", name, f"{length} bytes; {length - left} arrived")
-            duration = check_video(target, self.state.limits.max_seconds)
+            duration = check_video(target, self.state.limits.max_seconds, name)
         except InputError as e:
             target.unlink(missing_ok=True)
             return self._error(f"{name}: {e.what}: {e.expected}")

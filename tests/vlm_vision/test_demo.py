@@ -79,7 +79,7 @@ def test_demo_in_chromium(tmp_path_factory, tmp_path):
                                "--videos", str(BUNDLED), "--videos", str(held_out)])
     try:
         assert url.startswith("http://127.0.0.1:")
-        with browser_page() as (page, errors):
+        with browser_page(height=560) as (page, errors):
             page.goto(url)
             page.wait_for_selector("body[data-ready='1']")
             labels = page.locator("#video option").all_inner_texts()

@@ -39,18 +39,32 @@ DURATIONS = [45.0, 400.0, 1800.0]
 POOL = 64  # frames decoded per bundled video; each question takes a run of them
 
 
+def _shrink(frames, height: int):
+    """uint8[T, H, W, 3] frames resized to `height` pixels high, as strip_jpeg would (bilinear)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    t, h, w, _ = frames.shape
+    width = max(1, round(height * w / h))
+    small = [torch.from_numpy(np.array(
+        Image.fromarray(f.numpy()).resize((width, height), Image.Resampling.BILINEAR))) for f in frames]
+    return torch.stack(small)  # (T, height, width, 3)
+
+
 def synthetic_page(questions: int, frames: int, height: int, quality: int, seed: int = 0) -> tuple[str, dict]:
     """The HTML of a report of `questions` rows with `frames`-frame strips, and facts about it."""
     rng = random.Random(seed)
     videos = sorted((ROOT / "tests" / "data").glob("*.mp4"))
     pools = [load_video(v, num_frames=POOL) for v in videos]
+    thumbs = [_shrink(clip.frames, height) for clip in pools]  # resized once: strip_jpeg then only packs them
     rows, strips, urls = [], {}, []
     import base64
 
     for k in range(questions):
         clip = pools[k % len(pools)]
         picks = sorted(rng.sample(range(POOL), frames))
-        jpeg, width = strip_jpeg(clip.frames[picks], height, quality)  # (frames, H, W, 3)
+        jpeg, width = strip_jpeg(thumbs[k % len(pools)][picks], height, quality)  # (frames, h, w, 3)
         urls.append("data:image/jpeg;base64," + base64.b64encode(jpeg).decode())
         media, indices = f"/videos/{k}.mp4", [clip.indices[i] for i in picks]
         strips[(media, (), tuple(indices))] = (len(urls) - 1, width, None)

@@ -27,7 +27,6 @@ import secrets
 import shutil
 import tempfile
 import traceback
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path

@@ -27,7 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_bundled_videos_and_request_checks():
-    assert DemoConfig(model="m").host == "127.0.0.1"
+    import argparse
+
+    from vlm_vision.demo_cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = vars(parser.parse_args(["m"]))
+    config = DemoConfig(model="m")
+    assert {k: getattr(config, k) for k in flags if k != "videos"} == {k: v for k, v in flags.items() if k != "videos"}
+    assert (config.host, config.port, config.max_upload_mb, config.max_upload_minutes) == ("127.0.0.1", 7860, 500, 120)
     assert _video_dirs(DemoConfig(model="m")) == [BUNDLED]
     assert sorted(p.name for p in BUNDLED.glob("*.mp4")) == ["box.mp4", "cockatoo.mp4", "cup.mp4", "realshort.mp4"]
     default = Sampling(8, None, False)

@@ -77,7 +77,10 @@ def serve_demo(config: DemoConfig, ready: Any = print) -> int:
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, config.dtype if config.dtype != "auto" else
                     ("bfloat16" if device.type == "cuda" else "float32"))
-    model = DemoModel(config.model, device=device, dtype=dtype, max_new_tokens=config.max_new_tokens)
+    try:
+        model = DemoModel(config.model, device=device, dtype=dtype, max_new_tokens=config.max_new_tokens)
+    except (ValueError, OSError) as e:  # eval_model's refusals of a folder it cannot load
+        raise InputError("cannot load the model", config.model, f"a model folder `vlm-vision eval` loads ({e})") from e
     limits = DemoLimits(max_bytes=int(config.max_upload_mb * 1e6), max_seconds=config.max_upload_minutes * 60)
     state = DemoState(model, folders, limits, model.default_sampling(config.num_frames, config.fps))
     try:

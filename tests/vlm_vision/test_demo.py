@@ -26,6 +26,15 @@ from vlm_vision.demo_model import Sampling
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_bad_model_or_videos_folder_is_one_line_exit_2(tmp_path, capsys):
+    from vlm_vision.cli import main
+
+    assert main(["demo", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"vlm-vision demo: cannot load the model ({tmp_path})")
+    assert main(["demo", str(tmp_path), "--videos", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
 def test_defaults_bundled_videos_and_request_checks():
     import argparse
 

@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),
     "eval": ("vlm_vision.eval_run", "answer video questions with a trained model; accuracy, per category"),
     "export": ("vlm_vision.export_cli", "write a trained model as a transformers folder (or LLaVA's projector file)"),
+    "report": ("vlm_vision.eval_report", "an HTML page of an eval folder: frames, answers, scores, filters"),
+    "demo": ("vlm_vision.demo_cli", "a local web page to ask a model questions about a video"),
 }
 
 

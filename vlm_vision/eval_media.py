@@ -29,7 +29,8 @@ class Loaded:
     `kind` is "video" (`media` float[T, 3, S, S] frames), "video_features" (float[T, N', D_v] pooled
     tower tokens) or "image" (float[1, 3, S, S], or float[P, 3, S, S] crops with `image_size` for
     anyres models). `duration` is the seconds of video the question is about; `times` each frame's
-    presentation time (for the time instruction and markers).
+    presentation time (for the time instruction and markers), `indices` each frame's index in the video
+    .
     """
 
     question: Question
@@ -39,6 +40,7 @@ class Loaded:
     duration: float | None = None
     error: str | None = None
     times: list[float] | None = None
+    indices: list[int] | None = None
 
 
 def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
@@ -53,7 +55,8 @@ def _load_video_tokens(question: Question, model: nn.Module) -> Loaded:
     if tokens.random_weights:
         return Loaded(question, error=f"token file {question.media_path} comes from a tower with random weights")
     times = tokens.presentation_times or tokens.timestamps
-    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration, times=times)  # (T, N', D_v)
+    return Loaded(question, "video_features", tokens.tokens, duration=tokens.duration, times=times,
+                  indices=list(tokens.indices))  # (T, N', D_v)
 
 
 def load_medium(question: Question, model: nn.Module, num_frames: int, sampling: dict[str, Any] | None = None) -> Loaded:
@@ -71,7 +74,7 @@ def load_medium(question: Question, model: nn.Module, num_frames: int, sampling:
                               end=question.end)
             window = min(question.end or clip.duration, clip.duration) - (question.start or 0.0)
             return Loaded(question, "video", transform(clip.frames), duration=window,
-                          times=list(clip.presentation_times))  # (T, 3, S, S)
+                          times=list(clip.presentation_times), indices=list(clip.indices))  # (T, 3, S, S)
         if model.image_grid_pinpoints is not None:
             crops, size = anyres_pixel_values(question.media_path, transform, grid_pinpoints=model.image_grid_pinpoints,
                                               tile_size=transform.image_size, convention=model.anyres_convention)

@@ -5,11 +5,15 @@
 The output folder:
 
     predictions.jsonl          one line per question, written as each batch finishes: id, source file,
-                               prediction, correct, scores (or `error`: why its medium was unreadable)
+                               prediction, correct, scores (or `error`: why its medium was unreadable), and
+                               what the model saw: `media` (the file), `frames` (each frame's `indices`
+                               and presentation `times`) and `tokens` (the prompt's `text` and `visual` counts)
     run.json                   the model's identity and the settings the predictions were made with
     metrics.json               overall, per category and per video-duration bucket; counts of bad
                                records and unreadable media with their reasons; settings; the model
     accuracy_by_category.png   the per-category accuracies as bars
+    report.html                with `--report`: every question with its frames, answers and scores
+                               (`vlm_vision.eval_report`; `vlm-vision report` makes it later)
 
 Why a rerun resumes safely: questions already in `predictions.jsonl` (keyed by source file and
 id) are skipped. A run killed mid-write leaves at most a last line without its newline; it is cut
@@ -100,6 +104,8 @@ class EvalConfig:
     """Processes decoding media ahead of the model (0: decode in the main process)."""
     progress: bool = True
     """Show a progress bar (questions per second)."""
+    report: bool = False
+    """Also write report.html: every question with the frames the model saw (see `vlm-vision report`)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "num_frames", "limit", "min_frames", "max_frames",
@@ -262,6 +268,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     _write_json(out / METRICS, metrics)
     plot_categories(metrics["per_category"], out / CHART)
     _print_summary(metrics, out)
+    if config.report:
+        from vlm_vision.eval_report import ReportConfig, write_report  # lazy: decodes thumbnails, for --report only
+
+        print(f"report: {write_report(ReportConfig(eval_dir=str(out), progress=config.progress))}")
     barrier(processes)
     return metrics
 

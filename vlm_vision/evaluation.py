@@ -53,7 +53,7 @@ from vlm_vision.video_prompt import time_instruction
 
 # `load_eval_model` and `model_identity` live in `eval_model`; they are importable from here too.
 __all__ = ["read_questions", "load_eval_model", "answer_questions", "model_identity", "eval_questions",
-           "question_accuracy", "visual_count", "with_time_instruction"]
+           "question_accuracy", "visual_count", "with_time_instruction", "prompt_ids", "prompt_token_counts", "pooled_features", "stop_ids"]
 
 
 # ----- questions ----------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def _media_inputs(items: Sequence[Loaded], features: dict[int, torch.Tensor], de
     return out
 
 
-def _pooled(items: Sequence[Loaded], model: nn.Module) -> dict[int, torch.Tensor]:
+def pooled_features(items: Sequence[Loaded], model: nn.Module) -> dict[int, torch.Tensor]:
     """Pooled tower tokens of each video item, the tower run once over all raw videos."""
     device = model.tower.device
     raw = [item for item in items if item.kind == "video"]
@@ -163,27 +163,36 @@ def _left_pad(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+def stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """The token ids that end a generated answer: the LLM's configured end tokens and the tokenizer's."""
     configured = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
 
 
+def prompt_ids(model: nn.Module, processor: Any, item: Loaded) -> list[int]:
+    """The generation prompt of a loaded question (a letter request for multiple choice), placeholders expanded."""
+    prompt = choice_prompt(item.question) if item.question.multiple_choice else open_prompt(item.question)
+    text = processor.apply_chat_template([{"role": "user", "content": with_time_instruction(prompt, item, processor)}],
+                                         add_generation_prompt=True)
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return expand_placeholder(ids, ids, _token_id(item, processor), [visual_count(item, model, processor)])[0]
+
+
+def prompt_token_counts(ids: Sequence[int], item: Loaded, processor: Any) -> dict[str, int]:
+    """{"text", "visual"}: the prompt's placeholder tokens (visual) and all the others (text, time markers too)."""
+    visual = sum(1 for t in ids if t == _token_id(item, processor))
+    return {"text": len(ids) - visual, "visual": visual}
+
+
 @torch.no_grad()
 def generate_answers(model: nn.Module, processor: Any, items: Sequence[Loaded], features: dict[int, torch.Tensor],
-                     max_new_tokens: int) -> list[str]:
-    """Greedy answers to each item's prompt (a letter request for multiple choice), batched, left-padded."""
+                     max_new_tokens: int, prompts: Sequence[list[int]] | None = None) -> list[str]:
+    """Greedy answers to each item's prompt (`prompt_ids`, or `prompts` when given), batched, left-padded."""
     tokenizer, device = processor.tokenizer, model.tower.device
-    sequences = []
-    for item in items:
-        prompt = choice_prompt(item.question) if item.question.multiple_choice else open_prompt(item.question)
-        text = processor.apply_chat_template([{"role": "user", "content": with_time_instruction(prompt, item, processor)}],
-                                             add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        sequences.append(expand_placeholder(ids, ids, _token_id(item, processor),
-                                            [visual_count(item, model, processor)])[0])
+    sequences = list(prompts) if prompts is not None else [prompt_ids(model, processor, item) for item in items]
     input_ids, mask = _left_pad(sequences, padding_id(tokenizer))  # (B, L)
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     out = model.generate(input_ids.to(device), mask.to(device), **_media_inputs(items, features, device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=padding_id(tokenizer),
                          eos_token_id=stop, use_cache=True)  # (B, L + new); training turns the cache off
@@ -248,12 +257,27 @@ def option_scores(model: nn.Module, processor: Any, items: Sequence[Loaded], fea
 # ----- rows ---------------------------------------------------------------------------------------
 
 
-def _row(item: Loaded, generated: str | None = None, scores: list[float] | None = None) -> dict[str, Any]:
+def _seen(item: Loaded, tokens: dict[str, int] | None) -> dict[str, Any]:
+    """What the model was shown: the medium, the frames (index and presentation time) and the prompt's tokens."""
+    q = item.question
+    out: dict[str, Any] = {"media": str(q.media_path)}
+    if q.start is not None or q.end is not None:
+        out["window"] = [q.start, q.end]
+    if item.kind != "image":
+        out["frames"] = {"indices": item.indices, "times": [round(t, 4) for t in item.times or []]}
+    if tokens is not None:
+        out["tokens"] = tokens
+    return out
+
+
+def _row(item: Loaded, generated: str | None = None, scores: list[float] | None = None,
+         tokens: dict[str, int] | None = None) -> dict[str, Any]:
     """The prediction line of one question (see `vlm_vision.eval_run` for the file)."""
     q = item.question
     row: dict[str, Any] = {"id": q.id, "source": q.source, "category": q.category, "duration": item.duration}
     if item.error is not None:
-        return {**row, "error": item.error}
+        return {**row, "error": item.error, "media": str(q.media_path)}
+    row.update(_seen(item, tokens))
     if q.multiple_choice:
         picked = parse_choice(generated, q.options)
         best = max(range(len(scores)), key=scores.__getitem__)
@@ -272,14 +296,17 @@ def answer_batch(model: nn.Module, processor: Any, items: Sequence[Loaded], *, m
                  batch_size: int) -> list[dict[str, Any]]:
     """Answer and score loaded questions; items with a load error become error rows."""
     ready = [item for item in items if item.error is None]
-    answers, scores = {}, {}
+    answers, scores, tokens = {}, {}, {}
     if ready:
-        features = _pooled(ready, model)
-        answers = dict(zip(map(id, ready), generate_answers(model, processor, ready, features, max_new_tokens)))
+        features = pooled_features(ready, model)
+        prompts = [prompt_ids(model, processor, item) for item in ready]
+        tokens = {id(item): prompt_token_counts(p, item, processor) for item, p in zip(ready, prompts)}
+        answers = dict(zip(map(id, ready), generate_answers(model, processor, ready, features, max_new_tokens,
+                                                            prompts)))
         choice = [item for item in ready if item.question.multiple_choice]
         if choice:
             scores = dict(zip(map(id, choice), option_scores(model, processor, choice, features, batch_size)))
-    return [_row(item, answers.get(id(item)), scores.get(id(item))) for item in items]
+    return [_row(item, answers.get(id(item)), scores.get(id(item)), tokens.get(id(item))) for item in items]
 
 
 def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Question], *, num_frames: int,

@@ -83,6 +83,12 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and not any("error" in r for r in rows), rows
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["settings"]["fps"] == 4.0
+    # 12 frames at 8 fps, 4 fps at most 5: the recorded frames; the report samples the same ones again
+    assert all(len(r["frames"]["indices"]) == len(r["frames"]["times"]) == 5 for r in rows)
+    from vlm_vision.eval_report import ReportConfig, write_report
+
+    page = write_report(ReportConfig(eval_dir=str(tmp_path / "eval"), progress=False)).read_text()
+    assert "differ from the recorded" not in page and "could not be decoded" not in page
     assert metrics is not None
     q = Question(id="q", source="", media_kind="video", media_path=tmp_path / "red.mp4", question="?",
                  options=None, answer=None)

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import config_from_flags
+from vlm_vision.input_checks import check_folder, check_model_folder
 
-__all__ = ["DemoConfig", "serve_demo"]
+__all__ = ["DemoConfig", "check_demo_paths", "serve_demo"]
 
 BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data"  # the real videos the repository ships
 
@@ -54,13 +56,37 @@ class DemoConfig:
     dtype: str = "auto"
     """float32, bfloat16 or float16; auto: bfloat16 on a GPU, float32 on the CPU."""
 
+    def __post_init__(self) -> None:
+        """Refuse a value no server can have (`ValueError` naming the field; the CLI names its flag)."""
+        object.__setattr__(self, "videos", tuple(self.videos))
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be a TCP port from 0 to 65535, got {self.port!r}")
+        for name in ("max_upload_mb", "max_upload_minutes", "max_new_tokens", "num_frames", "fps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
 
 def _video_dirs(config: DemoConfig) -> list[Path]:
+    """The folders of videos to offer (`--videos`, else the bundled tests/data/).
+
+    Raises:
+        InputError: a --videos folder that does not exist or is a file.
+    """
     folders = [Path(v) for v in config.videos] or ([BUNDLED] if BUNDLED.is_dir() else [])
-    for folder in folders:
-        if not folder.is_dir():
-            raise InputError("no such folder", folder, "a folder of videos (--videos)")
+    for folder in config.videos:
+        check_folder(folder, "--videos", "a folder of videos")
     return folders
+
+
+def check_demo_paths(config: DemoConfig) -> list[Path]:
+    """Check MODEL (and the weights a trained folder names) and --videos before torch loads; the video folders.
+
+    Raises:
+        InputError: the model folder or its weights are not on this machine, or a --videos folder is missing.
+    """
+    check_model_folder(config.model, "MODEL")
+    return _video_dirs(config)
 
 
 def serve_demo(config: DemoConfig, ready: Any = print) -> int:
@@ -71,12 +97,12 @@ def serve_demo(config: DemoConfig, ready: Any = print) -> int:
 
     `ready` is called with the page's URL once the server listens.
     """
+    folders = check_demo_paths(config)  # before torch and the model load
     import torch  # lazy: the model, for a run only
 
     from vlm_vision.demo_model import DemoModel  # lazy: torch and transformers
     from vlm_vision.demo_server import DemoLimits, DemoState, make_server  # lazy: as DemoModel
 
-    folders = _video_dirs(config)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, config.dtype if config.dtype != "auto" else
                     ("bfloat16" if device.type == "cuda" else "float32"))
@@ -134,7 +160,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the demo until stopped."""
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    return serve_demo(DemoConfig(**{**values, "videos": tuple(values["videos"])}))
+    """Serve the demo until stopped (flags checked by `DemoConfig`, paths by `check_demo_paths`: exit 2)."""
+    return serve_demo(config_from_flags(args, DemoConfig))

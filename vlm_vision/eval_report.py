@@ -36,10 +36,12 @@ from typing import Any
 
 from video.atomic_files import write_atomic
 from vlm_vision.cli_errors import InputError
+from vlm_vision.config_flags import config_from_flags
 from vlm_vision.eval_data import duration_bucket
+from vlm_vision.input_checks import check_folder, check_output_file
 
-__all__ = ["ReportConfig", "EvalFolder", "read_eval_folder", "strip_jpeg", "report_rows", "render_report",
-           "write_report"]
+__all__ = ["ReportConfig", "EvalFolder", "check_report_paths", "read_eval_folder", "strip_jpeg", "report_rows",
+           "render_report", "write_report"]
 
 REPORT = "report.html"
 TEMPLATE = "report_template.html"
@@ -66,11 +68,29 @@ class ReportConfig:
     """Show a progress bar while decoding frames."""
 
     def __post_init__(self) -> None:
+        """Refuse a value no page can have (`ValueError` naming the field; the CLI names its flag)."""
         for name in ("thumb_height", "page_size"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1", getattr(self, name), "a positive number")
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not 1 <= self.jpeg_quality <= 95:
-            raise InputError("jpeg_quality out of range", self.jpeg_quality, "a JPEG quality from 1 to 95")
+            raise ValueError(f"jpeg_quality must be a JPEG quality from 1 to 95, got {self.jpeg_quality!r}")
+
+
+EVAL_DIR_EXPECTED = "a `vlm-vision eval` output folder (predictions.jsonl, metrics.json)"
+
+
+def check_report_paths(config: ReportConfig) -> Path:
+    """Check the folders to read and the page to write before any work; returns the page's path.
+
+    Raises:
+        InputError: EVAL_DIR or --compare missing or not a folder, or the page an existing folder or not
+            writable here.
+    """
+    check_folder(config.eval_dir, "EVAL_DIR", EVAL_DIR_EXPECTED)
+    check_folder(config.compare, "--compare", EVAL_DIR_EXPECTED)
+    path = Path(config.output) if config.output else Path(config.eval_dir) / REPORT
+    check_output_file(path, "--output" if config.output else "--output (default)")
+    return path
 
 
 @dataclasses.dataclass
@@ -92,14 +112,12 @@ def read_eval_folder(folder: str | Path) -> EvalFolder:
     path = Path(folder)
     for name in ("predictions.jsonl", "metrics.json"):
         if not (path / name).is_file():
-            raise InputError(f"no {name}", path, "a `vlm-vision eval` output folder (predictions.jsonl, metrics.json)")
-    try:
-        lines = (path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-        metrics = json.loads((path / "metrics.json").read_text())
-        run = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
-    except ValueError as e:
-        raise InputError("an eval file is not JSON", path, f"the files `vlm-vision eval` wrote ({e})") from e
+            raise InputError(f"no {name}", path, EVAL_DIR_EXPECTED)
+    lines = (path / "predictions.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = [_json(line, path / "predictions.jsonl", f"line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+    metrics = _json((path / "metrics.json").read_text(encoding="utf-8", errors="replace"), path / "metrics.json")
+    run = (_json((path / "run.json").read_text(encoding="utf-8", errors="replace"), path / "run.json")
+           if (path / "run.json").is_file() else {})
     if not rows:
         raise InputError("no predictions", path / "predictions.jsonl", "at least one answered question")
     old = [r["id"] for r in rows if "error" not in r and ("tokens" not in r or "media" not in r)]
@@ -110,6 +128,23 @@ def read_eval_folder(folder: str | Path) -> EvalFolder:
                          hint="this folder was evaluated by an older version: run `vlm-vision eval ... --report` "
                               "again into a new --output-dir")
     return EvalFolder(path, rows, metrics, run)
+
+
+def _json(text: str, path: Path, where: str = "") -> dict[str, Any]:
+    """One JSON object of an eval file (`where`: which line).
+
+    Raises:
+        InputError: not JSON, or not an object, naming the file (and line).
+    """
+    source = f"{path}{', ' + where if where else ''}"
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InputError("not JSON", source, f"a JSON object, as `vlm-vision eval` writes ({e})",
+                         hint=f"it starts with {text.strip()[:40]!r}") from None
+    if not isinstance(value, dict):
+        raise InputError("not a JSON object", source, "a JSON object, as `vlm-vision eval` writes")
+    return value
 
 
 # ----- thumbnails ---------------------------------------------------------------------------------
@@ -256,8 +291,10 @@ def write_report(config: ReportConfig) -> Path:
     """Write the report of `config.eval_dir` (and `config.compare`); returns its path.
 
     Raises:
-        InputError: an eval folder is missing its files or predates the recorded frames.
+        InputError: a folder or the page's path is wrong (`check_report_paths`), or an eval folder is
+            missing its files or predates the recorded frames.
     """
+    path = check_report_paths(config)
     ours = read_eval_folder(config.eval_dir)
     other = read_eval_folder(config.compare) if config.compare else None
     settings = ours.run.get("settings") or ours.metrics.get("settings") or {}
@@ -270,7 +307,6 @@ def write_report(config: ReportConfig) -> Path:
             "rows": report_rows(ours.rows, strips, other.rows if other else None), "strips": urls,
             "pageSize": config.page_size, "thumbHeight": config.thumb_height, "made": time.strftime("%Y-%m-%d %H:%M:%S"),
             "seconds": round(time.perf_counter() - started, 2)}
-    path = Path(config.output) if config.output else ours.path / REPORT
     write_atomic(path, render_report(data).encode("utf-8"))
     return path
 
@@ -286,14 +322,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thumb-height", type=int, default=48, help="thumbnail height in pixels (default 48)")
     parser.add_argument("--jpeg-quality", type=int, default=70, help="thumbnail JPEG quality, 1-95 (default 70)")
     parser.add_argument("--page-size", type=int, default=50, help="questions per page (default 50)")
+    # (values are checked by ReportConfig; `config_from_flags` names the flag of a refused one)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the report; 0 on success (bad input raises `InputError`: exit 2)."""
-    config = ReportConfig(eval_dir=args.eval_dir, compare=args.compare, output=args.output,
-                          thumb_height=args.thumb_height, jpeg_quality=args.jpeg_quality, page_size=args.page_size,
-                          progress=args.progress)
-    path = write_report(config)
+    path = write_report(config_from_flags(args, ReportConfig))
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -197,6 +197,48 @@ def _export_rows(i: Inputs) -> dict[str, Row | str]:
     }
 
 
+def _report_rows(i: Inputs) -> dict[str, Row | str]:
+    def report(eval_dir: Path, *flags: str, output: Path | None = None) -> list[str]:
+        return [str(eval_dir), "--output", str(output or i.out), "--no-progress", *flags]
+
+    return {
+        "data_not_json": Row(report(i.eval_not_json), (str(i.eval_not_json / "predictions.jsonl"), "not JSON")),
+        "mixture_names_a_missing_file": "report reads eval folders, no data mixtures",
+        "mixture_with_a_python_tag": "report reads eval folders, no data mixtures",
+        "llm_path_typo": "report loads no model",
+        "tower_path_missing": "report loads no model",
+        "output_is_an_existing_file": Row(report(i.evaluated, output=i.media), (f"--output {i.media}",
+                                                                              "an existing folder")),
+        "empty_data": Row(report(i.eval_empty), (str(i.eval_empty / "predictions.jsonl"), "no predictions")),
+        "model_folder_missing": "report loads no model (a missing EVAL_DIR: media_root_missing)",
+        "bad_flag_value": Row(report(i.evaluated, "--thumb-height", "0"), ("--thumb-height 0", "positive")),
+        "output_not_writable": Row(report(i.evaluated, output=i.unwritable / "report.html"),
+                                   (str(i.unwritable / "report.html"), "not writable")),
+        "media_root_missing": Row(report(i.no_eval), (f"EVAL_DIR {i.no_eval}", "not found")),
+    }
+
+
+def _demo_rows(i: Inputs) -> dict[str, Row | str]:
+    def demo(model: Path, *flags: str) -> list[str]:
+        return [str(model), "--port", "0", *flags]
+
+    return {
+        "data_not_json": "demo reads videos, no JSON data (an upload that is not a video is refused on the page)",
+        "mixture_names_a_missing_file": "demo reads no data mixtures",
+        "mixture_with_a_python_tag": "demo reads no data mixtures",
+        "llm_path_typo": Row(demo(i.trained_llm_typo), (str(i.llm_typo), "not available on this machine")),
+        "tower_path_missing": Row(demo(i.trained_towr), (str(i.towr), "not available on this machine")),
+        "output_is_an_existing_file": "demo writes no output (uploads go to a temporary folder it deletes)",
+        "empty_data": "demo reads no data file",
+        "model_folder_missing": Row(demo(i.no_run), (f"MODEL {i.no_run}", "not available on this machine",
+                                                     "does not exist")),
+        "bad_flag_value": Row(demo(i.trained, "--num-frames", "0"), ("--num-frames 0", "positive")),
+        "output_not_writable": "demo writes no output",
+        "media_root_missing": Row(demo(i.trained, "--videos", str(i.no_media)), (f"--videos {i.no_media}",
+                                                                                "not found")),
+    }
+
+
 ROWS: dict[str, Callable[[Inputs], dict[str, Row | str]]] = {
     "extract": _extract_rows,
     "train": _train_rows,
@@ -204,6 +246,32 @@ ROWS: dict[str, Callable[[Inputs], dict[str, Row | str]]] = {
     "clip-train": _clip_train_rows,
     "convert-data": _convert_data_rows,
     "export": _export_rows,
+    "report": _report_rows,
+    "demo": _demo_rows,
+}
+
+# Mistakes of one command beyond the shared list: (command, name) -> rows(inputs) -> Row, asserted as the table's.
+MORE_ROWS: dict[tuple[str, str], Callable[[Inputs], Row]] = {
+    ("report", "eval_dir_is_a_file"): lambda i: Row([str(i.a_file__txt), "--output", str(i.out)],
+                                                    (f"EVAL_DIR {i.a_file__txt}", "not a folder")),
+    ("report", "eval_dir_without_predictions"): lambda i: Row([str(i.media), "--output", str(i.out)],
+                                                              (str(i.media), "no predictions.jsonl")),
+    ("report", "compare_missing"): lambda i: Row([str(i.evaluated), "--compare", str(i.no_eval), "--output",
+                                                  str(i.out)], (f"--compare {i.no_eval}", "not found")),
+    ("report", "jpeg_quality_100"): lambda i: Row([str(i.evaluated), "--jpeg-quality", "100", "--output", str(i.out)],
+                                                  ("--jpeg-quality 100", "1 to 95")),
+    ("report", "page_size_0"): lambda i: Row([str(i.evaluated), "--page-size", "0", "--output", str(i.out)],
+                                             ("--page-size 0", "positive")),
+    ("report", "thumb_height_not_a_number"): lambda i: Row([str(i.evaluated), "--thumb-height", "tall"],
+                                                           ("--thumb-height", "tall")),
+    ("demo", "model_is_a_file"): lambda i: Row([str(i.a_file__txt)], (f"MODEL {i.a_file__txt}", "not a folder")),
+    ("demo", "port_out_of_range"): lambda i: Row([str(i.trained), "--port", "70000"], ("--port 70000", "65535")),
+    ("demo", "max_upload_mb_0"): lambda i: Row([str(i.trained), "--max-upload-mb", "0"],
+                                               ("--max-upload-mb 0", "positive")),
+    ("demo", "num_frames_not_a_number"): lambda i: Row([str(i.trained), "--num-frames", "many"],
+                                                       ("--num-frames", "many")),
+    ("demo", "videos_is_a_file"): lambda i: Row([str(i.trained), "--videos", str(i.a_file__txt)],
+                                                (f"--videos {i.a_file__txt}", "not a folder")),
 }
 
 
@@ -233,6 +301,22 @@ def _trained_folder(folder: Path, llm: Path, tower: Path) -> Path:
     return folder
 
 
+def _prediction(video: Path) -> dict:
+    """One answered open question, with the fields `vlm-vision report` reads (as `vlm-vision eval` writes them)."""
+    return {"id": "q", "source": "questions.jsonl", "category": None, "duration": 2.0, "media": str(video),
+            "frames": {"indices": [0, 1], "times": [0.0, 1.0]}, "tokens": {"text": 12, "visual": 8},
+            "type": "open_ended", "question": "Colour?", "answer": ["red"], "prediction": "red", "correct": True,
+            "scores": {"exact_match": 1.0, "token_f1": 1.0}}
+
+
+def _eval_folder(folder: Path, lines: list[str]) -> Path:
+    """An eval output folder: predictions.jsonl of `lines`, and metrics.json."""
+    folder.mkdir()
+    (folder / "predictions.jsonl").write_text("".join(line + "\n" for line in lines))
+    (folder / "metrics.json").write_text(json.dumps({"overall": {}}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Inputs:
     """Valid inputs of every command, and the everyday mistakes, as files."""
@@ -251,6 +335,9 @@ def inputs(tmp_path_factory) -> Inputs:
     _trained_folder(i.trained, i.llm, i.tower)
     _trained_folder(i.trained_llm_typo, i.llm_typo, i.tower)
     _trained_folder(i.trained_towr, i.llm, i.towr)
+    _eval_folder(i.evaluated, [json.dumps(_prediction(i.media / "clip.mp4"))])
+    _eval_folder(i.eval_not_json, ["id,source,question,prediction", "q,questions.jsonl,Colour?,red"])
+    _eval_folder(i.eval_empty, [])
     # the mistakes
     i.notes__json.write_text("id,video,caption\n1,clip.mp4,a clip\n")  # a CSV saved as .json
     i.mix_missing__yaml.write_text(f"datasets:\n  - json_path: {i.train__jsonl}\n  - json_path: nothere.json\n")
@@ -321,6 +408,27 @@ def test_bad_input_is_one_line_exit_2_naming_it(command, mistake, inputs, loads,
         assert text in err, (text, err)
     assert loads == [], f"loaded before the input was checked: {loads}"
     assert not inputs.out.exists(), "an output was written before the input was checked"
+
+
+@pytest.mark.parametrize(("command", "mistake"), list(MORE_ROWS))
+def test_more_mistakes_of_one_command(command, mistake, inputs, loads, capsys):
+    row = MORE_ROWS[command, mistake](inputs)
+    code = run_cli([command, *row.argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and f"vlm-vision {command}" in err
+    for text in row.named:
+        assert text in err, (text, err)
+    assert loads == [], f"loaded before the input was checked: {loads}"
+    assert not inputs.out.exists(), "an output was written before the input was checked"
+
+
+def test_a_valid_report_row_writes_the_page(inputs, tmp_path, capsys):
+    """The report rows' valid eval folder is one `report` accepts: each row fails only by its spoiled input."""
+    page = tmp_path / "report.html"
+    assert run_cli(["report", str(inputs.evaluated), "--output", str(page), "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    assert page.is_file() and "Colour?" in page.read_text()
 
 
 def test_debug_shows_the_traceback_of_an_input_error(inputs, capsys):

@@ -32,7 +32,7 @@ def test_bad_model_or_videos_folder_is_one_line_exit_2(tmp_path, capsys):
     assert main(["demo", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"vlm-vision demo: cannot load the model ({tmp_path})")
     assert main(["demo", str(tmp_path), "--videos", str(tmp_path / "none")]) == 2
-    assert "no such folder" in capsys.readouterr().err
+    assert f"folder not found (--videos {tmp_path / 'none'})" in capsys.readouterr().err
 
 
 def test_defaults_bundled_videos_and_request_checks():

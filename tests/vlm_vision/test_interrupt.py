@@ -1,8 +1,8 @@
 """Ctrl-C in every command: a real process, SIGINT to its process group (as a terminal sends it).
 
 Each command is started as `python -m vlm_vision.cli COMMAND ...` in a new session with work that
-takes far longer than the test waits, interrupted once its work has begun (a first output, log
-line or message), and must then: exit 130 within 5 s; print no traceback; end stderr with the one
+takes far longer than the test waits (stdout goes to `stdout.txt` beside stderr.txt), interrupted once
+its work has begun (a first output, log line or message), and must then: exit 130 within 5 s; print no traceback; end stderr with the one
 line `vlm-vision COMMAND: interrupted` (and, for a command that can resume, how); leave no
 temporary file (`.NAME.PID.RAND.tmp`, `.tmp-NAME`) and no half-written folder.
 
@@ -52,6 +52,8 @@ class Case:
     """Text of the resume hint (None: the command cannot resume)."""
     check: Callable[[Path], None] = lambda out: None
     """More assertions on what is left."""
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """More environment variables for the process."""
 
 
 def _lines(path: Path) -> int:
@@ -149,6 +151,60 @@ def _export(root: Path, shared: dict[str, Path]) -> Case:
                 None, check)
 
 
+def _report(root: Path, shared: dict[str, Path]) -> Case:
+    """An eval folder of 400 questions, each on its own copy of a real video: many seconds of decoding
+    thumbnails before the page is written."""
+    media = root / "media"
+    media.mkdir()
+    folder = root / "eval"
+    folder.mkdir()
+    rows = []
+    for n in range(400):
+        video = media / f"v{n:03d}.mp4"
+        os.link(DATA / "realshort.mp4", video)
+        rows.append({"id": f"q{n}", "source": "questions.jsonl", "category": None, "duration": 2.0,
+                     "media": str(video), "frames": {"indices": [0, 1, 2, 3], "times": [0.0, 0.5, 1.0, 1.5]},
+                     "tokens": {"text": 12, "visual": 16}, "type": "open_ended", "question": "Colour?",
+                     "answer": ["red"], "prediction": "red", "correct": True,
+                     "scores": {"exact_match": 1.0, "token_f1": 1.0}})
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "metrics.json").write_text(json.dumps({"overall": {}}))
+
+    def check(out: Path) -> None:
+        assert not out.exists()  # the page is written whole at the end, or not at all
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "predictions.jsonl"]
+
+    return Case([str(folder)], lambda err: "report frames" in err, folder / "report.html", None, check)
+
+
+def _demo(root: Path, shared: dict[str, Path]) -> Case:
+    """The server, once it listens and holds an upload (its temporary folder under this test's TMPDIR)."""
+    import urllib.request
+
+    tmp = root / "tmp"
+    tmp.mkdir()
+
+    def started(err: str) -> bool:
+        out = (root / "stdout.txt").read_text()
+        if "http://" not in out:
+            return False
+        url = out.split("http://", 1)[1].split()[0]
+        request = urllib.request.Request(f"http://{url}api/upload?name=clip.mp4", method="POST",
+                                         data=(DATA / "realshort.mp4").read_bytes())
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200, answer.read()
+        uploads = [p for p in tmp.glob("vlm-vision-demo-*") if any(p.iterdir())]
+        assert len(uploads) == 1, list(tmp.iterdir())
+        return True
+
+    def check(out: Path) -> None:
+        assert list(out.iterdir()) == []  # the uploads folder is gone
+        assert "vlm-vision demo: stopped (uploads deleted)" in (root / "stdout.txt").read_text()
+
+    return Case([str(shared["trained"]), "--port", "0", "--videos", str(DATA)], started, tmp, None, check,
+                env={"TMPDIR": str(tmp)})
+
+
 CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
     "extract": _extract,
     "train": _train,
@@ -156,6 +212,8 @@ CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
     "clip-train": _clip_train,
     "convert-data": _convert_data,
     "export": _export,
+    "report": _report,
+    "demo": _demo,
 }
 
 
@@ -187,10 +245,10 @@ def test_every_command_has_an_interrupt_case():
 def test_ctrl_c_stops_within_5_s_with_exit_130_and_nothing_half_written(command, shared, tmp_path):
     case = CASES[command](tmp_path, shared)
     err_path = tmp_path / "stderr.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with err_path.open("w") as err_file:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **case.env}
+    with err_path.open("w") as err_file, (tmp_path / "stdout.txt").open("w") as out_file:
         proc = subprocess.Popen([sys.executable, "-m", "vlm_vision.cli", command, *case.argv], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+                                stdout=out_file, stderr=err_file, start_new_session=True)
         try:
             deadline = time.monotonic() + START_WITHIN_S
             while not case.started(err_path.read_text()):

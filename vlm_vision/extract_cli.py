@@ -42,12 +42,14 @@ from pathlib import Path
 
 import torch
 
+from video.decord_decoder import DecordNotInstalled, require_decord
 from video.extract_plan import VIDEO_EXTENSIONS, find_inputs
 from video.extract_report import merge_rank_manifests, plural, print_summary
 from video.extract_run import extract_share
 from video.extract_settings import load_arguments, token_settings, video_layout
 from video.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
+from vlm_vision.cli_errors import InputError
 from vlm_vision.extract_tower import WeightsUnavailable, load_tower
 from vlm_vision.processes import barrier, resolve_device
 
@@ -138,8 +140,10 @@ def _positive_float(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Extract tokens for every input video; 0 when all succeeded (or were done), 1 otherwise, 2 when
-    the run cannot start (weights, pooling, the output folder in use)."""
+    the run cannot start (weights, pooling, the output folder in use, decord missing for --backend decord)."""
     t0 = time.perf_counter()
+    if args.backend == "decord":
+        _check_decord_installed()
     device, rank, world = resolve_device(args.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,17 @@ def _run_locked(args: argparse.Namespace, out: Path, device: torch.device, rank:
         merge_rank_manifests(out)
     print_summary(outcomes, out, rank, world, tag, time.perf_counter() - t0, loop_seconds, frames_done)
     return 1 if any(o.status == "error" for o in outcomes) else 0
+
+
+def _check_decord_installed() -> None:
+    """Raise InputError (exit 2, nothing written) when `--backend decord` is asked for and decord is missing."""
+    try:
+        require_decord()
+    except DecordNotInstalled as error:
+        raise InputError("decord is not installed", "--backend decord",
+                         "the default --backend exact (PyAV, on every platform), or decord installed: "
+                         "pip install 'vlm-vision[decord]' (decord has wheels for Linux x86-64 only, where "
+                         "`pip install vlm-vision` includes it)") from error
 
 
 def _all_agree(ok: bool, num_processes: int) -> bool:

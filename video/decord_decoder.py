@@ -71,9 +71,9 @@ class DecordVideo:
             raise DecordNotInstalled(missing_decord(f"{type(error).__name__}: {error}")) from error
 
         self.path = path
-        self.reader = _decord_call(
-            "cannot read it as a video", decord.VideoReader, path, ctx=decord.cpu(0), num_threads=DECORD_THREADS
-        )
+        self.errors = (RuntimeError, decord.DECORDError)  # what decord raises: both become DecordError
+        self.reader = _decord_call(self.errors, "cannot read it as a video", decord.VideoReader, path,
+                                   ctx=decord.cpu(0), num_threads=DECORD_THREADS)
         self.num_frames = len(self.reader)
         self.fps = float(self.reader.get_avg_fps())
         self.declared_frames = header_frames(path)  # decord counts the packets it can read
@@ -102,7 +102,8 @@ class DecordVideo:
         if reader is None:
             raise ValueError(f"{self.path}: decord's reader was already used and closed; open the file again")
         try:
-            batch = _decord_call("failed in get_batch", reader.get_batch, indices).asnumpy()  # (T, H, W, 3)
+            batch = _decord_call(self.errors, "failed in get_batch", reader.get_batch, indices)
+            batch = batch.asnumpy()  # (T, H, W, 3)
         except DecordError as error:
             if "size must exactly match" in str(error):  # decord's batch copy fails on a quarter turn
                 raise DecordError("decord's get_batch cannot read a video whose container rotates it a quarter "
@@ -114,12 +115,10 @@ class DecordVideo:
         yield from enumerate(batch)
 
 
-def _decord_call(what: str, function, *args, **kwargs):
-    """`function(*args, **kwargs)`, with decord's errors as DecordError naming `what` failed."""
-    import decord  # lazy: decord only for the decord backend, as above
-
+def _decord_call(errors: tuple[type[Exception], ...], what: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, with decord's `errors` as DecordError naming `what` failed."""
     try:
         return function(*args, **kwargs)
-    except (RuntimeError, decord.DECORDError) as error:  # decord raises both; the parent gets the reason
+    except errors as error:  # the parent gets the reason
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DecordError(f"decord {what} ({type(error).__name__}: {first_line})") from error

@@ -24,7 +24,9 @@ Two decoders (`backend=`), one machinery (the worker, the time-outs, the errors,
   identifies frames by counting after a seek and does not check what comes out: on most files
   the two backends agree bit for bit, but on tests/data/box.mp4 decord's `get_batch([227, 340])`
   returns frame 338 for 340, silently. That is kept, on purpose; it is the reason "exact" is the
-  default. decord is imported in the worker only when this backend is first used.
+  default. decord is imported in the worker only when this backend is first used. It is optional
+  (wheels for Linux x86-64 only): where it is missing, asking for this backend raises
+  `DecordNotInstalled` (an ImportError that says how to get it) before any file is opened.
 
 Frame counts are verified, not trusted, with either backend. Containers list one packet per
 frame, but some list packets that never decode (a broken last frame, junk at the end; box.mp4
@@ -68,6 +70,7 @@ import numpy as np
 from video.clip import Backend, Sampling, VideoClip, VideoDecodeError
 from video.clip_loading import check_load_arguments, load_clip, missing_frames_allowed
 from video.decoder_wire import recv_into, recv_message, send_message
+from video.decord_decoder import DecordNotInstalled, require_decord
 
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
@@ -191,6 +194,8 @@ class _Session:
             return VideoDecodeError(self.path, f"FFmpeg cannot read it as a video ({kind}: {message})")
         if kind == "DecordError":  # the message already says what decord did
             return VideoDecodeError(self.path, message)
+        if kind == "DecordNotInstalled":  # not the file's fault: decord cannot be imported in the worker
+            return DecordNotInstalled(message)
         return VideoDecodeError(self.path, f"{kind}: {message}")
 
     def open(self, backend: Backend) -> dict:
@@ -285,6 +290,8 @@ def load_video(
             counts in the reason), or the decoder hung or crashed; `.path` and `.reason` say
             which and why.
         ValueError: bad arguments, or a time window outside the video.
+        DecordNotInstalled: `backend="decord"` where decord is not installed (an ImportError whose
+            message says how to get it: `pip install 'vlm-vision[decord]'` on Linux x86-64).
 
     Example:
         >>> clip = load_video("tests/data/realshort.mp4", num_frames=8)
@@ -294,6 +301,8 @@ def load_video(
         'decord'
     """
     check_load_arguments(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
+    if backend == "decord":
+        require_decord()  # one clear error, before any file or worker
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -324,7 +333,7 @@ def load_video(
             _drop_worker(kill=True)
             raise VideoDecodeError(path, f"the decoder process sent a reply outside its protocol, refused "
                                          f"unread ({error})") from None
-        except (VideoDecodeError, ValueError):  # a bad file or window; the worker is in step
+        except (VideoDecodeError, ValueError, DecordNotInstalled):  # a bad file or window; the worker is in step
             worker.videos += 1
             raise
         except BaseException:  # protocol out of step, KeyboardInterrupt mid-transfer, ...: start afresh

@@ -8,19 +8,49 @@ PyAV does: its hangs and crashes must cost the parent an error, not its life. Be
 decodes, the exact decoder checks that the last frame asked for exists (`DecordVideo.check`),
 because decord asked for a frame past the frames that really decode returns another frame's
 pixels or never returns (dmlc/decord#373).
+
+decord is optional: it publishes wheels for Linux x86-64 (and Windows) only, so `pip install
+vlm-vision` brings it on Linux x86-64 alone (an environment marker; elsewhere the `[decord]` extra
+or a build from source). Without it everything works but this backend, which then raises
+`DecordNotInstalled` (an ImportError saying how to get decord) before any file is opened.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 from video.exact_decoder import FewerFrames, Video, header_frames
 
-__all__ = ["DECORD_THREADS", "DecordError", "DecordVideo"]
+__all__ = ["DECORD_INSTALL", "DECORD_THREADS", "DecordError", "DecordNotInstalled", "DecordVideo", "missing_decord",
+           "require_decord"]
+
+DECORD_INSTALL = ("pip install 'vlm-vision[decord]' (decord publishes wheels for Linux x86-64 only, where a plain "
+                  "`pip install vlm-vision` already includes it; elsewhere build decord from source), or use the "
+                  "default backend 'exact' (PyAV), which decodes on every platform")
 
 
 class DecordError(Exception):
     """decord refused the file or failed while decoding it; the message is what decord said."""
+
+
+class DecordNotInstalled(ImportError):
+    """The decord backend was asked for, and decord cannot be imported here; the message says how to get it."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or missing_decord(), name="decord")
+
+
+def missing_decord(detail: str | None = None) -> str:
+    """The message of DecordNotInstalled: what is missing (with `detail`, why) and how to get it."""
+    why = f" ({detail})" if detail else ""
+    return f"the decord backend needs the decord package, which is not installed{why}: {DECORD_INSTALL}"
+
+
+def require_decord() -> None:
+    """Return when decord is installed; raise DecordNotInstalled otherwise (decord itself is not imported)."""
+    if importlib.util.find_spec("decord") is None:
+        raise DecordNotInstalled()
 
 
 DECORD_THREADS = 0  # 0: decord chooses, as in LLaVA-NeXT-Video v1's loader; the pixels do not depend on it
@@ -35,12 +65,15 @@ class DecordVideo:
     """
 
     def __init__(self, path: str):
-        import decord  # lazy: decord is imported the first time a file is opened with it, never otherwise
+        try:
+            import decord  # lazy: decord is imported the first time a file is opened with it, never otherwise
+        except ImportError as error:  # missing, or installed but unloadable (a missing shared library)
+            raise DecordNotInstalled(missing_decord(f"{type(error).__name__}: {error}")) from error
 
         self.path = path
-        self.reader = _decord_call(
-            "cannot read it as a video", decord.VideoReader, path, ctx=decord.cpu(0), num_threads=DECORD_THREADS
-        )
+        self.errors = (RuntimeError, decord.DECORDError)  # what decord raises: both become DecordError
+        self.reader = _decord_call(self.errors, "cannot read it as a video", decord.VideoReader, path,
+                                   ctx=decord.cpu(0), num_threads=DECORD_THREADS)
         self.num_frames = len(self.reader)
         self.fps = float(self.reader.get_avg_fps())
         self.declared_frames = header_frames(path)  # decord counts the packets it can read
@@ -69,7 +102,8 @@ class DecordVideo:
         if reader is None:
             raise ValueError(f"{self.path}: decord's reader was already used and closed; open the file again")
         try:
-            batch = _decord_call("failed in get_batch", reader.get_batch, indices).asnumpy()  # (T, H, W, 3)
+            batch = _decord_call(self.errors, "failed in get_batch", reader.get_batch, indices)
+            batch = batch.asnumpy()  # (T, H, W, 3)
         except DecordError as error:
             if "size must exactly match" in str(error):  # decord's batch copy fails on a quarter turn
                 raise DecordError("decord's get_batch cannot read a video whose container rotates it a quarter "
@@ -81,12 +115,10 @@ class DecordVideo:
         yield from enumerate(batch)
 
 
-def _decord_call(what: str, function, *args, **kwargs):
-    """`function(*args, **kwargs)`, with decord's errors as DecordError naming `what` failed."""
-    import decord  # lazy: decord only for the decord backend, as above
-
+def _decord_call(errors: tuple[type[Exception], ...], what: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, with decord's `errors` as DecordError naming `what` failed."""
     try:
         return function(*args, **kwargs)
-    except (RuntimeError, decord.DECORDError) as error:  # decord raises both; the parent gets the reason
+    except errors as error:  # the parent gets the reason
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise DecordError(f"decord {what} ({type(error).__name__}: {first_line})") from error

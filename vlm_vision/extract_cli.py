@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from video.decord_decoder import DecordNotInstalled, require_decord
 from video.extract_plan import VIDEO_EXTENSIONS, Found, find_inputs
 from video.extract_report import merge_rank_manifests, plural, print_summary
 from video.extract_run import extract_share
@@ -142,7 +143,7 @@ def _positive_float(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Extract tokens for every input video; 0 when all succeeded (or were done), 1 otherwise, 2 when
-    the run cannot start (weights, pooling, the output folder in use).
+    the run cannot start (weights, pooling, the output folder in use, decord missing for --backend decord).
 
     Raises:
         InputError: for inputs, an output folder, weights or settings that cannot work, before any
@@ -211,6 +212,8 @@ def _check_inputs(args: argparse.Namespace) -> list[Found]:
             raise InputError("input not found", item, "an existing video file, a folder of videos, or a .txt/.lst "
                              "list of paths")
     check_output_folder(args.out, "--out")
+    if args.backend == "decord":
+        _check_decord_installed()
     if not args.random_weights:
         check_weights(args.model, "--model", what="weights", extra_hint=RANDOM_WEIGHTS_HINT)
     found = find_inputs(args.inputs)
@@ -218,6 +221,17 @@ def _check_inputs(args: argparse.Namespace) -> list[Found]:
         raise InputError("no videos found", " ".join(map(str, args.inputs)),
                          f"video files or folders holding them (extensions: {sorted(VIDEO_EXTENSIONS)})")
     return found
+
+
+def _check_decord_installed() -> None:
+    """Raise InputError (exit 2, nothing written) when `--backend decord` is asked for and decord is missing."""
+    try:
+        require_decord()
+    except DecordNotInstalled as error:
+        raise InputError("decord is not installed", "--backend decord",
+                         "the default --backend exact (PyAV, on every platform), or decord installed: "
+                         "pip install 'vlm-vision[decord]' (decord has wheels for Linux x86-64 only, where "
+                         "`pip install vlm-vision` includes it)") from error
 
 
 def _all_agree(ok: bool, num_processes: int) -> bool:

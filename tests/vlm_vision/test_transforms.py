@@ -249,7 +249,13 @@ def test_transparency_is_composited_on_white(photos):
     out = CLIPImageTransform(image_size=100)(image)
     pixels = to_uint8(out)[0]  # (3, 100, 100); crop keeps columns 25..124
     assert torch.all(pixels[:, :, :40] == 255)  # transparent, away from the resize blur at the seam
-    d = (out - reference_pixels(100, image)).abs()  # transformers composites on white too
+    reference_out = reference_pixels(100, image)
+    # transformers 5.25 composites on white too; 5.20 (the newest for Python 3.10, our lower
+    # bound) drops the alpha channel instead, so there the transparent half is not compared.
+    if torch.all(to_uint8(reference_out)[0][:, :, :40] == 255):
+        d = (out - reference_out).abs()
+    else:
+        d = (out - reference_out)[..., 60:].abs()  # (1, 3, 100, 40): the opaque half, away from the seam
     assert d.mean() <= MEAN_TOL and d.max() <= MAX_TOL
 
 

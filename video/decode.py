@@ -68,6 +68,7 @@ import numpy as np
 from video.clip import Backend, Sampling, VideoClip, VideoDecodeError
 from video.clip_loading import check_load_arguments, load_clip, missing_frames_allowed
 from video.decoder_wire import recv_into, recv_message, send_message
+from video.frame_scale import FrameScale, scale_label
 
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
@@ -180,8 +181,8 @@ atexit.register(shutdown_worker)
 class _Session:
     """Requests about one file; turns every failure into VideoDecodeError for that file."""
 
-    def __init__(self, worker: _Worker, path: str, timeout: float | None):
-        self.worker, self.path, self.timeout = worker, path, timeout
+    def __init__(self, worker: _Worker, path: str, timeout: float | None, scale: FrameScale | None = None):
+        self.worker, self.path, self.timeout, self.scale = worker, path, timeout, scale
 
     def error(self, reply: tuple) -> VideoDecodeError:
         if reply[0] != "error":
@@ -215,7 +216,8 @@ class _Session:
         """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, None, and each frame's
         presentation time (None where unknown); or None, the number of frames that really decode
         when some index is past it, and []."""
-        send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
+        scale = None if self.scale is None else self.scale.to_wire()
+        send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices, scale))
         out, received, times = None, 0, [None] * len(indices)
         while True:
             reply = self.worker.reply(self.timeout)
@@ -248,6 +250,7 @@ def load_video(
     backend: Backend = "exact",
     allow_partial: bool = False,
     min_frames: int = 1,
+    frame_scale: FrameScale | None = None,
 ) -> VideoClip:
     """Decode sampled frames of a video file.
 
@@ -275,6 +278,10 @@ def load_video(
         allow_partial: accept a file that decodes fewer frames than its container declares by
             more than `missing_frames_allowed` (max(2, 2%)): the clip is sampled from the frames
             that decode and marked `partial=True`. By default such a file is an error.
+        frame_scale: None returns frames at the source's resolution. A `video.FrameScale` (made
+            for a tower by `video.frame_scale_for`) has the decoder process shrink each frame with
+            FFmpeg's area filter before it is sent, so memory and copies stop growing with the
+            source's resolution; recorded as `clip.frame_scale`.
 
     Returns:
         A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.
@@ -294,6 +301,8 @@ def load_video(
         'decord'
     """
     check_load_arguments(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
+    if frame_scale is not None and not isinstance(frame_scale, FrameScale):
+        raise ValueError(f"frame_scale must be a video.FrameScale or None, got {frame_scale!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -303,7 +312,7 @@ def load_video(
         raise VideoDecodeError(path, "the file is empty (0 bytes)")
     with _worker_lock:
         worker = _get_worker()
-        session = _Session(worker, path, timeout)
+        session = _Session(worker, path, timeout, frame_scale)
         try:
             clip = load_clip(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
                              min_frames)
@@ -331,4 +340,5 @@ def load_video(
             _drop_worker(kill=True)
             raise
         worker.videos += 1
+        clip.frame_scale = scale_label(frame_scale)
         return clip

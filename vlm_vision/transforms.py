@@ -35,6 +35,7 @@ import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
+from video.frame_scale import FrameScale, pad_offsets, shortest_edge_size
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD
 
 __all__ = ["CLIPImageTransform", "as_frames", "resize_uint8"]
@@ -130,6 +131,11 @@ class CLIPImageTransform:
         """The uint8 colour "pad" mode fills with: int(mean * 255), (122, 116, 104) for CLIP."""
         return tuple(int(m * 255) for m in self.mean)
 
+    def frame_scale(self) -> FrameScale:
+        """The `video.FrameScale` that has the decoder process do this transform's resize
+        (`video.load_video(..., frame_scale=...)`): frames arrive at this transform's size."""
+        return FrameScale(self.image_size, self.mode, self.fill)
+
     def __repr__(self) -> str:
         return (f"CLIPImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}, "
                 f"mode={self.mode!r})")
@@ -221,24 +227,14 @@ def _config_side(value: Any, key: str) -> int | None:
 
 # ----- geometry (pure functions of sizes) -------------------------------------------------------
 
-def _shortest_edge_size(h: int, w: int, s: int) -> tuple[int, int]:
-    """(h', w') with the short side = s and the long side = int(s * long / short), truncated.
-
-    This is transformers' `get_resize_output_image_size` rule: 451x300 at 336 -> 505x336.
-    """
-    if w <= h:
-        return int(s * h / w), s
-    return s, int(s * w / h)
-
-
 def _crop_offset(length: int, s: int) -> int:
     """Start of the centre crop: floor((length - s) / 2), transformers' rule (torchvision rounds)."""
     return (length - s) // 2
 
 
-def _pad_offsets(h: int, w: int) -> tuple[int, int]:
-    """(top, left) of an h x w image centred on a max(h, w) square, as LLaVA's `expand2square`."""
-    return (w - h) // 2 if w > h else 0, (h - w) // 2 if h > w else 0
+# one rule for this transform and for the decoder process, which does its resize (`video.frame_scale`)
+_shortest_edge_size = shortest_edge_size
+_pad_offsets = pad_offsets
 
 
 # ----- tensor steps -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ _EXPORTS: dict[str, str] = {
     "VideoClip": "video.decode",
     "VideoDecodeError": "video.decode",
     "FrameScale": "video.frame_scale",
-    "frame_scale_for": "video.frame_scale",
     "spatial_pool": "video.pooling",
     "num_video_tokens": "video.pooling",
     "VideoTokens": "video.extract",
@@ -38,7 +37,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from video.budget import VideoBudget, VideoLayout, choose_video_budget  # noqa: F401
     from video.decode import VideoClip, VideoDecodeError, load_video  # noqa: F401
-    from video.frame_scale import FrameScale, frame_scale_for  # noqa: F401
+    from video.frame_scale import FrameScale  # noqa: F401
     from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens  # noqa: F401
     from video.pooling import num_video_tokens, spatial_pool  # noqa: F401
     from video.sampling import fps_indices, uniform_indices  # noqa: F401

@@ -278,10 +278,10 @@ def load_video(
         allow_partial: accept a file that decodes fewer frames than its container declares by
             more than `missing_frames_allowed` (max(2, 2%)): the clip is sampled from the frames
             that decode and marked `partial=True`. By default such a file is an error.
-        frame_scale: None returns frames at the source's resolution. A `video.FrameScale` (made
-            for a tower by `video.frame_scale_for`) has the decoder process shrink each frame with
-            FFmpeg's area filter before it is sent, so memory and copies stop growing with the
-            source's resolution; recorded as `clip.frame_scale`.
+        frame_scale: None returns frames at the source's resolution. A `video.FrameScale` (a
+            tower's: `CLIPImageTransform.frame_scale()`) has the decoder process do the image
+            transform's resize on each frame before it is sent, so memory and copies stop growing
+            with the source's resolution (`video.frame_scale`); recorded as `clip.frame_scale`.
 
     Returns:
         A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.

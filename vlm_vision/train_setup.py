@@ -28,6 +28,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from video import VideoDecodeError, load_video_tokens
+from video.frame_scale import scale_label
 from video.budget import sampled_frame_count
 from vlm_vision.anyres import anyres_pixel_values
 from vlm_vision.anyres_grid import anyres_num_tokens
@@ -210,7 +211,8 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
     check_cached_tokens(videos, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
-                        max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)
+                        max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens,
+                        frame_scale=scale_label(processor.video_sampling().get("frame_scale")))
     load_anyres = None
     if model.image_grid_pinpoints is not None:
         load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,
@@ -259,6 +261,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
                        time_instruction=config.time_instruction, time_markers=config.time_markers,
                        train={})
     model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
+    processor.full_resolution_frames = config.full_resolution_frames  # raw videos: the decoder's resize or none
     config, max_length_source = _with_max_length(config, model, processor, main)
     spec.train = dataclasses.asdict(config)
     spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id

@@ -61,6 +61,14 @@ def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]],
         sock.sendall(pixels)
 
 
+def _one_thread() -> None:
+    """The resize runs in one torch thread: the decoder's own threads have the cores."""
+    import torch  # lazy: loaded on the first resize only (`video.frame_scale`)
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 def rgb_pixels(frame: object, scale: FrameScale | None = None) -> np.ndarray:
     """uint8[H, W, 3] RGB, upright and contiguous, of a PyAV frame or of decord's RGB array.
 
@@ -74,7 +82,8 @@ def rgb_pixels(frame: object, scale: FrameScale | None = None) -> np.ndarray:
         frame = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
         if turns:
             frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
-    if scale is not None:
+    if scale is not None and scale.shrinks(*frame.shape[:2]):
+        _one_thread()
         frame = scale.apply(frame)  # (h, w, 3), the transform's resize
     # rows of odd widths come padded: make the bytes contiguous before announcing them
     return np.ascontiguousarray(frame)  # (H, W, 3) uint8

@@ -6,24 +6,28 @@ grow with the source's resolution (4K cost 3.8-4.6x the memory of 720p). With a 
 decoder process does the image transform's resize itself, one frame at a time, right after it
 decodes it, and sends the small frame: the bytes per frame stop growing with the source.
 
-Which resize: the transform's own, exactly. CLIP's preprocessing brings the short side to S
-(the long side to int(S * long / short), transformers' rule) with antialiased bicubic, as PIL
-does it, then crops the centre; LLaVA's "pad" mode centres the frame on a square of the mean colour
-and brings that to S x S. The decoder process does that resize with PIL, the reference the
-transform itself follows (`vlm_vision.transforms`), and leaves the crop to the transform, which
-finds its resize already done: the tower's pixels stay within two grey levels of the
-full-resolution path, mean well under 0.1 (tests/video/test_frame_scale.py). Scaling with
-FFmpeg's own scaler was measured first and missed that bound: its area filter to twice the tower's
-input, then the transform, was up to 17 grey levels off on the bundled videos (mean 1.4), since
-swscale converts chroma differently when it scales and the two filters in a row blur more than
-one; its bicubic straight to the final size was 25 levels off on noise (its kernel is not PIL's).
+Which resize: the transform's own, the same code (`video.frame_resize`). CLIP's preprocessing
+brings the short side to S (the long side to int(S * long / short), transformers' rule) with
+antialiased bicubic, then crops the centre; LLaVA's "pad" mode centres the frame on a square of
+the mean colour and brings that to S x S. The decoder process does that resize and leaves the crop
+to the transform, which finds its resize already done: on the CPU the tower's pixels are those of
+the full-resolution path, bit for bit (tests/video/test_frame_scale.py). For that the decoder
+process imports torch, on its first resize (about a second, once per decoder process; it serves
+200 videos).
+
+Two cheaper schemes were measured first and missed the bound of 2 grey levels: FFmpeg's area
+filter (swscale, in the decoder process, as it converts to RGB) to twice the tower's input, then
+the transform, was up to 17 grey levels off on the bundled videos (mean 1.4), since swscale
+converts chroma differently when it scales and two filters in a row blur more than one; swscale's
+bicubic straight to the final size was 25 levels off on noise (its kernel is not PIL's). PIL's own
+resize in the decoder process was within 2 levels, but took twice as long as decoding a 720p frame.
 
 Frames are only ever shrunk: a frame already at or below the size is sent as decoded.
 
 `None` where a `FrameScale` is expected means full resolution: today's frames, bit for bit
 (`--full-resolution-frames`).
 
-This module is imported by the decoder process too, which never imports torch: numpy and PIL only.
+This module is imported by the decoder process, which imports torch only when it first resizes: numpy only.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import PIL.Image
 
 __all__ = ["FULL_RESOLUTION", "FrameScale", "pad_offsets", "scale_label", "shortest_edge_size"]
 
@@ -83,22 +86,13 @@ class FrameScale:
         return (min(height, width) if self.mode == "crop" else max(height, width)) > self.size
 
     def apply(self, frame: np.ndarray) -> np.ndarray:
-        """uint8[H, W, 3] RGB -> uint8[h, w, 3]: the transform's resize (the frame itself if it would not shrink).
-
-        The result is what the transform's resize step would make of `frame`, within PIL's and
-        PyTorch's rounding: "crop" gives `shortest_edge_size`, "pad" a `size` x `size` square.
-        """
-        h, w = frame.shape[:2]
-        if not self.shrinks(h, w):
+        """uint8[H, W, 3] RGB -> uint8[h, w, 3]: the transform's resize (the frame itself if it would not
+        shrink); `video.frame_resize.resize_frame`, which needs torch (imported on first use)."""
+        if not self.shrinks(*frame.shape[:2]):
             return frame
-        image = PIL.Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
-        if self.mode == "pad" and h != w:
-            square = PIL.Image.new("RGB", (max(h, w), max(h, w)), self.fill)
-            top, left = pad_offsets(h, w)
-            square.paste(image, (left, top))
-            image = square
-        new_h, new_w = shortest_edge_size(image.height, image.width, self.size)
-        return np.asarray(image.resize((new_w, new_h), PIL.Image.Resampling.BICUBIC))  # (h', w', 3)
+        from video.frame_resize import resize_frame  # lazy: torch, only in a decoder process that resizes
+
+        return resize_frame(frame, self)
 
     def to_wire(self) -> list:
         """[size, mode, fill], as the decoder protocol carries it (`from_wire` reads it back)."""

@@ -61,19 +61,22 @@ def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]],
         sock.sendall(pixels)
 
 
-def _one_thread() -> None:
-    """The resize runs in one torch thread: the decoder's own threads have the cores."""
+def _resized(frame: np.ndarray, scale: FrameScale) -> np.ndarray:
+    """`video.frame_resize.resize_frame` in one torch thread (the decoder's own threads have the cores)."""
     import torch  # lazy: loaded on the first resize only (`video.frame_scale`)
+
+    from video.frame_resize import resize_frame  # lazy: imports torch
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+    return resize_frame(frame, scale)
 
 
 def rgb_pixels(frame: object, scale: FrameScale | None = None) -> np.ndarray:
     """uint8[H, W, 3] RGB, upright and contiguous, of a PyAV frame or of decord's RGB array.
 
     With `scale`, the frame is resized here as the image transform would resize it
-    (`FrameScale.apply`): the full-size RGB frame lives only while this function runs.
+    (`video.frame_resize.resize_frame`): the full-size RGB frame lives only while this function runs.
     """
     if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
         # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
@@ -83,8 +86,7 @@ def rgb_pixels(frame: object, scale: FrameScale | None = None) -> np.ndarray:
         if turns:
             frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
     if scale is not None and scale.shrinks(*frame.shape[:2]):
-        _one_thread()
-        frame = scale.apply(frame)  # (h, w, 3), the transform's resize
+        frame = _resized(frame, scale)  # (h, w, 3), the transform's resize
     # rows of odd widths come padded: make the bytes contiguous before announcing them
     return np.ascontiguousarray(frame)  # (H, W, 3) uint8
 

@@ -27,15 +27,14 @@ Frames are only ever shrunk: a frame already at or below the size is sent as dec
 `None` where a `FrameScale` is expected means full resolution: today's frames, bit for bit
 (`--full-resolution-frames`).
 
-This module is imported by the decoder process, which imports torch only when it first resizes: numpy only.
+This module is imported by the decoder process, which imports torch only when it first resizes
+(`video.frame_resize.resize_frame`): standard library only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-import numpy as np
 
 __all__ = ["FULL_RESOLUTION", "FrameScale", "pad_offsets", "scale_label", "shortest_edge_size"]
 
@@ -84,15 +83,6 @@ class FrameScale:
     def shrinks(self, height: int, width: int) -> bool:
         """True when a `height` x `width` frame is larger than the transform's resize makes it."""
         return (min(height, width) if self.mode == "crop" else max(height, width)) > self.size
-
-    def apply(self, frame: np.ndarray) -> np.ndarray:
-        """uint8[H, W, 3] RGB -> uint8[h, w, 3]: the transform's resize (the frame itself if it would not
-        shrink); `video.frame_resize.resize_frame`, which needs torch (imported on first use)."""
-        if not self.shrinks(*frame.shape[:2]):
-            return frame
-        from video.frame_resize import resize_frame  # lazy: torch, only in a decoder process that resizes
-
-        return resize_frame(frame, self)
 
     def to_wire(self) -> list:
         """[size, mode, fill], as the decoder protocol carries it (`from_wire` reads it back)."""

@@ -25,7 +25,6 @@ import torch
 from safetensors import safe_open
 
 from video.extract import read_metadata
-from video.frame_scale import FULL_RESOLUTION
 from video.provenance import describe_differences, differences, weights_fingerprint
 from vlm_vision.data_formats import Record
 
@@ -39,18 +38,16 @@ class ForeignTokens(ValueError):
 
 
 def expected_settings(tower: torch.nn.Module, *, num_frames: int | None, fps: float | None, pool_stride: int,
-                      pool_mode: str, max_video_tokens: int | None = None,
-                      frame_scale: str = FULL_RESOLUTION) -> dict[str, Any]:
+                      pool_mode: str, max_video_tokens: int | None = None) -> dict[str, Any]:
     """What a cached token file must record to stand in for this run's decoding and tower.
 
     `num_frames` is the frame count T every video gets (uniform sampling); None with `fps`
     sampling, where T depends on each video's length and the recorded `fps` is compared instead.
     Under a token budget (`max_video_tokens`) each file is pooled at the stride its frame count
     allows (`vlm-vision extract --max-video-tokens`): the budget and the base stride are compared.
-    `frame_scale` is how this run's decoder sizes frames (`video.frame_scale.scale_label`).
     """
     expected = {"random_weights": False, "layer": int(tower.select_layer), "pool_mode": pool_mode, "fps": fps,
-                "sampling": "exact", "partial": False, "frame_scale": frame_scale}
+                "sampling": "exact", "partial": False}
     if max_video_tokens is None:
         expected["pool_stride"] = pool_stride
     else:
@@ -62,14 +59,14 @@ def expected_settings(tower: torch.nn.Module, *, num_frames: int | None, fps: fl
 
 def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, num_frames: int | None,
                         fps: float | None, pool_stride: int, pool_mode: str, max_video_tokens: int | None = None,
-                        accept: bool = False, frame_scale: str = FULL_RESOLUTION) -> None:
+                        accept: bool = False) -> None:
     """Refuse cached token files whose metadata disagree with this run.
 
     Args:
         records: the dataset's records; those with a cached video are checked, each file once.
         tower: the run's tower (its layer and weights).
-        num_frames, fps, pool_stride, pool_mode, max_video_tokens, frame_scale: the run's video
-            settings (`expected_settings`).
+        num_frames, fps, pool_stride, pool_mode, max_video_tokens: the run's video settings
+            (`expected_settings`).
         accept: warn instead of raising (`TrainConfig.accept_foreign_tokens`).
 
     Raises:
@@ -77,7 +74,7 @@ def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, nu
             and how many files differ.
     """
     expected = expected_settings(tower, num_frames=num_frames, fps=fps, pool_stride=pool_stride, pool_mode=pool_mode,
-                                 max_video_tokens=max_video_tokens, frame_scale=frame_scale)
+                                 max_video_tokens=max_video_tokens)
     paths = sorted({str(r.media_path) for r in records if r.media_kind == "video" and r.cached})
     fingerprints: dict[str, str] = {}  # the run's tower's fingerprint, per dtype a file was made in
     foreign, unchecked, first = 0, 0, None

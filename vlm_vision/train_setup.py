@@ -28,7 +28,6 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from video import VideoDecodeError, load_video_tokens
-from video.frame_scale import scale_label
 from video.budget import sampled_frame_count
 from vlm_vision.anyres import anyres_pixel_values
 from vlm_vision.anyres_grid import anyres_num_tokens
@@ -211,8 +210,7 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
     check_cached_tokens(videos, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
-                        max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens,
-                        frame_scale=scale_label(processor.video_sampling().get("frame_scale")))
+                        max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)
     load_anyres = None
     if model.image_grid_pinpoints is not None:
         load_anyres = functools.partial(_anyres_crops, transform=model.tower.image_transform,

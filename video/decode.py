@@ -50,6 +50,13 @@ frame-count check, which would cost more than the keyframes themselves: the fram
 are packets marked as keyframes, which the never-decoding packets seen so far were not (a time-out
 still guards the rest).
 
+`frame_scale=` (a `video.FrameScale`) has the worker resize every frame for the tower before it
+sends it, with the image transform's own resize (`video.frame_scale`): what crosses the socket and
+what the caller holds no longer grows with the source's resolution, and only the worker holds a
+full-size frame, one at a time (besides its decoder's reference frames). The caller's output array is
+the only copy of a clip's frames; it is not reused across clips, since a caller may keep a clip while
+decoding the next (a DataLoader prefetching), and at the tower's size it is small anyway.
+
 Shapes: T frames, H/W pixels.
 """
 

@@ -8,8 +8,9 @@ can time out, kill and replace. The decoders themselves are `video.exact_decoder
 and `video.decord_decoder`.
 
 `video.decode` starts it with `python -c <loader> PACKAGE_ROOT FD`. This module and the few it
-imports (`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`) need
-only PyAV and numpy, and `video/__init__.py` loads its public names (and torch) only on first
+imports (`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`,
+`video.frame_scale`) need only PyAV and numpy (torch is loaded on the first request to resize frames,
+`video.frame_resize`), and `video/__init__.py` loads its public names (and torch) only on first
 use, so the process starts in a fraction of a second. It serves one request at a time on one
 stream socket, in the protocol of `video.decoder_wire`:
 

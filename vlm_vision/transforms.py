@@ -33,7 +33,6 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-import torch.nn.functional as F
 
 from video.frame_resize import pad_to_square, resize_uint8
 from video.frame_scale import FrameScale, pad_offsets, shortest_edge_size

@@ -14,6 +14,8 @@ then again), so that load from elsewhere falls on all of them alike; medians of 
 
     python benchmarks/bench_resolution.py --runs 3 --json benchmarks/results/resolution_cpu.json \
         --plot benchmarks/results/resolution_cpu.png
+    python benchmarks/bench_resolution.py --part pipeline --runs 5 \
+        --json benchmarks/results/resolution_pipeline_cpu.json
 """
 
 from __future__ import annotations
@@ -112,6 +114,38 @@ def run_once(video: pathlib.Path, weights: pathlib.Path, out: pathlib.Path, full
     return {"seconds": seconds, "peak_pss": pss, "peak_rss": rss}
 
 
+def pipeline(videos: dict[str, pathlib.Path], runs: int, frames: int) -> dict:
+    """What a decoding worker does, in this process: `load_video` + the 336-px transform, both paths in turns.
+
+    Without the command's start-up (torch, the tower; 20-40 s on the loaded machine), which buried the
+    4K-over-720p difference in noise in the whole-command runs.
+    """
+    import torch
+
+    from video import load_video
+    from vlm_vision.transforms import CLIPImageTransform
+
+    torch.set_num_threads(1)  # as in extract's decoding workers
+    transform = CLIPImageTransform(336)
+    paths = {"full resolution": None, "resized in the decoder": transform.frame_scale()}
+    for scale in paths.values():  # start the decoder process (and its torch) before timing
+        load_video(next(iter(videos.values())), num_frames=2, frame_scale=scale)
+    times: dict[str, dict[str, list[float]]] = {n: {p: [] for p in paths} for n in videos}
+    for _ in range(runs):
+        for name, video in videos.items():
+            for path_name, scale in paths.items():
+                t0 = time.perf_counter()
+                transform(load_video(video, num_frames=frames, frame_scale=scale).frames)
+                times[name][path_name].append(time.perf_counter() - t0)
+    out = {n: {p: {"median_s": statistics.median(t), "seconds": t, "frames_per_s": frames / statistics.median(t)}
+               for p, t in by.items()} for n, by in times.items()}
+    if "720p" in out and "4K" in out:
+        extra = {p: out["4K"][p]["median_s"] - out["720p"][p]["median_s"] for p in paths}
+        out["extra_4k_over_720p_s"] = extra
+        out["extra_time_ratio_new_over_old"] = extra["resized in the decoder"] / extra["full resolution"]
+    return out
+
+
 def plot(results: dict, path: str) -> None:
     import matplotlib
 
@@ -143,7 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     parser.add_argument("--only", nargs="*", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--part", choices=("command", "pipeline"), default="command",
+                        help="command: whole `vlm-vision extract` processes (memory, time); pipeline: decode + "
+                             "transform in this process (time only)")
     args = parser.parse_args(argv)
+    if args.part == "pipeline":
+        videos = {name: make_clip(CACHE / f"pan_{name}.mp4", *RESOLUTIONS[name]) for name in args.only}
+        out = pipeline(videos, args.runs, args.frames)
+        for name in videos:
+            for path_name, r in out[name].items():
+                print(f"{name:6s} {path_name:24s} {r['median_s']:.2f} s  {r['frames_per_s']:.1f} frames/s")
+        print({k: out[k] for k in ("extra_4k_over_720p_s", "extra_time_ratio_new_over_old") if k in out})
+        write_json(args.json, {"machine": machine(), "frames": args.frames, "runs": args.runs, "results": out})
+        return 0
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     videos = {name: make_clip(CACHE / f"pan_{name}.mp4", *RESOLUTIONS[name]) for name in args.only}

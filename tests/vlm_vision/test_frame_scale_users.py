@@ -80,9 +80,8 @@ def test_extract_records_the_scale_and_never_mixes_the_two(capsys, tmp_path, tin
     assert code == 0 and "frame_scale: 'full' there, 'crop:28' now" in stdout
     assert "frame_scale: 'full' there, 'crop:28' now" in manifest(out)[-1]["reason"]
     scaled = load_video_tokens(out / "realshort.safetensors")
-    assert scaled.frame_scale == "crop:28" and not torch.equal(scaled.tokens, full)
-    cosine = torch.nn.functional.cosine_similarity(scaled.tokens, full, dim=-1).mean().item()
-    assert cosine > 0.999, cosine
+    # on the CPU the same tokens (the transform's own resize, run in the decoder process), recorded apart
+    assert scaled.frame_scale == "crop:28" and torch.equal(scaled.tokens, full)
 
     code, stdout, _ = extract(capsys, *common)
     assert code == 0 and manifest(out)[-1]["status"] == "skipped-existing"  # kept: same settings

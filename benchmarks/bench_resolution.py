@@ -159,10 +159,12 @@ def plot(results: dict, path: str) -> None:
         for ax, key, label in ((axes[0], "peak_rss", "peak RSS"), (axes[1], "peak_pss", "peak PSS")):
             ax.plot(pixels, [results[n][path_name][key] / 2**20 for n in names], style, label=path_name)
             ax.set_title(f"{label}, whole process tree")
-            ax.set_xlabel("source megapixels")
+            ax.set_xlabel("source megapixels (log scale)")
             ax.set_ylabel("MiB")
     for ax in axes:
+        ax.set_xscale("log")
         ax.set_xticks(pixels, [f"{n}\n{p:.1f}" for n, p in zip(names, pixels)])
+        ax.minorticks_off()
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle("vlm-vision extract, 32 frames, 336-px tower: memory against source resolution (medians)")

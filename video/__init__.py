@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "VideoClip": "video.decode",
     "VideoDecodeError": "video.decode",
     "DecordNotInstalled": "video.decord_decoder",
+    "FrameScale": "video.frame_scale",
     "spatial_pool": "video.pooling",
     "num_video_tokens": "video.pooling",
     "VideoTokens": "video.extract",
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from video.budget import VideoBudget, VideoLayout, choose_video_budget  # noqa: F401
     from video.decode import VideoClip, VideoDecodeError, load_video  # noqa: F401
     from video.decord_decoder import DecordNotInstalled  # noqa: F401
+    from video.frame_scale import FrameScale  # noqa: F401
     from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens  # noqa: F401
     from video.pooling import num_video_tokens, spatial_pool  # noqa: F401
     from video.sampling import fps_indices, uniform_indices  # noqa: F401

@@ -65,6 +65,9 @@ class ClipOrigin:
     partial: bool = False
     """True when more frames are missing than `missing_frames_allowed` tolerates and
     `allow_partial=True` let the clip through: the frames come from the part that decodes."""
+    frame_scale: str = "full"
+    """How large the frames left the decoder: "full" (the source's resolution) or e.g. "short:672"
+    (short side brought to 672 pixels by the area filter; `video.frame_scale.scale_label`)."""
 
 
 @dataclass
@@ -92,6 +95,7 @@ class VideoClip(ClipOrigin):
             when it gives none); None when it declares neither.
         partial: True when more frames are missing than `missing_frames_allowed` tolerates and
             `allow_partial=True` let the clip through: the frames come from the part that decodes.
+        frame_scale: "full", or the scale the decoder shrank the frames to (e.g. "short:672").
     """
 
     frames: torch.Tensor

@@ -52,6 +52,13 @@ frame-count check, which would cost more than the keyframes themselves: the fram
 are packets marked as keyframes, which the never-decoding packets seen so far were not (a time-out
 still guards the rest).
 
+`frame_scale=` (a `video.FrameScale`) has the worker resize every frame for the tower before it
+sends it, with the image transform's own resize (`video.frame_scale`): what crosses the socket and
+what the caller holds no longer grows with the source's resolution, and only the worker holds a
+full-size frame, one at a time (besides its decoder's reference frames). The caller's output array is
+the only copy of a clip's frames; it is not reused across clips, since a caller may keep a clip while
+decoding the next (a DataLoader prefetching), and at the tower's size it is small anyway.
+
 Shapes: T frames, H/W pixels.
 """
 
@@ -71,6 +78,7 @@ from video.clip import Backend, Sampling, VideoClip, VideoDecodeError
 from video.clip_loading import check_load_arguments, load_clip, missing_frames_allowed
 from video.decoder_wire import recv_into, recv_message, send_message
 from video.decord_decoder import DecordNotInstalled, require_decord
+from video.frame_scale import FrameScale, scale_label
 
 __all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
 
@@ -183,8 +191,8 @@ atexit.register(shutdown_worker)
 class _Session:
     """Requests about one file; turns every failure into VideoDecodeError for that file."""
 
-    def __init__(self, worker: _Worker, path: str, timeout: float | None):
-        self.worker, self.path, self.timeout = worker, path, timeout
+    def __init__(self, worker: _Worker, path: str, timeout: float | None, scale: FrameScale | None = None):
+        self.worker, self.path, self.timeout, self.scale = worker, path, timeout, scale
 
     def error(self, reply: tuple) -> VideoDecodeError:
         if reply[0] != "error":
@@ -220,7 +228,8 @@ class _Session:
         """uint8[len(indices), H, W, 3] for increasing, distinct `indices`, None, and each frame's
         presentation time (None where unknown); or None, the number of frames that really decode
         when some index is past it, and []."""
-        send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices))
+        scale = None if self.scale is None else self.scale.to_wire()
+        send_message(self.worker.sock, ("keyframes" if keyframes_only else "frames", indices, scale))
         out, received, times = None, 0, [None] * len(indices)
         while True:
             reply = self.worker.reply(self.timeout)
@@ -253,6 +262,7 @@ def load_video(
     backend: Backend = "exact",
     allow_partial: bool = False,
     min_frames: int = 1,
+    frame_scale: FrameScale | None = None,
 ) -> VideoClip:
     """Decode sampled frames of a video file.
 
@@ -280,6 +290,10 @@ def load_video(
         allow_partial: accept a file that decodes fewer frames than its container declares by
             more than `missing_frames_allowed` (max(2, 2%)): the clip is sampled from the frames
             that decode and marked `partial=True`. By default such a file is an error.
+        frame_scale: None returns frames at the source's resolution. A `video.FrameScale` (a
+            tower's: `CLIPImageTransform.frame_scale()`) has the decoder process do the image
+            transform's resize on each frame before it is sent, so memory and copies stop growing
+            with the source's resolution (`video.frame_scale`); recorded as `clip.frame_scale`.
 
     Returns:
         A `VideoClip` with `frames` uint8[T, H, W, 3] RGB.
@@ -303,6 +317,8 @@ def load_video(
     check_load_arguments(num_frames, fps, max_frames, sampling, timeout, backend, min_frames)
     if backend == "decord":
         require_decord()  # one clear error, before any file or worker
+    if frame_scale is not None and not isinstance(frame_scale, FrameScale):
+        raise ValueError(f"frame_scale must be a video.FrameScale or None, got {frame_scale!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "no such file")
@@ -312,7 +328,7 @@ def load_video(
         raise VideoDecodeError(path, "the file is empty (0 bytes)")
     with _worker_lock:
         worker = _get_worker()
-        session = _Session(worker, path, timeout)
+        session = _Session(worker, path, timeout, frame_scale)
         try:
             clip = load_clip(session, num_frames, fps, max_frames, start, end, sampling, backend, allow_partial,
                              min_frames)
@@ -340,4 +356,5 @@ def load_video(
             _drop_worker(kill=True)
             raise
         worker.videos += 1
+        clip.frame_scale = scale_label(frame_scale)
         return clip

@@ -8,8 +8,9 @@ can time out, kill and replace. The decoders themselves are `video.exact_decoder
 and `video.decord_decoder`.
 
 `video.decode` starts it with `python -c <loader> PACKAGE_ROOT FD`. This module and the few it
-imports (`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`) need
-only PyAV and numpy, and `video/__init__.py` loads its public names (and torch) only on first
+imports (`video.decoder_wire`, `video.exact_decoder`, `video.decord_decoder`, `video.h264_nal`,
+`video.frame_scale`) need only PyAV and numpy (torch is loaded on the first request to resize frames,
+`video.frame_resize`), and `video/__init__.py` loads its public names (and torch) only on first
 use, so the process starts in a fraction of a second. It serves one request at a time on one
 stream socket, in the protocol of `video.decoder_wire`:
 
@@ -17,9 +18,12 @@ stream socket, in the protocol of `video.decoder_wire`:
                                    the packets found, and the count the header declares (None
                                    if it declares neither count nor duration); backend is
                                    "exact" (PyAV, `Video`) or "decord" (`DecordVideo`)
-    ("frames", indices)         -> per index, in any order, ("frame", k, shape) + the RGB bytes;
-                                   then ("done",), or ("short", n) when only n frames decode
-    ("keyframes", indices)      -> the same for keyframe indices, one packet decoded each
+    ("frames", indices, scale)  -> per index, in any order, ("frame", k, shape, seconds) + the RGB
+                                   bytes; then ("done",), or ("short", n) when only n frames decode.
+                                   `scale` is None (full resolution) or a `FrameScale.to_wire()`:
+                                   each frame is then resized here as the image transform would
+                                   resize it (`video.frame_scale`)
+    ("keyframes", indices, scale) -> the same for keyframe indices, one packet decoded each
                                    (decord: both are one `get_batch`, after which the file is closed)
     ("check", index)            -> decord only: ("done",) when frame `index` decodes, else ("short", n)
     ("exit",)                   -> the process ends
@@ -39,32 +43,58 @@ import numpy as np
 from video.decoder_wire import recv_message, send_message
 from video.decord_decoder import DecordVideo
 from video.exact_decoder import FewerFrames, Video
+from video.frame_scale import FrameScale
 
 __all__ = ["main", "serve"]
 
 
 def _send_frames(sock: socket.socket, frames: Iterator[tuple[int, object]],
-                 times: list[float | None] | None = None) -> None:
+                 times: list[float | None] | None = None, scale: FrameScale | None = None) -> None:
     """Send (k, frame) pairs as ("frame", k, shape, seconds) messages, each followed by its pixels.
 
     `seconds` is `times[k]`, the frame's presentation time; None when unknown (decord's frames).
+    With `scale`, each frame is shrunk before it is sent (`rgb_pixels`).
     """
     for k, frame in frames:
         seconds = times[k] if times else None
-        if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
-            # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
-            # in the container. Turn the frame upright, as players and decord show it.
-            turns = round(getattr(frame, "rotation", 0) / 90) % 4
-            frame = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
-            if turns:
-                frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
-        # rows of odd widths come padded: make the bytes contiguous before announcing them
-        pixels = np.ascontiguousarray(frame)  # (H, W, 3) uint8
+        pixels = rgb_pixels(frame, scale)
         send_message(sock, ("frame", k, pixels.shape, seconds))
         sock.sendall(pixels)
 
 
-def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, argument) -> None:
+def _resized(frame: np.ndarray, scale: FrameScale) -> np.ndarray:
+    """`video.frame_resize.resize_frame` in one torch thread: more were slower (measured: 480p 0.83 s
+    against 0.55 s for 32 frames with two), their idle threads spinning while the decoder works."""
+    import torch  # lazy: loaded on the first resize only (`video.frame_scale`)
+
+    from video.frame_resize import resize_frame  # lazy: imports torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return resize_frame(frame, scale)
+
+
+def rgb_pixels(frame: object, scale: FrameScale | None = None) -> np.ndarray:
+    """uint8[H, W, 3] RGB, upright and contiguous, of a PyAV frame or of decord's RGB array.
+
+    With `scale`, the frame is resized here as the image transform would resize it
+    (`video.frame_resize.resize_frame`): the full-size RGB frame lives only while this function runs.
+    """
+    if not isinstance(frame, np.ndarray):  # a PyAV frame; decord's come as arrays, already upright
+        # Phones store portrait video landscape, with a display rotation (counterclockwise degrees)
+        # in the container. Turn the frame upright, as players and decord show it.
+        turns = round(getattr(frame, "rotation", 0) / 90) % 4
+        frame = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+        if turns:
+            frame = np.rot90(frame, turns)  # (W, H, 3) for a quarter turn
+    if scale is not None and scale.shrinks(*frame.shape[:2]):
+        frame = _resized(frame, scale)  # (h, w, 3), the transform's resize
+    # rows of odd widths come padded: make the bytes contiguous before announcing them
+    return np.ascontiguousarray(frame)  # (H, W, 3) uint8
+
+
+def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, argument,
+            scale: FrameScale | None = None) -> None:
     """Serve one frames/keyframes/check request about the open file (FewerFrames when frames are missing)."""
     if video is None:
         raise ValueError(f"{op!r} before a file was opened")
@@ -73,11 +103,11 @@ def _answer(sock: socket.socket, video: Video | DecordVideo | None, op: str, arg
             raise ValueError("'check' is a request of the decord backend only")
         video.check(argument)
     elif isinstance(video, DecordVideo):  # decord decodes keyframes like any frame
-        _send_frames(sock, video.frames(argument))
+        _send_frames(sock, video.frames(argument), scale=scale)
     else:
         # every frame is matched to the timestamp index, so its time is the index's
         _send_frames(sock, video.exact(argument) if op == "frames" else video.keyframe_frames(argument),
-                     video.presentation_times(argument))
+                     video.presentation_times(argument), scale)
 
 
 def serve(sock: socket.socket) -> None:
@@ -102,7 +132,8 @@ def serve(sock: socket.socket) -> None:
                 send_message(sock, ("meta", meta))
             elif op in ("frames", "keyframes", "check"):
                 try:
-                    _answer(sock, video, op, request[1])
+                    scale = FrameScale.from_wire(request[2]) if len(request) > 2 else None
+                    _answer(sock, video, op, request[1], scale)
                 except FewerFrames as short:
                     send_message(sock, ("short", short.count))
                 else:

@@ -33,7 +33,7 @@ import av
 
 from video.h264_nal import avcc_length_size, is_disposable
 
-__all__ = ["FewerFrames", "Video", "declared_frames", "header_frames"]
+__all__ = ["DECODE_THREADS", "FewerFrames", "Video", "declared_frames", "header_frames"]
 
 # Frame threads decode ahead of the frame being waited for, and a seek throws that work away. On
 # two cores slice threads alone were faster for 32 frames of the benchmark video (3.9 s against
@@ -41,6 +41,12 @@ __all__ = ["FewerFrames", "Video", "declared_frames", "header_frames"]
 # were not measured there, and idle cores make decoding ahead cheap.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _SEEK_THREADS = "SLICE" if _CORES <= 2 else "AUTO"
+# A fixed number of decoding threads, not FFmpeg's default of one per core (plus one): with frame
+# threads each thread holds a full-size frame being decoded, on top of the reference frames the
+# codec keeps (H.264: its decoded picture buffer, up to 16 frames, 4-6 for 4K at the usual levels).
+# That is what this process holds at full size while it decodes; the frames it sends are scaled
+# (`video.frame_scale`), so it is the only full-size memory of a decode.
+DECODE_THREADS = max(1, min(_CORES, 4))
 
 
 class FewerFrames(Exception):
@@ -109,6 +115,7 @@ class Video:
         container = av.open(self.path)
         stream = container.streams.best("video")
         stream.thread_type = "AUTO"  # frame and slice threads
+        stream.codec_context.thread_count = DECODE_THREADS
         return container, stream
 
     def _primed_stream(self, thread_type: str):

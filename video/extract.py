@@ -96,6 +96,7 @@ def extract_video_tokens(
     random_weights: bool = False,
     backend: str = "exact",
     allow_partial: bool = False,
+    full_resolution_frames: bool = False,
 ) -> VideoTokens:
     """Sample a video's frames, encode each with the tower, and pool each frame's patch grid.
 
@@ -115,6 +116,9 @@ def extract_video_tokens(
         backend: "exact" or "decord", the decoder (see `video.load_video`); recorded with the tokens.
         allow_partial: accept a video that decodes fewer frames than it declares (see
             `video.load_video`); recorded with the tokens (`partial`).
+        full_resolution_frames: decode frames at the video's resolution and resize them here, as
+            earlier versions did, instead of having the decoder process resize them with the
+            tower's transform's rule (`video.frame_scale`); recorded with the tokens (`frame_scale`).
 
     Returns:
         `VideoTokens` with tokens float[T, N', D] in the tower's dtype, on the tower's device.
@@ -135,8 +139,9 @@ def extract_video_tokens(
     if isinstance(video, VideoClip):
         clip = video
     elif isinstance(video, (str, os.PathLike)):
+        scale = None if full_resolution_frames else tower.image_transform.frame_scale()
         clip = load_video(video, num_frames=num_frames, fps=fps, max_frames=num_frames if fps else None,
-                          sampling=sampling, backend=backend, allow_partial=allow_partial)
+                          sampling=sampling, backend=backend, allow_partial=allow_partial, frame_scale=scale)
     else:
         raise TypeError(f"video must be a path or a VideoClip, got {type(video).__name__}")
     tokens = encode_frames(tower, clip.frames, stride=pool_stride, mode=pool_mode, batch_size=batch_size)  # (T, N', D)
@@ -173,6 +178,7 @@ def tokens_for_clip(clip: VideoClip, tokens: torch.Tensor, tower: torch.nn.Modul
         backend=clip.backend,
         declared_frames=clip.declared_frames,
         partial=bool(clip.partial),
+        frame_scale=clip.frame_scale,
     )
 
 

@@ -15,7 +15,10 @@ records
   checkpoints that differ only below bfloat16's precision share a fingerprint.
 
 A resumed run keeps an output only when all of that and every setting that changes its tokens
-match (`differences`).
+match (`differences`). One of them is how large the frames left the decoder (`frame_scale`:
+"full", or e.g. "crop:336", `video.frame_scale`): tokens of full-resolution frames are never
+taken for those of frames the decoder resized, or the other way round. Files written before the
+setting existed hold full-resolution tokens and say nothing: a missing `frame_scale` reads "full".
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from typing import Any
 
 import torch
 
+from video.frame_scale import FULL_RESOLUTION
+
 __all__ = ["describe_differences", "differences", "source_fingerprint", "source_identity", "weights_fingerprint"]
 
 FINGERPRINT_SPAN = 1 << 20  # bytes read from each end of a file
 SOURCE_KEYS = ("source_path", "source_size", "source_mtime_ns", "source_fingerprint")
+# what a key missing from a file stands for: the only value files written before the key existed can hold
+RECORDED_BEFORE = {"frame_scale": FULL_RESOLUTION}
 
 
 def source_fingerprint(path: str | os.PathLike, size: int | None = None) -> str:
@@ -84,8 +91,10 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     """{key: (recorded value, current value)} for every key of `current` whose values differ.
 
     A key missing from `recorded` (a file from an older version) counts as a difference, with
-    recorded value None.
+    recorded value None; except a key of `RECORDED_BEFORE`, which then has the value older
+    versions always wrote with (`frame_scale`: "full").
     """
+    recorded = {**RECORDED_BEFORE, **recorded}
     return {k: (recorded.get(k), v) for k, v in current.items()
             if k not in recorded or _normal(recorded[k]) != _normal(v)}
 

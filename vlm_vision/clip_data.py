@@ -149,7 +149,9 @@ class PairDataset(torch.utils.data.Dataset):
     def _pixels(self, pair: Pair) -> torch.Tensor:
         if pair.kind == "image":
             return self.transform(pair.path)  # (1, 3, S, S)
-        return self.transform(load_video(pair.path, num_frames=self.num_frames).frames)  # (T, 3, S, S)
+        scale = self.transform.frame_scale() if hasattr(self.transform, "frame_scale") else None
+        clip = load_video(pair.path, num_frames=self.num_frames, frame_scale=scale)
+        return self.transform(clip.frames)  # (T, 3, S, S)
 
     def collate(self, items: list[tuple[int, torch.Tensor | None]]) -> dict[str, Any]:
         """A batch of the items that decoded: frames stacked, captions cut to the longest one."""

@@ -63,14 +63,15 @@ def load_medium(question: Question, model: nn.Module, num_frames: int, sampling:
     """Decode or read a question's medium; a file that cannot be read gives a `Loaded` with `error`.
 
     `sampling` are `video.load_video`'s frame arguments (`VisionLanguageProcessor.video_sampling`);
-    None: `num_frames` uniform frames.
+    None: `num_frames` uniform frames, resized by the decoder process for the tower (`video.frame_scale`).
     """
     transform = model.tower.image_transform
     try:
         if question.cached:
             return _load_video_tokens(question, model)
         if question.media_kind == "video":
-            clip = load_video(question.media_path, **(sampling or {"num_frames": num_frames}), start=question.start,
+            sampling = sampling or {"num_frames": num_frames, "frame_scale": transform.frame_scale()}
+            clip = load_video(question.media_path, **sampling, start=question.start,
                               end=question.end)
             window = min(question.end or clip.duration, clip.duration) - (question.start or 0.0)
             return Loaded(question, "video", transform(clip.frames), duration=window,

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
+from video.frame_scale import scale_label
 from vlm_vision.cli_errors import InputError
 from vlm_vision.config_flags import add_config_arguments, config_from_flags
 from vlm_vision.eval_data import summarize
@@ -92,6 +93,9 @@ class EvalConfig:
     """With `fps`, the most frames per video (default: the model's training setting)."""
     max_video_tokens: int | None = None
     """Token budget of one video; longer videos pool harder (default: the model's training setting)."""
+    full_resolution_frames: bool = False
+    """Send video frames from the decoder process at their own resolution and resize them afterwards, as
+    earlier versions did (default: the decoder process resizes them for the tower; see README)."""
     limit: int | None = None
     """Evaluate only the first N records."""
     max_new_tokens: int = 32
@@ -218,12 +222,14 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     dtype = _dtype(config, device)
     model, processor = load_eval_model(config.model, device=device, dtype=dtype)
     processor = _with_sampling(model, processor, config)
+    processor.full_resolution_frames = config.full_resolution_frames  # the decoder's resize (video.frame_scale)
     num_frames = config.num_frames or processor.num_frames
     sampling = processor.video_sampling(num_frames)
     settings = {"num_frames": num_frames, "max_new_tokens": config.max_new_tokens,
                 "dtype": str(dtype).removeprefix("torch.")}
     if sampling.get("fps") is not None or model.max_video_tokens is not None:
         settings.update({**sampling, "max_video_tokens": model.max_video_tokens})
+    settings["frame_scale"] = scale_label(sampling.get("frame_scale"))
     run = {"model": identity, "settings": settings}
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ from video.decord_decoder import DecordNotInstalled, require_decord
 from video.extract_plan import VIDEO_EXTENSIONS, Found, find_inputs
 from video.extract_report import merge_rank_manifests, plural, print_summary
 from video.extract_run import extract_share
-from video.extract_settings import load_arguments, token_settings, video_layout
+from video.extract_settings import decoder_scale, load_arguments, token_settings, video_layout
 from video.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
 from vlm_vision.cli_errors import InputError
@@ -114,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept videos that decode fewer frames than their container declares (cut-short "
                              "downloads): tokens from the part that decodes, marked partial in the file and the "
                              "manifest (default: such a video is an error)")
+    parser.add_argument("--full-resolution-frames", action="store_true",
+                        help="send frames from the decoder process at the video's own resolution and resize them "
+                             "afterwards, as before: the tower's pixels bit for bit as earlier versions made them "
+                             "(default: the decoder process resizes each frame for the tower, within 2 grey levels "
+                             "of that, and memory stops growing with the resolution); recorded with the tokens")
     parser.add_argument("--preview", action="store_true",
                         help="also write <name>.png, a contact sheet of the sampled frames with their timestamps")
 
@@ -185,7 +190,7 @@ def _run_locked(args: argparse.Namespace, found: list[Found], out: Path, device:
     try:
         check_tower_pooling(tower, args.pool_stride, args.pool_mode)
         layout = video_layout(args, tower)
-        load_kwargs = load_arguments(args, layout)
+        load_kwargs = load_arguments(args, layout, decoder_scale(args, tower))
     except ValueError as e:
         raise InputError("settings that do not fit the tower", f"--model {args.model}", str(e)) from None
     settings = token_settings(args, tower, model_label)

@@ -85,7 +85,8 @@ class VisionLanguageProcessor:
                  image_grid_pinpoints: Sequence[Sequence[int]] | None = None, anyres_convention: str = "transformers",
                  fps: float | None = None, min_frames: int = 1, max_frames: int | None = None,
                  max_video_tokens: int | None = None, pool_mode: str = "average",
-                 faster_token_stride: int | None = None, time_instruction: bool = False, time_markers: bool = False):
+                 faster_token_stride: int | None = None, time_instruction: bool = False, time_markers: bool = False,
+                 full_resolution_frames: bool = False):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.layout = VideoLayout(grid=tuple(grid), pool_stride=pool_stride, pool_mode=pool_mode,
@@ -95,6 +96,7 @@ class VisionLanguageProcessor:
         self.max_frames = self.layout.frame_limit(max_frames, min_frames)  # raises when min_frames cannot fit
         sampled_frame_count(1, 1.0, fps, num_frames=num_frames, min_frames=min_frames, max_frames=self.max_frames)
         self.time_instruction, self.time_markers = time_instruction, time_markers
+        self.full_resolution_frames = full_resolution_frames  # else the decoder resizes (`video_sampling`)
         self.tokenizer = tokenizer
         self.image_transform = image_transform
         self.num_frames = num_frames
@@ -222,11 +224,19 @@ class VisionLanguageProcessor:
         return load_video(video, **self.video_sampling())
 
     def video_sampling(self, num_frames: int | None = None) -> dict[str, Any]:
-        """`video.load_video`'s frame arguments for this processor (`num_frames` overrides the fixed count)."""
+        """`video.load_video`'s frame arguments for this processor (`num_frames` overrides the fixed count).
+
+        Training and evaluation both decode with these: frames leave the decoder process already
+        resized by the image transform's rule (`frame_scale`), unless `full_resolution_frames`.
+        """
+        scale = None
+        if not self.full_resolution_frames and hasattr(self.image_transform, "frame_scale"):
+            scale = self.image_transform.frame_scale()
         if self.fps is None:
             return {"num_frames": sampled_frame_count(1, 1.0, None, num_frames=num_frames or self.num_frames,
-                                                      min_frames=self.min_frames, max_frames=self.max_frames)}
-        return {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames}
+                                                      min_frames=self.min_frames, max_frames=self.max_frames),
+                    "frame_scale": scale}
+        return {"fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames, "frame_scale": scale}
 
     def load_frames(self, video: Any) -> torch.Tensor:
         """A video as uint8[T, H, W, 3]: a path is decoded and sampled (`load_clip`); a `VideoClip`

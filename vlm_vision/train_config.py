@@ -88,6 +88,9 @@ class TrainConfig:
     """With `fps`, the most frames a video gets (LLaVA-Video: 64); the length scan assumes this many."""
     max_video_tokens: int | None = None
     """Token budget of one video: frames pool at up to twice `pool_stride` to fit it (`video.budget`)."""
+    full_resolution_frames: bool = False
+    """Send raw videos' frames from the decoder process at their own resolution and resize them afterwards,
+    as earlier versions did (default: the decoder process resizes them for the tower; see README)."""
     faster_token_stride: int | None = None
     """SlowFast (LLaVA-Video's add_faster_video): every k-th frame at `pool_stride`, the others at twice it,
     each frame followed by a learned `faster_token` (trained in both stages). None: off."""

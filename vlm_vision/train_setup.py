@@ -260,6 +260,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
                        time_instruction=config.time_instruction, time_markers=config.time_markers,
                        train={})
     model, processor = build_base(spec, tokenizer=tokenizer, dtype=dtype)  # vocab_size 0: a fresh build
+    processor.full_resolution_frames = config.full_resolution_frames  # raw videos: the decoder's resize or none
     config, max_length_source = _with_max_length(config, model, processor, main)
     spec.train = dataclasses.asdict(config)
     spec.image_token_id, spec.video_token_id = processor.image_token_id, processor.video_token_id

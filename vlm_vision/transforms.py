@@ -33,8 +33,9 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-import torch.nn.functional as F
 
+from video.frame_resize import pad_to_square, resize_uint8
+from video.frame_scale import FrameScale, pad_offsets, shortest_edge_size
 from vlm_vision.configs import CLIP_MEAN, CLIP_STD
 
 __all__ = ["CLIPImageTransform", "as_frames", "resize_uint8"]
@@ -130,6 +131,11 @@ class CLIPImageTransform:
         """The uint8 colour "pad" mode fills with: int(mean * 255), (122, 116, 104) for CLIP."""
         return tuple(int(m * 255) for m in self.mean)
 
+    def frame_scale(self) -> FrameScale:
+        """The `video.FrameScale` that has the decoder process do this transform's resize
+        (`video.load_video(..., frame_scale=...)`): frames arrive at this transform's size."""
+        return FrameScale(self.image_size, self.mode, self.fill)
+
     def __repr__(self) -> str:
         return (f"CLIPImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}, "
                 f"mode={self.mode!r})")
@@ -221,74 +227,24 @@ def _config_side(value: Any, key: str) -> int | None:
 
 # ----- geometry (pure functions of sizes) -------------------------------------------------------
 
-def _shortest_edge_size(h: int, w: int, s: int) -> tuple[int, int]:
-    """(h', w') with the short side = s and the long side = int(s * long / short), truncated.
-
-    This is transformers' `get_resize_output_image_size` rule: 451x300 at 336 -> 505x336.
-    """
-    if w <= h:
-        return int(s * h / w), s
-    return s, int(s * w / h)
-
-
 def _crop_offset(length: int, s: int) -> int:
     """Start of the centre crop: floor((length - s) / 2), transformers' rule (torchvision rounds)."""
     return (length - s) // 2
 
 
-def _pad_offsets(h: int, w: int) -> tuple[int, int]:
-    """(top, left) of an h x w image centred on a max(h, w) square, as LLaVA's `expand2square`."""
-    return (w - h) // 2 if w > h else 0, (h - w) // 2 if h > w else 0
+# one rule for this transform and for the decoder process, which does its resize (`video.frame_scale`)
+_shortest_edge_size = shortest_edge_size
+_pad_offsets = pad_offsets
+_pad_to_square = pad_to_square
 
 
 # ----- tensor steps -----------------------------------------------------------------------------
-
-def resize_uint8(frames: torch.Tensor, size: tuple[int, int], *, via_float: bool | None = None) -> torch.Tensor:
-    """Antialiased bicubic resize of uint8[t, 3, H, W] -> uint8[t, 3, h, w], PIL's arithmetic.
-
-    Two implementations, chosen by `via_float` (default: by device and direction):
-      - uint8 kernel (CPU, shrinking): PyTorch's own PIL-style fixed-point filter, vectorised for
-        channels-last; at most one grey level from PIL, and ~15x faster than float on the CPU.
-      - float, one axis at a time (GPUs, which have no uint8 kernel, and CPU enlargement): width
-        first, then height, each result rounded and clamped to 0..255 as PIL does between its two
-        passes. Closer to PIL than the uint8 kernel, whose 16-bit weights, when enlarging, can
-        leave a pixel two grey levels off.
-    """
-    h, w = frames.shape[-2:]
-    new_h, new_w = size
-    if (h, w) == (new_h, new_w):
-        return frames
-    if via_float is None:
-        via_float = frames.device.type != "cpu" or new_h > h or new_w > w
-    if not via_float:
-        x = frames.contiguous(memory_format=torch.channels_last)  # (t, 3, H, W), HWC in memory
-        return F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)  # (t, 3, h, w)
-    x = frames.float()
-    if new_w != w:
-        x = F.interpolate(x, size=(h, new_w), mode="bicubic", antialias=True).round_().clamp_(0, 255)  # (t, 3, H, w)
-    if new_h != h:
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True).round_().clamp_(0, 255)  # (t, 3, h, w)
-    return x.to(torch.uint8)
-
 
 def _center_crop(frames: torch.Tensor, s: int) -> torch.Tensor:
     """uint8[t, 3, h, w] (both >= s) -> the centre uint8[t, 3, s, s] (a view)."""
     h, w = frames.shape[-2:]
     top, left = _crop_offset(h, s), _crop_offset(w, s)
     return frames[:, :, top:top + s, left:left + s]  # (t, 3, s, s)
-
-
-def _pad_to_square(frames: torch.Tensor, fill: tuple[int, int, int]) -> torch.Tensor:
-    """uint8[t, 3, H, W] -> uint8[t, 3, M, M], M = max(H, W), the image centred on `fill`."""
-    t, _, h, w = frames.shape
-    if h == w:
-        return frames
-    m = max(h, w)
-    canvas = torch.empty((t, m, m, 3), dtype=torch.uint8, device=frames.device).permute(0, 3, 1, 2)  # (t, 3, M, M)
-    canvas[:] = torch.tensor(fill, dtype=torch.uint8, device=frames.device).view(1, 3, 1, 1)  # (1, 3, 1, 1) fill
-    top, left = _pad_offsets(h, w)
-    canvas[:, :, top:top + h, left:left + w] = frames
-    return canvas
 
 
 # ----- input conversion (the I/O boundary) ------------------------------------------------------

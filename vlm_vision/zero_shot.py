@@ -139,7 +139,7 @@ class ZeroShotClassifier:
             if isinstance(item, VideoClip):
                 clip = item
             elif isinstance(item, (str, os.PathLike)):
-                clip = load_video(item, num_frames=num_frames)
+                clip = load_video(item, num_frames=num_frames, frame_scale=self.image_transform.frame_scale())
             else:
                 raise TypeError(f"each video must be a path or a video.VideoClip, got {type(item).__name__}")
             pixels = self.image_transform(clip.frames)  # (T, 3, S, S)

@@ -34,11 +34,18 @@ def test_tokens_are_tower_then_pool_on_the_sampled_frames(tower, realshort):
     expected = spatial_pool(tower(pixels), grid=(4, 4), stride=2, mode="average")  # (6, 4, 32)
 
     from_clip = extract_video_tokens(clip, tower, pool_stride=2)
+    full = extract_video_tokens(realshort, tower, num_frames=6, pool_stride=2, full_resolution_frames=True)
     from_path = extract_video_tokens(realshort, tower, num_frames=6, pool_stride=2)
+    # by default the decoder process resizes the frames for the tower (video.frame_scale)
+    scaled = load_video(realshort, num_frames=6, frame_scale=tower.image_transform.frame_scale())
+    assert scaled.frames.shape[1:] == (28, 37, 3) and scaled.frame_scale == "crop:28"
 
     assert from_clip.tokens.shape == (6, 4, 32)
     assert torch.equal(from_clip.tokens, expected)
-    assert torch.equal(from_path.tokens, expected)
+    assert torch.equal(full.tokens, expected) and full.frame_scale == "full"
+    assert torch.equal(from_path.tokens, spatial_pool(tower(tower.image_transform(scaled.frames)), grid=(4, 4),
+                                                      stride=2, mode="average"))
+    assert from_path.frame_scale == "crop:28"
     assert from_path.indices == list(clip.indices)
     assert from_path.timestamps == pytest.approx(list(clip.timestamps))
     assert from_path.grid == (4, 4) and from_path.pooled_grid == (2, 2)
@@ -131,7 +138,7 @@ def test_video_tokens_is_exported():
 
 def test_decord_backend_reaches_load_video_and_the_file(tower, realshort, tmp_path):
     clip = load_video(realshort, num_frames=4, backend="decord")
-    tokens = extract_video_tokens(realshort, tower, num_frames=4, backend="decord")
+    tokens = extract_video_tokens(realshort, tower, num_frames=4, backend="decord", full_resolution_frames=True)
     expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
     assert tokens.backend == "decord" and torch.equal(tokens.tokens, expected)
     assert extract_video_tokens(clip, tower).backend == "decord"  # a decoded clip says how it was decoded

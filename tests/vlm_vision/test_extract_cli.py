@@ -67,7 +67,8 @@ def test_tokens_equal_the_library_call(capsys, tmp_path, tiny_model, videos):
     assert "a.mp4: tokens (5, 4, 32)" in stdout
     got = load_video_tokens(out / "a.safetensors")
     tower = CLIPVisionTower.from_pretrained(tiny_model)
-    clip = load_video(videos / "a.mp4", num_frames=5)
+    # frames leave the decoder process resized for the tower (video.frame_scale)
+    clip = load_video(videos / "a.mp4", num_frames=5, frame_scale=tower.image_transform.frame_scale())
     expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
     torch.testing.assert_close(got.tokens, expected, rtol=1e-5, atol=1e-6)
     assert got.indices == list(clip.indices) and got.model == str(tiny_model) and not got.random_weights
@@ -181,10 +182,16 @@ def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_
 def test_preview_contact_sheet(capsys, tmp_path, tiny_model, data_dir):
     out = tmp_path / "out"
     code, _, _ = extract(capsys, data_dir / "realshort.mp4", "--out", out, "--model", tiny_model, "--num-frames", 4,
-                         "--preview", "--workers", 0)
+                         "--preview", "--workers", 0, "--full-resolution-frames")
     assert code == 0
     with Image.open(out / "realshort.png") as sheet:  # 4 thumbnails of 192 x 144 (320x240 video) in one row
         assert sheet.size == (4 * 192 + 5 * 4, 144 + 2 * 4)
+    # the sheet keeps its display size when the decoder resizes the frames for the tower (28 px here:
+    # 37x28 frames, whose aspect is the source's to a pixel)
+    code, _, _ = extract(capsys, data_dir / "realshort.mp4", "--out", out, "--model", tiny_model, "--num-frames", 4,
+                         "--preview", "--workers", 0)
+    with Image.open(out / "realshort.png") as sheet:
+        assert sheet.size[0] == 4 * 192 + 5 * 4 and abs(sheet.size[1] - (144 + 2 * 4)) <= 1
 
 
 def test_same_stem_in_two_folders_gives_two_outputs_under_their_parent(capsys, tmp_path, tiny_model):
@@ -339,7 +346,7 @@ def test_backend_decord_is_used_and_recorded(capsys, tmp_path, tiny_model, video
     assert code == 0 and "(decord decoding)" in stderr
     got = load_video_tokens(out / "a.safetensors")
     tower = CLIPVisionTower.from_pretrained(tiny_model)
-    clip = load_video(videos / "a.mp4", num_frames=5, backend="decord")
+    clip = load_video(videos / "a.mp4", num_frames=5, backend="decord", frame_scale=tower.image_transform.frame_scale())
     expected = spatial_pool(tower(tower.image_transform(clip.frames)), grid=(4, 4), stride=2, mode="average")
     assert got.backend == "decord" and got.indices == clip.indices
     torch.testing.assert_close(got.tokens, expected, rtol=1e-5, atol=1e-6)

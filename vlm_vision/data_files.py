@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "parse_strategy", "read_records",
-           "sample_positions"]
+__all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "no_cyclic_gc", "parse_strategy",
+           "read_records", "sample_positions"]
 
 STRATEGIES = ("all", "first", "end", "random")
 _PATTERN = re.compile(r"^(.*)\{([^{}]*)\}\.json$")
@@ -60,6 +60,10 @@ class DataRows:
 
     def __len__(self) -> int:
         return len(self.raws)
+
+    def raw(self, i: int) -> Any:
+        """Record `i` as read (a `Skipped` for a JSONL line that is not JSON)."""
+        return self.raws[i]
 
     def source(self, i: int) -> str:
         path = self.files[self.file_ids[i]]
@@ -178,7 +182,8 @@ def _read_bytes(path: Path) -> bytes:
 
 
 @contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
+    """Switch the cyclic garbage collector off inside the block (for code that makes many containers)."""
     # Parsing a million records creates tens of millions of containers, none of them garbage; the
     # cyclic collector would walk them again and again (3x the parse time on a 300 MB file).
     enabled = gc.isenabled()
@@ -194,7 +199,7 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
     """(records, positions): JSON list index, or JSONL line number (blank lines skipped)."""
     if path.suffix == ".jsonl":
         out, lines = [], []
-        with _no_cyclic_gc():
+        with no_cyclic_gc():
             for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -206,7 +211,7 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
                 lines.append(n)
         return out, lines
     try:
-        with _no_cyclic_gc():
+        with no_cyclic_gc():
             records = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"data file {path} is not valid JSON: {e}") from e

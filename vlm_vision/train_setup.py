@@ -31,9 +31,10 @@ from video import VideoDecodeError, load_video_tokens
 from video.budget import sampled_frame_count
 from vlm_vision.anyres import anyres_pixel_values
 from vlm_vision.anyres_grid import anyres_num_tokens
-from vlm_vision.data_files import DataRows, Skipped, load_rows
+from vlm_vision.data_files import Skipped
 from vlm_vision.data_formats import BadSample, MediaRoots, parse_record
-from vlm_vision.data_scan import KINDS, TrainingData, load_training_data
+from vlm_vision.data_resume import DATA_FILES_RECORD, check_data_files
+from vlm_vision.data_scan import KINDS, Rows, TrainingData, load_training_data, open_rows
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_data import ConversationDataset, VisualSpec
 from vlm_vision.train_log import RunLog, logger
@@ -126,9 +127,10 @@ def video_fit_error(frames: int, tokens_per_frame: int, video_tokens: Any, max_l
             f"(from {source}); raise --max-length to {span + MIN_TEXT} or more{fewer}")
 
 
-def _first_raw_video(rows: DataRows, roots: MediaRoots) -> str | None:
+def _first_raw_video(rows: Rows, roots: MediaRoots) -> str | None:
     """The id of the first record holding a raw (not pre-extracted) video, or None."""
-    for n, raw in enumerate(rows.raws):
+    for n in range(len(rows)):
+        raw = rows.raw(n)
         if isinstance(raw, Skipped):
             continue
         try:
@@ -183,13 +185,16 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     frames = _scan_frames(config, processor)
     visual = _visual_spec(model, processor, frames)
     started = time.perf_counter()
-    rows = load_rows(path, config.seed)
+    cache = Path(config.output_dir) / "data-scan"
+    check_data_files(path, Path(config.output_dir) / DATA_FILES_RECORD, resume=config.resume, write=main)
+    rows = open_rows(path, seed=config.seed, cache_dir=cache, local_main=state.is_local_main_process,
+                     barrier=state.wait_for_everyone)
     problem = video_fit_error(frames, visual.tokens_per_frame, visual.video_tokens, config.max_length,
                               max_length_source, frames_flag="--num-frames" if config.fps is None else "--max-frames")
     if problem and (video := _first_raw_video(rows, roots)) is not None:
         raise ValueError(f"{path}: {problem} (first video: {video})")
     data = load_training_data(rows, roots, processor.tokenizer, visual, config.max_length,
-                              cache_dir=Path(config.output_dir) / "data-scan", process_index=state.process_index,
+                              cache_dir=cache, process_index=state.process_index,
                               num_processes=state.num_processes, gather=lambda obj: gather_object([obj]),
                               workers=max(1, config.num_workers))
     records, skipped = data.records, data.skipped
@@ -207,7 +212,8 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
                          f"(first reasons: {[s.reason for s in skipped[:3]]}){hint}")
     ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
     ceiling.add(skipped, "the scan")
-    videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
+    cached = data.cached if data.cached is not None else data.kinds == KINDS["video"]
+    videos = (records[int(i)] for i in np.flatnonzero(cached))  # read one at a time, never listed
     check_cached_tokens(videos, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
                         max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)

@@ -198,19 +198,38 @@ def phase(args) -> dict:
         return {"s": time.perf_counter() - t, "records": len(convs)}
     import torch
 
+    if args.phase == "store":  # the store alone at full scale: every record indexed, no scan
+        import numpy as np
+
+        from vlm_vision.data_formats import MediaRoots
+        from vlm_vision.data_scan import LazyRecords, open_rows
+
+        rows = open_rows(args.data, cache_dir=args.cache)
+        records = LazyRecords(rows, np.arange(len(rows)), MediaRoots())
+        return _epoch(args, records, base)
     data = _training_data(args, tok, visual)
     from vlm_vision.train_data import ConversationDataset
 
     dataset = ConversationDataset(data.records, tok, visual, max_length=args.max_length, load_video=None,
                                   load_cached=None, transform=None)
-    loader = torch.utils.data.DataLoader(_Index(dataset.records), batch_size=256, num_workers=args.loader_workers,
+    return _epoch(args, dataset.records, base)
+
+
+def _epoch(args, records, base) -> dict:
+    """Main memory at the first batch of a DataLoader that indexes `records`; with phase 'epoch' or
+    'store', each worker's growth over the full epoch."""
+    import gc
+
+    import torch
+
+    loader = torch.utils.data.DataLoader(_Index(records), batch_size=256, num_workers=args.loader_workers,
                                          shuffle=True, collate_fn=_count, persistent_workers=True)
     it = iter(loader)
     next(it)
     gc.collect()
     main = _mem()
-    out = {"records": len(data.records), "main_anon_bytes": main["Anonymous"] - base["Anonymous"],
-           "main_anon_per_record": (main["Anonymous"] - base["Anonymous"]) / len(data.records)}
+    out = {"records": len(records), "main_anon_bytes": main["Anonymous"] - base["Anonymous"],
+           "main_anon_per_record": (main["Anonymous"] - base["Anonymous"]) / len(records)}
     if args.phase == "step":
         return out
     pids = [str(w.pid) for w in it._workers]
@@ -230,7 +249,9 @@ def phase(args) -> dict:
 def run_phase(name: str, impl: str, data: Path, cache: Path, *, workers: int, loader_workers: int,
               max_length: int, baseline: str | None) -> dict:
     """One phase in a fresh, niced process (today's code from `baseline` when impl is 'old')."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(baseline if impl == "old" else ROOT))
+    # One thread per process, so that "2 processes" is 2 cores (the tokenizer would use every core otherwise).
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(baseline if impl == "old" else ROOT),
+               TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = ["nice", "-n", "10", sys.executable, __file__, "--phase", name, "--impl", impl, "--data", str(data),
            "--cache", str(cache), "--workers", str(workers), "--loader-workers", str(loader_workers),
            "--max-length", str(max_length)]
@@ -249,6 +270,8 @@ def main() -> None:
     parser.add_argument("--baseline-records", type=int, default=300_000)
     parser.add_argument("--rate-records", type=int, default=50_000, help="records of the scan-rate comparison")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--store-records", type=int, default=0,
+                        help="also build a store of this many records and index all of them (no scan)")
     parser.add_argument("--workers", type=int, default=2, help="scan processes")
     parser.add_argument("--loader-workers", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=8192)
@@ -306,6 +329,13 @@ def main() -> None:
             res["epoch"] = run_phase("epoch", impl, data, cache, workers=args.workers, **common)
             report[impl] = res
             (root / impl / "train.json").unlink()
+        if args.store_records:
+            print(f"store only: {args.store_records:,} records", flush=True)
+            data = write_dataset(root / "store", args.store_records)
+            cache = root / "store-cache"
+            report["store_only"] = {"records": args.store_records, "file_bytes": data.stat().st_size,
+                                    "build": run_phase("build", "new", data, cache, workers=1, **common),
+                                    "epoch": run_phase("store", "new", data, cache, workers=1, **common)}
     write_json(args.json, report)
     print(json.dumps(report["rate_medians"]))
 

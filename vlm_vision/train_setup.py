@@ -51,7 +51,7 @@ from vlm_vision.trained import (
     load_trained_weights,
 )
 
-__all__ = ["Run", "llm_context", "resolve_max_length", "setup", "video_fit_error"]
+__all__ = ["Run", "llm_context", "resolve_max_length", "scan_frames", "setup", "video_fit_error", "visual_spec"]
 
 # Text tokens (template, question, answer) a sequence needs besides its visual span, for the
 # default max_length of an LLM whose context is unknown and for the smallest max_length suggested.
@@ -142,7 +142,12 @@ def _first_raw_video(rows: Rows, roots: MediaRoots) -> str | None:
     return None
 
 
-def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+def visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+    """How `model` and `processor` turn media into placeholder tokens, for a scan of `num_frames` per video.
+
+    `model` needs only `pooled_grid`, `video_layout`, `image_tokens`, `image_grid_pinpoints`,
+    `anyres_convention` and `tower` (`vlm-vision data-stats` passes a stand-in without an LLM).
+    """
     # Counting functions of small objects (the video layout, the anyres numbers), never bound methods
     # of the model: the dataset holds them, and every DataLoader worker receives a pickled dataset.
     rows, cols = model.pooled_grid
@@ -166,7 +171,7 @@ def _marked_span_length(processor: Any, frames: int) -> int:
     return len(processor.video_span(frames, [0.0] * frames))
 
 
-def _scan_frames(config: TrainConfig, processor: Any) -> int:
+def scan_frames(config: TrainConfig, processor: Any) -> int:
     """Frames the length scan assumes for a raw video: the fixed count, or with `fps` the most it can
     get (`max_frames` within the token budget; `num_frames` when neither bounds it)."""
     if config.fps is None:
@@ -182,8 +187,8 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     # Absolute, so that decoding does not depend on the working directory of whatever process decodes.
     roots = MediaRoots(*(Path(p).absolute() if p else None for p in (config.media_root, config.image_folder,
                                                                      config.video_folder)))
-    frames = _scan_frames(config, processor)
-    visual = _visual_spec(model, processor, frames)
+    frames = scan_frames(config, processor)
+    visual = visual_spec(model, processor, frames)
     started = time.perf_counter()
     cache = Path(config.output_dir) / "data-scan"
     check_data_files(path, Path(config.output_dir) / DATA_FILES_RECORD, resume=config.resume, write=main)
@@ -308,7 +313,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
 def _with_max_length(config: TrainConfig, model: nn.Module, processor: Any, main: bool) -> tuple[TrainConfig, str]:
     """`config` with `max_length` resolved (`resolve_max_length`), and where the value came from."""
     context = llm_context(model.llm.config, processor.tokenizer)
-    frames = _scan_frames(config, processor)
+    frames = scan_frames(config, processor)
     longest = max(model.video_tokens(frames), model.image_tokens)
     max_length, source = resolve_max_length(config.max_length, context, longest)
     if context is not None and max_length > context:

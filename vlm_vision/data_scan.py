@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from video.atomic_files import write_atomic
+from vlm_vision.chat_render import ChatRenderer
 from vlm_vision.data_files import DataRows, Skipped, load_rows, no_cyclic_gc
 from vlm_vision.data_formats import BadSample, MediaRoots, Record, parse_record
 from vlm_vision.data_store import RecordStore, open_store
@@ -106,8 +107,8 @@ def scan_rows(rows: Rows, indices: Sequence[int], roots: MediaRoots, tokenizer: 
               max_length: int, chunk: int = 512) -> dict[str, Any]:
     """Scan the given rows: {"rows", "lengths", "kinds", "cached", "skipped": [(row, id, reason, source)]}.
 
-    Each conversation is rendered once and the texts are tokenized in batches (the tokenizer's
-    own threads); a record whose length is not plainly within `max_length` with its placeholders
+    Each conversation is rendered once (`ChatRenderer`: the compiled template, checked against
+    transformers) and the texts are tokenized in batches (the tokenizer's own threads); a record whose length is not plainly within `max_length` with its placeholders
     all present takes the full path (`scan_one`), which finds the exact reason or length.
     """
     with no_cyclic_gc():  # a scan makes many containers and no garbage cycles
@@ -120,7 +121,7 @@ def _scan_rows(rows: Rows, indices: np.ndarray, roots: MediaRoots, tokenizer: An
     kinds = np.zeros(len(indices), dtype=np.int8)
     cached = np.zeros(len(indices), dtype=bool)
     skipped = []
-    render = tokenizer.apply_chat_template
+    renderer = ChatRenderer(tokenizer)
     for start in range(0, len(indices), chunk):
         ready: list[tuple[int, Record, int, list[int]]] = []  # (position in output, record, id, counts)
         texts = []
@@ -137,9 +138,8 @@ def _scan_rows(rows: Rows, indices: np.ndarray, roots: MediaRoots, tokenizer: An
                 skipped.append((k, e.sample_id, e.reason, rows.source(k)))
                 continue
             ready.append((out, record, token_id, counts))
-            texts.append(render(prompt_messages(record, visual, times) if times else list(record.messages),
-                                tokenize=False))
-        encoded = _token_ids(tokenizer, texts) if texts else []
+            texts.append(prompt_messages(record, visual, times) if times else list(record.messages))
+        encoded = _token_ids(tokenizer, renderer.render(texts)) if texts else []
         for (out, record, token_id, counts), ids in zip(ready, encoded):
             length = len(ids) - len(counts) + sum(counts)
             kinds[out] = KINDS[record.media_kind]

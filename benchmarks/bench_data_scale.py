@@ -146,6 +146,11 @@ def _count(batch):
 def phase(args) -> dict:
     """Run one phase in this process; returns its figures."""
     import gc
+    import resource
+
+    def cpu() -> float:  # user + system seconds of this process and its reaped children (load-independent)
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
     tok, visual = _tokenizer_and_visual()
     import torch.utils.data  # noqa: F401  (fixed costs, not per record: imported before the baseline)
@@ -173,10 +178,11 @@ def phase(args) -> dict:
         from vlm_vision.data_formats import MediaRoots
         from vlm_vision.data_scan import cached_scan
 
+        c0, t1 = cpu(), time.perf_counter()
         result, hit = cached_scan(rows, MediaRoots(), tok, visual, args.max_length, cache_dir=args.cache,
                                   workers=args.workers)
         assert hit == (args.phase == "start"), "the cache did not behave as the phase expects"
-        return {"read_s": read, "scan_s": time.perf_counter() - t - read, "records": len(rows),
+        return {"read_s": read, "scan_s": time.perf_counter() - t1, "cpu_s": cpu() - c0, "records": len(rows),
                 "skipped": len(result.skipped), "lengths_sum": int(result.lengths.sum()), "peak_bytes": _peak()}
     if args.phase == "floor":
         from vlm_vision.data_formats import ROLES
@@ -191,11 +197,11 @@ def phase(args) -> dict:
             rows = load_rows(args.data)
         convs = [[{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in rows.raw(k)["conversations"]]
                  for k in range(len(rows))]
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), cpu()
         for start in range(0, len(convs), 512):
             texts = [tok.apply_chat_template(c, tokenize=False) for c in convs[start:start + 512]]
             tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        return {"s": time.perf_counter() - t, "records": len(convs)}
+        return {"s": time.perf_counter() - t, "cpu_s": cpu() - c0, "records": len(convs)}
     import torch
 
     if args.phase == "store":  # the store alone at full scale: every record indexed, no scan
@@ -296,6 +302,7 @@ def main() -> None:
         root = Path(tmp)
         # scan rates: both implementations and the floor on the same records, 1 process, repeated
         rates: dict[str, list[float]] = {"new_1": [], "new_2": [], "floor": [], "old_1": []}
+        cpu_rates: dict[str, list[float]] = {}
         rate_data = write_dataset(root / "rate", args.rate_records) if args.rate_records else None
         for r in range(args.repeat if args.rate_records else 0):
             print(f"rates, repeat {r + 1}", flush=True)
@@ -308,11 +315,15 @@ def main() -> None:
                     run_phase("build", impl, rate_data, cache, workers=workers, **common)
                 res = run_phase("scan", impl, rate_data, cache, workers=workers, **common)
                 rates[key].append(args.rate_records / res["scan_s"])
+                cpu_rates.setdefault(key, []).append(args.rate_records / res["cpu_s"])
                 report.setdefault("rate_lengths_sum", {})[key] = res["lengths_sum"]
             res = run_phase("floor", "new", rate_data, root / "rate-cache-new_1-0", workers=1, **common)
             rates["floor"].append(args.rate_records / res["s"])
+            cpu_rates.setdefault("floor", []).append(args.rate_records / res["cpu_s"])
         report["rates_per_s"] = {k: v for k, v in rates.items() if v}
         report["rate_medians"] = {k: statistics.median(v) for k, v in rates.items() if v}
+        report["cpu_rates_per_s"] = cpu_rates  # records per CPU-second (all processes of a scan together)
+        report["cpu_rate_medians"] = {k: statistics.median(v) for k, v in cpu_rates.items()}
         # at scale
         for impl, n in (("new", args.records), ("old", args.baseline_records)):
             if not n or (impl == "old" and not args.baseline):

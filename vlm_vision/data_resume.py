@@ -1,10 +1,11 @@
 """A resumed run trains on the data it started with, or stops and says which file changed.
 
 A run's checkpoints hold a position in its data order; the same position in a changed file is
-other records. So the first start writes `data-files.json` in the output folder: each data file's
-identity (resolved path, size, mtime in ns, and a SHA-256 of its size and first and last MiB, as
-`video.provenance` fingerprints a video for token files) and each file's sampling strategy. A
-resume compares the files with it and refuses when one differs, naming the file and the fields.
+other records. So the first start writes `data-files.json` in the output folder: for each data spec
+(training's and eval's apart), each data file's identity (resolved path, size, mtime in ns, and a
+SHA-256 of its size and first and last MiB, as `video.provenance` fingerprints a video for token
+files) and each file's sampling strategy. A resume compares the files with it and refuses when one
+differs, naming the file and the fields.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def check_data_files(spec: str | Path, record: Path, *, resume: bool, write: boo
     """Compare a resumed run's data files with those its first start recorded; record them otherwise.
 
     Args:
-        record: the run's `data-files.json`.
+        record: the run's `data-files.json` (one entry per data spec, keyed by the spec as given).
         resume: this start continues a run (a missing record is then written, as for a new run).
         write: this process writes the record (the main one).
 
@@ -43,8 +44,10 @@ def check_data_files(spec: str | Path, record: Path, *, resume: bool, write: boo
         InputError: on a resume, when a data file was changed, replaced, removed or added.
     """
     now = data_identity(spec)
-    if resume and record.is_file():
-        before = json.loads(record.read_text())
+    recorded = json.loads(record.read_text()) if record.is_file() else {}
+    recorded = recorded if isinstance(recorded.get("specs"), dict) else {"specs": {}}
+    before = recorded["specs"].get(str(spec))  # a run's training and eval data are recorded apart
+    if resume and before is not None:
         was = {f["source_path"]: f for f in before["files"]}
         for f in now["files"]:
             old = was.pop(f["source_path"], None)
@@ -64,6 +67,7 @@ def check_data_files(spec: str | Path, record: Path, *, resume: bool, write: boo
                              f"every file recorded in {record}")
         return now
     if write:
+        recorded["specs"][str(spec)] = now
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(record, json.dumps(now, indent=1).encode())
+        write_atomic(record, json.dumps(recorded, indent=1).encode())
     return now

@@ -217,7 +217,12 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     out = Path(config.output_dir)
     device, rank, processes = resolve_device(config.device)
-    questions, bad, records = read_questions(config.data, config.media_root, config.limit)
+    store = out / "data-scan"  # question files go through the memory-mapped store, built by the first process
+    if rank:
+        barrier(processes)
+    questions, bad, records = read_questions(config.data, config.media_root, config.limit, cache_dir=store)
+    if not rank:
+        barrier(processes)
     identity = model_identity(config.model)
     dtype = _dtype(config, device)
     model, processor = load_eval_model(config.model, device=device, dtype=dtype)

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,13 +208,18 @@ def _pool_scan(indices: np.ndarray) -> dict[str, Any]:
     return scan_rows(s["rows"], indices, s["roots"], s["tokenizer"], s["visual"], s["max_length"])
 
 
+def _ignore_ctrl_c() -> None:
+    """A scan worker leaves Ctrl-C to its parent, which stops the pool (no worker prints a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _scan_share(rows: Rows, mine: np.ndarray, roots: MediaRoots, tokenizer: Any, visual: VisualSpec,
                 max_length: int, workers: int) -> list[dict[str, Any]]:
     if workers <= 1 or len(mine) < 2 * workers:
         return [scan_rows(rows, mine, roots, tokenizer, visual, max_length)]
     _POOL_STATE.update(rows=rows, roots=roots, tokenizer=tokenizer, visual=visual, max_length=max_length)
     try:  # forked workers share the rows and the tokenizer without pickling them
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, _ignore_ctrl_c) as pool:
             return pool.map(_pool_scan, [mine[w::workers] for w in range(workers)])
     finally:
         _POOL_STATE.clear()

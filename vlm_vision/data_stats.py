@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from vlm_vision.cli_errors import InputError
+from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 
-__all__ = ["DataStatsSettings", "add_arguments", "data_stats", "histogram_png", "run"]
+__all__ = ["DataStatsSettings", "add_arguments", "check_data_stats_inputs", "data_stats", "histogram_png", "run"]
 
 KIND_NAMES = {0: "text", 1: "image", 2: "video"}
 
@@ -66,9 +67,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Scan, print the summary, write `data_stats.json` and `token_lengths.png`; 0 on success."""
     settings = DataStatsSettings(**{f.name: getattr(args, f.name) for f in fields(DataStatsSettings)})
-    stats = data_stats(settings)
+    check_data_stats_inputs(settings)
+    with weights_errors({"--llm": settings.llm}, "LLM weights"), weights_errors({"--tower": settings.tower},
+                                                                                 "tower weights"):
+        stats = data_stats(settings)
     print(summary(stats))
     return 0
+
+
+def check_data_stats_inputs(settings: DataStatsSettings) -> None:
+    """Everything that can be checked before the tokenizer and the tower load and the data is scanned.
+
+    Raises:
+        InputError: naming the flag and its value (numbers, output folder, media folders, data files, weights).
+    """
+    for name in ("num_frames", "max_length", "pool_stride", "workers", "bins"):
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise InputError("not a positive number", f"--{name.replace('_', '-')} {value}", "a positive int")
+    check_output_folder(settings.output_dir, "--output-dir")
+    for path, flag in ((settings.media_root, "--media-root"), (settings.image_folder, "--image-folder"),
+                       (settings.video_folder, "--video-folder")):
+        check_folder(path, flag, "an existing folder that the data's media paths are relative to")
+    check_data_spec(settings.data, "DATA")
+    check_weights(settings.llm, "--llm", what="LLM weights")
+    check_weights(settings.tower, "--tower", what="tower weights")
 
 
 def _visual(settings: DataStatsSettings) -> tuple[Any, Any, int, str]:

@@ -48,13 +48,17 @@ def test_data_stats_reports_what_training_keeps_skips_and_cuts(parts, tmp_path, 
     assert len(list((tmp_path / "run" / "data-scan").glob("store-*.arrow"))) == 1
 
 
-@pytest.mark.parametrize("bad, message", [("missing.json", "data file not found (missing.json)"),
-                                          ("bad.json", "data spec cannot be read (")])
+@pytest.mark.parametrize("bad, message", [("missing.json", "data file not found (DATA missing.json)"),
+                                          ("object.json", "a JSON object, not a list (DATA "),
+                                          ("cut.json", "data spec cannot be read (")])
 def test_bad_data_is_one_line_and_exit_2(parts, tmp_path, capsys, bad, message):
-    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    """The first two are refused by the checks before any load; a file that starts well but is cut
+    short is refused by the reader, during the scan."""
+    (tmp_path / "object.json").write_text('{"not": "a list"}')
+    (tmp_path / "cut.json").write_text('[{"id": "a", "conversations": []}, {"id": "b", "conv')
     path = bad if bad == "missing.json" else str(tmp_path / bad)
     code = main(["data-stats", path, "--llm", parts["llm"], "--tower", parts["tower"], "--output-dir",
                  str(tmp_path / "o")])
     out = capsys.readouterr()
-    assert code == 2 and f"vlm-vision data-stats: {message}" in out.out + out.err
+    assert code == 2 and f"vlm-vision data-stats: {message}" in out.out + out.err, out.err
     assert "Traceback" not in out.out + out.err

@@ -384,7 +384,7 @@ def check_eval_inputs(config: EvalConfig) -> None:
     check_output_folder(config.output_dir, "--output-dir")
     check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
     for path in config.data:
-        check_data_spec(path, "--data", mixtures=False)
+        check_data_spec(path, "--data", mixtures=False, parquet=True)
     check_model_folder(config.model, "--model")
 
 

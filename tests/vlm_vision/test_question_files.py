@@ -65,3 +65,22 @@ def test_json_questions_through_the_store_match_reading_the_file(tmp_path):
     stored = read_questions([str(tmp_path / "q.jsonl")], str(tmp_path), cache_dir=tmp_path / "cache")
     assert plain == stored and len(plain[0]) == 5 and len(plain[1]) == 1
     assert len(list((tmp_path / "cache").glob("store-*.arrow"))) == 1
+
+
+def test_eval_checks_a_parquet_file_before_the_model_loads(tmp_path, capsys):
+    """`vlm-vision eval --data X.parquet`: issue 28's checks (before any load) take a Parquet question file
+    (the model is the next thing refused) and refuse, in one line, a .parquet file that is not Parquet."""
+    from vlm_vision.cli import main
+
+    good = _videomme(tmp_path / "test-00000-of-00001.parquet")
+    (tmp_path / "junk.parquet").write_text('{"question": "not parquet"}\n')
+    (tmp_path / "media").mkdir()
+    base = ["eval", "--model", str(tmp_path / "no_model"), "--media-root", str(tmp_path / "media"), "--output-dir",
+            str(tmp_path / "out")]
+    assert main([*base, "--data", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert f"(--model {tmp_path / 'no_model'})" in err and "--data" not in err, err
+    assert main([*base, "--data", str(tmp_path / "junk.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"vlm-vision eval: not a Parquet file (--data {tmp_path / 'junk.parquet'})" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ No LLM weights are loaded: the tokenizer and the tower's shape are all the scan 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from video.atomic_files import write_atomic
 from vlm_vision.cli_errors import InputError
 from vlm_vision.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 
@@ -181,7 +183,7 @@ def data_stats(settings: DataStatsSettings) -> dict[str, Any]:
     if len(lengths):
         histogram_png(lengths, out / "token_lengths.png", bins=settings.bins, max_length=max_length)
         stats["histogram"] = str(out / "token_lengths.png")
-    (out / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    write_atomic(out / "data_stats.json", json.dumps(stats, indent=1).encode())  # whole, or absent (Ctrl-C)
     return stats
 
 
@@ -232,5 +234,7 @@ def histogram_png(lengths: np.ndarray, path: Path, *, bins: int = 40, max_length
         draw.line([x, pad, x, height - bottom], fill=(200, 40, 40), width=2)
         draw.text((x - 80, pad), f"max_length {max_length:,}", fill=(200, 40, 40))
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    write_atomic(path, data.getvalue())  # whole, or absent (Ctrl-C)
     return path

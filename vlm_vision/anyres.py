@@ -45,11 +45,13 @@ from collections.abc import Sequence
 import torch
 
 from vlm_vision.anyres_grid import (
+    BASE_RESOLUTION,
     CONVENTIONS,
     DEFAULT_PINPOINTS,
     Convention,
     anyres_grid_shape,
     anyres_num_tokens,
+    is_base_resolution,
     positive_int,
     resize_and_pad_size,
     select_best_resolution,
@@ -61,6 +63,7 @@ from vlm_vision.fusion_steps import project
 from vlm_vision.transforms import CLIPImageTransform, ImageInput, as_frames, resize_uint8
 
 __all__ = [
+    "BASE_RESOLUTION",
     "CONVENTIONS",
     "DEFAULT_PINPOINTS",
     "anyres_batch",
@@ -267,7 +270,9 @@ def encode_anyres_images(tower: torch.nn.Module, projector: torch.nn.Module,
         projector: tower width -> LLM width.
         pixel_values: I x float[1 + R_i*C_i, 3, S, S], or transformers' float[I, P_max, 3, S, S] whose
             trailing all-zero crops are ignored.
-        image_sizes: long[I, 2] (or pairs) of original (height, width).
+        image_sizes: long[I, 2] (or pairs) of original (height, width); `BASE_RESOLUTION` (0, 0) marks an
+            image given as its one base crop (a multi-image record's, as LLaVA-OneVision reads them):
+            its N tokens are kept as they are, no tiles, no newlines.
         image_newline: float[D], or None.
         grid_pinpoints, convention: as the crops were cut.
 
@@ -278,11 +283,14 @@ def encode_anyres_images(tower: torch.nn.Module, projector: torch.nn.Module,
         raise ValueError(f"anyres packing needs patch tokens only (select_feature='patch'), "
                          f"got select_feature={tower.select_feature!r}")
     tile_size = tower.image_size
-    sizes = [size_pair(size, f"image_sizes[{i}]") for i, size in enumerate(image_sizes)]
-    counts = [1 + math.prod(anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
+    sizes = [BASE_RESOLUTION if is_base_resolution(size) else size_pair(size, f"image_sizes[{i}]")
+             for i, size in enumerate(image_sizes)]
+    counts = [1 if (h, w) == BASE_RESOLUTION else
+              1 + math.prod(anyres_grid_shape(h, w, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                               convention=convention)) for h, w in sizes]
     crops = torch.cat(_crop_list(pixel_values, counts))  # (sum P, 3, S, S)
     projected = project(projector, tower(crops))  # (sum P, N, D)
-    return [pack_image_features(f, size, image_newline, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
+    return [f[0] if size == BASE_RESOLUTION else  # (N, D): one crop at base resolution, not tiled
+            pack_image_features(f, size, image_newline, grid_pinpoints=grid_pinpoints, tile_size=tile_size,
                                 convention=convention)
             for f, size in zip(projected.split(counts), sizes)]  # I x (M_i, D)

@@ -20,12 +20,14 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "BASE_RESOLUTION",
     "CONVENTIONS",
     "DEFAULT_PINPOINTS",
     "Convention",
     "anyres_grid_shape",
     "anyres_num_tokens",
     "check_pinpoints",
+    "is_base_resolution",
     "positive_int",
     "resize_and_pad_size",
     "select_best_resolution",
@@ -59,6 +61,19 @@ def positive_int(value: object, name: str) -> int:
 def _check_convention(convention: str) -> None:
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+
+BASE_RESOLUTION = (0, 0)
+"""The image size that marks an image given as its one base crop, not tiled (a multi-image record's)."""
+
+
+def is_base_resolution(size: object) -> bool:
+    """True for `BASE_RESOLUTION` given as a pair, a tensor or a numpy row."""
+    items = size.tolist() if isinstance(size, torch.Tensor) else size
+    try:
+        return [int(v) for v in items] == list(BASE_RESOLUTION)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return False
 
 
 def size_pair(size: object, name: str) -> tuple[int, int]:

@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlm_vision.train_cli", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
     "clip-train": ("vlm_vision.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.data_cli", "write training data of any accepted shape as one LLaVA JSON list"),
+    "data-stats": ("vlm_vision.data_stats", "what training would keep, skip and cut in a data spec; token histogram"),
     "eval": ("vlm_vision.eval_run", "answer video questions with a trained model; accuracy, per category"),
     "export": ("vlm_vision.export_cli", "write a trained model as a transformers folder (or LLaVA's projector file)"),
     "report": ("vlm_vision.eval_report", "an HTML page of an eval folder: frames, answers, scores, filters"),

@@ -28,8 +28,8 @@ from typing import Any
 
 from vlm_vision.cli_errors import InputError
 
-__all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "parse_strategy", "read_records",
-           "sample_positions"]
+__all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "no_cyclic_gc", "parse_strategy",
+           "read_records", "sample_positions"]
 
 STRATEGIES = ("all", "first", "end", "random")
 _PATTERN = re.compile(r"^(.*)\{([^{}]*)\}\.json$")
@@ -62,6 +62,10 @@ class DataRows:
 
     def __len__(self) -> int:
         return len(self.raws)
+
+    def raw(self, i: int) -> Any:
+        """Record `i` as read (a `Skipped` for a JSONL line that is not JSON)."""
+        return self.raws[i]
 
     def source(self, i: int) -> str:
         path = self.files[self.file_ids[i]]
@@ -199,7 +203,8 @@ def _read_bytes(path: Path) -> bytes:
 
 
 @contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
+    """Switch the cyclic garbage collector off inside the block (for code that makes many containers)."""
     # Parsing a million records creates tens of millions of containers, none of them garbage; the
     # cyclic collector would walk them again and again (3x the parse time on a 300 MB file).
     enabled = gc.isenabled()
@@ -220,7 +225,7 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
         except UnicodeDecodeError as e:
             raise InputError("not a text file", path, "JSON lines in UTF-8, one record per line",
                              hint=str(e)) from None
-        with _no_cyclic_gc():
+        with no_cyclic_gc():
             for n, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -232,7 +237,7 @@ def _parse_file(path: Path, data: bytes) -> tuple[list[Any], list[int]]:
                 lines.append(n)
         return out, lines
     try:
-        with _no_cyclic_gc():
+        with no_cyclic_gc():
             records = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError("not valid JSON", path, "a JSON list of records (or .jsonl, one record per line)",

@@ -24,6 +24,7 @@ and predictions name it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +78,22 @@ class Record:
             paths = ()
         elif isinstance(paths, (str, Path)):
             paths = (Path(paths),)
-        object.__setattr__(self, "media_paths", tuple(Path(p) for p in paths))
+        object.__setattr__(self, "media_paths", tuple(p if isinstance(p, Path) else Path(p) for p in paths))
 
     @property
     def media_path(self) -> Path | None:
-        """The first medium (the only one for videos), or None."""
+        """The first medium, or None."""
         return self.media_paths[0] if self.media_paths else None
 
     @property
     def cached(self) -> bool:
-        """True when the video is pre-extracted tower features (a `.safetensors` file)."""
+        """True when the (first) video is pre-extracted tower features (a `.safetensors` file)."""
         return self.media_kind == "video" and self.media_path is not None and self.media_path.suffix == CACHED_SUFFIX
+
+    @property
+    def cached_paths(self) -> tuple[Path, ...]:
+        """The record's pre-extracted token files (`.safetensors` videos)."""
+        return tuple(p for p in self.media_paths if self.media_kind == "video" and p.suffix == CACHED_SUFFIX)
 
 
 def record_origin(record: Record | Skipped) -> dict[str, str]:
@@ -256,7 +262,8 @@ def parse_record(raw: Any, media_root: str | Path | MediaRoots, index: int = 0, 
 
     Raises:
         BadSample: for the problems `normalise` finds, a conversation that does not start with a
-            human turn or has no assistant turn, several videos, or missing media.
+            human turn or has no assistant turn, or missing media. Several images or several videos
+            are one record (each medium with its own tokens).
     """
     canon = normalise(raw, index)
     sample_id, kind = canon["id"], canon["kind"]
@@ -264,12 +271,10 @@ def parse_record(raw: Any, media_root: str | Path | MediaRoots, index: int = 0, 
     roots = media_root if isinstance(media_root, MediaRoots) else MediaRoots(media_root=Path(media_root))
     paths: list[Path] = []
     if kind is not None:
-        if kind == "video" and len(canon["media"]) > 1:
-            raise BadSample(sample_id, f"record has {len(canon['media'])} videos; one video per record is supported")
         folder = roots.folder(kind, Path(data_dir) if data_dir is not None else Path("."))
         for name in canon["media"]:
-            path = Path(name) if Path(name).is_absolute() else folder / name
-            if not path.is_file():
+            path = folder / name  # an absolute name stays itself
+            if not os.path.isfile(path):
                 raise BadSample(sample_id, f"missing media: {path}")
             paths.append(path)
     return Record(sample_id, tuple(messages), kind, tuple(paths), source)

@@ -217,7 +217,12 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     out = Path(config.output_dir)
     device, rank, processes = resolve_device(config.device)
-    questions, bad, records = read_questions(config.data, config.media_root, config.limit)
+    store = out / "data-scan"  # question files go through the memory-mapped store, built by the first process
+    if rank:
+        barrier(processes)
+    questions, bad, records = read_questions(config.data, config.media_root, config.limit, cache_dir=store)
+    if not rank:
+        barrier(processes)
     identity = model_identity(config.model)
     dtype = _dtype(config, device)
     model, processor = load_eval_model(config.model, device=device, dtype=dtype)
@@ -379,7 +384,7 @@ def check_eval_inputs(config: EvalConfig) -> None:
     check_output_folder(config.output_dir, "--output-dir")
     check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
     for path in config.data:
-        check_data_spec(path, "--data", mixtures=False)
+        check_data_spec(path, "--data", mixtures=False, parquet=True)
     check_model_folder(config.model, "--model")
 
 

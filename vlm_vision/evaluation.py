@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vlm_vision.conversation_tokens import padding_id, tokenize_conversation
-from vlm_vision.data_files import Skipped, read_records
+from vlm_vision.data_files import Skipped
 from vlm_vision.eval_data import (
     LETTERS,
     BadRecord,
@@ -46,6 +46,7 @@ from vlm_vision.eval_media import Loaded, QuestionMedia
 from vlm_vision.eval_model import load_eval_model, model_identity
 from vlm_vision.fusion_steps import encode_videos
 from vlm_vision.placeholders import IGNORE_INDEX
+from vlm_vision.question_files import question_rows
 from vlm_vision.record_tokens import expand_placeholder
 from vlm_vision.train_data import Example, pad_batch
 from vlm_vision.train_loss import takes_logits_to_keep
@@ -59,9 +60,11 @@ __all__ = ["read_questions", "load_eval_model", "answer_questions", "model_ident
 # ----- questions ----------------------------------------------------------------------------------
 
 
-def read_questions(paths: Sequence[str], media_root: str | None, limit: int | None = None
-                   ) -> tuple[list[Question], list[dict[str, str]], int]:
-    """Parse the records of every data file, in order.
+def read_questions(paths: Sequence[str], media_root: str | None, limit: int | None = None, *,
+                   cache_dir: str | Path | None = None) -> tuple[list[Question], list[dict[str, str]], int]:
+    """Parse the records of every data file (JSON, JSONL or Parquet: `vlm_vision.question_files`), in order.
+
+    With `cache_dir`, JSON and JSONL files are read through the memory-mapped record store there.
 
     Returns:
         (questions, bad, records): the questions, `{"id", "source", "reason"}` for each bad record
@@ -72,7 +75,7 @@ def read_questions(paths: Sequence[str], media_root: str | None, limit: int | No
     for path in paths:
         root = Path(media_root) if media_root else Path(path).parent
         source = Path(path).name
-        for index, raw in enumerate(read_records(path)):
+        for index, raw in enumerate(question_rows(path, cache_dir)):
             if limit is not None and count >= limit:
                 return questions, bad, count
             count += 1

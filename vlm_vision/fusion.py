@@ -49,7 +49,7 @@ from projector import build_projector, load_projector
 from video.budget import VideoLayout
 from video.pooling import check_pooling
 from vlm_vision.anyres import encode_anyres_images
-from vlm_vision.anyres_grid import anyres_num_tokens, check_pinpoints
+from vlm_vision.anyres_grid import BASE_RESOLUTION, anyres_num_tokens, check_pinpoints
 from vlm_vision.fusion_steps import (
     IGNORE_INDEX,
     Videos,
@@ -185,7 +185,7 @@ class VisionLanguageModel(nn.Module):
     def num_image_tokens(self, height: int, width: int) -> int:
         """Placeholder tokens for an image of this size: `image_tokens`, or the anyres count
         (480 x 640 with LLaVA-NeXT's pinpoints: 2340)."""
-        if self.image_grid_pinpoints is None:
+        if self.image_grid_pinpoints is None or (height, width) == BASE_RESOLUTION:
             return self.image_tokens
         return anyres_num_tokens(height, width, grid_pinpoints=self.image_grid_pinpoints,
                                  tile_size=self.tower.image_size, patch_size=self.tower.patch_size,

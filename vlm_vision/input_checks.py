@@ -192,18 +192,35 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
     _writable_here(p.parent, flag, path, "file")
 
 
-def check_data_spec(spec: str | os.PathLike, flag: str, *, mixtures: bool = True) -> None:
+def check_data_spec(spec: str | os.PathLike, flag: str, *, mixtures: bool = True, parquet: bool = False) -> None:
     """Refuse a data spec whose files are missing, not JSON / JSON lines, or empty, reading a few KiB.
 
     With `mixtures`, a YAML mixture or a `prefix{a,b}.json` pattern names the files
     (`vlm_vision.data_files.data_files` refuses a missing or unsafe mixture); without, `spec` is
-    one JSON or JSONL file. A file that passes can still hold a bad record further on: its reader
-    says so then.
+    one JSON or JSONL file, or with `parquet` also a `.parquet` file (eval's question files), whose
+    first bytes must be Parquet's. A file that passes can still hold a bad record further on: its
+    reader says so then.
     """
     from vlm_vision.data_files import data_files  # lazy: the YAML reader loads only for a mixture
 
     for path, _ in data_files(str(spec)) if mixtures else [(Path(spec), "all")]:
-        _sniff(path, flag if str(path) == str(spec) else f"{flag} {spec} ->")
+        shown = flag if str(path) == str(spec) else f"{flag} {spec} ->"
+        if parquet and path.suffix == ".parquet":
+            _sniff_parquet(path, shown)
+        else:
+            _sniff(path, shown)
+
+
+def _sniff_parquet(path: Path, flag: str) -> None:
+    """A Parquet file begins with the 4 bytes `PAR1` (its columns are checked when it is read)."""
+    shown = f"{flag} {path}"
+    if not path.is_file():
+        raise InputError("data file not found" if not path.exists() else "not a file", shown, "a .parquet file")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != b"PAR1":
+        raise InputError("empty data file" if not head else "not a Parquet file", shown,
+                         "a Parquet file (it starts with PAR1)", hint=f"it starts with {head!r}" if head else None)
 
 
 def _parses(line: str) -> bool:

@@ -25,12 +25,12 @@ import PIL.Image
 from safetensors import safe_open
 
 from vlm_vision.conversation_tokens import tokenize_conversation
-from vlm_vision.data_formats import PLACEHOLDERS, BadSample, MediaRoots, Record, Skipped, parse_record
+from vlm_vision.data_formats import CACHED_SUFFIX, PLACEHOLDERS, BadSample, MediaRoots, Record, Skipped, parse_record
 from vlm_vision.placeholders import IGNORE_INDEX, VisualSpanCut, expand_placeholders, span_length, truncate
 from vlm_vision.video_prompt import time_instruction
 
-__all__ = ["ANYRES_ONE_IMAGE", "VisualSpec", "cached_frames", "expand_placeholder", "fit_length", "frame_times",
-           "image_size", "prompt_messages", "sample_tokens", "scan_one", "scan_records", "visual_counts",
+__all__ = ["SEVERAL_TIMED_VIDEOS", "VisualSpec", "cached_frames", "expand_placeholder", "fit_length", "frame_times",
+           "image_size", "prompt_messages", "sample_tokens", "scan_one", "scan_records", "tiled_image", "visual_counts",
            "visual_frames"]
 
 _EXIF_ORIENTATION = 0x0112
@@ -118,18 +118,26 @@ def cached_frames(path: Path, tokens_per_frame: int, sample_id: str) -> int:
     return shape[0]
 
 
-ANYRES_ONE_IMAGE = ("record has {n} images; a model that tiles images (anyres) takes one image per record "
-                     "(LLaVA-OneVision also reads multi-image records without tiling)")
+SEVERAL_TIMED_VIDEOS = ("record has {n} videos; a prompt that states frame times (time instruction or time "
+                        "markers) takes one video per record")
 
 
-def visual_frames(record: Record, visual: VisualSpec) -> int:
-    """Frames a record's video will have, without decoding it (1 for images and text).
+def visual_frames(record: Record, visual: VisualSpec) -> int | list[int]:
+    """Frames each of a record's videos will have, without decoding them (1 for images and text).
 
     Raw videos are assumed to yield `visual.num_frames` frames; cached ones are read from the header.
+    One video gives an int, several a list (each video its own frames).
     """
     if record.media_kind != "video":
         return 1
-    return cached_frames(record.media_path, visual.tokens_per_frame, record.id) if record.cached else visual.num_frames
+    frames = [cached_frames(p, visual.tokens_per_frame, record.id) if p.suffix == CACHED_SUFFIX else visual.num_frames
+              for p in record.media_paths]
+    return frames[0] if len(frames) == 1 else frames
+
+
+def tiled_image(record: Record, visual: VisualSpec) -> bool:
+    """True for a record whose one image an anyres model tiles (its size sets its tokens)."""
+    return record.media_kind == "image" and visual.anyres_tokens is not None and len(record.media_paths) == 1
 
 
 def image_size(record: Record) -> tuple[int, int]:
@@ -148,20 +156,20 @@ def image_size(record: Record) -> tuple[int, int]:
     return height, width
 
 
-def visual_counts(record: Record, visual: VisualSpec, frames: int,
+def visual_counts(record: Record, visual: VisualSpec, frames: int | Sequence[int],
                   image_size: tuple[int, int] | None = None) -> tuple[int, list[int]]:
     """(placeholder id, visual tokens of each medium in order) of a media record.
 
-    Raises:
-        BadSample: for several images on an anyres model.
+    `frames` is the frame count of every video, or a list of each video's. Several images on an
+    anyres model are each one crop at base resolution (`image_tokens`, no tiling), as LLaVA-OneVision
+    reads multi-image records.
     """
     medium, media = record.media_kind, max(1, len(record.media_paths))
     if medium == "video":
-        count = visual.video_tokens(frames)
-    elif visual.anyres_tokens is None:
+        per_video = list(frames) if isinstance(frames, Sequence) else [frames] * media
+        return visual.token_ids[medium], [visual.video_tokens(t) for t in per_video]  # each its own budget
+    if visual.anyres_tokens is None or media != 1:
         count = visual.image_tokens
-    elif media != 1:
-        raise BadSample(record.id, ANYRES_ONE_IMAGE.format(n=media))
     elif image_size is None:
         raise ValueError(f"sample {record.id!r}: an anyres model needs the image's size to count its tokens")
     else:
@@ -174,6 +182,8 @@ def frame_times(record: Record, visual: VisualSpec, frames: int, clip: Any = Non
     before decoding (`clip` None) an estimate with every time 0."""
     if record.media_kind != "video" or not (visual.time_instruction or visual.video_span is not None):
         return None
+    if len(record.media_paths) > 1:
+        raise BadSample(record.id, SEVERAL_TIMED_VIDEOS.format(n=len(record.media_paths)))
     if clip is None:
         return 0.0, [0.0] * frames
     if not clip.presentation_times:
@@ -195,7 +205,7 @@ def prompt_messages(record: Record, visual: VisualSpec, times: tuple[float, list
     return messages
 
 
-def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
+def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec, frames: int | list[int],
                               image_size: tuple[int, int] | None,
                               clip: Any = None) -> tuple[list[int], list[int], int, list[int]]:
     times = frame_times(record, visual, frames, clip)
@@ -211,13 +221,13 @@ def _tokens_with_placeholders(record: Record, tokenizer: Any, visual: VisualSpec
     return ids, labels, token_id, counts
 
 
-def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int,
+def sample_tokens(record: Record, tokenizer: Any, visual: VisualSpec, frames: int | list[int],
                   max_length: int, *, image_size: tuple[int, int] | None = None,
                   clip: Any = None) -> tuple[list[int], list[int]]:
     """Token ids and labels of a record, each placeholder expanded to its visual tokens, fitted to length.
 
     Args:
-        frames: frames of the record's video (ignored for images and text).
+        frames: frames of the record's video, or of each video (ignored for images and text).
         image_size: (height, width) of the record's image; needed by anyres models only.
         clip: the decoded `VideoClip`, whose presentation times the time prompt states; None
             before decoding (the times are then estimated as 0, see `frame_times`).
@@ -241,7 +251,7 @@ def scan_one(record: Record, tokenizer: Any, visual: VisualSpec, max_length: int
     Raises:
         BadSample: for any reason the record cannot be trained on (see `sample_tokens`, `image_size`).
     """
-    size = image_size(record) if record.media_kind == "image" and visual.anyres_tokens else None
+    size = image_size(record) if tiled_image(record, visual) else None
     frames = visual_frames(record, visual)
     ids, labels, _, counts = _tokens_with_placeholders(record, tokenizer, visual, frames, size)
     length = len(ids) - len(counts) + sum(span_length(c) for c in counts)

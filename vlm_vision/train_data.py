@@ -26,8 +26,10 @@ from typing import Any
 import PIL.Image
 import torch
 
+from vlm_vision.anyres_grid import BASE_RESOLUTION
 from vlm_vision.conversation_tokens import check_tokenizer, tokenize_conversation
 from vlm_vision.data_formats import (
+    CACHED_SUFFIX,
     PLACEHOLDERS,
     ROLES,
     BadSample,
@@ -39,7 +41,6 @@ from vlm_vision.data_formats import (
 )
 from vlm_vision.placeholders import IGNORE_INDEX
 from vlm_vision.record_tokens import (
-    ANYRES_ONE_IMAGE,
     VisualSpec,
     expand_placeholder,
     fit_length,
@@ -59,16 +60,17 @@ class Example:
     """One tokenized sample with its media tensor.
 
     `media` is float[T, 3, S, S] frames for "video", float[T, N', D] tower features for
-    "video_features", float[K, 3, S, S] for K "image"s (float[P, 3, S, S], its crops, for an anyres
-    image), None for text. `image_size` is an anyres image's (height, width). `source` is the data
-    file and position the sample came from.
+    "video_features" (several videos: a list of those, each with its own T), float[K, 3, S, S] for K
+    "image"s (float[P, 3, S, S], its crops, for an anyres image), None for text. `image_size` is an
+    anyres image's (height, width), or `BASE_RESOLUTION` for several images on an anyres model (each one
+    crop, not tiled). `source` is the data file and position the sample came from.
     """
 
     id: str
     input_ids: torch.Tensor
     labels: torch.Tensor
     media_kind: str | None
-    media: torch.Tensor | None
+    media: torch.Tensor | list[torch.Tensor] | None
     image_size: tuple[int, int] | None = None
     source: str = ""
 
@@ -103,7 +105,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     def __post_init__(self) -> None:
         if (self.visual.anyres_tokens is None) != (self.load_anyres is None):
             raise ValueError("an anyres VisualSpec needs load_anyres, and load_anyres needs an anyres VisualSpec")
-        self.records = list(self.records)
+        # Kept as given: a `LazyRecords` over the memory-mapped store stays lazy (no per-record list).
 
     def __len__(self) -> int:
         return len(self.records)
@@ -113,40 +115,59 @@ class ConversationDataset(torch.utils.data.Dataset):
         try:
             record = self.records[index]  # a lazy record sequence parses (and may refuse) here
             kind, media, size, clip = self._load_media(record)
-            frames = media.shape[0] if kind in ("video", "video_features") else 1
+            frames = 1
+            if kind in ("video", "video_features"):
+                frames = [m.shape[0] for m in media] if isinstance(media, list) else media.shape[0]
             ids, labels = sample_tokens(record, self.tokenizer, self.visual, frames, self.max_length,
-                                        image_size=size, clip=clip)
+                                        image_size=None if size == BASE_RESOLUTION else size, clip=clip)
         except BadSample as e:
             return Skipped(e.sample_id, e.reason, record.source if record else _source_of(self.records, index))
         except self.decode_errors as e:
             return Skipped(record.id, f"media could not be decoded: {e}", record.source)
         return Example(record.id, torch.tensor(ids), torch.tensor(labels), kind, media, size, record.source)
 
-    def _load_media(self, record: Record) -> tuple[str | None, torch.Tensor | None, tuple[int, int] | None, Any]:
-        """(kind, media, anyres image size, the `VideoClip` when the video loader gives one)."""
+    def _load_media(self, record: Record) -> tuple[str | None, Any, tuple[int, int] | None, Any]:
+        """(kind, media, anyres image size, the `VideoClip` when the video loader gives one).
+
+        Several videos give a list of each video's media, all raw or all cached.
+        """
         if record.media_kind is None:
             return None, None, None, None
         if record.media_kind == "image":
-            try:
-                if self.load_anyres is not None:
-                    if len(record.media_paths) != 1:
-                        raise BadSample(record.id, ANYRES_ONE_IMAGE.format(n=len(record.media_paths)))
-                    crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
-                    return "image", crops, size, None
-                return "image", torch.cat([self.transform(p) for p in record.media_paths]), None, None  # (K, 3, S, S)
-            except (ValueError, OSError, PIL.Image.DecompressionBombError) as e:  # what PIL raises for a bad file
-                if isinstance(e, BadSample):
-                    raise
-                raise BadSample(record.id, f"image could not be read: {e}") from e  # a TypeError is ours: it propagates
-        if record.cached:
-            tokens = self.load_cached(record.media_path)  # (T, N', D)
+            return self._load_images(record)
+        if len(record.media_paths) > 1:
+            loaded = [self._load_video(record, path) for path in record.media_paths]
+            kinds = {kind for kind, _, _ in loaded}
+            if len(kinds) > 1:
+                raise BadSample(record.id, "a record's videos must be all raw or all cached tokens, not mixed")
+            return kinds.pop(), [media for _, media, _ in loaded], None, None  # V x (T_v, ...)
+        kind, media, clip = self._load_video(record, record.media_path)
+        return kind, media, None, clip
+
+    def _load_images(self, record: Record) -> tuple[str, torch.Tensor, tuple[int, int] | None, None]:
+        try:
+            if self.load_anyres is not None and len(record.media_paths) == 1:
+                crops, size = self.load_anyres(record.media_path)  # (P, 3, S, S), (H, W)
+                return "image", crops, size, None
+            images = torch.cat([self.transform(p) for p in record.media_paths])  # (K, 3, S, S)
+            # On an anyres model several images are each one crop at base resolution (LLaVA-OneVision).
+            return "image", images, BASE_RESOLUTION if self.load_anyres is not None else None, None
+        except (ValueError, OSError, PIL.Image.DecompressionBombError) as e:  # what PIL raises for a bad file
+            if isinstance(e, BadSample):
+                raise
+            raise BadSample(record.id, f"image could not be read: {e}") from e  # a TypeError is ours: it propagates
+
+    def _load_video(self, record: Record, path: Path) -> tuple[str, torch.Tensor, Any]:
+        """(kind, frames float[T, 3, S, S] or cached tokens float[T, N', D], the `VideoClip` or None)."""
+        if path.suffix == CACHED_SUFFIX:
+            tokens = self.load_cached(path)  # (T, N', D)
             if tokens.ndim != 3 or tokens.shape[1] != self.visual.tokens_per_frame:
-                raise BadSample(record.id, f"cached tokens {record.media_path} have shape {list(tokens.shape)}; "
+                raise BadSample(record.id, f"cached tokens {path} have shape {list(tokens.shape)}; "
                                            f"expected [T, {self.visual.tokens_per_frame}, D]")
-            return "video_features", tokens, None, None
-        clip = self.load_video(record.media_path)  # a VideoClip, or uint8[T, H, W, 3] frames
+            return "video_features", tokens, None
+        clip = self.load_video(path)  # a VideoClip, or uint8[T, H, W, 3] frames
         frames = getattr(clip, "frames", clip)  # (T, H, W, 3) uint8
-        return "video", self.transform(frames), None, clip if hasattr(clip, "frames") else None  # (T, 3, S, S)
+        return "video", self.transform(frames), clip if hasattr(clip, "frames") else None  # (T, 3, S, S)
 
 
 def _source_of(records: Sequence[Any], index: int) -> str:

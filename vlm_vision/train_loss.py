@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlm_vision.anyres_grid import BASE_RESOLUTION
 from vlm_vision.fusion_steps import encode_videos, mask_labels
 from vlm_vision.placeholders import IGNORE_INDEX
 from vlm_vision.train_data import ConversationDataset, Example, pad_batch
@@ -41,19 +42,24 @@ def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Modul
     images = [e for e in examples if e.media_kind == "image"]
     videos = [e for e in examples if e.media_kind in ("video", "video_features")]
     if images and images[0].image_size is not None:  # anyres: crops per image, and the images' sizes
-        batch["pixel_values"] = [e.media for e in images]  # I x (P_i, 3, S, S)
-        batch["image_sizes"] = torch.tensor([e.image_size for e in images], dtype=torch.long)  # (I, 2)
+        crops, sizes = [], []
+        for e in images:  # several images of one record: each one base crop, size BASE_RESOLUTION
+            crops += [e.media] if e.image_size != BASE_RESOLUTION else list(e.media.split(1))  # (P_i, 3, S, S)
+            sizes += [e.image_size] * (1 if e.image_size != BASE_RESOLUTION else len(e.media))
+        batch["pixel_values"] = crops  # I x (P_i, 3, S, S)
+        batch["image_sizes"] = torch.tensor(sizes, dtype=torch.long)  # (I, 2)
     elif images:
         batch["pixel_values"] = torch.cat([e.media for e in images])  # (I, 3, S, S)
-    if videos and all(e.media_kind == "video" for e in videos):
-        batch["pixel_values_videos"] = [e.media for e in videos]  # V x (T, 3, S, S)
-    elif videos:
+    clips = [(e.media_kind, m) for e in videos for m in (e.media if isinstance(e.media, list) else [e.media])]
+    if clips and all(kind == "video" for kind, _ in clips):
+        batch["pixel_values_videos"] = [m for _, m in clips]  # V x (T, 3, S, S)
+    elif clips:
         with torch.no_grad():
             batch["video_features"] = [
-                e.media if e.media_kind == "video_features"
-                else encode_videos(tower, [e.media.to(tower.device)], mode=pool_mode,
-                                   stride=stride_for(e.media.shape[0]) if stride_for else pool_stride)[0]
-                for e in videos]  # V x (T, N', D_v)
+                m if kind == "video_features"
+                else encode_videos(tower, [m.to(tower.device)], mode=pool_mode,
+                                   stride=stride_for(m.shape[0]) if stride_for else pool_stride)[0]
+                for kind, m in clips]  # V x (T, N', D_v)
     return batch
 
 

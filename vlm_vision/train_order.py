@@ -129,15 +129,16 @@ class DataOrder:
             raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.lengths, self.modalities = lengths, modalities
-        self._epoch: tuple[int, list[int]] | None = None
+        self._epoch: tuple[int, np.ndarray] | None = None
 
-    def epoch(self, epoch: int) -> list[int]:
-        """The whole order of one epoch."""
+    def epoch(self, epoch: int) -> np.ndarray:
+        """The whole order of one epoch, int64[num_samples] (a numpy array: 8 bytes per sample, not a list)."""
         if self._epoch is None or self._epoch[0] != epoch:
             if self.lengths is None:
-                order = epoch_order(self.num_samples, self.seed, epoch)
+                order = torch.randperm(self.num_samples, generator=_generator(self.seed, epoch)).numpy()
             else:
-                order = grouped_epoch_order(self.lengths, self.modalities, self.global_batch, self.seed, epoch)
+                order = np.asarray(grouped_epoch_order(self.lengths, self.modalities, self.global_batch, self.seed,
+                                                       epoch), dtype=np.int64)
             self._epoch = (epoch, order)
         return self._epoch[1]
 
@@ -145,7 +146,7 @@ class DataOrder:
         """Indices of micro-batch `position` (counted over all epochs) for one process."""
         epoch, k = divmod(position, self.per_epoch)
         start = k * self.global_batch + process_index * self.batch_size
-        return self.epoch(epoch)[start: start + self.batch_size]
+        return self.epoch(epoch)[start: start + self.batch_size].tolist()
 
     def batches(self, start: int, process_index: int) -> Iterator[list[int]]:
         """Micro-batches from position `start` on, endlessly."""

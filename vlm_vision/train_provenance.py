@@ -18,7 +18,7 @@ warning that says how many such files there are.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -57,13 +57,14 @@ def expected_settings(tower: torch.nn.Module, *, num_frames: int | None, fps: fl
     return expected
 
 
-def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, num_frames: int | None,
+def check_cached_tokens(records: Iterable[Record], tower: torch.nn.Module, *, num_frames: int | None,
                         fps: float | None, pool_stride: int, pool_mode: str, max_video_tokens: int | None = None,
                         accept: bool = False) -> None:
     """Refuse cached token files whose metadata disagree with this run.
 
     Args:
-        records: the dataset's records; those with a cached video are checked, each file once.
+        records: the dataset's records (any iterable: a generator reads them one at a time); those
+            with cached videos are checked, each file once.
         tower: the run's tower (its layer and weights).
         num_frames, fps, pool_stride, pool_mode, max_video_tokens: the run's video settings
             (`expected_settings`).
@@ -75,7 +76,7 @@ def check_cached_tokens(records: Sequence[Record], tower: torch.nn.Module, *, nu
     """
     expected = expected_settings(tower, num_frames=num_frames, fps=fps, pool_stride=pool_stride, pool_mode=pool_mode,
                                  max_video_tokens=max_video_tokens)
-    paths = sorted({str(r.media_path) for r in records if r.media_kind == "video" and r.cached})
+    paths = sorted({str(p) for r in records for p in r.cached_paths})  # one entry per token file, not per record
     fingerprints: dict[str, str] = {}  # the run's tower's fingerprint, per dtype a file was made in
     foreign, unchecked, first = 0, 0, None
     for path in paths:

@@ -32,9 +32,10 @@ from video.budget import sampled_frame_count
 from vlm_vision.cli_errors import InputError
 from vlm_vision.anyres import anyres_pixel_values
 from vlm_vision.anyres_grid import anyres_num_tokens
-from vlm_vision.data_files import DataRows, Skipped, load_rows
+from vlm_vision.data_files import Skipped
 from vlm_vision.data_formats import BadSample, MediaRoots, parse_record
-from vlm_vision.data_scan import KINDS, TrainingData, load_training_data
+from vlm_vision.data_resume import DATA_FILES_RECORD, check_data_files
+from vlm_vision.data_scan import KINDS, Rows, TrainingData, load_training_data, open_rows
 from vlm_vision.train_config import TrainConfig
 from vlm_vision.train_data import ConversationDataset, VisualSpec
 from vlm_vision.train_log import RunLog, logger
@@ -51,7 +52,7 @@ from vlm_vision.trained import (
     load_trained_weights,
 )
 
-__all__ = ["Run", "llm_context", "resolve_max_length", "setup", "video_fit_error"]
+__all__ = ["Run", "llm_context", "resolve_max_length", "scan_frames", "setup", "video_fit_error", "visual_spec"]
 
 # Text tokens (template, question, answer) a sequence needs besides its visual span, for the
 # default max_length of an LLM whose context is unknown and for the smallest max_length suggested.
@@ -127,9 +128,10 @@ def video_fit_error(frames: int, tokens_per_frame: int, video_tokens: Any, max_l
             f"(from {source}); raise --max-length to {span + MIN_TEXT} or more{fewer}")
 
 
-def _first_raw_video(rows: DataRows, roots: MediaRoots) -> str | None:
+def _first_raw_video(rows: Rows, roots: MediaRoots) -> str | None:
     """The id of the first record holding a raw (not pre-extracted) video, or None."""
-    for n, raw in enumerate(rows.raws):
+    for n in range(len(rows)):
+        raw = rows.raw(n)
         if isinstance(raw, Skipped):
             continue
         try:
@@ -141,7 +143,12 @@ def _first_raw_video(rows: DataRows, roots: MediaRoots) -> str | None:
     return None
 
 
-def _visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+def visual_spec(model: nn.Module, processor: Any, num_frames: int) -> VisualSpec:
+    """How `model` and `processor` turn media into placeholder tokens, for a scan of `num_frames` per video.
+
+    `model` needs only `pooled_grid`, `video_layout`, `image_tokens`, `image_grid_pinpoints`,
+    `anyres_convention` and `tower` (`vlm-vision data-stats` passes a stand-in without an LLM).
+    """
     # Counting functions of small objects (the video layout, the anyres numbers), never bound methods
     # of the model: the dataset holds them, and every DataLoader worker receives a pickled dataset.
     rows, cols = model.pooled_grid
@@ -165,7 +172,7 @@ def _marked_span_length(processor: Any, frames: int) -> int:
     return len(processor.video_span(frames, [0.0] * frames))
 
 
-def _scan_frames(config: TrainConfig, processor: Any) -> int:
+def scan_frames(config: TrainConfig, processor: Any) -> int:
     """Frames the length scan assumes for a raw video: the fixed count, or with `fps` the most it can
     get (`max_frames` within the token budget; `num_frames` when neither bounds it)."""
     if config.fps is None:
@@ -181,16 +188,19 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
     # Absolute, so that decoding does not depend on the working directory of whatever process decodes.
     roots = MediaRoots(*(Path(p).absolute() if p else None for p in (config.media_root, config.image_folder,
                                                                      config.video_folder)))
-    frames = _scan_frames(config, processor)
-    visual = _visual_spec(model, processor, frames)
+    frames = scan_frames(config, processor)
+    visual = visual_spec(model, processor, frames)
     started = time.perf_counter()
-    rows = load_rows(path, config.seed)
+    cache = Path(config.output_dir) / "data-scan"
+    check_data_files(path, Path(config.output_dir) / DATA_FILES_RECORD, resume=config.resume, write=main)
+    rows = open_rows(path, seed=config.seed, cache_dir=cache, local_main=state.is_local_main_process,
+                     barrier=state.wait_for_everyone)
     problem = video_fit_error(frames, visual.tokens_per_frame, visual.video_tokens, config.max_length,
                               max_length_source, frames_flag="--num-frames" if config.fps is None else "--max-frames")
     if problem and (video := _first_raw_video(rows, roots)) is not None:
         raise InputError("settings that no video fits", path, f"{problem} (first video: {video})")
     data = load_training_data(rows, roots, processor.tokenizer, visual, config.max_length,
-                              cache_dir=Path(config.output_dir) / "data-scan", process_index=state.process_index,
+                              cache_dir=cache, process_index=state.process_index,
                               num_processes=state.num_processes, gather=lambda obj: gather_object([obj]),
                               workers=max(1, config.num_workers))
     records, skipped = data.records, data.skipped
@@ -208,7 +218,8 @@ def _dataset(path: str, model: nn.Module, processor: Any, config: TrainConfig, l
                          f"{len(skipped)} were skipped (first reasons: {[s.reason for s in skipped[:3]]}){hint}")
     ceiling = SkipCeiling(len(records) + len(skipped), config.max_skip_fraction, path)
     ceiling.add(skipped, "the scan")
-    videos = [records[i] for i in np.flatnonzero(data.kinds == KINDS["video"])]  # only they can be cached tokens
+    cached = data.cached if data.cached is not None else data.kinds == KINDS["video"]
+    videos = (records[int(i)] for i in np.flatnonzero(cached))  # read one at a time, never listed
     check_cached_tokens(videos, model.tower, num_frames=None if config.fps else visual.num_frames, fps=config.fps,
                         pool_stride=config.pool_stride, pool_mode=config.pool_mode,
                         max_video_tokens=config.max_video_tokens, accept=config.accept_foreign_tokens)
@@ -304,7 +315,7 @@ def setup(config: TrainConfig, log: RunLog, main: bool, device: torch.device = t
 def _with_max_length(config: TrainConfig, model: nn.Module, processor: Any, main: bool) -> tuple[TrainConfig, str]:
     """`config` with `max_length` resolved (`resolve_max_length`), and where the value came from."""
     context = llm_context(model.llm.config, processor.tokenizer)
-    frames = _scan_frames(config, processor)
+    frames = scan_frames(config, processor)
     longest = max(model.video_tokens(frames), model.image_tokens)
     max_length, source = resolve_max_length(config.max_length, context, longest)
     if context is not None and max_length > context:

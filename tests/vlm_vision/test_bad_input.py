@@ -239,6 +239,30 @@ def _demo_rows(i: Inputs) -> dict[str, Row | str]:
     }
 
 
+def _data_stats_rows(i: Inputs) -> dict[str, Row | str]:
+    def stats(data: Path | None = None, **spoiled: str) -> list[str]:
+        flags = {"llm": i.llm, "tower": i.tower, "media_root": i.media, "output_dir": i.out, **spoiled}
+        return [str(data or i.train__jsonl)] + [part for k, v in flags.items()
+                                                 for part in ("--" + k.replace("_", "-"), str(v))]
+
+    return {
+        "data_not_json": Row(stats(i.notes__json), (f"DATA {i.notes__json}", "not JSON")),
+        "mixture_names_a_missing_file": Row(stats(i.mix_missing__yaml), ("nothere.json", str(i.mix_missing__yaml))),
+        "mixture_with_a_python_tag": Row(stats(i.mix_tag__yaml), (str(i.mix_tag__yaml), "python/object")),
+        "llm_path_typo": Row(stats(llm=i.llm_typo), (f"--llm {i.llm_typo}", "not available on this machine")),
+        "tower_path_missing": Row(stats(tower=i.towr), (f"--tower {i.towr}", "not available on this machine")),
+        "output_is_an_existing_file": Row(stats(output_dir=i.a_file__txt), (f"--output-dir {i.a_file__txt}",
+                                                                            "an existing file")),
+        "empty_data": Row(stats(i.empty__json), (str(i.empty__json), "no records")),
+        "model_folder_missing": "data-stats reads no model folder (its --llm and --tower: llm_path_typo, "
+                                "tower_path_missing)",
+        "bad_flag_value": Row(stats(num_frames=0), ("--num-frames 0", "positive")),
+        "output_not_writable": Row(stats(output_dir=i.unwritable / "stats"), (str(i.unwritable / "stats"),
+                                                                              "not writable")),
+        "media_root_missing": Row(stats(media_root=i.no_media), (f"--media-root {i.no_media}", "not found")),
+    }
+
+
 ROWS: dict[str, Callable[[Inputs], dict[str, Row | str]]] = {
     "extract": _extract_rows,
     "train": _train_rows,
@@ -248,6 +272,7 @@ ROWS: dict[str, Callable[[Inputs], dict[str, Row | str]]] = {
     "export": _export_rows,
     "report": _report_rows,
     "demo": _demo_rows,
+    "data-stats": _data_stats_rows,
 }
 
 # Mistakes of one command beyond the shared list: (command, name) -> rows(inputs) -> Row, asserted as the table's.

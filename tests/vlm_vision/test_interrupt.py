@@ -205,6 +205,23 @@ def _demo(root: Path, shared: dict[str, Path]) -> Case:
                 env={"TMPDIR": str(tmp)})
 
 
+def _data_stats(root: Path, shared: dict[str, Path]) -> Case:
+    """300,000 text records: the record store is built in seconds, its scan (the tokenizer, with two
+    forked workers) takes far longer; interrupted once the store is there and the scan under way."""
+    line = json.dumps({"id": "x", "conversations": [{"from": "human", "value": "What colour is the sky today?"},
+                                                    {"from": "gpt", "value": "Blue, mostly."}]}) + "\n"
+    data = root / "big.jsonl"
+    data.write_text(line * 300_000)
+    out = root / "stats"
+
+    def check(out: Path) -> None:  # the store is whole (written atomically); no scan, stats or picture
+        assert sorted(p.name.split("-")[0] for p in (out / "data-scan").iterdir()) == ["store"]
+        assert sorted(p.name for p in out.iterdir()) == ["data-scan"]
+
+    return Case([str(data), "--llm", str(shared["llm"]), "--tower", str(shared["tower"]), "--output-dir", str(out),
+                 "--workers", "2"], lambda err: any(out.glob("data-scan/store-*.arrow")), out, None, check)
+
+
 CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
     "extract": _extract,
     "train": _train,
@@ -214,6 +231,7 @@ CASES: dict[str, Callable[[Path, dict[str, Path]], Case]] = {
     "export": _export,
     "report": _report,
     "demo": _demo,
+    "data-stats": _data_stats,
 }
 
 

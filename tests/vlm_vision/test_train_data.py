@@ -107,7 +107,6 @@ def test_parse_record_resolves_media_and_maps_roles(tmp_path):
     (_record(question="<video> and <image>"), r"mixes <video> \(1\) and <image> \(1\)"),
     (_record(video=None), r"found 1 <video> and 0 <image> in human turns; expected none .* no media"),
     (_record(answer="a <video>"), r"found 1 <video> elsewhere than human turns"),
-    (_record(video=["a.mp4", "a.mp4"], question="<video> <video>"), "2 videos; one video per record"),
     (_record(video=None, image=["a.mp4", "a.mp4"], question="<image>"), r"found 1 <image> .* expected 2"),
     (_record(video=None, image="a.mp4", question="<video>"), r"found 1 <video> in human turns of an image record"),
     (_record(video=[]), r"'video' must be a path or a list of paths"),

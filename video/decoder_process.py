@@ -30,6 +30,9 @@ stream socket, in the protocol of `video.decoder_wire`:
 
 Any request may instead get ("error", kind, message): the exception's class name and message.
 
+Frames to resize are converted to RGB and resized in a worker thread while the next one decodes
+(`converted_ahead`), and sent in their order.
+
 Shapes: H/W pixels.
 """
 

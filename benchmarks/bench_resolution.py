@@ -14,7 +14,7 @@ then again), so that load from elsewhere falls on all of them alike; medians of 
 
     python benchmarks/bench_resolution.py --runs 3 --json benchmarks/results/resolution_cpu.json \
         --plot benchmarks/results/resolution_cpu.png
-    python benchmarks/bench_resolution.py --part pipeline --runs 5 \
+    python benchmarks/bench_resolution.py --part pipeline --runs 7 \
         --json benchmarks/results/resolution_pipeline_cpu.json
 """
 
@@ -84,6 +84,18 @@ def tree_pss(root: psutil.Process) -> int:
     return total
 
 
+def tree_cpu(root: psutil.Process) -> float:
+    """CPU seconds (user + system) used so far by `root` and its live descendants (the decoder processes)."""
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return total
+
+
 def tree_rss(root: psutil.Process) -> int:
     total = 0
     for proc in [root, *root.children(recursive=True)]:
@@ -131,17 +143,22 @@ def pipeline(videos: dict[str, pathlib.Path], runs: int, frames: int) -> dict:
     for scale in paths.values():  # start the decoder process (and its torch) before timing
         load_video(next(iter(videos.values())), num_frames=2, frame_scale=scale)
     times: dict[str, dict[str, list[float]]] = {n: {p: [] for p in paths} for n in videos}
+    cpu: dict[str, dict[str, list[float]]] = {n: {p: [] for p in paths} for n in videos}
     for _ in range(runs):
         for name, video in videos.items():
             for path_name, scale in paths.items():
-                t0 = time.perf_counter()
+                c0, t0 = tree_cpu(psutil.Process()), time.perf_counter()
                 transform(load_video(video, num_frames=frames, frame_scale=scale).frames)
                 times[name][path_name].append(time.perf_counter() - t0)
-    out = {n: {p: {"median_s": statistics.median(t), "seconds": t, "frames_per_s": frames / statistics.median(t)}
+                cpu[name][path_name].append(tree_cpu(psutil.Process()) - c0)
+    out = {n: {p: {"median_s": statistics.median(t), "seconds": t, "frames_per_s": frames / statistics.median(t),
+                   "median_cpu_s": statistics.median(cpu[n][p]), "cpu_seconds": cpu[n][p]}
                for p, t in by.items()} for n, by in times.items()}
     if "720p" in out and "4K" in out:
         extra = {p: out["4K"][p]["median_s"] - out["720p"][p]["median_s"] for p in paths}
         out["extra_4k_over_720p_s"] = extra
+        out["extra_4k_over_720p_cpu_s"] = {p: out["4K"][p]["median_cpu_s"] - out["720p"][p]["median_cpu_s"]
+                                           for p in paths}
         out["extra_time_ratio_new_over_old"] = extra["resized in the decoder"] / extra["full resolution"]
     return out
 
@@ -188,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         out = pipeline(videos, args.runs, args.frames)
         for name in videos:
             for path_name, r in out[name].items():
-                print(f"{name:6s} {path_name:24s} {r['median_s']:.2f} s  {r['frames_per_s']:.1f} frames/s")
-        print({k: out[k] for k in ("extra_4k_over_720p_s", "extra_time_ratio_new_over_old") if k in out})
+                print(f"{name:6s} {path_name:24s} {r['median_s']:.2f} s  {r['frames_per_s']:.1f} frames/s  "
+                      f"CPU {r['median_cpu_s']:.2f} s")
+        print({k: out[k] for k in ("extra_4k_over_720p_s", "extra_4k_over_720p_cpu_s", "extra_time_ratio_new_over_old")
+               if k in out})
         write_json(args.json, {"machine": machine(), "frames": args.frames, "runs": args.runs, "results": out})
         return 0
     from transformers import CLIPVisionConfig, CLIPVisionModel

@@ -40,7 +40,7 @@ from vlm_vision.export_files import (
     sample_conversations,
     typed_parts_template,
 )
-from vlm_vision.export_source import Recipe, load_source, read_recipe, run_metrics, training_images
+from vlm_vision.export_source import EXPECTED_FOLDER, Recipe, load_source, read_recipe, run_metrics, training_images
 from vlm_vision.model_card import CardFacts, model_card
 from vlm_vision.video_prompt import time_instruction
 
@@ -62,7 +62,8 @@ class ExportSettings:
     """One export: where from, where to, which format."""
 
     run: str
-    """A training run's `final/` or `checkpoint-N/`, a merged model, or a transformers LLaVA folder."""
+    """A training run's `final/` or `checkpoint-N/`, a merged model, a transformers LLaVA folder, or an
+    original LLaVA / LLaVA-NeXT(-Video) checkpoint folder."""
     out: str
     format: str = "llava-next-video"
     overwrite: bool = False
@@ -147,7 +148,7 @@ def _card(model: Any, processor: Any, recipe: Recipe, settings: ExportSettings, 
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens in this video?"}]}])
     grid = model.tower.grid_size
     return model_card(CardFacts(
-        name=Path(settings.out).name, source=str(settings.run), base_llm=recipe.base_llm, tower=recipe.tower,
+        name=Path(settings.out).name, source=str(settings.run), llava_checkpoint=recipe.llava_checkpoint, base_llm=recipe.base_llm, tower=recipe.tower,
         image_size=proc.image_size, patch_size=proc.patch_size, select_layer=recipe.select_layer,
         select_strategy=proc.select_strategy, projector=projector_kind(model.projector), pool_stride=model.pool_stride,
         pool_mode=model.pool_mode, tokens_per_frame=(grid[0] // model.pool_stride) * (grid[1] // model.pool_stride),
@@ -225,8 +226,7 @@ def _check_paths(settings: ExportSettings) -> tuple[Path, Path]:
     if settings.format not in FORMATS:
         raise InputError("unknown export format", settings.format, f"one of {', '.join(FORMATS)}")
     if not run.is_dir():
-        raise InputError("no such model folder", settings.run, "a training run's final/ or checkpoint-N/, a merged "
-                                                                "model, or a transformers LLaVA folder")
+        raise InputError("no such model folder", settings.run, EXPECTED_FOLDER)
     if out == run or run in out.parents or out in run.parents:
         raise InputError("the output folder overlaps the model folder", settings.out,
                          f"a folder outside {settings.run} (and not one that holds it)")

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """RUN, --out, --format, --overwrite, --max-shard-size."""
     parser.add_argument("run", metavar="RUN",
                         help="a training run's final/ or checkpoint-N/ (LoRA or merged, any stage or sharding), a "
-                             "merged model, or a transformers LLaVA folder")
+                             "merged model, a transformers LLaVA folder, or an original LLaVA / LLaVA-NeXT(-Video) "
+                             "checkpoint folder (<image>/<video> tokens are added)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (written atomically)")
     parser.add_argument("--format", choices=FORMATS, default="llava-next-video",
                         help="llava-next-video: a complete transformers folder (weights, config, tokenizer, chat "

@@ -1,8 +1,9 @@
 """What an export reads: the model folder, how its model was fed (`Recipe`), and its run's metrics.
 
 A folder is a vlm-vision trained folder (`final/`, `checkpoint-N/`, a merged model: it holds
-`vlm_config.json`) or a transformers LLaVA folder (`config.json` of `model_type` llava_next_video,
-llava_next or llava). The recipe is read from the config alone, so an export is refused for a
+`vlm_config.json`), a transformers LLaVA folder (`config.json` of `model_type` llava_next_video,
+llava_next or llava), or an original LLaVA / LLaVA-NeXT(-Video) checkpoint folder (LLaVA's own
+layout, `vlm_vision.export_llava_own`). The recipe is read from the config alone, so an export is refused for a
 setting transformers cannot express before the model is loaded.
 """
 
@@ -19,13 +20,15 @@ from vlm_vision.cli_errors import InputError
 from vlm_vision.data_files import load_rows
 from vlm_vision.data_formats import BadSample, Skipped, normalise
 from vlm_vision.eval_model import TRANSFORMERS_KINDS, load_eval_model
+from vlm_vision.export_llava_own import is_llava_own, llava_own_config, load_llava_own
 from vlm_vision.interchange import saved_video_processor
 from vlm_vision.trained import CONFIG_NAME, TrainedSpec, load_trained
 
 __all__ = ["EXPECTED_FOLDER", "Recipe", "load_source", "read_recipe", "run_metrics", "training_images"]
 
 EXPECTED_FOLDER = ("a training run's final/ or checkpoint-N/, a merged model (with vlm_config.json), or a "
-                   f"transformers folder of model_type {', '.join(TRANSFORMERS_KINDS)}")
+                   f"transformers folder of model_type {', '.join(TRANSFORMERS_KINDS)}, or an original LLaVA / "
+                   "LLaVA-NeXT(-Video) checkpoint folder")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Recipe:
     image_mode: str = "crop"
     stage: int | None = None
     train: dict[str, Any] | None = None
+    llava_checkpoint: bool = False
+    """Read from an original LLaVA checkpoint folder (`<image>`/`<video>` added by the export)."""
 
 
 def _trained_recipe(run: Path) -> Recipe:
@@ -78,6 +83,20 @@ def _transformers_recipe(run: Path, config: dict[str, Any]) -> Recipe:
                   image_grid_pinpoints=config.get("image_grid_pinpoints"))
 
 
+def _llava_own_recipe(run: Path) -> Recipe:
+    config = llava_own_config(run)
+    aspect, merge = str(config.get("image_aspect_ratio", "")), str(config.get("mm_patch_merge_type", "flat"))
+    anyres = aspect.startswith("anyres")
+    newline = config.get("mm_newline_position") if merge.startswith("spatial") else None
+    return Recipe(base_llm=config.get("_name_or_path") or str(config.get("model_type")),
+                  tower=str(config.get("mm_vision_tower")), projector_type=config["mm_projector_type"],
+                  select_layer=int(config["mm_vision_select_layer"]),
+                  pool_stride=int(config.get("mm_spatial_pool_stride") or 2),
+                  pool_mode=config.get("mm_spatial_pool_mode") or "average", video_newline=newline or "no_token",
+                  image_grid_pinpoints=config.get("image_grid_pinpoints") if anyres else None,
+                  anyres_convention="llava" if anyres else "transformers", llava_checkpoint=True)
+
+
 def read_recipe(run: Path) -> Recipe:
     """The recipe of a model folder, from its config files only.
 
@@ -91,6 +110,8 @@ def read_recipe(run: Path) -> Recipe:
             raise InputError(f"unreadable {CONFIG_NAME}", run / CONFIG_NAME, f"a vlm-vision trained config ({e})") from e
     config_path = run / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if is_llava_own(config):
+        return _llava_own_recipe(run)
     if config.get("model_type") not in TRANSFORMERS_KINDS:
         raise InputError("not a model folder the project reads", run, EXPECTED_FOLDER)
     return _transformers_recipe(run, config)
@@ -105,6 +126,8 @@ def load_source(run: Path, *, merge: bool) -> tuple[nn.Module, Any]:
     try:
         if (run / CONFIG_NAME).is_file():
             return load_trained(run, merge=merge)
+        if is_llava_own(json.loads((run / "config.json").read_text())):
+            return load_llava_own(run)
         return load_eval_model(run)
     except (OSError, ValueError) as e:
         raise InputError("the model could not be loaded", run, f"its base LLM, tower and weights readable ({e})") from e

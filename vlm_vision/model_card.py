@@ -45,6 +45,16 @@ class CardFacts:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     """Eval entries of the run's `log.jsonl` (step, eval_loss, accuracies), oldest first."""
     warnings: list[str] = field(default_factory=list)
+    llava_checkpoint: bool = False
+    """The source was an original LLaVA checkpoint folder (its tokenizer got `<image>`/`<video>`)."""
+
+
+def _source_note(facts: CardFacts) -> str:
+    if not facts.llava_checkpoint:
+        return ""
+    return (", an original LLaVA checkpoint (LLaVA's own layout). Its tokenizer had no placeholder tokens: the "
+            "export added `<image>` and `<video>` as special tokens and grew the LLM's embeddings by two rows, set "
+            "to the mean of the existing rows (they are replaced by visual features, never read by the LLM)")
 
 
 def _sampling(facts: CardFacts) -> str:
@@ -127,7 +137,7 @@ tags:
 
 # {facts.name}
 
-A LLaVA-NeXT-Video model exported by `vlm-vision export` from `{facts.source}`.
+A LLaVA-NeXT-Video model exported by `vlm-vision export` from `{facts.source}`{_source_note(facts)}.
 
 {warnings}{_table(facts)}
 ## Prompt format

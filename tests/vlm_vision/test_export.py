@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -242,3 +243,77 @@ def test_a_time_instruction_model_exports_the_sentence_in_its_template_and_card(
     out = export_model(ExportSettings(run=str(folder), out=str(tmp_path / "hf")))
     assert "The video lasts for " in (out / "chat_template.jinja").read_text()
     assert "trained with LLaVA-Video's time instruction" in (out / "README.md").read_text()
+
+
+def _llava_own_folder(root: Path) -> Path:
+    """A LLaVA-NeXT-Video checkpoint in LLaVA's own layout: the LLM's keys as they are, the tower under
+    `model.vision_tower.vision_tower.*`, the projector as `model.mm_projector.{0,2}.*`, `mm_*` config keys,
+    and LLaVA's tokenizer (no `<image>`/`<video>`)."""
+    from projector import build_projector
+    from projector.checkpoints import projector_state_dict
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel
+
+    folder, tower = write_llm_folder(root / "llava", seed=3), write_tower_folder(root / "tower", seed=4)
+    llm = load_file(folder / "model.safetensors")
+    vision = {f"model.vision_tower.vision_tower.{k}": v for k, v in
+              CLIPVisionModel.from_pretrained(tower).state_dict().items()}
+    torch.manual_seed(5)
+    projector = projector_state_dict(build_projector("mlp2x_gelu", 32, 64), "llava")
+    save_file(llm | vision | projector, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="llava_llama", architectures=["LlavaLlamaForCausalLM"], mm_vision_tower=str(tower),
+                  mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_projector_type="mlp2x_gelu",
+                  mm_hidden_size=32, mm_spatial_pool_stride=2, mm_spatial_pool_mode="average")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_original_llava_checkpoint_exports_with_placeholder_tokens_added(tmp_path):
+    from transformers import CLIPVisionConfig, LlavaNextVideoForConditionalGeneration
+
+    from video.decode import load_video
+    from vlm_vision import VisionLanguageModel, VisionLanguageProcessor
+
+    llava = _llava_own_folder(tmp_path)
+    vocab = json.loads((llava / "config.json").read_text())["vocab_size"]
+    out = export_model(ExportSettings(run=str(llava), out=str(tmp_path / "hf")))
+
+    config = json.loads((out / "config.json").read_text())
+    added = {t["content"]: t["id"] for t in json.loads((out / "tokenizer.json").read_text())["added_tokens"]}
+    assert (added["<image>"], added["<video>"]) == (config["image_token_index"], config["video_token_index"])
+    assert sorted((added["<image>"], added["<video>"])) == [vocab, vocab + 1]
+    hf = LlavaNextVideoForConditionalGeneration.from_pretrained(out).eval()
+    embeddings = hf.get_input_embeddings().weight
+    assert embeddings.shape[0] == vocab + 2 == hf.get_output_embeddings().weight.shape[0]
+    for weight in (embeddings, hf.get_output_embeddings().weight):  # untied in this LLM: both grown
+        torch.testing.assert_close(weight[vocab:], weight[:vocab].mean(0).expand(2, -1))
+    assert "an original LLaVA checkpoint" in (out / "README.md").read_text()
+
+    # the exported processor files as the project reads them (transformers' video processor needs
+    # torchvision, which this environment lacks; test_export_interop.py covers transformers alone)
+    _, processor = load_eval_model(out)
+    frames = load_video(Path(__file__).resolve().parents[1] / "data" / "cup.mp4", num_frames=FRAMES).frames
+    inputs = processor([{"role": "user", "content": QUESTION}], videos=[np.asarray(frames)])
+    assert (inputs["input_ids"] == added["<video>"]).sum() == FRAMES * 2 * 2  # 28 / 7 = 4x4 patches, 2x2 pooled
+
+    # the project's own reader of the LLaVA folder, placeholders at the export's ids
+    ours = VisionLanguageModel.from_llava_checkpoint(llava, image_token_id=added["<image>"],
+                                                     video_token_id=added["<video>"],
+                                                     vision_config=CLIPVisionConfig.from_pretrained(tmp_path / "tower"))
+    VisionLanguageProcessor.for_model(processor.tokenizer, ours).resize_embeddings(ours)
+    with torch.no_grad():
+        theirs = hf(**inputs).logits[:, -1]
+        expected = ours.eval()(**inputs).logits[:, -1]
+    torch.testing.assert_close(theirs, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_original_llava_checkpoint_without_tokenizer_template_is_refused_by_name(tmp_path):
+    llava = _llava_own_folder(tmp_path)
+    config = json.loads((llava / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (llava / "tokenizer_config.json").write_text(json.dumps(config))
+    (llava / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(InputError, match="no chat template"):
+        export_model(ExportSettings(run=str(llava), out=str(tmp_path / "hf")))
+    assert not (tmp_path / "hf").exists()

@@ -76,8 +76,9 @@ def grow_embeddings(llm: Any, size: int) -> None:
             weight[old:] = weight[:old].float().mean(dim=0).to(weight.dtype)  # (size - old, hidden)
 
 
-def load_llava_own(run: Path) -> tuple[VisionLanguageModel, VisionLanguageProcessor]:
-    """The model and a processor whose tokenizer holds `<image>`/`<video>`, the model splicing at them.
+def load_llava_own(run: Path, *, grow: bool = True) -> tuple[VisionLanguageModel, VisionLanguageProcessor]:
+    """The model and a processor whose tokenizer holds `<image>`/`<video>`, the model splicing at them
+    (its embeddings grown for them when `grow`; LLaVA's projector file keeps the LLM as it was).
 
     Raises:
         ValueError, OSError: for settings we cannot reproduce, a missing tower or unreadable weights.
@@ -87,5 +88,6 @@ def load_llava_own(run: Path) -> tuple[VisionLanguageModel, VisionLanguageProces
     model = VisionLanguageModel.from_parts(parts).eval()
     processor = VisionLanguageProcessor.for_model(load_tokenizer(str(run)), model)
     model.image_token_id, model.video_token_id = processor.image_token_id, processor.video_token_id
-    grow_embeddings(model.llm, len(processor.tokenizer))
+    if grow:
+        grow_embeddings(model.llm, len(processor.tokenizer))
     return model, processor

@@ -127,7 +127,7 @@ def load_source(run: Path, *, merge: bool) -> tuple[nn.Module, Any]:
         if (run / CONFIG_NAME).is_file():
             return load_trained(run, merge=merge)
         if is_llava_own(json.loads((run / "config.json").read_text())):
-            return load_llava_own(run)
+            return load_llava_own(run, grow=merge)  # merge: the transformers folder, which needs the rows
         return load_eval_model(run)
     except (OSError, ValueError) as e:
         raise InputError("the model could not be loaded", run, f"its base LLM, tower and weights readable ({e})") from e

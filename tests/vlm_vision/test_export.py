@@ -308,6 +308,16 @@ def test_an_original_llava_checkpoint_exports_with_placeholder_tokens_added(tmp_
     torch.testing.assert_close(theirs, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_an_original_llava_checkpoints_projector_exports_with_the_llm_as_it_was(tmp_path):
+    llava = _llava_own_folder(tmp_path)
+    config = json.loads((llava / "config.json").read_text())
+    out = export_model(ExportSettings(run=str(llava), out=str(tmp_path / "projector"), format="llava-projector"))
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == config["vocab_size"]
+    state = torch.load(out / "mm_projector.bin", weights_only=True)
+    theirs = load_file(llava / "model.safetensors")
+    assert all(torch.equal(v, theirs[k]) for k, v in state.items()) and len(state) == 4
+
+
 def test_an_original_llava_checkpoint_without_tokenizer_template_is_refused_by_name(tmp_path):
     llava = _llava_own_folder(tmp_path)
     config = json.loads((llava / "tokenizer_config.json").read_text())

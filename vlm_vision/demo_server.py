@@ -39,6 +39,7 @@ __all__ = ["DemoLimits", "DemoState", "make_server"]
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 CHUNK = 1 << 20
+DRAIN_BYTES = 64 << 20  # a refused body up to this size is read and dropped, so the client sees the 413
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +173,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         limit = self.state.limits.max_bytes
         if length > limit:
-            self.close_connection = True  # the body is not read
+            self.close_connection = True
+            if length <= DRAIN_BYTES:  # answering before the body is read would break the client's send (EPIPE)
+                _drain(self.rfile, length)
             return self._error(f"{name} is {length / 1e6:.1f} MB; uploads may be at most {limit / 1e6:g} MB", 413)
         upload_id = secrets.token_hex(8)
         target = self.state.upload_dir / f"{upload_id}-{name}"
@@ -223,3 +226,12 @@ def make_server(state: DemoState, host: str, port: int) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
+
+
+def _drain(stream: Any, length: int) -> None:
+    """Read and drop `length` bytes of a request body (or until the client stops sending)."""
+    while length > 0:
+        chunk = stream.read(min(CHUNK, length))
+        if not chunk:
+            return
+        length -= len(chunk)

@@ -53,7 +53,7 @@ def test_readme_train_commands_run_with_tiny_models(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "examples"))
     from train_stage1_stage2 import write_dataset, write_tiny_models
 
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     commands = train_commands((ROOT / "README.md").read_text())
     exports = train_commands((ROOT / "README.md").read_text(), "export")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from video.contact_sheet import contact_sheet
+from video.corpus.contact_sheet import contact_sheet
 
 
 def test_contact_sheet_size():

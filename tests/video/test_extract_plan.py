@@ -1,4 +1,4 @@
-"""Which inputs are videos, what each output is named, which process writes it (`video.extract_plan`)."""
+"""Which inputs are videos, what each output is named, which process writes it (`video.corpus.plan`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from tests.video.synth import make_video_folder
-from video.extract_plan import find_inputs, find_videos, output_name, shard
+from video.corpus.plan import find_inputs, find_videos, output_name, shard
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from video.folder_lock import FolderBusy, FolderLock
+from video.corpus.folder_lock import FolderBusy, FolderLock
 
 
 def test_a_held_lock_refuses_a_second_holder_and_names_the_first(tmp_path):

@@ -11,10 +11,10 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 
 from tests.vlm_vision.test_anyres_grid import HF_PINPOINTS, TINY_PINPOINTS
 from vlm_vision import CLIP_STD
-from vlm_vision.anyres import (anyres_batch, anyres_pixel_values, anyres_tiles, encode_anyres_images,
+from vlm_vision.model.anyres import (anyres_batch, anyres_pixel_values, anyres_tiles, encode_anyres_images,
                                pack_image_features, unpad)
-from vlm_vision.anyres_grid import anyres_grid_shape, anyres_num_tokens, unpad_shape
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.model.anyres_grid import anyres_grid_shape, anyres_num_tokens, unpad_shape
+from vlm_vision.model.transforms import CLIPImageTransform
 
 
 # ----- unpadding ---------------------------------------------------------------------------------------

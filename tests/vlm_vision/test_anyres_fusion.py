@@ -17,9 +17,9 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from tests.vlm_vision.fusion_fixtures import (FRAME_TOKENS, IMAGE_ID, VIDEO_ID, hf_video_model, make_tokenizer, pad,
                                               pixels, scramble, text_config, to_llava_layout, vision_config)
 from vlm_vision import VisionLanguageModel, anyres_num_tokens
-from vlm_vision.anyres import anyres_batch
-from vlm_vision.processor import VisionLanguageProcessor
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.model.anyres import anyres_batch
+from vlm_vision.model.processor import VisionLanguageProcessor
+from vlm_vision.model.transforms import CLIPImageTransform
 
 PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 ATOL = 1e-4

@@ -10,7 +10,7 @@ from transformers.image_processing_utils import select_best_resolution as hf_sel
 from transformers.models.llava_next import modeling_llava_next as hf_modeling
 from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
 
-from vlm_vision.anyres_grid import (
+from vlm_vision.model.anyres_grid import (
     DEFAULT_PINPOINTS,
     anyres_grid_shape,
     anyres_num_tokens,

@@ -32,8 +32,7 @@ import pytest
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from tests.vlm_vision.train_fixtures import QUESTION, write_llm_folder, write_tower_folder
-from vlm_vision import cli
-
+from vlm_vision.commands import main as cli
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 MISTAKES = ("data_not_json", "mixture_names_a_missing_file", "mixture_with_a_python_tag", "llm_path_typo",
@@ -317,7 +316,7 @@ def _unwritable(root: Path) -> Path:
 
 def _trained_folder(folder: Path, llm: Path, tower: Path) -> Path:
     """A trained folder's `vlm_config.json` naming `llm` and `tower` (no weights: every row stops first)."""
-    from vlm_vision.trained import CONFIG_NAME, TrainedSpec
+    from vlm_vision.training.trained import CONFIG_NAME, TrainedSpec
 
     folder.mkdir()
     spec = TrainedSpec(llm=str(llm), tower=str(tower), projector_type="mlp2x_gelu", vocab_size=0, new_token_ids=[],
@@ -380,7 +379,7 @@ def loads(monkeypatch) -> list[str]:
     from transformers import PreTrainedModel
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    from vlm_vision.tower import CLIPVisionTower
+    from vlm_vision.model.tower import CLIPVisionTower
 
     seen: list[str] = []
     for cls in (PreTrainedModel, PreTrainedTokenizerBase, CLIPVisionTower):
@@ -510,8 +509,8 @@ def test_a_hub_id_not_in_the_cache_while_offline(inputs, capsys):
 def test_a_loader_error_about_the_weights_becomes_the_weights_message():
     """Online, a Hub id that does not exist reaches transformers; its OSError (which, without a network,
     does not even name the id) becomes the same message, found from the failing call's arguments."""
-    from vlm_vision.cli_errors import InputError
-    from vlm_vision.input_checks import weights_errors
+    from vlm_vision.commands.errors import InputError
+    from vlm_vision.commands.input_checks import weights_errors
 
     def load(name_or_path):  # as transformers' loaders fail without a network
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files. Check your internet "
@@ -536,7 +535,7 @@ def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(input
     row = _train_rows(inputs)["data_not_json"]
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "vlm_vision.cli", "train", *row.argv], capture_output=True, text=True, timeout=600,
+                           "vlm_vision.commands.main", "train", *row.argv], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
     output = done.stdout + done.stderr
     assert done.returncode != 0
@@ -547,8 +546,8 @@ def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(input
 
 def test_one_bad_line_of_json_lines_is_a_skipped_record_not_a_bad_file(tmp_path):
     """The sniff refuses a file of which no line is JSON, never one whose first line alone is broken."""
-    from vlm_vision.cli_errors import InputError
-    from vlm_vision.input_checks import check_data_spec
+    from vlm_vision.commands.errors import InputError
+    from vlm_vision.commands.input_checks import check_data_spec
 
     good = json.dumps({"id": "a", "conversations": []})
     (tmp_path / "first_bad.jsonl").write_text("{broken\n" + good + "\n")

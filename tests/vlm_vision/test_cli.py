@@ -5,9 +5,7 @@ import importlib
 
 import pytest
 
-from vlm_vision import cli
-
-
+from vlm_vision.commands import main as cli
 @pytest.mark.parametrize("name", sorted(cli.SUBCOMMANDS))
 def test_every_subcommand_module_has_arguments_and_run(name):
     module = importlib.import_module(cli.SUBCOMMANDS[name][0])
@@ -37,7 +35,7 @@ def test_version_is_the_installed_package_version(capsys):
 
 
 def test_input_error_is_one_line_and_exit_2(monkeypatch, capsys):
-    from vlm_vision.cli_errors import InputError
+    from vlm_vision.commands.errors import InputError
 
     class Failing:
         @staticmethod

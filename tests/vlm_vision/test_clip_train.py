@@ -11,10 +11,10 @@ import torch
 from transformers import CLIPModel
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip
-from vlm_vision.cli import main
-from vlm_vision.clip_data import Pair, read_pairs, split_pairs
-from vlm_vision.clip_train import retrieval_metrics
-from vlm_vision.zero_shot import ZeroShotClassifier
+from vlm_vision.commands.main import main
+from vlm_vision.data.clip_pairs import Pair, read_pairs, split_pairs
+from vlm_vision.training.clip import retrieval_metrics
+from vlm_vision.model.zero_shot import ZeroShotClassifier
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
            "white": (245, 245, 245), "black": (10, 10, 10), "cyan": (30, 220, 220), "magenta": (220, 30, 220)}
@@ -256,7 +256,7 @@ def test_two_processes_train_like_one_process_on_the_global_batch(colours, tmp_p
             "--media-root", str(colours["media"]), "--max-steps", "1", "--lr", "1e-3", "--eval-fraction", "0.25"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "vlm_vision.cli", *args, "--batch-size", "4", "--output-dir", str(tmp_path / "two")],
+                          "-m", "vlm_vision.commands.main", *args, "--batch-size", "4", "--output-dir", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert main([*args, "--batch-size", "8", "--output-dir", str(tmp_path / "one")]) == 0

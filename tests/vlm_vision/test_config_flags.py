@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from vlm_vision.config_flags import add_config_arguments, field_docs, flag, missing_flags
+from vlm_vision.commands.config_flags import add_config_arguments, field_docs, flag, missing_flags
 
 
 @dataclasses.dataclass

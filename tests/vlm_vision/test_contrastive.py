@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.vlm_vision._gather_worker import worker
-from vlm_vision.contrastive import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, LogitScale, clip_loss
+from vlm_vision.model.contrastive import INIT_LOGIT_SCALE, MAX_LOGIT_SCALE, LogitScale, clip_loss
 
 
 def _reference(img: torch.Tensor, txt: torch.Tensor, log_scale: float) -> torch.Tensor:

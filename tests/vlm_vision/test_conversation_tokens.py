@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from vlm_vision.conversation_tokens import padding_id
+from vlm_vision.data.conversation_tokens import padding_id
 
 
 def test_pad_token_first_then_eos():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vlm_vision.data_files import Skipped, data_files, load_rows, parse_strategy, sample_positions
+from vlm_vision.data.files import Skipped, data_files, load_rows, parse_strategy, sample_positions
 
 
 def _qa(i):

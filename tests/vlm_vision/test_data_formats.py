@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vlm_vision.data_formats import (
+from vlm_vision.data.formats import (
     BadSample,
     MediaRoots,
     convert_to_llava,
@@ -133,7 +133,7 @@ def test_convert_writes_llava_json_from_other_shapes(tmp_path):
 
 
 def test_convert_data_command(tmp_path, capsys):
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     (tmp_path / "m.yaml").write_text("datasets:\n  - json_path: a.jsonl\n    sampling_strategy: first:2\n")
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [

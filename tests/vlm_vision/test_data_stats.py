@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
-from vlm_vision.cli import main
+from vlm_vision.commands.main import main
 
 
 @pytest.fixture(scope="module")

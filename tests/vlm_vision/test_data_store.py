@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_vision.cli_errors import InputError
-from vlm_vision.data_files import load_rows
-from vlm_vision.data_resume import check_data_files
-from vlm_vision.data_scan import LazyRecords
-from vlm_vision.data_formats import MediaRoots
-from vlm_vision.data_store import RecordStore, iter_json_list, open_store
+from vlm_vision.commands.errors import InputError
+from vlm_vision.data.files import load_rows
+from vlm_vision.data.resume import check_data_files
+from vlm_vision.data.scan import LazyRecords
+from vlm_vision.data.formats import MediaRoots
+from vlm_vision.data.store import RecordStore, iter_json_list, open_store
 
 
 def _turns(i):

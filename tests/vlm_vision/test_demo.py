@@ -19,15 +19,15 @@ import pytest
 
 from tests.vlm_vision.browser import artifacts, browser_page
 from tests.vlm_vision.eval_fixtures import COLOUR_QUESTION, trained_colour_model
-from vlm_vision.cli_errors import InputError
-from vlm_vision.demo_cli import BUNDLED, DemoConfig, _video_dirs
-from vlm_vision.demo_model import Sampling
+from vlm_vision.commands.errors import InputError
+from vlm_vision.commands.demo import BUNDLED, DemoConfig, _video_dirs
+from vlm_vision.evaluation.demo_model import Sampling
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bad_model_or_videos_folder_is_one_line_exit_2(tmp_path, capsys):
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     assert main(["demo", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"vlm-vision demo: cannot load the model ({tmp_path})")
@@ -38,7 +38,7 @@ def test_bad_model_or_videos_folder_is_one_line_exit_2(tmp_path, capsys):
 def test_defaults_bundled_videos_and_request_checks():
     import argparse
 
-    from vlm_vision.demo_cli import add_arguments
+    from vlm_vision.commands.demo import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -60,7 +60,7 @@ def test_defaults_bundled_videos_and_request_checks():
 def _start(args: list[str]) -> tuple[subprocess.Popen, str, list[str]]:
     """Start the demo; (process, its URL, its output lines so far, still growing)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlm_vision.cli", "demo", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "vlm_vision.commands.main", "demo", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     found = threading.Event()
@@ -141,7 +141,7 @@ def test_demo_in_chromium(tmp_path_factory, tmp_path):
         # the server checks the size too, and serves nothing but uploads
         status, body = _post(url + "api/upload?name=big.mp4", b"x" * 1_000_001)
         assert status == 413 and b"at most 1 MB" in body
-        for path in ("tests/data/cup.mp4", "uploads/../README.md", "README.md", "vlm_vision/demo_page.html"):
+        for path in ("tests/data/cup.mp4", "uploads/../README.md", "README.md", "vlm_vision/evaluation/demo_page.html"):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(url + path, timeout=30)
             assert e.value.code == 404, path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_vision.eval_data import (
+from vlm_vision.evaluation.questions import (
     BadRecord,
     Question,
     choice_prompt,

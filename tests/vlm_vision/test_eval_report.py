@@ -12,7 +12,7 @@ import pytest
 
 from tests.vlm_vision.browser import artifacts, browser_page
 from tests.vlm_vision.eval_fixtures import COLOUR_QUESTION, NAMES, held_out_records, reference_run, trained_colour_model
-from vlm_vision.cli import main
+from vlm_vision.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 4

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.vlm_vision.eval_fixtures import reference_run, trained_colour_model
-from vlm_vision.cli import main
-from vlm_vision.eval_run import EvalConfig, read_predictions, run_eval
+from vlm_vision.commands.main import main
+from vlm_vision.evaluation.run import EvalConfig, read_predictions, run_eval
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_a_rerun_skips_what_is_there_and_redoes_a_line_cut_mid_write(colour, tmp
 @pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(colour, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "vlm_vision.cli", "eval", "--model", str(colour["final"]), "--data",
+    command = [sys.executable, "-m", "vlm_vision.commands.main", "eval", "--model", str(colour["final"]), "--data",
                str(colour["data"]), "--output-dir", str(out), "--batch-size", "1", "--num-workers", "0",
                "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -157,7 +157,7 @@ def test_predictions_of_another_model_or_setting_are_never_mixed(colour, tmp_pat
 def test_training_reports_the_accuracy_vlm_vision_eval_reports(colour):
     """`vlm-vision train --eval-data ... --eval-accuracy` logs accuracy beside eval_loss at each
     evaluation; at the last one it equals `vlm-vision eval`'s on the run's final/."""
-    from vlm_vision.eval_data import log_fields
+    from vlm_vision.evaluation.questions import log_fields
 
     log = [json.loads(line) for line in (colour["final"].parent / "log.jsonl").read_text().splitlines()]
     evals = [entry for entry in log if "eval_loss" in entry]
@@ -172,7 +172,7 @@ def test_two_processes_answer_like_one(colour, tmp_path):
     out = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "vlm_vision.cli", "eval", "--model", str(colour["final"]), "--data",
+                           "-m", "vlm_vision.commands.main", "eval", "--model", str(colour["final"]), "--data",
                            str(colour["data"]), "--output-dir", str(out), "--device", "cpu", "--num-workers", "0",
                            "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.vlm_vision.eval_fixtures import FRAMES, reference_run, trained_colour_model
-from vlm_vision.eval_data import parse_question, summarize
-from vlm_vision.eval_run import read_predictions
-from vlm_vision.evaluation import answer_questions, load_eval_model, model_identity
+from vlm_vision.evaluation.questions import parse_question, summarize
+from vlm_vision.evaluation.run import read_predictions
+from vlm_vision.evaluation.answers import answer_questions, load_eval_model, model_identity
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def colour(tmp_path_factory):
 
 
 def _untrained(paths):
-    from vlm_vision.trained import TrainedSpec, build_base, load_tokenizer
+    from vlm_vision.training.trained import TrainedSpec, build_base, load_tokenizer
 
     spec = TrainedSpec(llm=str(paths["llm"]), tower=str(paths["tower"]), projector_type="mlp2x_gelu", vocab_size=0,
                        new_token_ids=[], image_token_id=None, video_token_id=None, num_frames=FRAMES)
@@ -55,7 +55,7 @@ def test_trained_model_is_well_above_chance_and_untrained_is_not(colour):
 
 
 def test_the_llava_next_video_export_answers_like_its_training_run(colour, tmp_path):
-    from vlm_vision.export import ExportSettings, export_model
+    from vlm_vision.export.folder import ExportSettings, export_model
 
     export_model(ExportSettings(run=str(colour["final"]), out=str(tmp_path / "hf")))
     assert model_identity(tmp_path / "hf")["kind"] == "llava_next_video"

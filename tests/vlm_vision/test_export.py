@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 
 from tests.vlm_vision.train_fixtures import QUESTION, write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import TrainConfig, train
-from vlm_vision.cli import main
-from vlm_vision.cli_errors import InputError
-from vlm_vision.eval_model import load_eval_model
-from vlm_vision.export import ExportSettings, export_model
-from vlm_vision.export_files import ProcessorSettings, processor_files, typed_parts_template
-from vlm_vision.llava_checkpoint import llava_checkpoint_parts
-from vlm_vision.trained import load_trained
-from vlm_vision.video_prompt import time_instruction
+from vlm_vision.commands.main import main
+from vlm_vision.commands.errors import InputError
+from vlm_vision.evaluation.model import load_eval_model
+from vlm_vision.export.folder import ExportSettings, export_model
+from vlm_vision.export.files import ProcessorSettings, processor_files, typed_parts_template
+from vlm_vision.model.llava_checkpoint import llava_checkpoint_parts
+from vlm_vision.training.trained import load_trained
+from vlm_vision.model.video_prompt import time_instruction
 
 FRAMES = 4
 
@@ -197,7 +197,7 @@ def test_existing_output_is_refused_and_a_failed_export_leaves_nothing(run, tmp_
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("vlm_vision.export.model_card", broken)
+    monkeypatch.setattr("vlm_vision.export.folder.model_card", broken)
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(ExportSettings(run=str(run["final"]), out=str(fresh)))
@@ -225,7 +225,7 @@ def test_cli_refuses_bad_input_in_one_line(run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_merged_model_exports_as_its_run_does(run, tmp_path):
-    from vlm_vision.trained import merge_trained
+    from vlm_vision.training.trained import merge_trained
 
     merged = merge_trained(run["final"], tmp_path / "merged")
     folders = [export_model(ExportSettings(run=str(source), out=str(tmp_path / name)))

@@ -30,8 +30,8 @@ import torch
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from video.decode import load_video
 from vlm_vision import TrainConfig, train
-from vlm_vision.export import ExportSettings, export_model
-from vlm_vision.trained import load_trained
+from vlm_vision.export.folder import ExportSettings, export_model
+from vlm_vision.training.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

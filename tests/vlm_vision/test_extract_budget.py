@@ -9,7 +9,7 @@ from tests.video.synth import make_numbered_video
 from tests.vlm_vision.test_extract_cli import tiny_model  # noqa: F401  (a fixture: tiny random CLIP, 4x4 patch grid)
 from video import load_video_tokens
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
-from vlm_vision.cli import main
+from vlm_vision.commands.main import main
 
 
 def test_budget_picks_each_videos_stride_like_the_model(tiny_model, tmp_path, capsys):

@@ -18,9 +18,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, make_video_folder, truncate_file
 from video import load_video, load_video_tokens, spatial_pool
-from video.extract_plan import output_name
+from video.corpus.plan import output_name
 from vlm_vision import CLIPVisionTower
-from vlm_vision.cli import main
+from vlm_vision.commands.main import main
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
             patch_size=7)
@@ -161,8 +161,8 @@ def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_
     """The GPU layout (uint8 frames to the tower, preprocessed there) gives the CPU layout's tokens."""
     import argparse
 
-    from video.decode_jobs import DecodeJobs
-    from video.extract_encode import encode_and_save
+    from video.corpus.decode_jobs import DecodeJobs
+    from video.corpus.encode import encode_and_save
 
     tower = CLIPVisionTower.from_pretrained(tiny_model)
     kwargs = {"num_frames": 4, "fps": None, "max_frames": None, "sampling": "exact"}
@@ -274,7 +274,7 @@ def _many_videos_command(tmp_path: pathlib.Path, count: int, out: pathlib.Path, 
     folder.mkdir()
     for i in range(count):
         make_numbered_video(folder / f"v{i:02d}.mp4", 30)
-    return [sys.executable, "-m", "vlm_vision.cli", "extract", str(folder), "--out", str(out), "--model",
+    return [sys.executable, "-m", "vlm_vision.commands.main", "extract", str(folder), "--out", str(out), "--model",
             str(tiny_model), "--num-frames", "8", "--workers", str(workers)]
 
 
@@ -313,7 +313,7 @@ def test_accelerate_launch_splits_the_videos(tmp_path, tiny_model, videos):
     # through torchrun, and without CUDA the command joins them over gloo on the CPU.
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "vlm_vision.cli", "extract", str(videos), "--out", str(out), "--model", str(tiny_model),
+           "-m", "vlm_vision.commands.main", "extract", str(videos), "--out", str(out), "--model", str(tiny_model),
            "--num-frames", "2", "--workers", "0"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -459,7 +459,7 @@ def test_a_truncated_download_is_an_error_unless_partial_is_allowed(capsys, tmp_
 
 def _tower_that_runs_out_of_memory(monkeypatch, above: int) -> list[int]:
     """Make the CLI's tower raise torch.OutOfMemoryError for batches of more than `above` frames."""
-    import vlm_vision.extract_cli as cli
+    import vlm_vision.commands.extract as cli
 
     real, seen = cli.load_tower, []
 
@@ -507,7 +507,7 @@ def test_out_of_memory_at_one_frame_fails_that_video_and_the_run_goes_on(capsys,
 def test_a_failing_write_fails_that_video_only(capsys, tmp_path, tiny_model, videos, monkeypatch):
     import errno
 
-    import video.extract_encode as cli
+    import video.corpus.encode as cli
 
     real = cli.save_video_tokens
 

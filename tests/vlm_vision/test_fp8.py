@@ -9,7 +9,7 @@ from torch import nn
 from transformers import CLIPVisionConfig
 
 from vlm_vision import CLIPVisionTower
-from vlm_vision.fp8 import FP8, FP8Linear, quantize_rowwise, to_fp8
+from vlm_vision.model.fp8 import FP8, FP8Linear, quantize_rowwise, to_fp8
 
 
 def tiny_tower(hidden_size: int = 64, intermediate_size: int = 128) -> CLIPVisionTower:

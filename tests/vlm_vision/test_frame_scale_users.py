@@ -21,13 +21,13 @@ from tests.vlm_vision.train_fixtures import write_colour_video
 from video import load_video, load_video_tokens
 from video.extract import read_metadata
 from vlm_vision import TrainConfig
-from vlm_vision.eval_data import Question
-from vlm_vision.eval_media import load_medium
-from vlm_vision.eval_run import EvalConfig
-from vlm_vision.processor import VisionLanguageProcessor
-from vlm_vision.train_log import RunLog
-from vlm_vision.train_setup import setup
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.evaluation.questions import Question
+from vlm_vision.evaluation.media import load_medium
+from vlm_vision.evaluation.run import EvalConfig
+from vlm_vision.model.processor import VisionLanguageProcessor
+from vlm_vision.training.log import RunLog
+from vlm_vision.training.setup import setup
+from vlm_vision.model.transforms import CLIPImageTransform
 
 
 def test_processor_sampling_carries_the_transforms_scale():

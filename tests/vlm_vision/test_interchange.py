@@ -12,9 +12,9 @@ from projector import build_projector
 from tests.vlm_vision.fusion_fixtures import (IMAGE_ID, VIDEO_ID, hf_image_model, hf_video_model, pixels, prompt,
                                               scramble, text_config, to_llava_layout, vision_config)
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
-from vlm_vision.checkpoint_keys import hf_to_tower
-from vlm_vision.fusion import encode_videos
-from vlm_vision.interchange import split_transformers_keys, tower_to_hf
+from vlm_vision.model.checkpoint_keys import hf_to_tower
+from vlm_vision.model.fusion import encode_videos
+from vlm_vision.model.interchange import split_transformers_keys, tower_to_hf
 
 ATOL = 1e-4
 

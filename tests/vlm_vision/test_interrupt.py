@@ -1,6 +1,6 @@
 """Ctrl-C in every command: a real process, SIGINT to its process group (as a terminal sends it).
 
-Each command is started as `python -m vlm_vision.cli COMMAND ...` in a new session with work that
+Each command is started as `python -m vlm_vision.commands.main COMMAND ...` in a new session with work that
 takes far longer than the test waits (stdout goes to `stdout.txt` beside stderr.txt), interrupted once
 its work has begun (a first output, log line or message), and must then: exit 130 within 5 s; print no traceback; end stderr with the one
 line `vlm-vision COMMAND: interrupted` (and, for a command that can resume, how); leave no
@@ -29,8 +29,7 @@ import pytest
 from tests.vlm_vision.eval_fixtures import held_out_records, write_held_out
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
-from vlm_vision import cli
-
+from vlm_vision.commands import main as cli
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 STOP_WITHIN_S = 5.0
@@ -265,7 +264,7 @@ def test_ctrl_c_stops_within_5_s_with_exit_130_and_nothing_half_written(command,
     err_path = tmp_path / "stderr.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **case.env}
     with err_path.open("w") as err_file, (tmp_path / "stdout.txt").open("w") as out_file:
-        proc = subprocess.Popen([sys.executable, "-m", "vlm_vision.cli", command, *case.argv], env=env, cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-m", "vlm_vision.commands.main", command, *case.argv], env=env, cwd=tmp_path,
                                 stdout=out_file, stderr=err_file, start_new_session=True)
         try:
             deadline = time.monotonic() + START_WITHIN_S

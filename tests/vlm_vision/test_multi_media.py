@@ -13,11 +13,11 @@ from PIL import Image
 
 from tests.vlm_vision.test_train import ANYRES_PINPOINTS, config, losses, train_capturing
 from tests.vlm_vision.train_fixtures import COLOURS, write_colour_video, write_llm_folder, write_tower_folder
-from vlm_vision.anyres_grid import BASE_RESOLUTION
-from vlm_vision.data_formats import parse_record
-from vlm_vision.record_tokens import VisualSpec, visual_counts
-from vlm_vision.train_data import Example
-from vlm_vision.train_loss import model_inputs
+from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.data.formats import parse_record
+from vlm_vision.data.record_tokens import VisualSpec, visual_counts
+from vlm_vision.training.data import Example
+from vlm_vision.training.loss import model_inputs
 
 
 def _spec(anyres=None) -> VisualSpec:

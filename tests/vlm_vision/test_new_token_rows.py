@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vlm_vision.new_token_rows import NewTokenRows
+from vlm_vision.model.new_token_rows import NewTokenRows
 
 IDS = [61, 62]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_vision.placeholders import IGNORE_INDEX, VisualSpanCut, expand_placeholders, span_length, truncate
+from vlm_vision.model.placeholders import IGNORE_INDEX, VisualSpanCut, expand_placeholders, span_length, truncate
 
 
 def test_counts_and_spans_expand_in_order_and_their_labels_are_ignored():

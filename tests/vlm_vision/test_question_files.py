@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlm_vision.cli_errors import InputError
-from vlm_vision.evaluation import read_questions
-from vlm_vision.question_files import question_rows
+from vlm_vision.commands.errors import InputError
+from vlm_vision.evaluation.answers import read_questions
+from vlm_vision.data.question_files import question_rows
 
 
 def _videomme(path, drop=None):
@@ -70,7 +70,7 @@ def test_json_questions_through_the_store_match_reading_the_file(tmp_path):
 def test_eval_checks_a_parquet_file_before_the_model_loads(tmp_path, capsys):
     """`vlm-vision eval --data X.parquet`: issue 28's checks (before any load) take a Parquet question file
     (the model is the next thing refused) and refuse, in one line, a .parquet file that is not Parquet."""
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     good = _videomme(tmp_path / "test-00000-of-00001.parquet")
     (tmp_path / "junk.parquet").write_text('{"question": "not parquet"}\n')

@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import make_tokenizer
-from vlm_vision.data_formats import BadSample, MediaRoots, Skipped, parse_record
-from vlm_vision.data_scan import cached_scan
-from vlm_vision.data_store import open_store
-from vlm_vision.record_tokens import VisualSpec, scan_one
+from vlm_vision.data.formats import BadSample, MediaRoots, Skipped, parse_record
+from vlm_vision.data.scan import cached_scan
+from vlm_vision.data.store import open_store
+from vlm_vision.data.record_tokens import VisualSpec, scan_one
 
 WORDS = "the red blue cat video frame person walks slowly a of on é ☃ 12 ?".split()
 

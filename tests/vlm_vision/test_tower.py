@@ -18,8 +18,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vlm_vision import CLIPVisionTower, vision_config
-from vlm_vision.configs import VARIANTS
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.model.configs import VARIANTS
+from vlm_vision.model.transforms import CLIPImageTransform
 
 TOL = 1e-5  # fp32 max abs diff against transformers
 

@@ -25,10 +25,10 @@ from tests.vlm_vision.train_fixtures import (
     write_tower_folder,
 )
 from vlm_vision import TrainConfig, train
-from vlm_vision.train_order import micro_batch_indices
-from vlm_vision.train_params import cosine_schedule
-from vlm_vision.export import ExportSettings, export_model
-from vlm_vision.trained import load_llm, load_trained, merge_trained
+from vlm_vision.training.order import micro_batch_indices
+from vlm_vision.training.params import cosine_schedule
+from vlm_vision.export.folder import ExportSettings, export_model
+from vlm_vision.training.trained import load_llm, load_trained, merge_trained
 
 FRAMES = 4
 
@@ -52,7 +52,7 @@ def config(parts, out: Path, **overrides) -> TrainConfig:
 
 def train_capturing(cfg: TrainConfig):
     """`train(cfg)`, also returning its `_Run` and a copy of every parameter as it was before step 1."""
-    train_module = importlib.import_module("vlm_vision.training")
+    train_module = importlib.import_module("vlm_vision.training.loop")
     captured, original = {}, train_module.setup
 
     def spy(cfg, log, main):
@@ -207,7 +207,7 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("rows", [False, True], ids=["", "new-token-rows"])
 def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch, rows):
-    train_module = importlib.import_module("vlm_vision.training")
+    train_module = importlib.import_module("vlm_vision.training.loop")
 
     straight = tmp_path / "straight"
     train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3, train_new_token_embeddings=rows))
@@ -252,7 +252,7 @@ def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(par
 def test_cached_tokens_train_like_raw_videos(parts, tmp_path):
     """Same frames through `vlm-vision extract`'s writer -> the same losses without decoding or the tower."""
     from video.extract import extract_video_tokens, save_video_tokens
-    from vlm_vision.tower import CLIPVisionTower
+    from vlm_vision.model.tower import CLIPVisionTower
 
     tower = CLIPVisionTower.from_pretrained(parts["tower"])
     media = Path(parts["media_root"])
@@ -271,7 +271,7 @@ def test_cached_tokens_train_like_raw_videos(parts, tmp_path):
 
 def _extract_cache(parts, out: Path, *extra: str) -> Path:
     """`vlm-vision extract` of the colour videos into `out`, and a data file pointing at the results."""
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     media = Path(parts["media_root"])
     code = main(["extract", str(media / "videos"), "--out", str(out), "--num-frames", str(FRAMES), "--workers", "0",
@@ -291,7 +291,7 @@ def test_cached_tokens_from_the_runs_tower_train(parts, tmp_path):
 
 
 def test_cached_tokens_from_random_weights_are_refused(parts, tmp_path):
-    from vlm_vision.train_provenance import ForeignTokens
+    from vlm_vision.training.provenance import ForeignTokens
 
     data = _extract_cache(parts, tmp_path / "cache", "--model", parts["tower"], "--random-weights")
     with pytest.raises(ForeignTokens, match=r"random_weights: True there, False now.*weights_fingerprint: "
@@ -306,7 +306,7 @@ def test_cached_tokens_from_random_weights_are_refused(parts, tmp_path):
     (("--num-frames", "6"), "frames: 6 there, 4 now"),
 ])
 def test_cached_tokens_from_other_settings_are_refused(parts, tmp_path, extra, field):
-    from vlm_vision.train_provenance import ForeignTokens
+    from vlm_vision.training.provenance import ForeignTokens
 
     data = _extract_cache(parts, tmp_path / "cache", "--model", parts["tower"], *extra)
     with pytest.raises(ForeignTokens, match=re.escape(field)):
@@ -314,7 +314,7 @@ def test_cached_tokens_from_other_settings_are_refused(parts, tmp_path, extra, f
 
 
 def test_cached_tokens_from_another_tower_are_refused(parts, tmp_path):
-    from vlm_vision.train_provenance import ForeignTokens
+    from vlm_vision.training.provenance import ForeignTokens
 
     other = write_tower_folder(tmp_path / "other_tower", seed=1)
     data = _extract_cache(parts, tmp_path / "cache", "--model", str(other))
@@ -323,7 +323,7 @@ def test_cached_tokens_from_another_tower_are_refused(parts, tmp_path):
 
 
 def test_a_dataset_with_a_fifth_of_its_videos_unreadable_stops(parts, tmp_path):
-    from vlm_vision.train_skips import TooManySkipped
+    from vlm_vision.training.skips import TooManySkipped
 
     root = tmp_path / "data"
     data = write_colour_dataset(root, n=10, frames=FRAMES)
@@ -343,7 +343,7 @@ def test_a_dataset_with_a_fifth_of_its_videos_unreadable_stops(parts, tmp_path):
 
 
 def test_a_resumed_run_keeps_counting_its_skips(parts, tmp_path):
-    from vlm_vision.train_skips import TooManySkipped
+    from vlm_vision.training.skips import TooManySkipped
 
     root = tmp_path / "data"
     data = write_colour_dataset(root, n=10, frames=FRAMES)
@@ -363,7 +363,7 @@ def test_a_resumed_run_keeps_counting_its_skips(parts, tmp_path):
 
 
 def test_records_the_scan_drops_count_towards_the_ceiling(parts, tmp_path):
-    from vlm_vision.train_skips import TooManySkipped
+    from vlm_vision.training.skips import TooManySkipped
 
     records = [json.loads(line) for line in Path(parts["data"]).read_text().splitlines()]
     records[0]["video"] = records[1]["video"] = "videos/not_there.mp4"  # 2 of 8 missing
@@ -444,9 +444,9 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
 
 def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
     """The training loss runs the LM head only where a label follows: same loss, same gradients."""
-    from vlm_vision.train_log import RunLog
-    from vlm_vision.train_loss import labelled_loss, model_inputs, takes_logits_to_keep
-    from vlm_vision.train_setup import setup as _setup
+    from vlm_vision.training.log import RunLog
+    from vlm_vision.training.loss import labelled_loss, model_inputs, takes_logits_to_keep
+    from vlm_vision.training.setup import setup as _setup
 
     out = tmp_path / "ll"
     out.mkdir()
@@ -475,7 +475,7 @@ def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
 def test_llms_without_logits_to_keep_get_the_plain_call():
     from torch import nn
 
-    from vlm_vision.train_loss import takes_logits_to_keep
+    from vlm_vision.training.loss import takes_logits_to_keep
 
     class Plain(nn.Module):
         def forward(self, inputs_embeds=None, attention_mask=None, labels=None):
@@ -494,7 +494,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     from PIL import Image
     from transformers import LlavaNextVideoForConditionalGeneration
 
-    from vlm_vision.anyres import anyres_num_tokens
+    from vlm_vision.model.anyres import anyres_num_tokens
 
     sizes = {"wide": (30, 70), "tall": (70, 30), "square": (40, 40)}
     records = []
@@ -548,7 +548,7 @@ def test_bf16_gradient_checkpointing_accumulation_and_periodic_eval(parts, tmp_p
 
 
 def test_cli_trains_a_stage(parts, tmp_path):
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     out = tmp_path / "cli"
     rc = main(["train", "--llm", parts["llm"], "--tower", parts["tower"], "--data", parts["data"],
@@ -565,7 +565,7 @@ def test_cli_image_grid_pinpoints_flag():
     import argparse
 
     from vlm_vision import DEFAULT_PINPOINTS
-    from vlm_vision.train_cli import add_arguments, config_from_args
+    from vlm_vision.commands.train import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -583,7 +583,7 @@ def test_cli_image_grid_pinpoints_flag():
 
 def _answer_logprob(model, processor, video: Path, answer: str) -> float:
     """Summed log-probability of the assistant turn `answer` after the colour question about `video`."""
-    from vlm_vision.train_data import expand_placeholder, tokenize_conversation
+    from vlm_vision.training.data import expand_placeholder, tokenize_conversation
 
     messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}]
     ids, labels = tokenize_conversation(processor.tokenizer, messages)

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from vlm_vision import TrainConfig
-from vlm_vision.config_flags import field_docs
-from vlm_vision.train_cli import add_arguments, config_from_args
+from vlm_vision.commands.config_flags import field_docs
+from vlm_vision.commands.train import add_arguments, config_from_args
 
 BASE = ["--llm", "l", "--tower", "t", "--data", "d.jsonl", "--output-dir", "o"]
 

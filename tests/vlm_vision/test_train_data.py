@@ -9,8 +9,8 @@ import torch
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
-from vlm_vision.cli_errors import InputError
-from vlm_vision.train_data import (
+from vlm_vision.commands.errors import InputError
+from vlm_vision.training.data import (
     IGNORE_INDEX,
     BadSample,
     ConversationDataset,
@@ -213,7 +213,7 @@ def test_an_unreadable_image_is_skipped_not_fatal(tmp_path, tok):
     import numpy as np
     from PIL import Image
 
-    from vlm_vision.transforms import CLIPImageTransform
+    from vlm_vision.model.transforms import CLIPImageTransform
 
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"this is no image")
@@ -258,9 +258,9 @@ def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vlm_vision.anyres import anyres_pixel_values
-    from vlm_vision.record_tokens import image_size
-    from vlm_vision.train_data import Record
+    from vlm_vision.model.anyres import anyres_pixel_values
+    from vlm_vision.data.record_tokens import image_size
+    from vlm_vision.training.data import Record
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import TrainConfig, train
-from vlm_vision.train_loss import step_loss_scale
+from vlm_vision.training.loss import step_loss_scale
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES = 4
@@ -55,7 +55,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def train_recording_gradients(cfg: TrainConfig) -> list[list[torch.Tensor]]:
     """`train(cfg)`, returning the gradients of every trainable tensor as each optimizer step sees them."""
-    training = importlib.import_module("vlm_vision.training")
+    training = importlib.import_module("vlm_vision.training.loop")
     original, grads = training.cosine_schedule, []
 
     def spy(optimizer, *args):
@@ -126,7 +126,7 @@ def test_two_processes_equal_one_process(parts, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()),
-           "-m", "vlm_vision.cli", "train", "--llm", parts["llm"], "--tower", parts["tower"], "--data", parts["data"],
+           "-m", "vlm_vision.commands.main", "train", "--llm", parts["llm"], "--tower", parts["tower"], "--data", parts["data"],
            "--media-root", parts["media_root"], "--output-dir", str(ddp), "--stage", "2", "--max-steps", "3",
            "--batch-size", "2", "--num-frames", str(FRAMES), "--max-length", "256", "--lora-r", "4",
            "--lora-alpha", "8", "--lora-dropout", "0", "--lr", "1e-2", "--projector-lr", "1e-2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlm_vision.train_order import DataOrder, grouped_epoch_order, micro_batch_indices, padding_fraction
+from vlm_vision.training.order import DataOrder, grouped_epoch_order, micro_batch_indices, padding_fraction
 
 
 def _mixed(n=600, seed=0):

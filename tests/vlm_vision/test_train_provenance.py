@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from vlm_vision.train_provenance import expected_settings
+from vlm_vision.training.provenance import expected_settings
 
 TOWER = types.SimpleNamespace(select_layer=-2)
 

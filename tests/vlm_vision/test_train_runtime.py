@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vlm_vision import TrainConfig
-from vlm_vision.train_runtime import device_defaults, resolve_device_defaults
+from vlm_vision.training.runtime import device_defaults, resolve_device_defaults
 
 REQUIRED = dict(llm="l", tower="t", data="d.jsonl", output_dir="o")
 

@@ -12,7 +12,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
 from vlm_vision import TrainConfig, train
-from vlm_vision.train_setup import MIN_TEXT, llm_context, resolve_max_length, video_fit_error
+from vlm_vision.training.setup import MIN_TEXT, llm_context, resolve_max_length, video_fit_error
 
 
 def tokens_of(frames: int, per_frame: int = 144, newline_per_frame: int = 0):
@@ -98,8 +98,8 @@ def test_the_dataset_pickles_without_the_model(tmp_path):
     """DataLoader workers receive the dataset pickled: it must not drag the model along."""
     import pickle
 
-    from vlm_vision.train_log import RunLog
-    from vlm_vision.train_setup import setup
+    from vlm_vision.training.log import RunLog
+    from vlm_vision.training.setup import setup
 
     parts = write_parts(tmp_path, context=8192, hidden=512)
     out = tmp_path / "run"
@@ -113,8 +113,8 @@ def test_the_dataset_pickles_without_the_model(tmp_path):
 
 def test_fp16_weights_with_fp16_autocast_train_float32_parameters(tmp_path):
     """fp16 frozen weights with fp16 mixed precision: whatever trains (projector, LoRA, new token rows) is float32."""
-    from vlm_vision.train_log import RunLog
-    from vlm_vision.train_setup import setup
+    from vlm_vision.training.log import RunLog
+    from vlm_vision.training.setup import setup
 
     parts = write_parts(tmp_path, context=8192)
     out = tmp_path / "run"
@@ -131,10 +131,10 @@ def test_fp16_weights_with_fp16_autocast_train_float32_parameters(tmp_path):
 
 def test_adamw_keeps_state_only_for_the_new_token_rows(tmp_path):
     """With new token rows training, AdamW's state holds K x D per embedding matrix, not V x D."""
-    from vlm_vision.train_loss import labelled_loss, model_inputs
-    from vlm_vision.train_log import RunLog
-    from vlm_vision.train_params import param_groups
-    from vlm_vision.train_setup import setup
+    from vlm_vision.training.loss import labelled_loss, model_inputs
+    from vlm_vision.training.log import RunLog
+    from vlm_vision.training.params import param_groups
+    from vlm_vision.training.setup import setup
 
     parts = write_parts(tmp_path, context=8192)
     out = tmp_path / "run"

@@ -31,10 +31,10 @@ from tests.vlm_vision.train_fixtures import (
     write_tower_folder,
 )
 from vlm_vision import TrainConfig, train
-from vlm_vision.export import ExportSettings, export_model
-from vlm_vision.train_order import micro_batch_indices
-from vlm_vision.train_runtime import check_processes
-from vlm_vision.trained import load_trained
+from vlm_vision.export.folder import ExportSettings, export_model
+from vlm_vision.training.order import micro_batch_indices
+from vlm_vision.training.runtime import check_processes
+from vlm_vision.training.trained import load_trained
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "accelerate"
@@ -98,7 +98,7 @@ def _single(parts, out: Path, batch_size: int, data: str | None = None, **extra)
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "vlm_vision.cli", "train", *args]
+           str(_free_port()), "-m", "vlm_vision.commands.main", "train", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -221,7 +221,7 @@ def test_deepspeed_zero3_one_process_saves_whole_adapter_and_resumes(parts, tmp_
     micro-batch size; `final/` holds the whole adapter and projector (gathered), equal to a plain
     run's; the engine's checkpoint holds the trainable weights only; resuming from it is exact."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(_zero3_config(tmp_path)),
-              "-m", "vlm_vision.cli", "train"]
+              "-m", "vlm_vision.commands.main", "train"]
 
     def run(*extra: str) -> None:
         args = _args(parts, tmp_path / "ds", **{"batch-size": 4}) + list(extra)

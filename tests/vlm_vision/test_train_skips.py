@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_vision.data_files import Skipped
-from vlm_vision.train_config import TrainConfig
-from vlm_vision.train_skips import SkipCeiling, TooManySkipped
+from vlm_vision.data.files import Skipped
+from vlm_vision.training.config import TrainConfig
+from vlm_vision.training.skips import SkipCeiling, TooManySkipped
 
 
 def test_the_ceiling_counts_each_sample_once_and_names_the_top_reasons():

@@ -37,7 +37,7 @@ def _train_two_processes(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
            "ACCELERATE_USE_CPU": "true"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "vlm_vision.cli", "train", *flags]
+           "--main_process_port", str(_free_port()), "-m", "vlm_vision.commands.main", "train", *flags]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlm_vision import TrainConfig, load_trained, train
-from vlm_vision.trained import FASTER_FILE, TrainedSpec
+from vlm_vision.training.trained import FASTER_FILE, TrainedSpec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_stage1_stage2.py"
 
@@ -32,8 +32,8 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
                   lora_alpha=16, warmup_ratio=0.0, video_newline="grid", faster_token_stride=2, max_video_tokens=32,
                   time_markers=True, time_instruction=True, progress=False)
     # what the training examples hold: the time sentence, then each frame's marker before its 7 or 3 tokens
-    from vlm_vision.train_log import RunLog
-    from vlm_vision.train_setup import setup
+    from vlm_vision.training.log import RunLog
+    from vlm_vision.training.setup import setup
 
     (tmp_path / "probe").mkdir()
     run = setup(TrainConfig(output_dir=str(tmp_path / "probe"), stage=1, **common),
@@ -67,10 +67,10 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
 
     # vlm-vision eval asks with the same prompt (markers, sentence) and the same sampling and budget;
     # --fps/--max-frames/--max-video-tokens override the run's settings; a miscount would fail the splice
-    from vlm_vision.eval_run import EvalConfig, run_eval
-    from vlm_vision.eval_data import Question
-    from vlm_vision.eval_media import load_medium
-    from vlm_vision.evaluation import visual_count, with_time_instruction
+    from vlm_vision.evaluation.run import EvalConfig, run_eval
+    from vlm_vision.evaluation.questions import Question
+    from vlm_vision.evaluation.media import load_medium
+    from vlm_vision.evaluation.answers import visual_count, with_time_instruction
 
     records = tmp_path / "questions.jsonl"
     records.write_text("".join(json.dumps({"id": f"q{i}", "video": f"{c}.mp4", "question": "What colour is this video?",
@@ -85,7 +85,7 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["settings"]["fps"] == 4.0
     # 12 frames at 8 fps, 4 fps at most 5: the recorded frames; the report samples the same ones again
     assert all(len(r["frames"]["indices"]) == len(r["frames"]["times"]) == 5 for r in rows)
-    from vlm_vision.eval_report import ReportConfig, write_report
+    from vlm_vision.evaluation.report import ReportConfig, write_report
 
     page = write_report(ReportConfig(eval_dir=str(tmp_path / "eval"), progress=False)).read_text()
     assert "differ from the recorded" not in page and "could not be decoded" not in page
@@ -111,8 +111,8 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
 def test_eval_and_train_flags_take_the_sampling_and_budget_settings():
     import argparse
 
-    from vlm_vision.eval_run import EvalConfig, add_arguments
-    from vlm_vision.train_cli import add_arguments as train_arguments
+    from vlm_vision.evaluation.run import EvalConfig, add_arguments
+    from vlm_vision.commands.train import add_arguments as train_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -22,8 +22,8 @@ from skimage import data as skdata
 from transformers import CLIPImageProcessor
 
 from vlm_vision import CLIPImageTransform
-from vlm_vision.configs import CLIP_MEAN, CLIP_STD
-from vlm_vision.transforms import _crop_offset, _pad_offsets, _shortest_edge_size, resize_uint8
+from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD
+from vlm_vision.model.transforms import _crop_offset, _pad_offsets, _shortest_edge_size, resize_uint8
 
 MEAN_TOL, MAX_TOL = 0.002, 0.03
 

@@ -9,7 +9,7 @@ from tests.video.synth import make_numbered_video
 from tests.vlm_vision.train_fixtures import make_tokenizer
 from video.decode import load_video
 from vlm_vision import CLIPImageTransform, VisionLanguageProcessor
-from vlm_vision.video_prompt import time_instruction, time_marker
+from vlm_vision.model.video_prompt import time_instruction, time_marker
 
 # variable rate: 20 fps steps with jitter and a 0.5 s gap from frame 15 on (as tests/video/test_decode.py)
 VFR_TIMES = [i * 0.05 + (0.5 if i >= 15 else 0.0) + 0.02 * (i % 3) for i in range(30)]

@@ -14,7 +14,7 @@ from tests.vlm_vision.train_fixtures import make_llm, make_tokenizer
 from video.budget import VideoLayout
 from video.decode import VideoClip
 from vlm_vision import CLIPVisionTower, VisionLanguageModel, VisionLanguageProcessor
-from vlm_vision.video_tokens import arrange_video_tokens, pool_video
+from vlm_vision.model.video_tokens import arrange_video_tokens, pool_video
 
 
 def numbered(t: int, n: int, start: float) -> torch.Tensor:

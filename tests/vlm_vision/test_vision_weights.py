@@ -25,8 +25,8 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
 from vlm_vision import CLIPVisionTower
-from vlm_vision.checkpoint_keys import openai_to_tower
-from vlm_vision.vision_weights import load_vision_weights
+from vlm_vision.model.checkpoint_keys import openai_to_tower
+from vlm_vision.model.vision_weights import load_vision_weights
 
 TOL = 1e-5
 VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2, image_size=32,
@@ -326,7 +326,7 @@ def test_openai_torchscript_archive_is_read_without_running_it(tmp_path, monkeyp
         raise AssertionError("torch.jit.load must not be used to read checkpoints")
 
     monkeypatch.setattr(torch.jit, "load", refuse)
-    from vlm_vision.torchscript_weights import read_torchscript
+    from vlm_vision.model.torchscript_weights import read_torchscript
 
     read = read_torchscript(path)
     assert set(read) == set(trusted)
@@ -592,7 +592,7 @@ def test_resnet_and_unknown_layouts(tmp_path):
 
 def test_openai_to_tower_matches_the_hf_map(clip):
     """The two key maps agree on the same weights (q, k, v stacked in the same order)."""
-    from vlm_vision.checkpoint_keys import hf_to_tower
+    from vlm_vision.model.checkpoint_keys import hf_to_tower
 
     ours_from_openai = openai_to_tower(openai_state_dict(clip))
     ours_from_hf = hf_to_tower(clip.state_dict())

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip, tiny_clip, tiny_tokenizer
-from vlm_vision.transforms import CLIPImageTransform
-from vlm_vision.zero_shot import ZeroShotClassifier, average_frame_embeddings
+from vlm_vision.model.transforms import CLIPImageTransform
+from vlm_vision.model.zero_shot import ZeroShotClassifier, average_frame_embeddings
 
 CLASSES = ["cat", "dog", "red square", "the colour blue"]
 

@@ -87,7 +87,7 @@ def _tokenizer_and_visual():
     from tokenizers import AddedToken
 
     from tests.vlm_vision.train_fixtures import make_tokenizer
-    from vlm_vision.training.data import VisualSpec
+    from vlm_vision.data.record_tokens import VisualSpec
 
     tok = make_tokenizer()  # byte-level BPE with a ChatML template, as the training tests use
     tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)

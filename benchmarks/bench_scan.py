@@ -91,7 +91,7 @@ def main() -> None:
 
     from tests.vlm_vision.train_fixtures import make_tokenizer
     from vlm_vision.training.order import DataOrder, padding_fraction
-    from vlm_vision.training.data import VisualSpec
+    from vlm_vision.data.record_tokens import VisualSpec
 
     tok = make_tokenizer()  # byte-level BPE with a ChatML template, as the training tests use
     tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)

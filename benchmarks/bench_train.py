@@ -112,7 +112,7 @@ def worker(args: argparse.Namespace) -> None:
                 p.requires_grad_(True)
     else:
         from vlm_vision import TrainConfig, VisionLanguageModel
-        from vlm_vision.model.fusion import encode_videos
+        from vlm_vision.model.fusion_steps import encode_videos
         from vlm_vision.training.loss import labelled_loss
         from vlm_vision.training.params import mark_trainable
 

@@ -14,12 +14,12 @@ from video.lazy_exports import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_PINPOINTS": "vlm_vision.model.anyres",
-    "anyres_num_tokens": "vlm_vision.model.anyres",
+    "DEFAULT_PINPOINTS": "vlm_vision.model.anyres_grid",
+    "anyres_num_tokens": "vlm_vision.model.anyres_grid",
     "anyres_pixel_values": "vlm_vision.model.anyres",
     "pack_image_features": "vlm_vision.model.anyres",
-    "select_best_resolution": "vlm_vision.model.anyres",
-    "unpad_shape": "vlm_vision.model.anyres",
+    "select_best_resolution": "vlm_vision.model.anyres_grid",
+    "unpad_shape": "vlm_vision.model.anyres_grid",
     "CLIP_MEAN": "vlm_vision.model.configs",
     "CLIP_STD": "vlm_vision.model.configs",
     "CLIPImageTransform": "vlm_vision.model.transforms",
@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "export_model": "vlm_vision.export.folder",
     "EvalConfig": "vlm_vision.evaluation.run",
     "run_eval": "vlm_vision.evaluation.run",
-    "load_eval_model": "vlm_vision.evaluation.answers",
+    "load_eval_model": "vlm_vision.evaluation.model",
     "answer_questions": "vlm_vision.evaluation.answers",
 }
 
@@ -47,14 +47,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from vlm_vision.model.anyres import (  # noqa: F401
-        DEFAULT_PINPOINTS,
-        anyres_num_tokens,
-        anyres_pixel_values,
-        pack_image_features,
-        select_best_resolution,
-        unpad_shape,
-    )
+    from vlm_vision.model.anyres_grid import DEFAULT_PINPOINTS, anyres_num_tokens, select_best_resolution, unpad_shape  # noqa: F401
+    from vlm_vision.model.anyres import anyres_pixel_values, pack_image_features  # noqa: F401
     from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
     from vlm_vision.model.transforms import CLIPImageTransform  # noqa: F401
     from vlm_vision.model.tower import CLIPVisionTower  # noqa: F401
@@ -67,4 +61,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.training.loop import train  # noqa: F401
     from vlm_vision.training.trained import load_trained, merge_trained  # noqa: F401
     from vlm_vision.evaluation.run import EvalConfig, run_eval  # noqa: F401
-    from vlm_vision.evaluation.answers import answer_questions, load_eval_model  # noqa: F401
+    from vlm_vision.evaluation.answers import answer_questions  # noqa: F401
+    from vlm_vision.evaluation.model import load_eval_model  # noqa: F401

@@ -12,7 +12,7 @@ from tests.vlm_vision.train_fixtures import make_tokenizer
 from vlm_vision.data.files import load_rows
 from vlm_vision.data.formats import MediaRoots
 from vlm_vision.data.scan import KINDS, LazyRecords, cached_scan, scan_rows
-from vlm_vision.training.data import VisualSpec, sample_tokens
+from vlm_vision.data.record_tokens import VisualSpec, sample_tokens
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_worker_processes_give_the_same_result(tmp_path, tok):
 
 
 def test_the_batched_scan_agrees_with_the_per_record_path_at_the_length_limit(tmp_path, tok):
-    from vlm_vision.training.data import scan_records
+    from vlm_vision.data.record_tokens import scan_records
 
     path = _dataset(tmp_path, n=36)
     records = json.loads(path.read_text())

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_vision.evaluation.questions import (
-    BadRecord,
-    Question,
-    choice_prompt,
-    duration_bucket,
-    exact_match,
-    normalize_answer,
-    open_prompt,
-    parse_choice,
-    parse_question,
-    summarize,
-    token_f1,
-)
+from vlm_vision.data.formats import BadSample as BadRecord
+from vlm_vision.evaluation.questions import Question, choice_prompt, duration_bucket, exact_match, normalize_answer, open_prompt, parse_choice, parse_question, summarize, token_f1
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 

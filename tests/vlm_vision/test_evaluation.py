@@ -12,7 +12,8 @@ import torch
 from tests.vlm_vision.eval_fixtures import FRAMES, reference_run, trained_colour_model
 from vlm_vision.evaluation.questions import parse_question, summarize
 from vlm_vision.evaluation.run import read_predictions
-from vlm_vision.evaluation.answers import answer_questions, load_eval_model, model_identity
+from vlm_vision.evaluation.answers import answer_questions
+from vlm_vision.evaluation.model import load_eval_model, model_identity
 
 
 @pytest.fixture(scope="module")

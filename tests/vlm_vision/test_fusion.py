@@ -10,7 +10,8 @@ from tests.vlm_vision.fusion_fixtures import (FRAME_TOKENS, IMAGE_ID, IMAGE_TOKE
                                               prompt, scramble, text_config, vision_config)
 from video.pooling import num_video_tokens, spatial_pool
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
-from vlm_vision.model.fusion import add_video_newlines, encode_videos
+from vlm_vision.model.video_tokens import add_video_newlines
+from vlm_vision.model.fusion_steps import encode_videos
 
 ATOL = 1e-4
 

@@ -3,7 +3,8 @@
 import torch
 
 from tests.vlm_vision.fusion_fixtures import IMAGE_ID, VIDEO_ID
-from vlm_vision.model.fusion_steps import IGNORE_INDEX, mask_labels, position_ids_from_mask, splice
+from vlm_vision.model.placeholders import IGNORE_INDEX
+from vlm_vision.model.fusion_steps import mask_labels, position_ids_from_mask, splice
 
 
 def test_splice_writes_rows_in_prompt_order():

@@ -13,7 +13,7 @@ from tests.vlm_vision.fusion_fixtures import (IMAGE_ID, VIDEO_ID, hf_image_model
                                               scramble, text_config, to_llava_layout, vision_config)
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
 from vlm_vision.model.checkpoint_keys import hf_to_tower
-from vlm_vision.model.fusion import encode_videos
+from vlm_vision.model.fusion_steps import encode_videos
 from vlm_vision.model.interchange import split_transformers_keys, tower_to_hf
 
 ATOL = 1e-4

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import make_tokenizer
-from vlm_vision.data.formats import BadSample, MediaRoots, Skipped, parse_record
+from vlm_vision.data.formats import BadSample, MediaRoots, parse_record
+from vlm_vision.data.files import Skipped
 from vlm_vision.data.scan import cached_scan
 from vlm_vision.data.store import open_store
 from vlm_vision.data.record_tokens import VisualSpec, scan_one

@@ -494,7 +494,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     from PIL import Image
     from transformers import LlavaNextVideoForConditionalGeneration
 
-    from vlm_vision.model.anyres import anyres_num_tokens
+    from vlm_vision.model.anyres_grid import anyres_num_tokens
 
     sizes = {"wide": (30, 70), "tall": (70, 30), "square": (40, 40)}
     records = []
@@ -583,7 +583,8 @@ def test_cli_image_grid_pinpoints_flag():
 
 def _answer_logprob(model, processor, video: Path, answer: str) -> float:
     """Summed log-probability of the assistant turn `answer` after the colour question about `video`."""
-    from vlm_vision.training.data import expand_placeholder, tokenize_conversation
+    from vlm_vision.data.record_tokens import expand_placeholder
+    from vlm_vision.data.conversation_tokens import tokenize_conversation
 
     messages = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}]
     ids, labels = tokenize_conversation(processor.tokenizer, messages)

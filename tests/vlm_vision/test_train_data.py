@@ -10,21 +10,12 @@ from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
 from vlm_vision.commands.errors import InputError
-from vlm_vision.training.data import (
-    IGNORE_INDEX,
-    BadSample,
-    ConversationDataset,
-    Example,
-    Skipped,
-    VisualSpec,
-    expand_placeholder,
-    fit_length,
-    pad_batch,
-    parse_record,
-    read_records,
-    scan_records,
-    tokenize_conversation,
-)
+from vlm_vision.model.placeholders import IGNORE_INDEX
+from vlm_vision.data.formats import BadSample, parse_record
+from vlm_vision.training.data import ConversationDataset, Example, pad_batch
+from vlm_vision.data.files import Skipped, read_records
+from vlm_vision.data.record_tokens import VisualSpec, expand_placeholder, fit_length, scan_records
+from vlm_vision.data.conversation_tokens import tokenize_conversation
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +251,7 @@ def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
 
     from vlm_vision.model.anyres import anyres_pixel_values
     from vlm_vision.data.record_tokens import image_size
-    from vlm_vision.training.data import Record
+    from vlm_vision.data.formats import Record
 
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high

@@ -23,7 +23,8 @@ from transformers import CLIPImageProcessor
 
 from vlm_vision import CLIPImageTransform
 from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD
-from vlm_vision.model.transforms import _crop_offset, _pad_offsets, _shortest_edge_size, resize_uint8
+from vlm_vision.model.transforms import _crop_offset, _pad_offsets, _shortest_edge_size
+from video.frame_resize import resize_uint8
 
 MEAN_TOL, MAX_TOL = 0.002, 0.03
 

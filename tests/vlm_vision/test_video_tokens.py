@@ -12,7 +12,7 @@ from projector import build_projector
 from tests.vlm_vision.fusion_fixtures import scramble, vision_config
 from tests.vlm_vision.train_fixtures import make_llm, make_tokenizer
 from video.budget import VideoLayout
-from video.decode import VideoClip
+from video.clip import VideoClip
 from vlm_vision import CLIPVisionTower, VisionLanguageModel, VisionLanguageProcessor
 from vlm_vision.model.video_tokens import arrange_video_tokens, pool_video
 

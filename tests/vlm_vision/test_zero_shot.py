@@ -158,7 +158,7 @@ def test_classify_video_averages_frame_embeddings(clf, tmp_path):
 
 
 def test_a_video_that_does_not_decode_raises(clf, tmp_path):
-    from video.decode import VideoDecodeError
+    from video.clip import VideoDecodeError
 
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(VideoDecodeError, match="broken.mp4"):

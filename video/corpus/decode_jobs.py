@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from video.corpus.contact_sheet import contact_sheet_png
-from video.decode import VideoClip, VideoDecodeError, load_video
+from video.clip import VideoClip, VideoDecodeError
+from video.decode import load_video
 from video.provenance import source_identity
 
 __all__ = ["DecodeJobs", "Decoded", "decoded_stream"]

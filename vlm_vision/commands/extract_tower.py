@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from vlm_vision.commands.errors import InputError
-from vlm_vision.commands.input_checks import WeightsUnavailable, weights_unavailable
+from vlm_vision.commands.input_checks import weights_unavailable
 
 if TYPE_CHECKING:
     from transformers import CLIPVisionConfig
 
     from vlm_vision.model.tower import CLIPVisionTower
 
-__all__ = ["RANDOM_SEED", "RANDOM_WEIGHTS_HINT", "WeightsUnavailable", "load_tower"]
+__all__ = ["RANDOM_SEED", "RANDOM_WEIGHTS_HINT", "load_tower"]
 
 RANDOM_SEED = 0  # random weights are drawn from this seed, so that reruns give the same tokens
 RANDOM_WEIGHTS_HINT = ("To run offline anyway: add --random-weights, which runs the same architecture with random "

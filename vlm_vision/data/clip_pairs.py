@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from video.decode import VideoDecodeError, load_video
+from video.clip import VideoDecodeError
+from video.decode import load_video
 from vlm_vision.commands.errors import InputError
 from vlm_vision.model.transforms import CLIPImageTransform
 from vlm_vision.model.zero_shot import tokenize

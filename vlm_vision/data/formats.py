@@ -31,11 +31,22 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
-from vlm_vision.data.files import DataRows, Skipped, load_rows, read_records
+from vlm_vision.data.files import Skipped, load_rows
 
-__all__ = ["BadSample", "CACHED_SUFFIX", "DataRows", "MediaRoots", "PLACEHOLDERS", "ROLES", "Record", "Skipped",
-           "check_turns", "convert_to_llava", "load_rows", "normalise", "parse_record", "read_records",
-           "record_origin", "to_llava"]
+__all__ = [
+    "BadSample",
+    "CACHED_SUFFIX",
+    "MediaRoots",
+    "PLACEHOLDERS",
+    "ROLES",
+    "Record",
+    "check_turns",
+    "convert_to_llava",
+    "normalise",
+    "parse_record",
+    "record_origin",
+    "to_llava",
+]
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 LLAVA_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}

@@ -25,7 +25,8 @@ import PIL.Image
 from safetensors import safe_open
 
 from vlm_vision.data.conversation_tokens import tokenize_conversation
-from vlm_vision.data.formats import CACHED_SUFFIX, PLACEHOLDERS, BadSample, MediaRoots, Record, Skipped, parse_record
+from vlm_vision.data.formats import CACHED_SUFFIX, PLACEHOLDERS, BadSample, MediaRoots, Record, parse_record
+from vlm_vision.data.files import Skipped
 from vlm_vision.model.placeholders import IGNORE_INDEX, VisualSpanCut, expand_placeholders, span_length, truncate
 from vlm_vision.model.video_prompt import time_instruction
 

@@ -30,20 +30,9 @@ from torch import nn
 
 from vlm_vision.data.conversation_tokens import padding_id, tokenize_conversation
 from vlm_vision.data.files import Skipped
-from vlm_vision.evaluation.questions import (
-    LETTERS,
-    BadRecord,
-    Question,
-    choice_prompt,
-    exact_match,
-    log_fields,
-    open_prompt,
-    parse_choice,
-    parse_question,
-    token_f1,
-)
+from vlm_vision.evaluation.questions import LETTERS, Question, choice_prompt, exact_match, log_fields, open_prompt, parse_choice, parse_question, token_f1
+from vlm_vision.data.formats import BadSample as BadRecord
 from vlm_vision.evaluation.media import Loaded, QuestionMedia
-from vlm_vision.evaluation.model import load_eval_model, model_identity
 from vlm_vision.model.fusion_steps import encode_videos
 from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.data.question_files import question_rows
@@ -53,8 +42,18 @@ from vlm_vision.training.loss import takes_logits_to_keep
 from vlm_vision.model.video_prompt import time_instruction
 
 # `load_eval_model` and `model_identity` live in `eval_model`; they are importable from here too.
-__all__ = ["read_questions", "load_eval_model", "answer_questions", "model_identity", "eval_questions",
-           "question_accuracy", "visual_count", "with_time_instruction", "prompt_ids", "prompt_token_counts", "pooled_features", "stop_ids"]
+__all__ = [
+    "read_questions",
+    "answer_questions",
+    "eval_questions",
+    "question_accuracy",
+    "visual_count",
+    "with_time_instruction",
+    "prompt_ids",
+    "prompt_token_counts",
+    "pooled_features",
+    "stop_ids",
+]
 
 
 # ----- questions ----------------------------------------------------------------------------------

@@ -52,8 +52,19 @@ from typing import Any
 from vlm_vision.data.formats import CACHED_SUFFIX, PLACEHOLDERS
 from vlm_vision.data.formats import BadSample as BadRecord
 
-__all__ = ["Question", "BadRecord", "parse_question", "choice_prompt", "open_prompt", "parse_choice",
-           "normalize_answer", "exact_match", "token_f1", "duration_bucket", "summarize", "log_fields"]
+__all__ = [
+    "Question",
+    "parse_question",
+    "choice_prompt",
+    "open_prompt",
+    "parse_choice",
+    "normalize_answer",
+    "exact_match",
+    "token_f1",
+    "duration_bucket",
+    "summarize",
+    "log_fields",
+]
 
 ID_FIELDS = ("id", "question_id", "qid", "uid")
 VIDEO_FIELDS = ("video", "video_path", "video_file")

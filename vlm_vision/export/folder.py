@@ -44,7 +44,7 @@ from vlm_vision.export.source import EXPECTED_FOLDER, Recipe, load_source, read_
 from vlm_vision.export.model_card import CardFacts, model_card
 from vlm_vision.model.video_prompt import time_instruction
 
-__all__ = ["FORMATS", "MIN_TRANSFORMERS", "ExportSettings", "export_model", "refuse_inexpressible"]
+__all__ = ["MIN_TRANSFORMERS", "ExportSettings", "export_model", "refuse_inexpressible"]
 
 MIN_TRANSFORMERS = {5: "5.0", 4: "4.52"}
 """Oldest transformers that reads the processor layout written for each major version (5: one

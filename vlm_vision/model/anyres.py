@@ -46,37 +46,26 @@ import torch
 
 from vlm_vision.model.anyres_grid import (
     BASE_RESOLUTION,
-    CONVENTIONS,
     DEFAULT_PINPOINTS,
     Convention,
     anyres_grid_shape,
-    anyres_num_tokens,
     is_base_resolution,
     positive_int,
     resize_and_pad_size,
-    select_best_resolution,
     size_pair,
-    unpad_shape,
     unpad_window,
 )
 from vlm_vision.model.fusion_steps import project
-from vlm_vision.model.transforms import CLIPImageTransform, ImageInput, as_frames, resize_uint8
+from vlm_vision.model.transforms import CLIPImageTransform, ImageInput, as_frames
+from video.frame_resize import resize_uint8
 
 __all__ = [
-    "BASE_RESOLUTION",
-    "CONVENTIONS",
-    "DEFAULT_PINPOINTS",
     "anyres_batch",
-    "anyres_grid_shape",
-    "anyres_num_tokens",
     "anyres_pixel_values",
     "anyres_tiles",
     "encode_anyres_images",
     "pack_image_features",
-    "resize_and_pad_size",
-    "select_best_resolution",
     "unpad",
-    "unpad_shape",
 ]
 
 

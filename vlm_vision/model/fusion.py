@@ -51,12 +51,10 @@ from video.pooling import check_pooling
 from vlm_vision.model.anyres import encode_anyres_images
 from vlm_vision.model.anyres_grid import BASE_RESOLUTION, anyres_num_tokens, check_pinpoints
 from vlm_vision.model.fusion_steps import (
-    IGNORE_INDEX,
     Videos,
     check_input_ids,
     check_media,
     encode_images,
-    encode_videos,
     feature_list,
     mask_labels,
     position_ids_from_mask,
@@ -68,22 +66,9 @@ from vlm_vision.model.interchange import save_transformers, transformers_parts
 from vlm_vision.model.llava_checkpoint import llava_checkpoint_parts
 from vlm_vision.model.parts import ModelParts
 from vlm_vision.model.tower import CLIPVisionTower
-from vlm_vision.model.video_tokens import VIDEO_NEWLINES, add_video_newlines, arrange_video_tokens, pool_video
+from vlm_vision.model.video_tokens import VIDEO_NEWLINES, arrange_video_tokens, pool_video
 
-__all__ = [
-    "IGNORE_INDEX",
-    "VIDEO_NEWLINES",
-    "VisionLanguageModel",
-    "add_video_newlines",
-    "arrange_video_tokens",
-    "encode_images",
-    "encode_videos",
-    "mask_labels",
-    "position_ids_from_mask",
-    "project",
-    "splice",
-    "video_tower_features",
-]
+__all__ = ["VisionLanguageModel"]
 
 
 def _linear_widths(projector: nn.Module) -> tuple[int, int] | None:

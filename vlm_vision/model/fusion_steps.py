@@ -28,7 +28,6 @@ from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.model.tower import CLIPVisionTower
 
 __all__ = [
-    "IGNORE_INDEX",
     "Videos",
     "check_input_ids",
     "check_media",

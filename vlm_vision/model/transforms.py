@@ -38,7 +38,7 @@ from video.frame_resize import pad_to_square, resize_uint8
 from video.frame_scale import FrameScale, pad_offsets, shortest_edge_size
 from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD
 
-__all__ = ["CLIPImageTransform", "as_frames", "resize_uint8"]
+__all__ = ["CLIPImageTransform", "as_frames"]
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, Sequence[Any]]
 

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 from transformers.utils import cached_file
 
-from video.decode import VideoClip, load_video
+from video.clip import VideoClip
+from video.decode import load_video
 from vlm_vision.model.transforms import CLIPImageTransform
 
 __all__ = ["ZeroShotClassifier", "average_frame_embeddings", "load_clip", "projected_embeddings", "tokenize"]

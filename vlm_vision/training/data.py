@@ -27,32 +27,12 @@ import PIL.Image
 import torch
 
 from vlm_vision.model.anyres_grid import BASE_RESOLUTION
-from vlm_vision.data.conversation_tokens import check_tokenizer, tokenize_conversation
-from vlm_vision.data.formats import (
-    CACHED_SUFFIX,
-    PLACEHOLDERS,
-    ROLES,
-    BadSample,
-    MediaRoots,
-    Record,
-    Skipped,
-    parse_record,
-    read_records,
-)
+from vlm_vision.data.formats import CACHED_SUFFIX, BadSample, Record
+from vlm_vision.data.files import Skipped
 from vlm_vision.model.placeholders import IGNORE_INDEX
-from vlm_vision.data.record_tokens import (
-    VisualSpec,
-    expand_placeholder,
-    fit_length,
-    frame_times,
-    prompt_messages,
-    sample_tokens,
-    scan_records,
-)
+from vlm_vision.data.record_tokens import VisualSpec, sample_tokens
 
-__all__ = ["IGNORE_INDEX", "PLACEHOLDERS", "ROLES", "BadSample", "ConversationDataset", "Example", "MediaRoots",
-           "Record", "Skipped", "VisualSpec", "check_tokenizer", "expand_placeholder", "fit_length", "frame_times",
-           "pad_batch", "parse_record", "prompt_messages", "read_records", "sample_tokens", "scan_records", "tokenize_conversation"]
+__all__ = ["ConversationDataset", "Example", "pad_batch"]
 
 
 @dataclass

@@ -37,7 +37,8 @@ from vlm_vision.data.formats import BadSample, MediaRoots, parse_record
 from vlm_vision.data.resume import DATA_FILES_RECORD, check_data_files
 from vlm_vision.data.scan import KINDS, Rows, TrainingData, load_training_data, open_rows
 from vlm_vision.training.config import TrainConfig
-from vlm_vision.training.data import ConversationDataset, VisualSpec
+from vlm_vision.training.data import ConversationDataset
+from vlm_vision.data.record_tokens import VisualSpec
 from vlm_vision.training.log import RunLog, logger
 from vlm_vision.training.params import mark_trainable
 from vlm_vision.training.provenance import check_cached_tokens

@@ -1,6 +1,6 @@
 """The README's API tour is executed: every ```python block, in order, in one namespace; and its
 `vlm-vision train` and `vlm-vision export` commands run as written with tiny models. (The
-```python interop block runs in transformers alone: tests/vlm_vision/test_export_interop.py.)"""
+```python interop block runs in transformers alone: tests/vlm_vision/export/test_interop.py.)"""
 
 import os
 import pathlib

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tests.vlm_vision.fusion_fixtures import make_tokenizer
-from tests.vlm_vision.test_extract_cli import extract, manifest, tiny_model  # noqa: F401 (a fixture)
-from tests.vlm_vision.test_train_setup import write_parts
+from tests.vlm_vision.commands.test_extract import extract, manifest, tiny_model  # noqa: F401 (a fixture)
+from tests.vlm_vision.training.test_setup import write_parts
 from tests.vlm_vision.train_fixtures import write_colour_video
 from video import load_video, load_video_tokens
 from video.extract import read_metadata

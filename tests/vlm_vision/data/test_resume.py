@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vlm_vision.test_train import config
+from tests.vlm_vision.training.test_loop import config
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import train
 from vlm_vision.commands.errors import InputError

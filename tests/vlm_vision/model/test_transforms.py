@@ -375,7 +375,7 @@ def test_attributes_and_repr():
 @pytest.mark.slow
 def test_preprocess_benchmark_runs(tmp_path):
     """benchmarks/bench_preprocess.py end to end on a tiny workload, in a fresh interpreter."""
-    root = pathlib.Path(__file__).resolve().parents[2]
+    root = pathlib.Path(__file__).resolve().parents[3]
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(root / "benchmarks" / "bench_preprocess.py"), "--frames", "3", "--height", "72",
                     "--width", "128", "--size", "32", "--runs", "1", "--json", str(out)],

@@ -9,7 +9,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from tests.vlm_vision.test_anyres_grid import HF_PINPOINTS, TINY_PINPOINTS
+from tests.vlm_vision.model.test_anyres_grid import HF_PINPOINTS, TINY_PINPOINTS
 from vlm_vision import CLIP_STD
 from vlm_vision.model.anyres import (anyres_batch, anyres_pixel_values, anyres_tiles, encode_anyres_images,
                                pack_image_features, unpad)

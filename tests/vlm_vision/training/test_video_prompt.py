@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from vlm_vision import TrainConfig, load_trained, train
 from vlm_vision.training.trained import FASTER_FILE, TrainedSpec
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_stage1_stage2.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "train_stage1_stage2.py"
 
 
 def example():

@@ -23,7 +23,7 @@ from vlm_vision.commands.errors import InputError
 from vlm_vision.commands.demo import BUNDLED, DemoConfig, _video_dirs
 from vlm_vision.evaluation.demo_model import Sampling
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_bad_model_or_videos_folder_is_one_line_exit_2(tmp_path, capsys):

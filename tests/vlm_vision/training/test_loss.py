@@ -19,7 +19,7 @@ from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_fold
 from vlm_vision import TrainConfig, train
 from vlm_vision.training.loss import step_loss_scale
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FRAMES = 4
 
 

@@ -293,7 +293,7 @@ def test_an_original_llava_checkpoint_exports_with_placeholder_tokens_added(tmp_
     # the exported processor files as the project reads them (transformers' video processor needs
     # torchvision, which this environment lacks; test_export_interop.py covers transformers alone)
     _, processor = load_eval_model(out)
-    frames = load_video(Path(__file__).resolve().parents[1] / "data" / "cup.mp4", num_frames=FRAMES).frames
+    frames = load_video(Path(__file__).resolve().parents[2] / "data" / "cup.mp4", num_frames=FRAMES).frames
     inputs = processor([{"role": "user", "content": QUESTION}], videos=[np.asarray(frames)])
     assert (inputs["input_ids"] == added["<video>"]).sum() == FRAMES * 2 * 2  # 28 / 7 = 4x4 patches, 2x2 pooled
 

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from projector import build_projector
 from tests.video.synth import make_numbered_video
-from tests.vlm_vision.test_extract_cli import tiny_model  # noqa: F401  (a fixture: tiny random CLIP, 4x4 patch grid)
+from tests.vlm_vision.commands.test_extract import tiny_model  # noqa: F401  (a fixture: tiny random CLIP, 4x4 patch grid)
 from video import load_video_tokens
 from vlm_vision import CLIPVisionTower, VisionLanguageModel
 from vlm_vision.commands.main import main

@@ -30,7 +30,7 @@ from tests.vlm_vision.eval_fixtures import held_out_records, write_held_out
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision.commands import main as cli
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "tests" / "data"
 STOP_WITHIN_S = 5.0
 START_WITHIN_S = 240.0

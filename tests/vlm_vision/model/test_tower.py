@@ -264,7 +264,7 @@ def test_compile_traces_the_forward_as_one_graph():
 
 _INDUCTOR_CHECK = """
 import torch
-from tests.vlm_vision.test_tower import TOL, tiny_config
+from tests.vlm_vision.model.test_tower import TOL, tiny_config
 from vlm_vision import CLIPVisionTower
 torch.manual_seed(0)
 tower = CLIPVisionTower.from_config(tiny_config(), select_feature="cls_patch")
@@ -282,7 +282,7 @@ def test_compile_with_inductor_matches_eager():
     It runs in a fresh interpreter: inductor's C++ build imports setuptools, whose distutils shim
     refuses to load once something earlier in the test session has loaded the standard library's
     distutils (seen in the full suite, not in this file alone)."""
-    repo = pathlib.Path(__file__).resolve().parents[2]
+    repo = pathlib.Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", _INDUCTOR_CHECK], cwd=repo, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -33,7 +33,7 @@ import pytest
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from tests.vlm_vision.train_fixtures import QUESTION, write_llm_folder, write_tower_folder
 from vlm_vision.commands import main as cli
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 MISTAKES = ("data_not_json", "mixture_names_a_missing_file", "mixture_with_a_python_tag", "llm_path_typo",
             "tower_path_missing", "output_is_an_existing_file", "empty_data", "model_folder_missing",
@@ -533,7 +533,7 @@ def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(input
     import subprocess
 
     row = _train_rows(inputs)["data_not_json"]
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
                            "vlm_vision.commands.main", "train", *row.argv], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})

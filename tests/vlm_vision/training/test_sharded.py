@@ -36,7 +36,7 @@ from vlm_vision.training.order import micro_batch_indices
 from vlm_vision.training.runtime import check_processes
 from vlm_vision.training.trained import load_trained
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "accelerate"
 FRAMES = 4
 # Two processes vs one differ only in the order of float32 sums. Losses agree to 1e-5; AdamW divides

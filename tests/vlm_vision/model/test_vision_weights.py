@@ -294,7 +294,7 @@ def test_hub_id_offline_in_a_fresh_process(tmp_path, clip):
               "torch.save(t(torch.load(sys.argv[1])), sys.argv[2])")
     env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "pixels.pt"), str(tmp_path / "out.pt")],
-                   env=env, check=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+                   env=env, check=True, cwd=Path(__file__).resolve().parents[3], timeout=300)
     with torch.no_grad():
         expected = reference_of(clip)(pixel_values=PIXELS, output_hidden_states=True).hidden_states[-2][:, 1:]
     assert (torch.load(tmp_path / "out.pt") - expected).abs().max() <= TOL

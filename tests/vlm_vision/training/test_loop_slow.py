@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import TrainConfig, train
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[2] / "data"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:

@@ -17,7 +17,7 @@ from tests.vlm_vision.eval_fixtures import reference_run, trained_colour_model
 from vlm_vision.commands.main import main
 from vlm_vision.evaluation.run import EvalConfig, read_predictions, run_eval
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

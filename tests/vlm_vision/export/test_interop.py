@@ -33,8 +33,8 @@ from vlm_vision import TrainConfig, train
 from vlm_vision.export.folder import ExportSettings, export_model
 from vlm_vision.training.trained import load_trained
 
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parents[1]  # tests/vlm_vision: the interop script
 VIDEOS = ("cockatoo.mp4", "cup.mp4", "box.mp4")  # real footage with detail (tests/data/SOURCES.md)
 FRAMES = 4
 QUESTION = "What colour is this video?"

@@ -14,7 +14,7 @@ from tests.vlm_vision.browser import artifacts, browser_page
 from tests.vlm_vision.eval_fixtures import COLOUR_QUESTION, NAMES, held_out_records, reference_run, trained_colour_model
 from vlm_vision.commands.main import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FRAMES = 4
 # the tiny tower: 28 px images, 7 px patches -> a 4 x 4 grid; 2 x 2 pooling -> 2 x 2 = 4 tokens per frame
 VISUAL_TOKENS = FRAMES * (28 // 7 // 2) ** 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vlm_vision.test_train import assert_names_held_out_colours
+from tests.vlm_vision.training.test_loop import assert_names_held_out_colours
 from tests.vlm_vision.train_fixtures import (
     COLOURS,
     write_colour_video,

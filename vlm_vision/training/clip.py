@@ -23,19 +23,22 @@ have been skipped (every process's, gathered each step), `TooManySkipped` names 
 top reasons (`vlm_vision.training.skips`, as in `vlm-vision train`). With several processes a batch
 that ends up empty on any rank is skipped on all of them, so the collective calls stay in step.
 
-Layout: setup (data, model, optimizer, schedule, accelerate) -> loop (max_steps; one line per step
-in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json).
+Layout: this module is a job of the one training loop (`vlm_vision.training.fit`, as `vlm-vision
+train` is): setup (data, model, held-out recall before) -> the loop (max_steps; one line per step in
+log.jsonl; `checkpoint-STEP/` every `save_every` steps, and `resume` from the latest) -> save (model,
+tokenizer, preprocessor_config.json, metrics.json).
 Shapes: B pairs, T frames, L tokens, D embedding width.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from vlm_vision.data.clip_pairs import PairDataset, pair_dataset, read_pairs, split_pairs
@@ -55,8 +56,10 @@ from vlm_vision.commands.config_flags import add_config_arguments, config_from_f
 from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.model.contrastive import LogitScale, clip_loss
 from vlm_vision.data.files import Skipped
+from vlm_vision.training.checkpoint import load_trainable, save_trainable
+from vlm_vision.training.fit import FitSettings, Fitted, Job, MicroBatch, fit, shuffled_batches
+from vlm_vision.training.log import RunLog
 from vlm_vision.training.params import cosine_schedule
-from vlm_vision.training.runtime import release_accelerator_state
 from vlm_vision.training.skips import SkipCeiling, TooManySkipped
 from vlm_vision.model.transforms import CLIPImageTransform
 from vlm_vision.model.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
@@ -103,6 +106,13 @@ class ClipTrainConfig:
     max_skip_fraction: float = 0.05
     """Stop with an error once more than this fraction of the pairs has been skipped as bad data (unreadable
     records, missing or undecodable media), listing the top reasons; 1.0 never stops."""
+    save_every: int = 0
+    """Write `checkpoint-STEP/` (trainable weights, optimizer, schedule, random state) every N steps (0: never)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted."""
+    resume: bool = False
+    """Continue from the latest `checkpoint-STEP/` in `output_dir` (the settings it started with, but for
+    max_steps, save_every, keep_last and max_skip_fraction)."""
 
 
 
@@ -198,25 +208,29 @@ def _evaluate(encoder: _DualEncoder, dataset: PairDataset, batch_size: int, devi
 
 # --- the loop ---------------------------------------------------------------------------------------
 
+RESUMABLE = frozenset({"max_steps", "resume", "save_every", "keep_last", "max_skip_fraction"})
+"""Settings that may change between a run and its resumption; any other difference is refused."""
+
+
 def train(config: ClipTrainConfig) -> dict[str, Any]:
     """Fine-tune, evaluate before and after, save; returns what is written to metrics.json.
 
     Raises:
         FileNotFoundError: for a missing data file or media root.
-        ValueError: for bad settings, or data with no usable pair.
+        ValueError: for bad settings, data with no usable pair, or a resume with changed settings.
     """
     _check_config(config)
-    try:
-        return _fit(config)
-    finally:
-        release_accelerator_state()  # a later call in this process may choose another precision
+    settings = FitSettings(output_dir=Path(config.output_dir), max_steps=config.max_steps, seed=config.seed,
+                           mixed_precision=config.mixed_precision, save_every=config.save_every,
+                           keep_last=config.keep_last, resume=config.resume, resumable=RESUMABLE, replace_log=True,
+                           name="clip-train", shown=(("loss", "loss", ".4f"), ("scale", "logit_scale", ".1f")),
+                           skip_where="decoding during training")
+    return fit(settings, functools.partial(_job, config))
 
 
-def _fit(config: ClipTrainConfig) -> dict[str, Any]:
-    # --- setup
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+def _job(config: ClipTrainConfig, accelerator: Accelerator, log: RunLog) -> Job[dict[str, Any]]:
+    """The pairs, the dual encoder (scored on the held-out pairs before training), its loss and its saving."""
     _check_launch(accelerator)
-    set_seed(config.seed)
     pairs, skipped = read_pairs(config.data, config.media_root)
     if not pairs:
         raise InputError("no usable pairs", f"--data {config.data}", f"at least one record with a caption and "
@@ -231,86 +245,80 @@ def _fit(config: ClipTrainConfig) -> dict[str, Any]:
     encoder = _DualEncoder(clip, config.lock_image_tower).to(accelerator.device)
     before = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
     ceiling.add(_decode_skips(eval_set.failed.items(), config.data), "decoding the held-out pairs")
-    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                                         collate_fn=train_set.collate,
-                                         generator=torch.Generator().manual_seed(config.seed))
+
+    def finish(fitted: Fitted) -> dict[str, Any]:
+        """Score the held-out pairs again; save the model, its tokenizer and preprocessing, and metrics.json."""
+        after = _evaluate(fitted.model, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+        # Training skips before a resume come back from skipped.jsonl; a sample met again counts once.
+        trained = [f"{s.id}: {s.reason}" for s in fitted.skipped] + [f"{p}: {e}" for p, e in train_set.failed.items()]
+        reasons = skipped + list(dict.fromkeys(trained)) + [f"{p}: {e}" for p, e in eval_set.failed.items()]
+        losses = fitted.losses or [None]
+        metrics = {"before": before, "after": after, "steps": fitted.step, "first_loss": losses[0],
+                   "final_loss": losses[-1], "logit_scale": fitted.model.logit_scale().exp().item(),
+                   "num_train": len(train_pairs), "num_eval": len(eval_pairs), "skipped": len(reasons),
+                   "skipped_reasons": reasons[:100], "config": _config_json(config)}
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save(fitted.model, tokenizer, transform, metrics, Path(config.output_dir))
+        accelerator.wait_for_everyone()
+        return metrics
+
+    return Job(
+        model=encoder, settings=_config_json(config), skip_ceiling=ceiling,
+        load_weights=functools.partial(load_trainable, encoder),
+        save_weights=functools.partial(save_trainable, encoder, main=accelerator.is_main_process),
+        optimizer=functools.partial(_optimizer, [p for p in encoder.parameters() if p.requires_grad], config),
+        loader=functools.partial(_loader, train_set, config),
+        micro_batches=functools.partial(_micro_batches, dataset=train_set, data=config.data),
+        loss=_loss, entry=_entry, finish=finish)
+
+
+def _optimizer(params: list[nn.Parameter], config: ClipTrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and the schedule: warmup then cosine, or constant."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = (cosine_schedule(optimizer, config.max_steps, config.warmup_ratio) if config.lr_schedule == "cosine"
                 else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
-    model, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
-    out = Path(config.output_dir)
-    log = None
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        log = open(out / "log.jsonl", "w", buffering=1)  # a line per step, flushed as it is written
+    return optimizer, schedule
 
-    # --- loop
-    step, losses, reported = 0, [], 0  # reported: this process's decode failures already counted
-    progress = tqdm(total=config.max_steps, desc="clip-train", disable=not accelerator.is_local_main_process)
-    model.train()
-    while step < config.max_steps:
-        steps_this_epoch = 0
-        for batch in loader:
-            if step >= config.max_steps:
-                break
-            failures = list(train_set.failed.items())[reported:]  # this batch's new ones (dicts keep order)
-            reported += len(failures)
-            empty_somewhere, failures = _gather_step(accelerator, len(batch["frame_counts"]), failures)
-            ceiling.add(_decode_skips(failures, config.data), "decoding during training")
-            if empty_somewhere:
-                continue  # every sample of a batch failed to decode somewhere: skip it everywhere
-            visual, text, log_scale = model(**batch)
-            loss = clip_loss(visual, text, log_scale)
-            accelerator.backward(loss)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-            step += 1
-            if log is not None:
-                log.write(json.dumps({"step": step, "loss": losses[-1], "lr": lr,
-                                      "logit_scale": log_scale.exp().item()}) + "\n")
-            steps_this_epoch += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{losses[-1]:.4f}", scale=f"{log_scale.exp().item():.1f}")
-        if steps_this_epoch == 0:
-            if log is not None:
-                log.close()
-            raise ValueError(f"no training batch could be loaded: {len(train_set.failed)} of {len(train_set)} "
-                             f"samples failed to decode, e.g. {list(train_set.failed.values())[:3]}")
-    progress.close()
-    if log is not None:
-        log.close()
 
-    # --- save
-    encoder = accelerator.unwrap_model(model)
-    after = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
-    skipped += [f"{path}: {why}" for d in (train_set, eval_set) for path, why in d.failed.items()]
-    metrics = {
-        "before": before,
-        "after": after,
-        "steps": step,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "logit_scale": encoder.logit_scale().exp().item(),
-        "num_train": len(train_pairs),
-        "num_eval": len(eval_pairs),
-        "skipped": len(skipped),
-        "skipped_reasons": skipped[:100],
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-    }
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save(encoder, tokenizer, transform, metrics, out)
-    accelerator.wait_for_everyone()
-    return metrics
+def _loader(dataset: PairDataset, config: ClipTrainConfig, position: int) -> torch.utils.data.DataLoader:
+    """Shuffled batches, every epoch anew, from a generator of their own (`_micro_batches` finds `position`)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, collate_fn=dataset.collate,
+                                       generator=torch.Generator().manual_seed(config.seed))
+
+
+def _micro_batches(loader: Any, position: int, dataset: PairDataset, data: Path) -> Iterator[MicroBatch]:
+    """The batches from batch `position` on (`shuffled_batches`), each with the decode failures met since
+    the one before (the loader loads a batch ahead). The loss is a batch's mean: each batch weighs 1."""
+    reported = 0  # decode failures already handed on (dicts keep their order)
+    for batch, epoch_end in shuffled_batches(loader, position):
+        failures = list(dataset.failed.items())[reported:]
+        reported += len(failures)
+        yield MicroBatch(batch, _decode_skips(failures, data), len(batch["frame_counts"]), 1.0, epoch_end)
+
+
+def _loss(model: nn.Module, batch: dict[str, Any], autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """CLIP's loss of the batch, and the logit scale it used."""
+    with autocast():
+        visual, text, log_scale = model(**batch)
+    return clip_loss(visual, text, log_scale), {"logit_scale": log_scale.exp().item()}
+
+
+def _entry(values: list[dict[str, Any]], lrs: dict[str, float], seconds: float) -> dict[str, Any]:
+    """log.jsonl's `lr` and `logit_scale` (the one the step's loss used)."""
+    return {"lr": next(iter(lrs.values())), "logit_scale": values[-1]["logit_scale"]}
+
+
+def _config_json(config: ClipTrainConfig) -> dict[str, Any]:
+    """The config's fields as JSON values (metrics.json and trainer_state.json record them)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
 
 def _check_config(config: ClipTrainConfig) -> None:
-    bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames")
+    bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames", "keep_last")
            if not getattr(config, name) > 0}
+    if config.save_every < 0:
+        bad["save_every"] = ">= 0"
     if not 0 <= config.max_skip_fraction <= 1:
         bad["max_skip_fraction"] = "in [0, 1]"
     if config.weight_decay < 0:
@@ -337,15 +345,6 @@ def _check_launch(accelerator: Accelerator) -> None:
                          f"(no DDP, no data sharding); without GPUs, launch several CPU processes with "
                          f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
 
-
-
-def _gather_step(accelerator: Accelerator, n_local: int,
-                 failures: list[tuple[Path, str]]) -> tuple[bool, list[tuple[Path, str]]]:
-    """Whether any process's batch is empty, and every process's new decode failures (one collective)."""
-    if accelerator.num_processes == 1:
-        return n_local == 0, failures
-    rows = gather_object([(n_local, failures)])  # one (count, failures) per process
-    return any(n == 0 for n, _ in rows), [f for _, fs in rows for f in fs]
 
 
 def _read_skip(line: str, data: Path) -> Skipped:

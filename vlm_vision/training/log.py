@@ -62,6 +62,12 @@ class RunLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
+    def clear(self) -> None:
+        """Remove an earlier run's `log.jsonl` and `skipped.jsonl` (a new run that replaces it)."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+            self.skipped_path.unlink(missing_ok=True)
+
     def truncate(self, step: int) -> None:
         """Drop lines after `step` (a resumed run rewrites them), atomically."""
         if not self.enabled or not self.path.exists():

@@ -60,11 +60,13 @@ def resolve_device_defaults(config: TrainConfig, device: torch.device) -> tuple[
                       f"--[no-]gradient-checkpointing")
 
 
-def make_accelerator(config: TrainConfig) -> Any:
+def make_accelerator(mixed_precision: str, grad_accum: int = 1, *, max_grad_norm: float = 0.0, fsdp: bool = False,
+                     unused_parameters: bool = False) -> Any:
     """The `Accelerator` of a run: its mixed precision and gradient accumulation.
 
     Without CUDA, several processes (`torchrun`) join over gloo (accelerate's CPU mode), unless
-    DeepSpeed is asked for. DeepSpeed's "auto" gradient clipping becomes `max_grad_norm`.
+    DeepSpeed is asked for. DeepSpeed's "auto" gradient clipping becomes `max_grad_norm`. With
+    `unused_parameters`, DDP does not wait for gradients that a step gives some parameters none of.
 
     Raises:
         ValueError: for accelerate's FSDP plugin (FSDP is `fsdp=True`), or `fsdp` under DeepSpeed.
@@ -73,19 +75,18 @@ def make_accelerator(config: TrainConfig) -> Any:
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=cpu,
-        # Text-only batches leave the projector unused; DDP must not wait for its gradients.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else None)
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:
         raise ValueError("accelerate's FSDP plugin (distributed_type: FSDP) is not used by vlm-vision train: launch "
                          "with a multi-GPU config (examples/accelerate/fsdp.yaml) and pass fsdp=True (--fsdp)")
     if kind == DistributedType.DEEPSPEED:
-        if config.fsdp:
+        if fsdp:
             raise ValueError("fsdp=True (--fsdp) and DeepSpeed both shard the model; launch with one of them")
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         if ds_config.get("gradient_clipping", "auto") == "auto":
-            ds_config["gradient_clipping"] = config.max_grad_norm
+            ds_config["gradient_clipping"] = max_grad_norm
     check_processes(accelerator)
     return accelerator
 

@@ -207,23 +207,23 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("rows", [False, True], ids=["", "new-token-rows"])
 def test_resume_reproduces_the_uninterrupted_losses(parts, tmp_path, monkeypatch, rows):
-    train_module = importlib.import_module("vlm_vision.training.loop")
+    fit_module = importlib.import_module("vlm_vision.training.fit")  # the loop that saves checkpoints
 
     straight = tmp_path / "straight"
     train(config(parts, straight, stage=2, max_steps=6, lr=1e-3, save_every=3, train_new_token_embeddings=rows))
 
     # The same run, killed right after writing checkpoint-3 ...
     resumed = tmp_path / "resumed"
-    original = train_module.save_checkpoint
+    original = fit_module.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise _Crash
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(config(parts, resumed, stage=2, max_steps=6, lr=1e-3, save_every=3, train_new_token_embeddings=rows))
-    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    monkeypatch.setattr(fit_module, "save_checkpoint", original)
     # ... (a log line written after the checkpoint must not survive the resume) ...
     with (resumed / "log.jsonl").open("a") as f:
         f.write(json.dumps({"step": 4, "loss": 123.0, "lr": 0.0}) + "\n")

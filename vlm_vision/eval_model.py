@@ -66,7 +66,8 @@ def load_eval_model(path: str | Path, *, device: str | torch.device | None = Non
     Args:
         path: a training run's `final/` or `checkpoint-STEP/`, a merged model (`merge_trained`), or a
             transformers LLaVA-NeXT-Video / LLaVA-NeXT / LLaVA folder with its tokenizer.
-        device, dtype: where the model lives.
+        device: where the model lives.
+        dtype: the model's dtype.
 
     Raises:
         ValueError: for another kind of folder, or a tokenizer without a chat template.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build (or reuse) .venv-interop: transformers alone, as a downstream user has it, for
-# tests/vlm_vision/test_export_interop.py. torch 2.14.1 + torchvision 0.29.1 are pinned because the
+# tests/vlm_vision/export/test_interop.py. torch 2.14.1 + torchvision 0.29.1 are pinned because the
 # registry's torchvision only loads next to the registry's torch, and the CPU torch 2.13.0 on this
 # machine's disk is the main venv's. transformers is pinned to the main venv's version.
 # Usage: bash .ci/interop_env.sh [MAIN_PYTHON]   (default .venv/bin/python)

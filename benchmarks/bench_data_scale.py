@@ -3,7 +3,7 @@
 Writes synthetic records shaped like LLaVA-Video-178K (a caption of 60-220 words, then 1-3 short
 question/answer turns; 85% video, 10% image, 5% text), then runs each phase in its own process:
 
-- build: the store (`vlm_vision.data_store`), its time and the process's peak memory;
+- build: the store (`vlm_vision.data.store`), its time and the process's peak memory;
 - scan: the first scan (cache miss) over `--workers` forked processes, and the same with 1 process;
 - floor: the chat template rendered plus batch tokenization of the same conversations (1 process);
 - start: a cached start (store and scan read from the cache);
@@ -87,7 +87,7 @@ def _tokenizer_and_visual():
     from tokenizers import AddedToken
 
     from tests.vlm_vision.train_fixtures import make_tokenizer
-    from vlm_vision.train_data import VisualSpec
+    from vlm_vision.data.record_tokens import VisualSpec
 
     tok = make_tokenizer()  # byte-level BPE with a ChatML template, as the training tests use
     tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)
@@ -119,8 +119,8 @@ def _peak() -> int:
 
 
 def _training_data(args, tok, visual):
-    from vlm_vision.data_formats import MediaRoots
-    from vlm_vision.data_scan import load_training_data
+    from vlm_vision.data.formats import MediaRoots
+    from vlm_vision.data.scan import load_training_data
 
     return load_training_data(args.data, MediaRoots(), tok, visual, args.max_length, cache_dir=args.cache,
                               workers=args.workers)
@@ -161,22 +161,22 @@ def phase(args) -> dict:
     base = _mem()
     t = time.perf_counter()
     if args.phase == "build":
-        from vlm_vision.data_store import open_store
+        from vlm_vision.data.store import open_store
 
         store = open_store(args.data, args.cache)
         return {"s": time.perf_counter() - t, "peak_bytes": _peak(), "records": len(store)}
     if args.phase in ("scan", "start"):
         if args.impl == "new":
-            from vlm_vision.data_scan import open_rows
+            from vlm_vision.data.scan import open_rows
 
             rows = open_rows(args.data, cache_dir=args.cache)
         else:
-            from vlm_vision.data_files import load_rows
+            from vlm_vision.data.files import load_rows
 
             rows = load_rows(args.data)
         read = time.perf_counter() - t
-        from vlm_vision.data_formats import MediaRoots
-        from vlm_vision.data_scan import cached_scan
+        from vlm_vision.data.formats import MediaRoots
+        from vlm_vision.data.scan import cached_scan
 
         c0, t1 = cpu(), time.perf_counter()
         result, hit = cached_scan(rows, MediaRoots(), tok, visual, args.max_length, cache_dir=args.cache,
@@ -185,14 +185,14 @@ def phase(args) -> dict:
         return {"read_s": read, "scan_s": time.perf_counter() - t1, "cpu_s": cpu() - c0, "records": len(rows),
                 "skipped": len(result.skipped), "lengths_sum": int(result.lengths.sum()), "peak_bytes": _peak()}
     if args.phase == "floor":
-        from vlm_vision.data_formats import ROLES
+        from vlm_vision.data.formats import ROLES
 
         if args.impl == "new":
-            from vlm_vision.data_scan import open_rows
+            from vlm_vision.data.scan import open_rows
 
             rows = open_rows(args.data, cache_dir=args.cache)
         else:
-            from vlm_vision.data_files import load_rows
+            from vlm_vision.data.files import load_rows
 
             rows = load_rows(args.data)
         convs = [[{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in rows.raw(k)["conversations"]]
@@ -207,14 +207,14 @@ def phase(args) -> dict:
     if args.phase == "store":  # the store alone at full scale: every record indexed, no scan
         import numpy as np
 
-        from vlm_vision.data_formats import MediaRoots
-        from vlm_vision.data_scan import LazyRecords, open_rows
+        from vlm_vision.data.formats import MediaRoots
+        from vlm_vision.data.scan import LazyRecords, open_rows
 
         rows = open_rows(args.data, cache_dir=args.cache)
         records = LazyRecords(rows, np.arange(len(rows)), MediaRoots())
         return _epoch(args, records, base)
     data = _training_data(args, tok, visual)
-    from vlm_vision.train_data import ConversationDataset
+    from vlm_vision.training.data import ConversationDataset
 
     dataset = ConversationDataset(data.records, tok, visual, max_length=args.max_length, load_video=None,
                                   load_cached=None, transform=None)

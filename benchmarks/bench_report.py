@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import machine  # noqa: E402
 from tests.vlm_vision.browser import browser_page  # noqa: E402
 from video import load_video  # noqa: E402
-from vlm_vision.eval_report import render_report, report_rows, strip_jpeg  # noqa: E402
+from vlm_vision.evaluation.report import render_report, report_rows, strip_jpeg  # noqa: E402
 
 CATEGORIES = ["action", "counting", "colour", "ordering", "ocr", "spatial"]
 DURATIONS = [45.0, 400.0, 1800.0]

@@ -108,7 +108,7 @@ def tree_rss(root: psutil.Process) -> int:
 
 def run_once(video: pathlib.Path, weights: pathlib.Path, out: pathlib.Path, full: bool, frames: int) -> dict:
     """One extract process; its wall time and the peaks of its tree's summed PSS and RSS."""
-    argv = [sys.executable, "-c", "import sys; from vlm_vision.cli import main; sys.exit(main())", "extract",
+    argv = [sys.executable, "-c", "import sys; from vlm_vision.commands.main import main; sys.exit(main())", "extract",
             str(video), "--out", str(out), "--model", str(weights), "--num-frames", str(frames), "--overwrite"]
     if full:
         argv.append("--full-resolution-frames")
@@ -135,7 +135,7 @@ def pipeline(videos: dict[str, pathlib.Path], runs: int, frames: int) -> dict:
     import torch
 
     from video import load_video
-    from vlm_vision.transforms import CLIPImageTransform
+    from vlm_vision.model.transforms import CLIPImageTransform
 
     torch.set_num_threads(1)  # as in extract's decoding workers
     transform = CLIPImageTransform(336)

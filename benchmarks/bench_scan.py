@@ -67,9 +67,9 @@ def write_dataset(root: Path, n: int) -> Path:
 
 def start(path: Path, tok, visual, cache: Path, workers: int, max_length: int):
     """What a training start does with the data: read, fingerprint, scan or read the cached scan."""
-    from vlm_vision.data_files import load_rows
-    from vlm_vision.data_formats import MediaRoots
-    from vlm_vision.data_scan import cached_scan
+    from vlm_vision.data.files import load_rows
+    from vlm_vision.data.formats import MediaRoots
+    from vlm_vision.data.scan import cached_scan
 
     t0 = time.perf_counter()
     rows = load_rows(path)
@@ -90,8 +90,8 @@ def main() -> None:
     from tokenizers import AddedToken
 
     from tests.vlm_vision.train_fixtures import make_tokenizer
-    from vlm_vision.train_order import DataOrder, padding_fraction
-    from vlm_vision.train_data import VisualSpec
+    from vlm_vision.training.order import DataOrder, padding_fraction
+    from vlm_vision.data.record_tokens import VisualSpec
 
     tok = make_tokenizer()  # byte-level BPE with a ChatML template, as the training tests use
     tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)

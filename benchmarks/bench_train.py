@@ -112,9 +112,9 @@ def worker(args: argparse.Namespace) -> None:
                 p.requires_grad_(True)
     else:
         from vlm_vision import TrainConfig, VisionLanguageModel
-        from vlm_vision.fusion import encode_videos
-        from vlm_vision.train_loss import labelled_loss
-        from vlm_vision.train_params import mark_trainable
+        from vlm_vision.model.fusion_steps import encode_videos
+        from vlm_vision.training.loss import labelled_loss
+        from vlm_vision.training.params import mark_trainable
 
         model = VisionLanguageModel.from_llava_next_video(hf)
         del hf

@@ -121,7 +121,7 @@ def one_clip(video: pathlib.Path, weights: pathlib.Path, args) -> dict:
 
 def folder(video: pathlib.Path, weights: pathlib.Path, args, root: pathlib.Path) -> dict:
     """Part 2: a folder of videos; the reference loop vs the CLI at each worker count."""
-    from vlm_vision.extract_cli import add_arguments, run
+    from vlm_vision.commands.extract import add_arguments, run
 
     videos = root / "videos"
     videos.mkdir()

@@ -6,7 +6,7 @@ LLaVA checkpoint converter all call it), kept in the lowest layer that reads wei
 Nothing is unpickled beyond tensors: safetensors files are read with `safetensors` (key by key, so
 a key filter loads only the tensors it keeps), torch files with `torch.load(weights_only=True)`.
 The format is read off the file's first bytes, not its suffix. (OpenAI's TorchScript archives,
-which only a CLIP tower comes in, are read by `vlm_vision.torchscript_weights`.)
+which only a CLIP tower comes in, are read by `vlm_vision.model.torchscript_weights`.)
 """
 
 from __future__ import annotations

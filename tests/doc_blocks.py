@@ -56,7 +56,7 @@ def run_train_and_export_commands(train: list[list[str]], export: list[list[str]
     sys.path.insert(0, str(ROOT / "examples"))
     from train_stage1_stage2 import write_dataset, write_tiny_models
 
-    from vlm_vision.cli import main
+    from vlm_vision.commands.main import main
 
     llm, tower = write_tiny_models(tmp_path / "models")
     shutil.copy(write_dataset(tmp_path / "media", n=8, frames=32), tmp_path / "train.jsonl")

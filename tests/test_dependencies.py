@@ -32,7 +32,7 @@ PACKAGES = ("vlm_vision", "video", "projector")
 # Imports of a distribution declared only in an extra that are guarded otherwise than by a
 # `try: ... except ImportError` around them: import name -> why they only run where it is installed.
 GUARDED_ELSEWHERE = {
-    "deepspeed": "vlm_vision/train_sharded.py reaches it only for parameters DeepSpeed ZeRO-3 has partitioned "
+    "deepspeed": "vlm_vision/training/sharded.py reaches it only for parameters DeepSpeed ZeRO-3 has partitioned "
                  "(`ds_id`), that is only in a run DeepSpeed drives, where it is installed",
 }
 

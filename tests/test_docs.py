@@ -2,7 +2,7 @@
 page by page in nav order, a page's blocks in one namespace of their own; the `vlm-vision train` and
 `vlm-vision export` commands of its ```bash blocks run as written with tiny models; the API
 reference names every public name at its home module; and `mkdocs build --strict` passes.
-(The ``` {.python .interop} block runs in transformers alone: tests/vlm_vision/test_export_interop.py.)"""
+(The ``` {.python .interop} block runs in transformers alone: tests/vlm_vision/export/test_interop.py.)"""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ _EXPORTS: dict[str, str] = {
     "VideoBudget": "video.budget",
     "VideoLayout": "video.budget",
     "load_video": "video.decode",
-    "VideoClip": "video.decode",
-    "VideoDecodeError": "video.decode",
+    "VideoClip": "video.clip",
+    "VideoDecodeError": "video.clip",
     "DecordNotInstalled": "video.decord_decoder",
     "FrameScale": "video.frame_scale",
     "spatial_pool": "video.pooling",
@@ -37,7 +37,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from video.budget import VideoBudget, VideoLayout, choose_video_budget  # noqa: F401
-    from video.decode import VideoClip, VideoDecodeError, load_video  # noqa: F401
+    from video.clip import VideoClip, VideoDecodeError  # noqa: F401
+    from video.decode import load_video  # noqa: F401
     from video.decord_decoder import DecordNotInstalled  # noqa: F401
     from video.frame_scale import FrameScale  # noqa: F401
     from video.extract import VideoTokens, extract_video_tokens, load_video_tokens, save_video_tokens  # noqa: F401

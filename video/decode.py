@@ -75,12 +75,12 @@ import threading
 import numpy as np
 
 from video.clip import Backend, Sampling, VideoClip, VideoDecodeError
-from video.clip_loading import check_load_arguments, load_clip, missing_frames_allowed
+from video.clip_loading import check_load_arguments, load_clip
 from video.decoder_wire import recv_into, recv_message, send_message
 from video.decord_decoder import DecordNotInstalled, require_decord
 from video.frame_scale import FrameScale, scale_label
 
-__all__ = ["VideoClip", "VideoDecodeError", "load_video", "missing_frames_allowed", "shutdown_worker"]
+__all__ = ["load_video", "shutdown_worker"]
 
 _VIDEOS_PER_WORKER = 200  # a fresh decoder process after this many videos bounds any leak
 _PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent

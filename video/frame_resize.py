@@ -1,4 +1,4 @@
-"""The image transform's resize on uint8 frames, shared by `vlm_vision.transforms` (its resize step) and
+"""The image transform's resize on uint8 frames, shared by `vlm_vision.model.transforms` (its resize step) and
 the decoder process (which, given a `video.FrameScale`, does that step itself before it sends a frame).
 
 One implementation for both, so the frames the decoder process resizes are the very pixels the

@@ -3,7 +3,7 @@
 Each frame goes through the tower as an independent image (frames are the batch), and its patch
 grid is pooled with `video.spatial_pool` on the tower's `grid_size`. The CLS token has no place
 on that grid, so the tower must give patch tokens only. Extraction (`video.extract`,
-`vlm-vision extract`) and the model (`vlm_vision.fusion.encode_videos`) both call this module.
+`vlm-vision extract`) and the model (`vlm_vision.model.fusion.encode_videos`) both call this module.
 
 The tower is an argument: any module with `grid_size`, `select_feature`, `image_transform`,
 `device` and float[B, 3, S, S] -> float[B, N, D] works (`vlm_vision.CLIPVisionTower` does).

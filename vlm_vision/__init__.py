@@ -14,32 +14,32 @@ from video.lazy_exports import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_PINPOINTS": "vlm_vision.anyres",
-    "anyres_num_tokens": "vlm_vision.anyres",
-    "anyres_pixel_values": "vlm_vision.anyres",
-    "pack_image_features": "vlm_vision.anyres",
-    "select_best_resolution": "vlm_vision.anyres",
-    "unpad_shape": "vlm_vision.anyres",
-    "CLIP_MEAN": "vlm_vision.configs",
-    "CLIP_STD": "vlm_vision.configs",
-    "CLIPImageTransform": "vlm_vision.transforms",
-    "CLIPVisionTower": "vlm_vision.tower",
-    "vision_config": "vlm_vision.configs",
-    "VisionLanguageModel": "vlm_vision.fusion",
-    "VisionLanguageProcessor": "vlm_vision.processor",
-    "LogitScale": "vlm_vision.contrastive",
-    "ZeroShotClassifier": "vlm_vision.zero_shot",
-    "clip_loss": "vlm_vision.contrastive",
-    "TrainConfig": "vlm_vision.train_config",
-    "train": "vlm_vision.training",
-    "load_trained": "vlm_vision.trained",
-    "merge_trained": "vlm_vision.trained",
-    "ExportSettings": "vlm_vision.export",
-    "export_model": "vlm_vision.export",
-    "EvalConfig": "vlm_vision.eval_run",
-    "run_eval": "vlm_vision.eval_run",
-    "load_eval_model": "vlm_vision.evaluation",
-    "answer_questions": "vlm_vision.evaluation",
+    "DEFAULT_PINPOINTS": "vlm_vision.model.anyres_grid",
+    "anyres_num_tokens": "vlm_vision.model.anyres_grid",
+    "anyres_pixel_values": "vlm_vision.model.anyres",
+    "pack_image_features": "vlm_vision.model.anyres",
+    "select_best_resolution": "vlm_vision.model.anyres_grid",
+    "unpad_shape": "vlm_vision.model.anyres_grid",
+    "CLIP_MEAN": "vlm_vision.model.configs",
+    "CLIP_STD": "vlm_vision.model.configs",
+    "CLIPImageTransform": "vlm_vision.model.transforms",
+    "CLIPVisionTower": "vlm_vision.model.tower",
+    "vision_config": "vlm_vision.model.configs",
+    "VisionLanguageModel": "vlm_vision.model.fusion",
+    "VisionLanguageProcessor": "vlm_vision.model.processor",
+    "LogitScale": "vlm_vision.model.contrastive",
+    "ZeroShotClassifier": "vlm_vision.model.zero_shot",
+    "clip_loss": "vlm_vision.model.contrastive",
+    "TrainConfig": "vlm_vision.training.config",
+    "train": "vlm_vision.training.loop",
+    "load_trained": "vlm_vision.training.trained",
+    "merge_trained": "vlm_vision.training.trained",
+    "ExportSettings": "vlm_vision.export.folder",
+    "export_model": "vlm_vision.export.folder",
+    "EvalConfig": "vlm_vision.evaluation.run",
+    "run_eval": "vlm_vision.evaluation.run",
+    "load_eval_model": "vlm_vision.evaluation.model",
+    "answer_questions": "vlm_vision.evaluation.answers",
 }
 
 __all__ = list(_EXPORTS)
@@ -47,24 +47,19 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from vlm_vision.anyres import (  # noqa: F401
-        DEFAULT_PINPOINTS,
-        anyres_num_tokens,
-        anyres_pixel_values,
-        pack_image_features,
-        select_best_resolution,
-        unpad_shape,
-    )
-    from vlm_vision.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
-    from vlm_vision.transforms import CLIPImageTransform  # noqa: F401
-    from vlm_vision.tower import CLIPVisionTower  # noqa: F401
-    from vlm_vision.export import ExportSettings, export_model  # noqa: F401
-    from vlm_vision.fusion import VisionLanguageModel  # noqa: F401
-    from vlm_vision.processor import VisionLanguageProcessor  # noqa: F401
-    from vlm_vision.contrastive import LogitScale, clip_loss  # noqa: F401
-    from vlm_vision.zero_shot import ZeroShotClassifier  # noqa: F401
-    from vlm_vision.train_config import TrainConfig  # noqa: F401
-    from vlm_vision.training import train  # noqa: F401
-    from vlm_vision.trained import load_trained, merge_trained  # noqa: F401
-    from vlm_vision.eval_run import EvalConfig, run_eval  # noqa: F401
-    from vlm_vision.evaluation import answer_questions, load_eval_model  # noqa: F401
+    from vlm_vision.model.anyres_grid import DEFAULT_PINPOINTS, anyres_num_tokens, select_best_resolution, unpad_shape  # noqa: F401
+    from vlm_vision.model.anyres import anyres_pixel_values, pack_image_features  # noqa: F401
+    from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
+    from vlm_vision.model.transforms import CLIPImageTransform  # noqa: F401
+    from vlm_vision.model.tower import CLIPVisionTower  # noqa: F401
+    from vlm_vision.export.folder import ExportSettings, export_model  # noqa: F401
+    from vlm_vision.model.fusion import VisionLanguageModel  # noqa: F401
+    from vlm_vision.model.processor import VisionLanguageProcessor  # noqa: F401
+    from vlm_vision.model.contrastive import LogitScale, clip_loss  # noqa: F401
+    from vlm_vision.model.zero_shot import ZeroShotClassifier  # noqa: F401
+    from vlm_vision.training.config import TrainConfig  # noqa: F401
+    from vlm_vision.training.loop import train  # noqa: F401
+    from vlm_vision.training.trained import load_trained, merge_trained  # noqa: F401
+    from vlm_vision.evaluation.run import EvalConfig, run_eval  # noqa: F401
+    from vlm_vision.evaluation.answers import answer_questions  # noqa: F401
+    from vlm_vision.evaluation.model import load_eval_model  # noqa: F401

@@ -13,8 +13,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from tests.conftest import DATA
 from tests.gpu.devices import DEVICE, compare
 from video import load_video_tokens
-from video.extract_plan import output_name
-from vlm_vision.cli import main
+from video.corpus.plan import output_name
+from vlm_vision.commands.main import main
 
 pytestmark = pytest.mark.gpu
 

@@ -16,7 +16,7 @@ import torch
 
 from tests.gpu.devices import DEVICE, ON_CUDA, compare, tower_batch, tower_config
 from vlm_vision import CLIPVisionTower
-from vlm_vision.fp8 import FP8Linear
+from vlm_vision.model.fp8 import FP8Linear
 
 pytestmark = pytest.mark.gpu
 

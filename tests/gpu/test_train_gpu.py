@@ -10,7 +10,7 @@ import torch
 
 from tests.gpu.devices import DEVICE, ON_CUDA
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
-from vlm_vision.cli import main
+from vlm_vision.commands.main import main
 
 pytestmark = pytest.mark.gpu
 

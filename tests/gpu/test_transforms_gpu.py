@@ -13,8 +13,8 @@ import torch
 from tests.conftest import DATA
 from tests.gpu.devices import DEVICE
 from video import load_video
-from vlm_vision.configs import CLIP_STD
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.model.configs import CLIP_STD
+from vlm_vision.model.transforms import CLIPImageTransform
 
 pytestmark = pytest.mark.gpu
 

@@ -23,7 +23,7 @@ from video.frame_resize import resize_frame
 from video.frame_scale import pad_offsets, scale_label, shortest_edge_size
 from video.provenance import differences
 from vlm_vision import CLIPVisionTower
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.model.transforms import CLIPImageTransform
 
 BUNDLED = ("box.mp4", "cockatoo.mp4", "cup.mp4", "realshort.mp4")
 

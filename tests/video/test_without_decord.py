@@ -46,7 +46,7 @@ def python(code: str, env: dict[str, str]) -> str:
 
 
 def vlm_vision(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_vision.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "vlm_vision.commands.main", *args], env=env, capture_output=True, text=True,
                           timeout=300, cwd=REPO)
 
 
@@ -58,7 +58,7 @@ def test_decord_is_really_hidden(no_decord):
 
 def test_imports_and_help_work(no_decord):
     code = ("import contextlib, io, vlm_vision, video, projector, video.decoder_process\n"
-            "from vlm_vision.cli import main\n"
+            "from vlm_vision.commands.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as f: main(['--help'])\n"
             "print('extract' in f.getvalue())")
     assert python(code, no_decord) == "True"

@@ -1,6 +1,6 @@
 """The body of each process in test_contrastive's two-process test.
 
-It loads `vlm_vision/contrastive.py` by its path rather than through the package: `import vlm_vision`
+It loads `vlm_vision/model/contrastive.py` by its path rather than through the package: `import vlm_vision`
 pulls in transformers and the whole model stack, seconds per spawned process, and the loss needs
 only torch. The code under test is the same file.
 """

@@ -20,7 +20,7 @@ from tests.vlm_vision.train_fixtures import (
     write_llm_folder,
     write_tower_folder,
 )
-from vlm_vision.eval_data import Question, choice_prompt, open_prompt
+from vlm_vision.evaluation.questions import Question, choice_prompt, open_prompt
 
 FRAMES = 4
 NAMES = list(COLOURS)
@@ -111,7 +111,7 @@ def reference_run(paths: dict[str, Path]) -> Path:
 
     Returns the data file; `paths["reference"]` is set to the output folder.
     """
-    from vlm_vision.eval_run import EvalConfig, run_eval
+    from vlm_vision.evaluation.run import EvalConfig, run_eval
 
     data = paths["media"] / "held_out.jsonl"
     out = paths["final"].parents[1] / "reference"

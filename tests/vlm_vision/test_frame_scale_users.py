@@ -15,19 +15,19 @@ import pytest
 import torch
 
 from tests.vlm_vision.fusion_fixtures import make_tokenizer
-from tests.vlm_vision.test_extract_cli import extract, manifest, tiny_model  # noqa: F401 (a fixture)
-from tests.vlm_vision.test_train_setup import write_parts
+from tests.vlm_vision.commands.test_extract import extract, manifest, tiny_model  # noqa: F401 (a fixture)
+from tests.vlm_vision.training.test_setup import write_parts
 from tests.vlm_vision.train_fixtures import write_colour_video
 from video import load_video, load_video_tokens
 from video.extract import read_metadata
 from vlm_vision import TrainConfig
-from vlm_vision.eval_data import Question
-from vlm_vision.eval_media import load_medium
-from vlm_vision.eval_run import EvalConfig
-from vlm_vision.processor import VisionLanguageProcessor
-from vlm_vision.train_log import RunLog
-from vlm_vision.train_setup import setup
-from vlm_vision.transforms import CLIPImageTransform
+from vlm_vision.evaluation.questions import Question
+from vlm_vision.evaluation.media import load_medium
+from vlm_vision.evaluation.run import EvalConfig
+from vlm_vision.model.processor import VisionLanguageProcessor
+from vlm_vision.training.log import RunLog
+from vlm_vision.training.setup import setup
+from vlm_vision.model.transforms import CLIPImageTransform
 
 
 def test_processor_sampling_carries_the_transforms_scale():

@@ -24,7 +24,7 @@ def test_import_and_help_stay_light():
                        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     assert heavy == "[]"
     code = ("import sys, contextlib, io\n"
-            "from vlm_vision.cli import main\n"
+            "from vlm_vision.commands.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as f: main(['--help'])\n"
             "print('torch' in sys.modules, 'extract' in f.getvalue())")
     assert run_python(code) == "False True"
@@ -40,9 +40,9 @@ def test_every_public_name_is_its_module_object(name):
 
 def test_functions_named_like_their_modules_stay_functions():
     # Importing a submodule sets it as an attribute of the package; no submodule is named like a
-    # public function (the loss lives in vlm_vision.contrastive, the loop in vlm_vision.training), so
+    # public function (the loss lives in vlm_vision.model.contrastive, the loop in vlm_vision.training.loop), so
     # the functions stay functions in a fresh interpreter where nothing was resolved yet.
-    code = ("import vlm_vision.train_cli, vlm_vision.clip_train, vlm_vision.contrastive, vlm_vision.training\n"
+    code = ("import vlm_vision.commands.train, vlm_vision.training.clip, vlm_vision.model.contrastive, vlm_vision.training.loop\n"
             "import vlm_vision\n"
             "from vlm_vision import train, clip_loss\n"
             "print(type(train).__name__, type(clip_loss).__name__, type(vlm_vision.train).__name__)")

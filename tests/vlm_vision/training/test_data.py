@@ -1,0 +1,271 @@
+"""Training data: parsing LLaVA records, chat-template labels, placeholder expansion, bad samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import AddedToken
+
+from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
+from vlm_vision.commands.errors import InputError
+from vlm_vision.model.placeholders import IGNORE_INDEX
+from vlm_vision.data.formats import BadSample, parse_record
+from vlm_vision.training.data import ConversationDataset, Example, pad_batch
+from vlm_vision.data.files import Skipped, read_records
+from vlm_vision.data.record_tokens import VisualSpec, expand_placeholder, fit_length, scan_records
+from vlm_vision.data.conversation_tokens import tokenize_conversation
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tok = make_tokenizer()
+    tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)
+    return tok
+
+
+def _visual(tok, per_frame=4, frames=3):
+    return VisualSpec(token_ids={"video": tok.convert_tokens_to_ids("<video>"),
+                                 "image": tok.convert_tokens_to_ids("<image>")},
+                      video_tokens=lambda t: t * per_frame, image_tokens=9, tokens_per_frame=per_frame,
+                      num_frames=frames)
+
+
+def _record(video="a.mp4", question=QUESTION, answer="The video is mostly red.", **extra):
+    rec = {"id": "x", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    if video is not None:
+        rec["video"] = video
+    rec.update(extra)
+    return rec
+
+
+def _decoded_labels(tok, ids, labels):
+    return tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+
+
+def test_labels_cover_exactly_the_assistant_turns(tok):
+    messages = [{"role": "user", "content": "<video>\nWhat colour is this video?"},
+                {"role": "assistant", "content": "red"},
+                {"role": "user", "content": "Sure?"},
+                {"role": "assistant", "content": "The video is mostly red."}]
+    ids, labels = tokenize_conversation(tok, messages)
+    assert ids == tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert _decoded_labels(tok, ids, labels) == "red<|im_end|>\nThe video is mostly red.<|im_end|>\n"
+    # Every labelled token is the id itself; everything else (user turns, role headers) is -100.
+    assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(ids, labels))
+    assert labels[: ids.index(tok.convert_tokens_to_ids("<video>")) + 1] == [IGNORE_INDEX] * (
+        ids.index(tok.convert_tokens_to_ids("<video>")) + 1)
+
+
+def test_labels_with_a_system_turn(tok):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "blue"}]
+    ids, labels = tokenize_conversation(tok, messages)
+    assert _decoded_labels(tok, ids, labels) == "blue<|im_end|>\n"
+
+
+def test_expand_placeholder_hand_computed():
+    assert expand_placeholder([1, 9, 2], [-100, -100, 2], token_id=9, count=3) == (
+        [1, 9, 9, 9, 2], [-100, -100, -100, -100, 2])
+    with pytest.raises(ValueError, match="count"):
+        expand_placeholder([1], [1], 9, 0)
+
+
+def test_fit_length_cuts_text_but_never_a_visual_span():
+    ids, labels = [1, 9, 9, 2, 3, 4], [-100, -100, -100, 2, 3, 4]
+    assert fit_length(ids, labels, 4, (9,)) == ([1, 9, 9, 2], [-100, -100, -100, 2])
+    with pytest.raises(BadSample, match=r"visual span would be truncated: tokens 1\.\.2 of 6, max_length=2"):
+        fit_length(ids, labels, 2, (9,))
+    with pytest.raises(BadSample, match="no assistant tokens"):
+        fit_length([1, 2, 3], [-100, -100, 3], 2, ())
+
+
+def test_parse_record_resolves_media_and_maps_roles(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    rec = parse_record(_record(), tmp_path)
+    assert rec.media_kind == "video" and rec.media_path == tmp_path / "a.mp4" and not rec.cached
+    assert [m["role"] for m in rec.messages] == ["user", "assistant"]
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    assert parse_record(_record(video="a.safetensors"), tmp_path).cached
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (_record(conversations=[]), "empty conversation"),
+    ({"id": "x"}, "empty conversation"),
+    (_record(video="nope.mp4"), "missing media"),
+    (_record(question="<video> and <video>"), r"found 2 <video> in human turns; expected 1, one per video"),
+    (_record(question="<video> and <image>"), r"mixes <video> \(1\) and <image> \(1\)"),
+    (_record(video=None), r"found 1 <video> and 0 <image> in human turns; expected none .* no media"),
+    (_record(answer="a <video>"), r"found 1 <video> elsewhere than human turns"),
+    (_record(video=None, image=["a.mp4", "a.mp4"], question="<image>"), r"found 1 <image> .* expected 2"),
+    (_record(video=None, image="a.mp4", question="<video>"), r"found 1 <video> in human turns of an image record"),
+    (_record(video=[]), r"'video' must be a path or a list of paths"),
+    (_record(image="a.mp4"), "both 'video' and 'image'"),
+    (_record(conversations=[{"from": "gpt", "value": "hi"}]), "must start with a human turn"),
+    (_record(conversations=[{"from": "human", "value": QUESTION}]), "no gpt"),
+    (_record(conversations=[{"from": "robot", "value": QUESTION}]), "role 'robot'"),
+    ("not a dict", "JSON object"),
+])
+def test_parse_record_rejects_bad_records_with_the_reason(tmp_path, raw, reason):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    with pytest.raises(BadSample, match=reason):
+        parse_record(raw, tmp_path)
+
+
+def test_read_records_json_and_jsonl(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([_record()]))
+    assert read_records(tmp_path / "d.json") == [_record()]
+    (tmp_path / "d.jsonl").write_text(json.dumps(_record()) + "\n{broken\n\n")
+    out = read_records(tmp_path / "d.jsonl")
+    assert out[0] == _record() and isinstance(out[1], Skipped) and "line 2" in out[1].reason
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_records(tmp_path / "bad.json")
+    (tmp_path / "obj.json").write_text("{}")
+    with pytest.raises(ValueError, match="JSON list"):
+        read_records(tmp_path / "obj.json")
+    with pytest.raises(InputError, match="nothing.json"):
+        read_records(tmp_path / "nothing.json")
+
+
+def test_scan_keeps_good_records_and_gives_reasons_for_the_rest(tmp_path, tok):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    long_question = QUESTION + " " + "word " * 200
+    raws = [_record(id="good"), _record(id="gone", video="gone.mp4"), _record(id="empty", conversations=[]),
+            _record(id="long", question=long_question), Skipped("f:3", "line 3 is not valid JSON")]
+    for r, i in zip(raws, ["good", "gone", "empty", "long"]):
+        r["id"] = i
+    kept, skipped = scan_records(raws, tmp_path, tok, _visual(tok, per_frame=4, frames=3), max_length=64)
+    assert [r.id for r in kept] == ["good"]
+    reasons = {s.id: s.reason for s in skipped}
+    assert set(reasons) == {"gone", "empty", "long", "f:3"}
+    assert reasons["gone"].startswith("missing media") and reasons["empty"] == "empty conversation"
+    # The visual span fits; the long question pushes the whole answer past max_length.
+    assert reasons["long"] == "no assistant tokens within max_length=64"
+    # A visual span that itself crosses max_length is refused, never cut.
+    _, skipped = scan_records([_record()], tmp_path, tok, _visual(tok, per_frame=30, frames=3), max_length=64)
+    assert skipped[0].reason.startswith("visual span would be truncated")
+
+
+def test_dataset_expands_video_and_skips_undecodable_media(tmp_path, tok):
+    write_colour_video(tmp_path / "a.mp4", (200, 0, 0), frames=4)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+
+    class DecodeError(Exception):
+        pass
+
+    def load_video(path):
+        if path.name == "broken.mp4":
+            raise DecodeError(f"cannot decode {path}")
+        return torch.zeros(3, 16, 16, 3, dtype=torch.uint8)  # (T, H, W, 3)
+
+    records, _ = scan_records([_record(), _record(video="broken.mp4")], tmp_path, tok, _visual(tok), 256)
+    ds = ConversationDataset(records, tok, _visual(tok), max_length=256, load_video=load_video,
+                             load_cached=None, transform=lambda f: torch.zeros(f.shape[0], 3, 8, 8),
+                             decode_errors=(DecodeError,))
+    ex = ds[0]
+    assert isinstance(ex, Example) and ex.media_kind == "video" and ex.media.shape == (3, 3, 8, 8)
+    video_id = tok.convert_tokens_to_ids("<video>")
+    assert int((ex.input_ids == video_id).sum()) == 3 * 4
+    assert bool((ex.labels[ex.input_ids == video_id] == IGNORE_INDEX).all())
+    bad = ds[1]
+    assert isinstance(bad, Skipped) and "could not be decoded" in bad.reason and "broken.mp4" in bad.reason
+
+
+def test_a_bug_in_our_code_is_not_bad_data(tmp_path, tok):
+    """A TypeError while loading media is a programming error: it propagates instead of skipping."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
+    write_colour_video(tmp_path / "a.mp4", (200, 0, 0), frames=4)
+
+    def buggy_transform(image):
+        raise TypeError("transform() got an unexpected keyword argument 'size'")
+
+    def buggy_loader(path):
+        raise TypeError("load_video() takes 1 positional argument but 2 were given")
+
+    records, _ = scan_records([_image_record("ok.png"), _record()], tmp_path, tok, _visual(tok), 256)
+    ds = ConversationDataset(records, tok, _visual(tok), max_length=256, load_video=buggy_loader,
+                             load_cached=None, transform=buggy_transform, decode_errors=(ValueError,))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        ds[0]
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        ds[1]
+
+
+def _image_record(name):
+    return _record(video=None, question="<image>\nWhat colour?", answer="red", image=name)
+
+
+def test_an_unreadable_image_is_skipped_not_fatal(tmp_path, tok):
+    import numpy as np
+    from PIL import Image
+
+    from vlm_vision.model.transforms import CLIPImageTransform
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"this is no image")
+    records, _ = scan_records([_image_record("ok.png"), _image_record("bad.png")], tmp_path, tok, _visual(tok), 256)
+    ds = ConversationDataset(records, tok, _visual(tok), max_length=256, load_video=None, load_cached=None,
+                             transform=CLIPImageTransform(8))
+    ok, bad = ds[0], ds[1]
+    assert isinstance(ok, Example) and ok.media.shape == (1, 3, 8, 8) and ok.image_size is None
+    assert int((ok.input_ids == tok.convert_tokens_to_ids("<image>")).sum()) == 9
+    assert isinstance(bad, Skipped) and "image could not be read" in bad.reason and "bad.png" in bad.reason
+
+
+def test_anyres_image_tokens_follow_each_image_size(tmp_path, tok):
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    for name, (h, w) in {"wide.png": (20, 50), "tall.png": (50, 20)}.items():
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / "bad.png").write_bytes(b"this is no image")
+    visual = dataclasses.replace(_visual(tok), anyres_tokens=lambda h, w: h + w)  # a count that tells sizes apart
+    raw = [_image_record("wide.png"), _image_record("tall.png"), _image_record("bad.png")]
+    records, skipped = scan_records(raw, tmp_path, tok, visual, 256)
+    assert len(records) == 2 and "image could not be read" in skipped[0].reason  # found from the header alone
+
+    def load_anyres(path):
+        h, w = Image.open(path).size[::-1]
+        return torch.zeros(3 if w > h else 2, 3, 8, 8), (h, w)  # (P, 3, S, S), (H, W)
+
+    ds = ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None,
+                             transform=None, load_anyres=load_anyres)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    wide, tall = ds[0], ds[1]
+    assert wide.image_size == (20, 50) and tall.image_size == (50, 20) and wide.media.shape[0] == 3
+    assert int((wide.input_ids == image_id).sum()) == 70 == int((tall.input_ids == image_id).sum())
+    with pytest.raises(ValueError, match="anyres VisualSpec needs load_anyres"):
+        ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None, transform=None)
+
+
+def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlm_vision.model.anyres import anyres_pixel_values
+    from vlm_vision.data.record_tokens import image_size
+    from vlm_vision.data.formats import Record
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    record = Record("p", (), "image", tmp_path / "phone.jpg")
+    assert image_size(record) == (50, 20)
+    _, loaded = anyres_pixel_values(tmp_path / "phone.jpg", grid_pinpoints=[[336, 672], [672, 336]])
+    assert loaded == (50, 20)  # the token count and the crops agree on the size
+
+
+def test_pad_batch_right_pads():
+    a = Example("a", torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7]), None, None)
+    b = Example("b", torch.tensor([8]), torch.tensor([8]), None, None)
+    batch = pad_batch([a, b], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

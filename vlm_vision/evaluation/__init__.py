@@ -1,0 +1,1 @@
+"""Evaluation: questions -> answers -> metrics, the report page and the demo's model and server."""

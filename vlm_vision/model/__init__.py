@@ -1,0 +1,1 @@
+"""The model: the CLIP tower, its preprocessing and weights, fusion into a causal LM, anyres, the processor and prompts, CLIP's loss and zero-shot heads, and the converters from transformers' and LLaVA's layouts."""

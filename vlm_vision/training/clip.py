@@ -1,0 +1,445 @@
+"""Contrastive fine-tuning of CLIP on image-text or video-text pairs (`vlm-vision clip-train`).
+
+Two regimes:
+  - both towers trained: plain CLIP fine-tuning;
+  - image tower locked (LiT, Zhai et al., 2022): only the text tower, its projection and the
+    logit scale learn. The image embeddings stay those of the pretrained model, so whatever
+    already uses them (a LLaVA projector, a cached index) keeps working, and the image tower
+    costs no gradient memory.
+
+A video is one item of the batch: its sampled frames go through the image tower as images, and
+the video's embedding is the mean of the frames' unit embeddings (as in zero-shot
+classification), so images and videos can be mixed in one data file.
+
+Why retrieval recall on a held-out split before *and* after: the training loss falls whenever the
+model memorises its pairs; recall on pairs it never saw says whether it learned the pairing. Pairs
+whose captions are identical count as matches of each other (a caption shared by several images
+is no mistake to retrieve).
+
+A bad sample does not stop a run: records with a missing caption or media file are dropped when
+the data is read, media that fail to decode are dropped from their batch, and every one is counted
+in `metrics.json`. Mostly bad data does stop it: once more than `max_skip_fraction` of the pairs
+have been skipped (every process's, gathered each step), `TooManySkipped` names the count and the
+top reasons (`vlm_vision.training.skips`, as in `vlm-vision train`). With several processes a batch
+that ends up empty on any rank is skipped on all of them, so the collective calls stay in step.
+
+Layout: setup (data, model, optimizer, schedule, accelerate) -> loop (max_steps; one line per step
+in log.jsonl) -> save (model, tokenizer, preprocessor_config.json, metrics.json).
+Shapes: B pairs, T frames, L tokens, D embedding width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import CLIPModel
+
+from vlm_vision.data.clip_pairs import PairDataset, pair_dataset, read_pairs, split_pairs
+from vlm_vision.commands.errors import InputError
+from vlm_vision.commands.config_flags import add_config_arguments, config_from_flags, flag
+from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
+from vlm_vision.model.contrastive import LogitScale, clip_loss
+from vlm_vision.data.files import Skipped
+from vlm_vision.training.params import cosine_schedule
+from vlm_vision.training.runtime import release_accelerator_state
+from vlm_vision.training.skips import SkipCeiling, TooManySkipped
+from vlm_vision.model.transforms import CLIPImageTransform
+from vlm_vision.model.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
+
+__all__ = ["ClipTrainConfig", "add_arguments", "check_clip_inputs", "retrieval_metrics", "run", "train"]
+
+RECALL_AT = (1, 5, 10)
+
+
+@dataclass
+class ClipTrainConfig:
+    """What `train` needs; the CLI flags map one to one onto these fields."""
+
+    model: str
+    """Hub id or folder of a `CLIPModel` with its tokenizer."""
+    data: Path
+    """JSON list or JSONL of {"image" or "video": path, "caption": text}."""
+    media_root: Path
+    """Folder the media paths in `data` are relative to."""
+    output_dir: Path
+    """Where the fine-tuned model and metrics.json go."""
+    max_steps: int = 1000
+    """Optimizer steps (the data is cycled as often as needed)."""
+    batch_size: int = 32
+    """Pairs per process per step; the loss sees batch_size x processes pairs."""
+    lr: float = 1e-5
+    """Peak AdamW learning rate."""
+    lr_schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant")})
+    """"cosine": linear warmup over `warmup_ratio` of the steps, then cosine decay to 0; "constant"."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming up (cosine schedule)."""
+    mixed_precision: str = field(default="no", metadata={"choices": ("no", "bf16", "fp16")})
+    """"no", "bf16" or "fp16" (accelerate's autocast; the weights and the saved model stay float32)."""
+    lock_image_tower: bool = False
+    """LiT: freeze the image tower and its projection; train text tower and logit scale."""
+    eval_fraction: float = 0.1
+    """Share of the pairs held out for retrieval metrics (0 disables them)."""
+    seed: int = 0
+    """Seed for the split, the shuffling and the initial state."""
+    num_frames: int = 8
+    """Frames sampled uniformly from each video."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_skip_fraction: float = 0.05
+    """Stop with an error once more than this fraction of the pairs has been skipped as bad data (unreadable
+    records, missing or undecodable media), listing the top reasons; 1.0 never stops."""
+
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+class _DualEncoder(nn.Module):
+    """CLIP's two towers and a clamped logit scale: what accelerate wraps and the optimizer updates."""
+
+    def __init__(self, clip: CLIPModel, lock_image_tower: bool) -> None:
+        super().__init__()
+        self.clip = clip
+        self.lock_image_tower = lock_image_tower
+        self.logit_scale = LogitScale(clip.logit_scale.item())
+        clip.logit_scale.requires_grad_(False)  # learned through `self.logit_scale`, copied back on save
+        for module in (clip.vision_model, clip.visual_projection):
+            module.requires_grad_(not lock_image_tower)
+
+    def forward(self, pixel_values: torch.Tensor, frame_counts: list[int], input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image or video embeddings float[B, D], text embeddings float[B, D], log scale)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image_tower):
+            frames = projected_embeddings(self.clip.get_image_features(pixel_values=pixel_values))  # (sum T, D)
+        visual = average_frame_embeddings(frames, frame_counts)  # (B, D)
+        text = projected_embeddings(
+            self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))  # (B, D)
+        return visual, text, self.logit_scale()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor, captions: Sequence[str] | None = None,
+                      ks: Sequence[int] = RECALL_AT) -> dict[str, float]:
+    """Recall@k of image-to-text and text-to-image retrieval over N pairs (row i with row i).
+
+    An item's rank is the number of wrong candidates scoring at least as high as its best right
+    one (ties count against it). With `captions`, every pair with the same caption text is a right
+    candidate.
+
+    Args:
+        image_embeds: float[N, D] (need not be normalised).
+        text_embeds: float[N, D].
+        captions: the N captions, or None when only row i matches row i.
+        ks: the cut-offs.
+
+    Returns:
+        {"image_to_text_recall@1": ..., "text_to_image_recall@1": ..., ...}, each in [0, 1].
+
+    Example:
+        >>> retrieval_metrics(torch.eye(3), torch.eye(3), ks=(1,))["image_to_text_recall@1"]
+        1.0
+    """
+    n = image_embeds.shape[0]
+    if text_embeds.shape[0] != n or n == 0 or (captions is not None and len(captions) != n):
+        raise ValueError(f"need N >= 1 matching rows: {n} images, {text_embeds.shape[0]} texts, "
+                         f"{'no' if captions is None else len(captions)} captions")
+    sim = F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T  # (N, N)
+    if captions is None:
+        right = torch.eye(n, dtype=torch.bool)
+    else:
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        label = torch.tensor([ids[c] for c in captions])
+        right = label[:, None] == label[None, :]  # (N, N), symmetric
+    metrics = {}
+    for name, scores in (("image_to_text", sim), ("text_to_image", sim.T)):
+        best_right = scores.masked_fill(~right, -math.inf).max(dim=1, keepdim=True).values  # (N, 1)
+        rank = ((scores >= best_right) & ~right).sum(dim=1)  # (N,)
+        for k in ks:
+            metrics[f"{name}_recall@{k}"] = (rank < k).float().mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def _evaluate(encoder: _DualEncoder, dataset: PairDataset, batch_size: int, device: torch.device) -> dict[str, Any]:
+    was_training = encoder.training
+    encoder.eval()
+    visual, text, captions = [], [], []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    for batch in loader:
+        if not batch["frame_counts"]:
+            continue
+        v, t, _ = encoder(**_to_device(batch, device))
+        visual.append(v)
+        text.append(t)
+    for i in range(len(dataset)):
+        if dataset.pairs[i].path not in dataset.failed:
+            captions.append(dataset.pairs[i].caption)
+    encoder.train(was_training)
+    if not visual:
+        return {"num_pairs": 0}
+    metrics = retrieval_metrics(torch.cat(visual).cpu(), torch.cat(text).cpu(), captions)  # (B_all, D) each
+    return {"num_pairs": len(captions), **metrics}
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+def train(config: ClipTrainConfig) -> dict[str, Any]:
+    """Fine-tune, evaluate before and after, save; returns what is written to metrics.json.
+
+    Raises:
+        FileNotFoundError: for a missing data file or media root.
+        ValueError: for bad settings, or data with no usable pair.
+    """
+    _check_config(config)
+    try:
+        return _fit(config)
+    finally:
+        release_accelerator_state()  # a later call in this process may choose another precision
+
+
+def _fit(config: ClipTrainConfig) -> dict[str, Any]:
+    # --- setup
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    _check_launch(accelerator)
+    set_seed(config.seed)
+    pairs, skipped = read_pairs(config.data, config.media_root)
+    if not pairs:
+        raise InputError("no usable pairs", f"--data {config.data}", f"at least one record with a caption and "
+                         f"media that exist: {len(skipped)} records skipped, e.g. {skipped[:3]}")
+    ceiling = SkipCeiling(len(pairs) + len(skipped), config.max_skip_fraction, str(config.data), listed_in=None)
+    ceiling.add([_read_skip(line, config.data) for line in skipped], "reading the data")
+    train_pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
+    clip, tokenizer, transform = load_clip(config.model)
+    max_len = clip.config.text_config.max_position_embeddings
+    train_set, eval_set = (pair_dataset(p, tokenizer, max_len, transform, config.num_frames)
+                           for p in (train_pairs, eval_pairs))
+    encoder = _DualEncoder(clip, config.lock_image_tower).to(accelerator.device)
+    before = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+    ceiling.add(_decode_skips(eval_set.failed.items(), config.data), "decoding the held-out pairs")
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                                         collate_fn=train_set.collate,
+                                         generator=torch.Generator().manual_seed(config.seed))
+    schedule = (cosine_schedule(optimizer, config.max_steps, config.warmup_ratio) if config.lr_schedule == "cosine"
+                else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+    model, optimizer, loader = accelerator.prepare(encoder, optimizer, loader)
+    out = Path(config.output_dir)
+    log = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "log.jsonl", "w", buffering=1)  # a line per step, flushed as it is written
+
+    # --- loop
+    step, losses, reported = 0, [], 0  # reported: this process's decode failures already counted
+    progress = tqdm(total=config.max_steps, desc="clip-train", disable=not accelerator.is_local_main_process)
+    model.train()
+    while step < config.max_steps:
+        steps_this_epoch = 0
+        for batch in loader:
+            if step >= config.max_steps:
+                break
+            failures = list(train_set.failed.items())[reported:]  # this batch's new ones (dicts keep order)
+            reported += len(failures)
+            empty_somewhere, failures = _gather_step(accelerator, len(batch["frame_counts"]), failures)
+            ceiling.add(_decode_skips(failures, config.data), "decoding during training")
+            if empty_somewhere:
+                continue  # every sample of a batch failed to decode somewhere: skip it everywhere
+            visual, text, log_scale = model(**batch)
+            loss = clip_loss(visual, text, log_scale)
+            accelerator.backward(loss)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            step += 1
+            if log is not None:
+                log.write(json.dumps({"step": step, "loss": losses[-1], "lr": lr,
+                                      "logit_scale": log_scale.exp().item()}) + "\n")
+            steps_this_epoch += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", scale=f"{log_scale.exp().item():.1f}")
+        if steps_this_epoch == 0:
+            if log is not None:
+                log.close()
+            raise ValueError(f"no training batch could be loaded: {len(train_set.failed)} of {len(train_set)} "
+                             f"samples failed to decode, e.g. {list(train_set.failed.values())[:3]}")
+    progress.close()
+    if log is not None:
+        log.close()
+
+    # --- save
+    encoder = accelerator.unwrap_model(model)
+    after = _evaluate(encoder, eval_set, config.batch_size, accelerator.device) if eval_pairs else None
+    skipped += [f"{path}: {why}" for d in (train_set, eval_set) for path, why in d.failed.items()]
+    metrics = {
+        "before": before,
+        "after": after,
+        "steps": step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "logit_scale": encoder.logit_scale().exp().item(),
+        "num_train": len(train_pairs),
+        "num_eval": len(eval_pairs),
+        "skipped": len(skipped),
+        "skipped_reasons": skipped[:100],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save(encoder, tokenizer, transform, metrics, out)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _check_config(config: ClipTrainConfig) -> None:
+    bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames")
+           if not getattr(config, name) > 0}
+    if not 0 <= config.max_skip_fraction <= 1:
+        bad["max_skip_fraction"] = "in [0, 1]"
+    if config.weight_decay < 0:
+        bad["weight_decay"] = ">= 0"
+    if not 0 <= config.eval_fraction < 1:
+        bad["eval_fraction"] = "in [0, 1)"
+    if config.lr_schedule not in ("cosine", "constant"):
+        bad["lr_schedule"] = "'cosine' or 'constant'"
+    if not 0 <= config.warmup_ratio < 1:
+        bad["warmup_ratio"] = "in [0, 1)"
+    if config.mixed_precision not in ("no", "bf16", "fp16"):
+        bad["mixed_precision"] = "'no', 'bf16' or 'fp16'"
+    if bad:
+        raise InputError("bad value" if len(bad) == 1 else "bad values",
+                         " ".join(f"{flag(name)} {getattr(config, name)}" for name in bad),
+                         "; ".join(f"{name} must be {rule}" for name, rule in bad.items()))
+
+
+def _check_launch(accelerator: Accelerator) -> None:
+    """Refuse a process group that accelerate does not use: the loss would gather unsharded batches."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world != accelerator.num_processes:
+        raise ValueError(f"torch.distributed has {world} processes but accelerate runs {accelerator.num_processes} "
+                         f"(no DDP, no data sharding); without GPUs, launch several CPU processes with "
+                         f"`ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`")
+
+
+
+def _gather_step(accelerator: Accelerator, n_local: int,
+                 failures: list[tuple[Path, str]]) -> tuple[bool, list[tuple[Path, str]]]:
+    """Whether any process's batch is empty, and every process's new decode failures (one collective)."""
+    if accelerator.num_processes == 1:
+        return n_local == 0, failures
+    rows = gather_object([(n_local, failures)])  # one (count, failures) per process
+    return any(n == 0 for n, _ in rows), [f for _, fs in rows for f in fs]
+
+
+def _read_skip(line: str, data: Path) -> Skipped:
+    """A record `read_pairs` dropped ("line 3: invalid JSON ..."), as a skip of `data`."""
+    where, _, reason = line.partition(": ")
+    return Skipped(where, reason, str(data))
+
+
+def _decode_skips(failures: Sequence[tuple[Path, str]], data: Path) -> list[Skipped]:
+    """Media that failed to decode (path, why), as skips of `data`."""
+    return [Skipped(str(path), why, str(data)) for path, why in failures]
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _save(encoder: _DualEncoder, tokenizer: Any, transform: CLIPImageTransform, metrics: dict[str, Any],
+          out: Path) -> None:
+    """A folder `ZeroShotClassifier.from_pretrained` (and `CLIPModel.from_pretrained`) loads."""
+    out.mkdir(parents=True, exist_ok=True)
+    clip = encoder.clip
+    with torch.no_grad():
+        clip.logit_scale.copy_(encoder.logit_scale())  # the learned (clamped) scale goes with the model
+    clip.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(_processor_config(transform), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _processor_config(transform: CLIPImageTransform) -> dict[str, Any]:
+    """The `CLIPImageProcessor` settings that describe `transform` (crop mode)."""
+    s = transform.image_size
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True, "size": {"shortest_edge": s}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": s, "width": s},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
+        "do_convert_rgb": True,
+    }
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `ClipTrainConfig` field, in field order (help from the field docstrings)."""
+    add_config_arguments(parser, ClipTrainConfig, {name: (Path, "PATH") for name in ("data", "media_root", "output_dir")})
+
+
+def check_clip_inputs(config: ClipTrainConfig) -> None:
+    """Everything about `config` that can be checked before CLIP loads and the data is read.
+
+    Raises:
+        InputError: naming the flag and its value (settings, data file, media root, output folder, weights).
+    """
+    _check_config(config)
+    check_output_folder(config.output_dir, "--output-dir")
+    check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
+    check_data_spec(config.data, "--data", mixtures=False)
+    check_weights(config.model, "--model", what="CLIP weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `vlm-vision clip-train`; 0 on success, 2 for mostly bad data (the reason on stderr).
+
+    Raises:
+        InputError: for missing or refused flags, inputs that do not exist or cannot be read, an
+            output folder that cannot be written, weights not on this machine.
+    """
+    config = config_from_flags(args, ClipTrainConfig)
+    check_clip_inputs(config)
+    out = Path(config.output_dir)
+    created = not out.exists()
+    try:
+        with weights_errors({"--model": config.model}, what="CLIP weights"):
+            metrics = train(config)
+    except TooManySkipped as e:
+        print(f"vlm-vision clip-train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # nothing to resume from: a folder this run created is half-written, remove it
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    print(_summary(metrics, out))
+    return 0
+
+
+def _summary(metrics: dict[str, Any], out: Path) -> str:
+    lines = [f"trained {metrics['steps']} steps on {metrics['num_train']} pairs "
+             f"(loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}); "
+             f"skipped {metrics['skipped']} bad samples"]
+    if metrics["before"] and metrics["after"] and metrics["after"].get("num_pairs"):
+        for key in (k for k in metrics["after"] if "recall" in k):
+            lines.append(f"  {key}: {metrics['before'][key]:.3f} -> {metrics['after'][key]:.3f}")
+    lines.append(f"saved to {out} (metrics.json)")
+    return "\n".join(lines)

@@ -49,10 +49,10 @@ from video.corpus.run import extract_share
 from video.corpus.settings import decoder_scale, load_arguments, token_settings, video_layout
 from video.corpus.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.extract_tower import RANDOM_WEIGHTS_HINT, load_tower
 from vlm_vision.commands.input_checks import check_output_folder, check_weights
-from vlm_vision.commands.processes import barrier, resolve_device
+from vlm_vision.evaluation.processes import barrier, resolve_device
 
 __all__ = ["DEFAULT_MODEL", "RESUME_HINT", "add_arguments", "run"]
 

@@ -5,7 +5,7 @@ Each subcommand lives in the module that does the work and exposes two functions
 subcommand's module when that subcommand runs so `vlm-vision --help` stays fast.
 
 Exit codes: 0 success; 1 a bug (with its traceback) or, for batch commands, items that failed; 2 bad
-input or usage (`vlm_vision.commands.errors.InputError`: one line, no traceback); 130 interrupted
+input or usage (`vlm_vision.errors.InputError`: one line, no traceback); 130 interrupted
 (Ctrl-C: one line, and how to resume when the command can resume: the module's `RESUME_HINT`).
 """
 
@@ -19,7 +19,7 @@ import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
 
-from vlm_vision.commands.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
+from vlm_vision.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
 
 # In a multi-process run, the seconds the other processes wait before exiting with an input error the
 # first one prints: torchrun stops every process as soon as one exits, which could be before the line.

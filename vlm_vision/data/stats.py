@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from video.atomic_files import write_atomic
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 
 __all__ = ["DataStatsSettings", "add_arguments", "check_data_stats_inputs", "data_stats", "histogram_png", "run"]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.config_flags import config_from_flags
 from vlm_vision.evaluation.questions import duration_bucket
 from vlm_vision.commands.input_checks import check_folder, check_output_file

@@ -46,7 +46,7 @@ from typing import Any
 
 from video.atomic_files import write_atomic
 from video.frame_scale import scale_label
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.config_flags import add_config_arguments, config_from_flags
 from vlm_vision.evaluation.questions import summarize
 from vlm_vision.commands.input_checks import (
@@ -213,7 +213,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     from vlm_vision.evaluation.model import load_eval_model, model_identity  # lazy: torch and transformers, for a run only
     from vlm_vision.evaluation.answers import answer_questions, read_questions  # lazy: as eval_model
-    from vlm_vision.commands.processes import barrier, resolve_device  # lazy: torch, for a run only
+    from vlm_vision.evaluation.processes import barrier, resolve_device  # lazy: torch, for a run only
 
     out = Path(config.output_dir)
     device, rank, processes = resolve_device(config.device)

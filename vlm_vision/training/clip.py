@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from vlm_vision.data.clip_pairs import PairDataset, pair_dataset, read_pairs, split_pairs
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.config_flags import add_config_arguments, config_from_flags, flag
 from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
 from vlm_vision.model.contrastive import LogitScale, clip_loss

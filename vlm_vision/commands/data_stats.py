@@ -17,7 +17,7 @@ from vlm_vision.commands.input_checks import (
 from vlm_vision.errors import InputError
 from vlm_vision.training.data_stats import DataStatsSettings, data_stats, summary
 
-__all__ = ["add_arguments", "check_data_stats_inputs", "run"]
+__all__ = ["add_arguments", "check_data_stats_inputs", "run", "settings_from_args"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataStatsSettings)}  # the flags' defaults, written once there
 
@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=_DEFAULTS["bins"], help="bars of the token-length histogram")
 
 
+def settings_from_args(args: argparse.Namespace) -> DataStatsSettings:
+    """The `DataStatsSettings` of the parsed flags of the same names."""
+    return DataStatsSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataStatsSettings)})
+
+
 def check_data_stats_inputs(settings: DataStatsSettings) -> None:
     """Everything that can be checked before the tokenizer and the tower load and the data is scanned.
 
@@ -62,7 +67,7 @@ def check_data_stats_inputs(settings: DataStatsSettings) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Scan, print the summary, write `data_stats.json` and `token_lengths.png`; 0 on success."""
-    settings = DataStatsSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataStatsSettings)})
+    settings = settings_from_args(args)
     check_data_stats_inputs(settings)
     with weights_errors({"--llm": settings.llm}, "LLM weights"), weights_errors({"--tower": settings.tower},
                                                                                  "tower weights"):

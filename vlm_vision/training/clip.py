@@ -52,7 +52,7 @@ from vlm_vision.model.contrastive import LogitScale, clip_loss
 from vlm_vision.data.files import Skipped
 from vlm_vision.training.params import cosine_schedule
 from vlm_vision.training.runtime import release_accelerator_state
-from vlm_vision.training.skips import SkipCeiling, TooManySkipped
+from vlm_vision.training.skips import SkipCeiling
 from vlm_vision.model.transforms import CLIPImageTransform
 from vlm_vision.model.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
 

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.config_flags import config_from_flags
 from vlm_vision.commands.input_checks import check_folder, check_model_folder
 

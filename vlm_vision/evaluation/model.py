@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.interchange import saved_video_processor
 from vlm_vision.model.processor import VisionLanguageProcessor

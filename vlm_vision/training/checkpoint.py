@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from video.atomic_files import replace_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.training.config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.training.runtime import deepspeed_kwargs
 from vlm_vision.training.sharded import FrozenParts, save_optimizer_state, whole_state

@@ -33,7 +33,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from video.atomic_files import atomic_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.conversation_tokens import padding_id
 from vlm_vision.evaluation.answers import eval_questions, question_accuracy
 from vlm_vision.training.checkpoint import latest_checkpoint, read_state, save_checkpoint

@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from projector import build_projector, load_projector, save_projector
 from video.atomic_files import atomic_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.processor import VisionLanguageProcessor
 from vlm_vision.model.tower import CLIPVisionTower

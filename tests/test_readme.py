@@ -1,71 +1,54 @@
-"""The README's API tour is executed: every ```python block, in order, in one namespace; and its
-`vlm-vision train` and `vlm-vision export` commands run as written with tiny models. (The
-```python interop block runs in transformers alone: tests/vlm_vision/export/test_interop.py.)"""
+"""The README is the landing page: its ```python examples are executed, in order, in one namespace; its
+`vlm-vision train` / `export` commands are the manual's, which tests/test_docs.py runs with tiny models;
+its links point at pages of the manual that exist; its test command is the one .ci/run runs. (The
+manual itself: tests/test_docs.py.)"""
 
-import os
-import pathlib
 import re
-import shlex
-import shutil
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.doc_blocks import DOCS, ROOT, cli_commands, nav_pages, python_blocks
 
-
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_has_code_blocks():
-    blocks = python_blocks((ROOT / "README.md").read_text())
-    assert len(blocks) >= 3, "the README's API tour lost its code blocks"
+    blocks = python_blocks(README)
+    assert len(blocks) >= 3, "the README's examples lost their code blocks"
 
 
 @pytest.mark.slow
 def test_readme_code_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("VLM_VISION_README_TMP", str(tmp_path))
+    monkeypatch.setenv("VLM_VISION_DOCS_TMP", str(tmp_path))
     namespace: dict = {"__name__": "__readme__"}
-    for i, block in enumerate(python_blocks((ROOT / "README.md").read_text())):
+    for i, block in enumerate(python_blocks(README)):
         try:
             exec(compile(block, f"README.md block {i}", "exec"), namespace)
         except Exception as e:  # re-raise with the block that failed, for a readable failure
             raise AssertionError(f"README python block {i} failed: {e!r}\n---\n{block}") from e
 
 
-def train_commands(text: str, command: str = "train") -> list[list[str]]:
-    """The arguments of every `vlm-vision COMMAND` line in the README's bash blocks (continuations joined)."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            if words[:2] == ["vlm-vision", command]:
-                commands.append(words[2:])
-    return commands
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_readme_commands_are_the_manuals(command):
+    """Every `vlm-vision train` / `export` line of the README is, word for word, one the manual's test runs."""
+    manual = [args for page in nav_pages() for args in cli_commands((DOCS / page).read_text(), command)]
+    for args in cli_commands(README, command):
+        assert args in manual, f"README's `vlm-vision {command} {' '.join(args)}` is not in docs/ (tests/test_docs.py)"
+    assert command != "train" or len(cli_commands(README, "train")) == 2  # stage 1, stage 2
 
 
-@pytest.mark.slow
-def test_readme_train_commands_run_with_tiny_models(tmp_path, monkeypatch):
-    """The training section's commands, as written (default frames, max_length, dtype), on the example's
-    data; only the models (tiny random ones, offline) and the step counts are swapped."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    from train_stage1_stage2 import write_dataset, write_tiny_models
+def test_readme_links_point_at_pages_of_the_manual():
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", README)
+    assert len(links) >= 15, links
+    pages = set(nav_pages())
+    for link in links:
+        assert (ROOT / link).exists() and link.removeprefix("docs/") in pages, link
 
-    from vlm_vision.commands.main import main
 
-    commands = train_commands((ROOT / "README.md").read_text())
-    exports = train_commands((ROOT / "README.md").read_text(), "export")
-    assert len(commands) >= 2 and exports, (commands, exports)  # stage 1, stage 2; the export
-    llm, tower = write_tiny_models(tmp_path / "models")
-    shutil.copy(write_dataset(tmp_path / "media", n=8, frames=32), tmp_path / "train.jsonl")
-    swap = {"--llm": llm, "--tower": tower, "--max-steps": "2"}
-    monkeypatch.chdir(tmp_path)
-    for args in commands:
-        args = [swap.get(prev, word) for prev, word in zip(["", *args], args)]
-        assert main(["train", *args]) == 0, args
-    assert (tmp_path / "runs/stage2/final/adapter_model.safetensors").exists()
-    for args in exports:
-        assert main(["export", *args]) == 0, args
-    assert (tmp_path / "runs/export/processor_config.json").exists()
+def test_the_readme_test_command_is_what_ci_runs():
+    """CI (.ci/run) runs the README's test command (the bash line that runs pytest) exactly as written."""
+    commands = {line for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+                for line in block.splitlines() if "pytest" in line}
+    assert len(commands) == 1, commands  # the quick start's and the Development section's are the same line
+    assert commands <= set((ROOT / ".ci" / "run").read_text().splitlines()), commands

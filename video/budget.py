@@ -184,7 +184,8 @@ def choose_video_budget(window_frames: int, native_fps: float, *, tokens: Mappin
         strides: the allowed strides when `tokens` is a function.
         fps: frames per second of video to sample; None for fixed-count mode.
         num_frames: frames in fixed-count mode.
-        min_frames, max_frames: bounds on the frame count (max None: no bound but the budget).
+        min_frames: the fewest frames (more than the budget holds is an error, never a silent cut).
+        max_frames: the most frames (None: no bound but the budget).
         max_tokens: the most visual tokens the video may take; None: no budget, finest stride.
 
     Returns:

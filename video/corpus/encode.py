@@ -1,8 +1,8 @@
 """One decoded video -> its token file: the tower (out of memory retried with smaller batches), then
 the files (the contact sheet first; the tokens, written last, mark the video done).
 
-`options` is any object with `pool_stride`, `pool_mode`, `batch_size`, `random_weights` and
-`sampling` attributes (`vlm-vision extract`'s parsed arguments).
+The run's `ExtractSettings` give the pooling (`pool_stride`, `pool_mode`), the tower's `batch_size`,
+and what is recorded with the tokens (`random_weights`, `sampling`).
 
 Shapes: T frames, N' pooled tokens per frame, D tower width.
 """
@@ -19,13 +19,14 @@ from video.budget import VideoLayout
 from video.corpus.decode_jobs import Decoded
 from video.extract import save_video_tokens, tokens_for_clip
 from video.corpus.report import Outcome
+from video.corpus.settings import ExtractSettings
 from video.provenance import source_identity
 from video.tower_pooling import encode_frames, encode_pixels
 
 __all__ = ["encode_and_save", "encode_isolated", "encode_with_retry"]
 
 
-def encode_isolated(item: Decoded, video: Path, output: Path, tower: torch.nn.Module, options: Any,
+def encode_isolated(item: Decoded, video: Path, output: Path, tower: torch.nn.Module, config: ExtractSettings,
                     model_label: str, settings: dict, layout: VideoLayout | None = None) -> Outcome:
     """`encode_and_save`, with any exception of this video turned into an "error" outcome.
 
@@ -33,21 +34,21 @@ def encode_isolated(item: Decoded, video: Path, output: Path, tower: torch.nn.Mo
     temporary file being written is removed by `write_atomic`).
     """
     try:
-        return encode_and_save(item, video, output, tower, options, model_label, settings, layout)
+        return encode_and_save(item, video, output, tower, config, model_label, settings, layout)
     except Exception as e:
         return Outcome(video, output, "error", reason=f"{type(e).__name__}: {e}")
 
 
-def encode_and_save(item: Decoded, video: Path, output: Path, tower: torch.nn.Module, options: Any,
+def encode_and_save(item: Decoded, video: Path, output: Path, tower: torch.nn.Module, config: ExtractSettings,
                     model_label: str, settings: dict, layout: VideoLayout | None = None) -> Outcome:
     """Tower + pooling for one decoded video, then its files (preview first: the tokens mark it done).
 
     The stride is the one the model's token budget gives this frame count (`layout.stride_for`)."""
     clip = item.clip
-    stride = layout.stride_for(len(clip.indices)) if layout is not None else options.pool_stride
-    tokens, batch_size, retries = encode_with_retry(item, tower, stride, options.pool_mode, options.batch_size)
-    result = tokens_for_clip(clip, tokens, tower, pool_stride=stride, pool_mode=options.pool_mode,
-                             model=model_label, random_weights=options.random_weights, sampling=options.sampling)
+    stride = layout.stride_for(len(clip.indices)) if layout is not None else config.pool_stride
+    tokens, batch_size, retries = encode_with_retry(item, tower, stride, config.pool_mode, config.batch_size)
+    result = tokens_for_clip(clip, tokens, tower, pool_stride=stride, pool_mode=config.pool_mode,
+                             model=model_label, random_weights=config.random_weights, sampling=config.sampling)
     if item.sheet is not None:
         write_atomic(output.with_suffix(".png"), item.sheet)
     identity = item.identity or source_identity(video)

@@ -23,13 +23,14 @@ from video.corpus.decode_jobs import DecodeJobs, decoded_stream
 from video.corpus.encode import encode_isolated
 from video.corpus.plan import Found, plan_outputs
 from video.corpus.report import Outcome, append_line, manifest_path, record
+from video.corpus.settings import ExtractSettings
 
 __all__ = ["extract_share"]
 
 
-def extract_share(found: list[Found], out: Path, tower: torch.nn.Module, options: Any, *, model_label: str,
-                  settings: dict[str, Any], layout: VideoLayout, load_kwargs: dict[str, Any], rank: int, world: int,
-                  tag: str = "") -> tuple[list[Outcome], int, float]:
+def extract_share(found: list[Found], out: Path, tower: torch.nn.Module, config: ExtractSettings, *,
+                  model_label: str, settings: dict[str, Any], layout: VideoLayout, load_kwargs: dict[str, Any],
+                  rank: int, world: int, tag: str = "") -> tuple[list[Outcome], int, float]:
     """Extract this process's share of `found` into `out`.
 
     Args:
@@ -37,8 +38,8 @@ def extract_share(found: list[Found], out: Path, tower: torch.nn.Module, options
             every process).
         out: the output folder.
         tower: the tower to encode with, on its device.
-        options: the run's options (`vlm-vision extract`'s parsed arguments: `overwrite`,
-            `preview`, `workers`, `random_weights` and those of `video.corpus.encode`).
+        config: the run's settings (here: `overwrite`, `preview`, `workers`, `random_weights`, and
+            those `video.corpus.encode` reads).
         model_label: what produced the tokens (recorded with them).
         settings: every setting that changes the tokens (`video.corpus.settings.token_settings`).
         layout: the model's video layout (the stride each frame count gets).
@@ -51,23 +52,23 @@ def extract_share(found: list[Found], out: Path, tower: torch.nn.Module, options
         encode loop).
     """
     manifest = manifest_path(out, rank, world)
-    record_base = {"model": model_label, "random_weights": options.random_weights, "rank": rank}
-    outcomes, todo = plan_outputs(found, out, settings, rank, world, overwrite=options.overwrite)
+    record_base = {"model": model_label, "random_weights": config.random_weights, "rank": rank}
+    outcomes, todo = plan_outputs(found, out, settings, rank, world, overwrite=config.overwrite)
     for outcome in outcomes:
         append_line(manifest, {**record_base, **record(outcome)})
 
     on_cpu = tower.device.type == "cpu"
-    jobs = DecodeJobs([video for video, _, _ in todo], load_kwargs=load_kwargs, preview=options.preview,
+    jobs = DecodeJobs([video for video, _, _ in todo], load_kwargs=load_kwargs, preview=config.preview,
                       transform=tower.image_transform if on_cpu else None)
     frames_done = 0
     bar = tqdm(total=len(todo), unit="video", desc=f"extract{tag}", disable=rank != 0 or not todo, file=sys.stderr)
     start = time.perf_counter()
-    for item in decoded_stream(jobs, options.workers, pin_memory=not on_cpu):
+    for item in decoded_stream(jobs, config.workers, pin_memory=not on_cpu):
         video, output, why = todo[item.position]
         if item.error is not None:
             outcome = Outcome(video, output, "error", reason=item.error)
         else:
-            outcome = encode_isolated(item, video, output, tower, options, model_label, settings, layout)
+            outcome = encode_isolated(item, video, output, tower, config, model_label, settings, layout)
             frames_done += outcome.shape[0] if outcome.shape else 0
         if why is not None and outcome.status != "error":
             outcome.reason = f"extracted again: {why}"

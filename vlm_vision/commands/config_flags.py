@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 __all__ = ["Parsers", "add_config_arguments", "config_from_flags", "field_docs", "flag", "missing_flags"]
 

@@ -25,8 +25,9 @@ without saying so, and any interruption costs little:
     merges them into `manifest.jsonl` (also at the start of a run, after a crash).
 
 This module is the command: its flags, the device and processes, the output folder's lock, the
-tower (`vlm_vision.commands.extract_tower`). The work itself takes the tower as an argument and lives in
-`video` (`video.corpus.run.extract_share` and the modules it names).
+tower (`vlm_vision.commands.extract_tower`). The work itself takes the tower and the run's typed
+settings (`video.corpus.settings.ExtractSettings`, built from the flags, whose defaults are its own)
+as arguments and lives in `video` (`video.corpus.run.extract_share` and the modules it names).
 
 Without downloaded weights the command stops and says how to get them or how to run with random
 weights through the same architecture (`--random-weights`); random-weight outputs are labelled in
@@ -36,6 +37,7 @@ the progress bar, the summary, the manifest and each file's metadata.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -46,20 +48,23 @@ from video.decord_decoder import DecordNotInstalled, require_decord
 from video.corpus.plan import VIDEO_EXTENSIONS, Found, find_inputs
 from video.corpus.report import merge_rank_manifests, plural, print_summary
 from video.corpus.run import extract_share
-from video.corpus.settings import decoder_scale, load_arguments, token_settings, video_layout
+from video.corpus.settings import ExtractSettings, decoder_scale, load_arguments, token_settings, video_layout
 from video.corpus.folder_lock import FolderBusy, FolderLock
 from video.tower_pooling import check_tower_pooling
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.extract_tower import RANDOM_WEIGHTS_HINT, load_tower
 from vlm_vision.commands.input_checks import check_output_folder, check_weights
-from vlm_vision.commands.processes import barrier, resolve_device
+from vlm_vision.evaluation.processes import barrier, resolve_device
 
-__all__ = ["DEFAULT_MODEL", "RESUME_HINT", "add_arguments", "run"]
+__all__ = ["DEFAULT_MODEL", "RESUME_HINT", "add_arguments", "run", "settings_from_args"]
 
 RESUME_HINT = "run the same command again to continue (finished videos are kept, the others are extracted)"
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14-336"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FIELDS = {f.name: f for f in dataclasses.fields(ExtractSettings)}
+# The flags' defaults and choices are `ExtractSettings`'s (an on/off flag is off by default, as its field).
+_DEFAULT = ExtractSettings()
+DTYPES = {name: getattr(torch, name) for name in _FIELDS["dtype"].metadata["choices"]}
 
 
 # ----- arguments --------------------------------------------------------------------------------
@@ -77,35 +82,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="random weights through the real architecture (offline smoke runs and benchmarks; "
                              "the tokens carry no meaning and are labelled so)")
-    parser.add_argument("--num-frames", type=_positive_int, default=32,
+    parser.add_argument("--num-frames", type=_positive_int, default=_DEFAULT.num_frames,
                         help="frames sampled uniformly per video (with --fps: the most frames kept)")
-    parser.add_argument("--fps", type=_positive_float, default=None, help="sample about this many frames per second")
-    parser.add_argument("--sampling", choices=("exact", "keyframe"), default="exact",
+    parser.add_argument("--fps", type=_positive_float, default=_DEFAULT.fps,
+                        help="sample about this many frames per second")
+    parser.add_argument("--sampling", choices=_choices("sampling"), default=_DEFAULT.sampling,
                         help="exact frames, or each target moved to the nearest keyframe (much faster decoding)")
-    parser.add_argument("--backend", choices=("exact", "decord"), default="exact",
+    parser.add_argument("--backend", choices=_choices("backend"), default=_DEFAULT.backend,
                         help="decoder: exact frames (PyAV, checked against the timestamps), or decord's get_batch "
                              "as LLaVA-NeXT-Video's loader (its pixels, wrong frames included, for parity)")
-    parser.add_argument("--min-frames", type=_positive_int, default=1,
+    parser.add_argument("--min-frames", type=_positive_int, default=_DEFAULT.min_frames,
                         help="with --fps, the fewest frames per video (frames repeat in a short clip)")
-    parser.add_argument("--max-frames", type=_positive_int, default=None,
+    parser.add_argument("--max-frames", type=_positive_int, default=_DEFAULT.max_frames,
                         help="with --fps, the most frames per video (default: --num-frames)")
-    parser.add_argument("--pool-stride", type=_positive_int, default=2, help="2 turns 24x24 patches into 144 tokens")
-    parser.add_argument("--pool-mode", choices=("average", "max", "bilinear"), default="average")
-    parser.add_argument("--max-video-tokens", type=_positive_int, default=None,
+    parser.add_argument("--pool-stride", type=_positive_int, default=_DEFAULT.pool_stride,
+                        help="2 turns 24x24 patches into 144 tokens")
+    parser.add_argument("--pool-mode", choices=_choices("pool_mode"), default=_DEFAULT.pool_mode)
+    parser.add_argument("--max-video-tokens", type=_positive_int, default=_DEFAULT.max_video_tokens,
                         help="token budget of one video in the model: a video pools at the finest stride from "
                              "--pool-stride up to twice it that fits (video.budget), as the model will; needs "
                              "the model's --video-newline and --faster-token-stride to count its tokens")
-    parser.add_argument("--video-newline", choices=("no_token", "one_token", "frame", "grid"), default="no_token",
+    parser.add_argument("--video-newline", choices=_choices("video_newline"), default=_DEFAULT.video_newline,
                         help="the model's newline layout (only counts tokens for --max-video-tokens)")
-    parser.add_argument("--faster-token-stride", type=_positive_int, default=None,
+    parser.add_argument("--faster-token-stride", type=_positive_int, default=_DEFAULT.faster_token_stride,
                         help="the model's SlowFast stride (only counts tokens for --max-video-tokens; the file "
                              "holds every frame at the slow stride, the model pools fast frames once more)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: this process's accelerator, else the CPU)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="tower dtype")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
+    parser.add_argument("--dtype", choices=_choices("dtype"), default=_DEFAULT.dtype, help="tower dtype")
+    parser.add_argument("--batch-size", type=_positive_int, default=_DEFAULT.batch_size,
                         help="frames per tower call (default: all frames of a video at once)")
-    parser.add_argument("--workers", type=_non_negative_int, default=2,
+    parser.add_argument("--workers", type=_non_negative_int, default=_DEFAULT.workers,
                         help="background decoding processes (0 decodes in the main process)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every video whose output already exists, also one that holds another video's "
@@ -121,6 +128,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of that, and memory stops growing with the resolution); recorded with the tokens")
     parser.add_argument("--preview", action="store_true",
                         help="also write <name>.png, a contact sheet of the sampled frames with their timestamps")
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    """The names `ExtractSettings.<name>` accepts."""
+    return _FIELDS[name].metadata["choices"]
+
+
+def settings_from_args(args: argparse.Namespace) -> ExtractSettings:
+    """The run's `ExtractSettings`, from the parsed flags of the same names."""
+    return ExtractSettings(**{name: getattr(args, name) for name in _FIELDS})
 
 
 def _positive_int(text: str) -> int:
@@ -155,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             model is loaded or video decoded where they can be checked then.
     """
     t0 = time.perf_counter()
+    config = settings_from_args(args)
     found = _check_inputs(args)
     device, rank, world = resolve_device(args.device)
     out: Path = args.out
@@ -175,31 +193,31 @@ def run(args: argparse.Namespace) -> int:
             print(f"vlm-vision extract: taking over {lock.path} left by a run that is no longer running "
                   f"(pid {lock.previous.get('pid')} on host {lock.previous.get('host')}, started "
                   f"{lock.previous.get('started')})", file=sys.stderr)
-        return _run_locked(args, found, out, device, rank, world, t0)
+        return _run_locked(args.model, config, found, out, device, rank, world, t0)
     finally:
         lock.release()
 
 
-def _run_locked(args: argparse.Namespace, found: list[Found], out: Path, device: torch.device, rank: int, world: int,
-                t0: float) -> int:
+def _run_locked(model: str, config: ExtractSettings, found: list[Found], out: Path, device: torch.device, rank: int,
+                world: int, t0: float) -> int:
     if rank == 0:
         merge_rank_manifests(out)  # lines left by an interrupted multi-process run
     barrier(world)
-    tower, model_label = load_tower(args.model, random_weights=args.random_weights, device=device,
-                                    dtype=DTYPES[args.dtype])
+    tower, model_label = load_tower(model, random_weights=config.random_weights, device=device,
+                                    dtype=DTYPES[config.dtype])
     try:
-        check_tower_pooling(tower, args.pool_stride, args.pool_mode)
-        layout = video_layout(args, tower)
-        load_kwargs = load_arguments(args, layout, decoder_scale(args, tower))
+        check_tower_pooling(tower, config.pool_stride, config.pool_mode)
+        layout = video_layout(config, tower)
+        load_kwargs = load_arguments(config, layout, decoder_scale(config, tower))
     except ValueError as e:
-        raise InputError("settings that do not fit the tower", f"--model {args.model}", str(e)) from None
-    settings = token_settings(args, tower, model_label)
-    tag = " [RANDOM WEIGHTS]" if args.random_weights else ""
+        raise InputError("settings that do not fit the tower", f"--model {model}", str(e)) from None
+    settings = token_settings(config, tower, model_label)
+    tag = " [RANDOM WEIGHTS]" if config.random_weights else ""
     if rank == 0:
         print(f"vlm-vision extract: {plural(len(found), 'video')} -> {out} with {model_label}{tag} on {device} "
-              f"({args.dtype}), {args.num_frames} frames ({args.backend} decoding), pool {args.pool_mode} stride "
-              f"{args.pool_stride}" + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
-    outcomes, frames_done, loop_seconds = extract_share(found, out, tower, args, model_label=model_label,
+              f"({config.dtype}), {config.num_frames} frames ({config.backend} decoding), pool {config.pool_mode} "
+              f"stride {config.pool_stride}" + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
+    outcomes, frames_done, loop_seconds = extract_share(found, out, tower, config, model_label=model_label,
                                                         settings=settings, layout=layout, load_kwargs=load_kwargs,
                                                         rank=rank, world=world, tag=tag)
     barrier(world)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.input_checks import weights_unavailable
 
 if TYPE_CHECKING:

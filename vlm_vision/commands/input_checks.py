@@ -1,7 +1,7 @@
 """Checks of a command's inputs that cost neither a model load nor a data scan, run before either.
 
 A typo in a flag should cost the start-up only. Each command calls these first, in the order a
-user would fix them, and each raises `vlm_vision.commands.errors.InputError` naming the flag and its
+user would fix them, and each raises `vlm_vision.errors.InputError` naming the flag and its
 value: `vlm-vision train: folder not found (--media-root data/mdia): an existing folder ...`.
 
 What is checked without reading more than a few KiB:
@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 __all__ = ["WeightsUnavailable", "check_data_spec", "check_folder", "check_model_folder", "check_output_file", "check_output_folder",
            "check_weights", "hub_offline", "weights_errors", "weights_unavailable"]

@@ -1,11 +1,12 @@
 """The `vlm-vision` console command.
 
-Each subcommand lives in the module that does the work and exposes two functions:
-`add_arguments(parser)` and `run(args) -> int`. This file only wires them together, importing a
+Each subcommand is one module of `vlm_vision.commands` (its flags, the checks of its input, and the
+call into the job that does the work) and exposes two functions: `add_arguments(parser)` and
+`run(args) -> int`. This file only wires them together, importing a
 subcommand's module when that subcommand runs so `vlm-vision --help` stays fast.
 
 Exit codes: 0 success; 1 a bug (with its traceback) or, for batch commands, items that failed; 2 bad
-input or usage (`vlm_vision.commands.errors.InputError`: one line, no traceback); 130 interrupted
+input or usage (`vlm_vision.errors.InputError`: one line, no traceback); 130 interrupted
 (Ctrl-C: one line, and how to resume when the command can resume: the module's `RESUME_HINT`).
 """
 
@@ -19,7 +20,7 @@ import traceback
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed
 
-from vlm_vision.commands.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
+from vlm_vision.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, debug_enabled, process_rank
 
 # In a multi-process run, the seconds the other processes wait before exiting with an input error the
 # first one prints: torchrun stops every process as soon as one exits, which could be before the line.
@@ -29,12 +30,12 @@ PEER_EXIT_DELAY_S = 3.0
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("vlm_vision.commands.extract", "extract per-frame pooled video tokens for one clip or a corpus"),
     "train": ("vlm_vision.commands.train", "train the projector (stage 1) and LoRA on the LLM (stage 2)"),
-    "clip-train": ("vlm_vision.training.clip", "contrastive fine-tuning of CLIP on image/video-text pairs"),
+    "clip-train": ("vlm_vision.commands.clip_train", "contrastive fine-tuning of CLIP on image/video-text pairs"),
     "convert-data": ("vlm_vision.commands.data", "write training data of any accepted shape as one LLaVA JSON list"),
-    "data-stats": ("vlm_vision.data.stats", "what training would keep, skip and cut in a data spec; token histogram"),
-    "eval": ("vlm_vision.evaluation.run", "answer video questions with a trained model; accuracy, per category"),
+    "data-stats": ("vlm_vision.commands.data_stats", "what training would keep, skip and cut in a data spec; token histogram"),
+    "eval": ("vlm_vision.commands.eval", "answer video questions with a trained model; accuracy, per category"),
     "export": ("vlm_vision.commands.export", "write a trained model as a transformers folder (or LLaVA's projector file)"),
-    "report": ("vlm_vision.evaluation.report", "an HTML page of an eval folder: frames, answers, scores, filters"),
+    "report": ("vlm_vision.commands.report", "an HTML page of an eval folder: frames, answers, scores, filters"),
     "demo": ("vlm_vision.commands.demo", "a local web page to ask a model questions about a video"),
 }
 

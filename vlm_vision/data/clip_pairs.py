@@ -25,7 +25,7 @@ import torch
 
 from video.clip import VideoDecodeError
 from video.decode import load_video
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.transforms import CLIPImageTransform
 from vlm_vision.model.zero_shot import tokenize
 

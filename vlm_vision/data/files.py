@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 __all__ = ["DataRows", "STRATEGIES", "Skipped", "data_files", "load_rows", "no_cyclic_gc", "parse_strategy",
            "read_records", "sample_positions"]

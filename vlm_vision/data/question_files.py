@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.files import read_records
 
 __all__ = ["PARQUET_REQUIRED", "VIDEO_ID_COLUMN", "question_rows", "read_parquet_questions"]

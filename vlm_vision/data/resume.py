@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.files import data_files
 from vlm_vision.data.store import file_identities
 

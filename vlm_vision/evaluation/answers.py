@@ -318,7 +318,8 @@ def answer_questions(model: nn.Module, processor: Any, questions: Sequence[Quest
     """Answer every question, `batch_size` at a time, media decoded ahead by `num_workers` processes.
 
     Args:
-        model, processor: a `VisionLanguageModel` (eval mode) and its `VisionLanguageProcessor`.
+        model: a `VisionLanguageModel` in eval mode.
+        processor: its `VisionLanguageProcessor`.
         questions: parsed questions (`vlm_vision.evaluation.questions.parse_question`).
         num_frames: frames sampled from each raw video.
         on_rows: called with each batch's rows as soon as they exist (to write them out).

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from video import VideoDecodeError, load_video
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.evaluation.questions import Question
 from vlm_vision.evaluation.media import Loaded
 from vlm_vision.evaluation.model import load_eval_model

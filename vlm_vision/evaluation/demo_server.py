@@ -10,7 +10,7 @@ Routes:
     GET  /uploads/ID       an uploaded video (the only files served)
 
 Why no framework: Gradio (what this field's demos use) pins pillow<13 in every release that installs
-here, and would move the core install's pillow, huggingface_hub or pydantic (see README, "Demo");
+here, and would move the core install's pillow, huggingface_hub or pydantic (see docs/report-demo.md, "Why no Gradio");
 the standard library serves one page and a token stream in a few lines, with nothing to install.
 
 Bad requests get `{"error": "..."}` with status 400 (413 for a too-large upload), and the page shows
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 __all__ = ["DemoLimits", "DemoState", "make_server"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.interchange import saved_video_processor
 from vlm_vision.model.processor import VisionLanguageProcessor
@@ -66,7 +66,8 @@ def load_eval_model(path: str | Path, *, device: str | torch.device | None = Non
     Args:
         path: a training run's `final/` or `checkpoint-STEP/`, a merged model (`merge_trained`), or a
             transformers LLaVA-NeXT-Video / LLaVA-NeXT / LLaVA folder with its tokenizer.
-        device, dtype: where the model lives.
+        device: where the model lives.
+        dtype: the model's dtype.
 
     Raises:
         ValueError: for another kind of folder, or a tokenizer without a chat template.

@@ -23,7 +23,6 @@ eval folder written before these fields existed is refused (exit 2): evaluate it
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import html
@@ -35,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from video.atomic_files import write_atomic
-from vlm_vision.commands.errors import InputError
-from vlm_vision.commands.config_flags import config_from_flags
+from vlm_vision.errors import InputError
 from vlm_vision.evaluation.questions import duration_bucket
-from vlm_vision.commands.input_checks import check_folder, check_output_file
 
-__all__ = ["ReportConfig", "EvalFolder", "check_report_paths", "read_eval_folder", "strip_jpeg", "report_rows",
+__all__ = ["ReportConfig", "EvalFolder", "report_path", "read_eval_folder", "strip_jpeg", "report_rows",
            "render_report", "write_report"]
 
 REPORT = "report.html"
@@ -79,18 +76,9 @@ class ReportConfig:
 EVAL_DIR_EXPECTED = "a `vlm-vision eval` output folder (predictions.jsonl, metrics.json)"
 
 
-def check_report_paths(config: ReportConfig) -> Path:
-    """Check the folders to read and the page to write before any work; returns the page's path.
-
-    Raises:
-        InputError: EVAL_DIR or --compare missing or not a folder, or the page an existing folder or not
-            writable here.
-    """
-    check_folder(config.eval_dir, "EVAL_DIR", EVAL_DIR_EXPECTED)
-    check_folder(config.compare, "--compare", EVAL_DIR_EXPECTED)
-    path = Path(config.output) if config.output else Path(config.eval_dir) / REPORT
-    check_output_file(path, "--output" if config.output else "--output (default)")
-    return path
+def report_path(config: ReportConfig) -> Path:
+    """Where the page of `config` goes: `config.output`, else EVAL_DIR/report.html."""
+    return Path(config.output) if config.output else Path(config.eval_dir) / REPORT
 
 
 @dataclasses.dataclass
@@ -291,10 +279,11 @@ def write_report(config: ReportConfig) -> Path:
     """Write the report of `config.eval_dir` (and `config.compare`); returns its path.
 
     Raises:
-        InputError: a folder or the page's path is wrong (`check_report_paths`), or an eval folder is
-            missing its files or predates the recorded frames.
+        InputError: an eval folder is missing its files or predates the recorded frames (whether the
+            folders exist and the page's path is writable is the caller's to check first, as
+            `vlm-vision report` does).
     """
-    path = check_report_paths(config)
+    path = report_path(config)
     ours = read_eval_folder(config.eval_dir)
     other = read_eval_folder(config.compare) if config.compare else None
     settings = ours.run.get("settings") or ours.metrics.get("settings") or {}
@@ -309,25 +298,3 @@ def write_report(config: ReportConfig) -> Path:
             "seconds": round(time.perf_counter() - started, 2)}
     write_atomic(path, render_report(data).encode("utf-8"))
     return path
-
-
-# ----- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`vlm-vision report EVAL_DIR [--compare OTHER] [--output PAGE] ...`."""
-    parser.add_argument("eval_dir", metavar="EVAL_DIR", help="a `vlm-vision eval` output folder")
-    parser.add_argument("--compare", metavar="OTHER_EVAL_DIR", help="a second eval folder: show where they disagree")
-    parser.add_argument("--output", metavar="PAGE", help="where to write the page (default: EVAL_DIR/report.html)")
-    parser.add_argument("--thumb-height", type=int, default=48, help="thumbnail height in pixels (default 48)")
-    parser.add_argument("--jpeg-quality", type=int, default=70, help="thumbnail JPEG quality, 1-95 (default 70)")
-    parser.add_argument("--page-size", type=int, default=50, help="questions per page (default 50)")
-    # (values are checked by ReportConfig; `config_from_flags` names the flag of a refused one)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the report; 0 on success (bad input raises `InputError`: exit 2)."""
-    path = write_report(config_from_flags(args, ReportConfig))
-    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0

@@ -34,7 +34,6 @@ batch's padding never changes an answer.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import io
@@ -46,20 +45,10 @@ from typing import Any
 
 from video.atomic_files import write_atomic
 from video.frame_scale import scale_label
-from vlm_vision.commands.errors import InputError
-from vlm_vision.commands.config_flags import add_config_arguments, config_from_flags
+from vlm_vision.errors import InputError
 from vlm_vision.evaluation.questions import summarize
-from vlm_vision.commands.input_checks import (
-    check_data_spec,
-    check_folder,
-    check_model_folder,
-    check_output_folder,
-    weights_errors,
-)
 
-__all__ = ["EvalConfig", "RESUME_HINT", "check_eval_inputs", "run_eval", "read_predictions"]
-
-RESUME_HINT = "run the same command again to continue (the questions already answered are kept)"
+__all__ = ["EvalConfig", "run_eval", "read_predictions"]
 
 logger = logging.getLogger("vlm_vision.eval")
 
@@ -95,7 +84,7 @@ class EvalConfig:
     """Token budget of one video; longer videos pool harder (default: the model's training setting)."""
     full_resolution_frames: bool = False
     """Send video frames from the decoder process at their own resolution and resize them afterwards, as
-    earlier versions did (default: the decoder process resizes them for the tower; see README)."""
+    earlier versions did (default: the decoder process resizes them for the tower; see docs/video.md)."""
     limit: int | None = None
     """Evaluate only the first N records."""
     max_new_tokens: int = 32
@@ -213,7 +202,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
 
     from vlm_vision.evaluation.model import load_eval_model, model_identity  # lazy: torch and transformers, for a run only
     from vlm_vision.evaluation.answers import answer_questions, read_questions  # lazy: as eval_model
-    from vlm_vision.commands.processes import barrier, resolve_device  # lazy: torch, for a run only
+    from vlm_vision.evaluation.processes import barrier, resolve_device  # lazy: torch, for a run only
 
     out = Path(config.output_dir)
     device, rank, processes = resolve_device(config.device)
@@ -364,40 +353,3 @@ def plot_categories(per_category: dict[str, dict[str, Any]], path: Path) -> Path
     plt.close(fig)
     write_atomic(path, png.getvalue())
     return path
-
-
-# ----- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `EvalConfig` field, built from the fields as `vlm-vision train`'s are."""
-    add_config_arguments(parser, EvalConfig)
-
-
-def check_eval_inputs(config: EvalConfig) -> None:
-    """Everything about `config` that can be checked before the model loads and the data is read.
-
-    Raises:
-        InputError: naming the flag and its value (model folder and the weights it names, data files,
-            media root, output folder).
-    """
-    check_output_folder(config.output_dir, "--output-dir")
-    check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
-    for path in config.data:
-        check_data_spec(path, "--data", mixtures=False, parquet=True)
-    check_model_folder(config.model, "--model")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision eval` from parsed flags; 0 on success.
-
-    Raises:
-        InputError: for missing or refused flags, a model folder or data that cannot be read, an
-            output folder that cannot be written, weights not on this machine.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = config_from_flags(args, EvalConfig)
-    check_eval_inputs(config)
-    with weights_errors({"--model": config.model}, what="model"):
-        run_eval(config)
-    return 0

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from projector.builders import projector_kind
 from projector.checkpoints import projector_state_dict
 from video.atomic_files import atomic_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.export.files import (
     FORMATS,
     ProcessorSettings,

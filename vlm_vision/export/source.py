@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.files import load_rows
 from vlm_vision.data.formats import BadSample, normalise
 from vlm_vision.data.files import Skipped

@@ -345,10 +345,18 @@ class VisionLanguageModel(nn.Module):
             tower: a `CLIPVisionTower`, or anything `CLIPVisionTower.from_pretrained` reads.
             projector: None for a fresh `projector_kind` projector, weights for `load_projector`
                 (`mm_projector.bin`, `.safetensors`, a state dict), or a built module.
-            image_token_id, video_token_id: placeholder ids (`VisionLanguageProcessor` gives them).
-            projector_kind, select_layer, select_feature, pool_stride, pool_mode, video_newline,
-                faster_token_stride, max_video_tokens: as named (the last two: SlowFast and the token budget).
-            dtype, device: where the assembled model lives.
+            image_token_id: the `<image>` placeholder id (`VisionLanguageProcessor` gives it).
+            video_token_id: the `<video>` placeholder id.
+            projector_kind: the projector to build when `projector` holds no module (`build_projector`).
+            select_layer: the tower's feature layer.
+            select_feature: "patch" or "cls_patch".
+            pool_stride: the videos' spatial pooling stride.
+            pool_mode: "average", "max" or "bilinear".
+            video_newline: the video newline layout ("no_token", "one_token", "frame", "grid").
+            dtype: the dtype of the assembled model.
+            device: where the assembled model lives.
+            faster_token_stride: SlowFast: every k-th frame at the fine stride (None: off).
+            max_video_tokens: the token budget per video (None: none).
         """
         if not isinstance(llm, nn.Module):
             llm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)

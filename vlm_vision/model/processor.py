@@ -56,7 +56,8 @@ class VisionLanguageProcessor:
         image_transform: callable images/frames -> float[T, 3, S, S] (`CLIPImageTransform`).
         num_frames: frames sampled from a video given as a path (fixed-count mode, `fps=None`).
         fps: sample about this many frames per second of video instead (LLaVA-Video: 1).
-        min_frames, max_frames: bounds on the frames of a path (LLaVA-Video: max 64).
+        min_frames: the fewest frames sampled from a path.
+        max_frames: the most frames sampled from a path (LLaVA-Video: 64).
         max_video_tokens: the model's token budget per video (`video.budget`); None: none.
         pool_stride: the model's spatial pooling stride for videos.
         pool_mode: the model's pooling mode (average/max need strides that divide the grid).
@@ -70,7 +71,8 @@ class VisionLanguageProcessor:
         image_grid_pinpoints: LLaVA-NeXT anyres canvases; when set, each image becomes a base crop
             plus tiles and its token count depends on its size (`vlm_vision.model.anyres`).
         anyres_convention: "transformers" or "llava" (see `vlm_vision.model.anyres`).
-        image_token, video_token: the placeholder strings.
+        image_token: the image placeholder string.
+        video_token: the video placeholder string.
         padding_side: "left" (for generation) or "right"; the tokenizer's own side when None.
 
     Example:

@@ -1,1 +1,1 @@
-"""Training: the loop and its parts (configuration, set-up, data order, loss, parameters, runtime, sharding, checkpoints, logs, skips, provenance), the run folder, CLIP fine-tuning."""
+"""Training: the loop and its parts (configuration, set-up, data order, loss, parameters, runtime, sharding, checkpoints, logs, skips, provenance), the run folder, CLIP fine-tuning, the data statistics of a run before it starts."""

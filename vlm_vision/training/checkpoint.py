@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from video.atomic_files import replace_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.training.runtime import deepspeed_kwargs
 from vlm_vision.training.sharded import save_optimizer_state
 

@@ -32,12 +32,9 @@ Shapes: B pairs, T frames, L tokens, D embedding width.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
-import shutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,20 +48,18 @@ from torch import nn
 from transformers import CLIPModel
 
 from vlm_vision.data.clip_pairs import PairDataset, pair_dataset, read_pairs, split_pairs
-from vlm_vision.commands.errors import InputError
-from vlm_vision.commands.config_flags import add_config_arguments, config_from_flags, flag
-from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
+from vlm_vision.errors import InputError
 from vlm_vision.model.contrastive import LogitScale, clip_loss
 from vlm_vision.data.files import Skipped
 from vlm_vision.training.checkpoint import load_trainable, save_trainable
 from vlm_vision.training.fit import FitSettings, Fitted, Job, MicroBatch, fit, shuffled_batches
 from vlm_vision.training.log import RunLog
 from vlm_vision.training.params import cosine_schedule
-from vlm_vision.training.skips import SkipCeiling, TooManySkipped
+from vlm_vision.training.skips import SkipCeiling
 from vlm_vision.model.transforms import CLIPImageTransform
 from vlm_vision.model.zero_shot import average_frame_embeddings, load_clip, projected_embeddings
 
-__all__ = ["ClipTrainConfig", "add_arguments", "check_clip_inputs", "retrieval_metrics", "run", "train"]
+__all__ = ["ClipTrainConfig", "config_problems", "retrieval_metrics", "train"]
 
 RECALL_AT = (1, 5, 10)
 
@@ -219,7 +214,10 @@ def train(config: ClipTrainConfig) -> dict[str, Any]:
         FileNotFoundError: for a missing data file or media root.
         ValueError: for bad settings, data with no usable pair, or a resume with changed settings.
     """
-    _check_config(config)
+    bad = config_problems(config)
+    if bad:
+        raise ValueError("; ".join(f"{name} must be {rule}, got {getattr(config, name)!r}"
+                                   for name, rule in bad.items()))
     settings = FitSettings(output_dir=Path(config.output_dir), max_steps=config.max_steps, seed=config.seed,
                            mixed_precision=config.mixed_precision, save_every=config.save_every,
                            keep_last=config.keep_last, resume=config.resume, resumable=RESUMABLE, replace_log=True,
@@ -314,7 +312,13 @@ def _config_json(config: ClipTrainConfig) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
 
-def _check_config(config: ClipTrainConfig) -> None:
+def config_problems(config: ClipTrainConfig) -> dict[str, str]:
+    """Each field of `config` that no run can use -> the rule it breaks (empty: every value is usable).
+
+    Example:
+        >>> config_problems(ClipTrainConfig("m", Path("d"), Path("m"), Path("o"), max_steps=0))
+        {'max_steps': 'positive'}
+    """
     bad = {name: "positive" for name in ("max_steps", "batch_size", "lr", "num_frames", "keep_last")
            if not getattr(config, name) > 0}
     if config.save_every < 0:
@@ -331,10 +335,7 @@ def _check_config(config: ClipTrainConfig) -> None:
         bad["warmup_ratio"] = "in [0, 1)"
     if config.mixed_precision not in ("no", "bf16", "fp16"):
         bad["mixed_precision"] = "'no', 'bf16' or 'fp16'"
-    if bad:
-        raise InputError("bad value" if len(bad) == 1 else "bad values",
-                         " ".join(f"{flag(name)} {getattr(config, name)}" for name in bad),
-                         "; ".join(f"{name} must be {rule}" for name, rule in bad.items()))
+    return bad
 
 
 def _check_launch(accelerator: Accelerator) -> None:
@@ -386,59 +387,3 @@ def _processor_config(transform: CLIPImageTransform) -> dict[str, Any]:
         "do_normalize": True, "image_mean": list(transform.mean), "image_std": list(transform.std),
         "do_convert_rgb": True,
     }
-
-
-# --- CLI --------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `ClipTrainConfig` field, in field order (help from the field docstrings)."""
-    add_config_arguments(parser, ClipTrainConfig, {name: (Path, "PATH") for name in ("data", "media_root", "output_dir")})
-
-
-def check_clip_inputs(config: ClipTrainConfig) -> None:
-    """Everything about `config` that can be checked before CLIP loads and the data is read.
-
-    Raises:
-        InputError: naming the flag and its value (settings, data file, media root, output folder, weights).
-    """
-    _check_config(config)
-    check_output_folder(config.output_dir, "--output-dir")
-    check_folder(config.media_root, "--media-root", "an existing folder that the data's media paths are relative to")
-    check_data_spec(config.data, "--data", mixtures=False)
-    check_weights(config.model, "--model", what="CLIP weights")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `vlm-vision clip-train`; 0 on success, 2 for mostly bad data (the reason on stderr).
-
-    Raises:
-        InputError: for missing or refused flags, inputs that do not exist or cannot be read, an
-            output folder that cannot be written, weights not on this machine.
-    """
-    config = config_from_flags(args, ClipTrainConfig)
-    check_clip_inputs(config)
-    out = Path(config.output_dir)
-    created = not out.exists()
-    try:
-        with weights_errors({"--model": config.model}, what="CLIP weights"):
-            metrics = train(config)
-    except TooManySkipped as e:
-        print(f"vlm-vision clip-train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # nothing to resume from: a folder this run created is half-written, remove it
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    print(_summary(metrics, out))
-    return 0
-
-
-def _summary(metrics: dict[str, Any], out: Path) -> str:
-    lines = [f"trained {metrics['steps']} steps on {metrics['num_train']} pairs "
-             f"(loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}); "
-             f"skipped {metrics['skipped']} bad samples"]
-    if metrics["before"] and metrics["after"] and metrics["after"].get("num_pairs"):
-        for key in (k for k in metrics["after"] if "recall" in k):
-            lines.append(f"  {key}: {metrics['before'][key]:.3f} -> {metrics['after'][key]:.3f}")
-    lines.append(f"saved to {out} (metrics.json)")
-    return "\n".join(lines)

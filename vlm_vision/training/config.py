@@ -90,7 +90,7 @@ class TrainConfig:
     """Token budget of one video: frames pool at up to twice `pool_stride` to fit it (`video.budget`)."""
     full_resolution_frames: bool = False
     """Send raw videos' frames from the decoder process at their own resolution and resize them afterwards,
-    as earlier versions did (default: the decoder process resizes them for the tower; see README)."""
+    as earlier versions did (default: the decoder process resizes them for the tower; see docs/video.md)."""
     faster_token_stride: int | None = None
     """SlowFast (LLaVA-Video's add_faster_video): every k-th frame at `pool_stride`, the others at twice it,
     each frame followed by a learned `faster_token` (trained in both stages). None: off."""

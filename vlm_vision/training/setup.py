@@ -29,7 +29,7 @@ from torch import nn
 
 from video import VideoDecodeError, load_video_tokens
 from video.budget import sampled_frame_count
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.anyres import anyres_pixel_values
 from vlm_vision.model.anyres_grid import anyres_num_tokens
 from vlm_vision.data.files import Skipped

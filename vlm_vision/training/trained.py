@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from projector import build_projector, load_projector, save_projector
 from video.atomic_files import atomic_dir
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.processor import VisionLanguageProcessor
 from vlm_vision.model.tower import CLIPVisionTower
@@ -330,9 +330,11 @@ def load_trained(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
 
     Args:
         path: a `final/` or `checkpoint-STEP/` folder written by `vlm_vision.train`, or a merged export.
-        dtype, device: where the model lives (default: as loaded, on the CPU).
+        dtype: the model's dtype (default: as loaded).
+        device: where the model lives (default: the CPU).
         merge: fold the LoRA adapter into the LLM's weights (`merge_and_unload`).
-        llm, tower: override where the base LLM / tower are read from (when they moved).
+        llm: read the base LLM from here instead of the folder's record (when it moved).
+        tower: read the tower from here instead of the folder's record (when it moved).
 
     Returns:
         (model, processor): a `VisionLanguageModel` in eval mode and its `VisionLanguageProcessor`.

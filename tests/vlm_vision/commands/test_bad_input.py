@@ -509,7 +509,7 @@ def test_a_hub_id_not_in_the_cache_while_offline(inputs, capsys):
 def test_a_loader_error_about_the_weights_becomes_the_weights_message():
     """Online, a Hub id that does not exist reaches transformers; its OSError (which, without a network,
     does not even name the id) becomes the same message, found from the failing call's arguments."""
-    from vlm_vision.commands.errors import InputError
+    from vlm_vision.errors import InputError
     from vlm_vision.commands.input_checks import weights_errors
 
     def load(name_or_path):  # as transformers' loaders fail without a network
@@ -546,7 +546,7 @@ def test_under_torchrun_every_process_exits_2_and_the_line_is_printed_once(input
 
 def test_one_bad_line_of_json_lines_is_a_skipped_record_not_a_bad_file(tmp_path):
     """The sniff refuses a file of which no line is JSON, never one whose first line alone is broken."""
-    from vlm_vision.commands.errors import InputError
+    from vlm_vision.errors import InputError
     from vlm_vision.commands.input_checks import check_data_spec
 
     good = json.dumps({"id": "a", "conversations": []})

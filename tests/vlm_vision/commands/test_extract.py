@@ -59,6 +59,26 @@ def outputs(out: pathlib.Path) -> dict[str, float]:
 
 # ----- the command ------------------------------------------------------------------------------
 
+def test_flags_default_to_the_settings_defaults():
+    """Every `ExtractSettings` field is a flag, with the field's default and choices (written once, there)."""
+    import argparse
+    import dataclasses
+
+    from video.corpus.settings import ExtractSettings
+    from vlm_vision.commands.extract import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["video.mp4", "--out", "out"])
+    assert settings_from_args(args) == ExtractSettings()
+    actions = {a.dest: a for a in parser._actions}
+    for field in dataclasses.fields(ExtractSettings):
+        assert parser.get_default(field.name) == field.default, field.name
+        assert actions[field.name].choices == field.metadata.get("choices"), field.name
+    assert settings_from_args(parser.parse_args(["v.mp4", "--out", "o", "--fps", "2", "--preview", "--workers", "0"])
+                              ) == ExtractSettings(fps=2.0, preview=True, workers=0)
+
+
 def test_tokens_equal_the_library_call(capsys, tmp_path, tiny_model, videos):
     out = tmp_path / "out"
     code, stdout, _ = extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 5,
@@ -159,10 +179,9 @@ def test_workers_do_not_change_the_tokens(capsys, tmp_path, tiny_model, videos):
 
 def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_path, tiny_model, videos):
     """The GPU layout (uint8 frames to the tower, preprocessed there) gives the CPU layout's tokens."""
-    import argparse
-
     from video.corpus.decode_jobs import DecodeJobs
     from video.corpus.encode import encode_and_save
+    from video.corpus.settings import ExtractSettings
 
     tower = CLIPVisionTower.from_pretrained(tiny_model)
     kwargs = {"num_frames": 4, "fps": None, "max_frames": None, "sampling": "exact"}
@@ -170,11 +189,10 @@ def test_frames_preprocessed_on_the_tower_device_match_worker_preprocessing(tmp_
     as_uint8 = DecodeJobs([videos / "a.mp4"], load_kwargs=kwargs, transform=None)[0]
     assert in_worker.pixels is not None and in_worker.clip.frames.numel() == 0
     assert as_uint8.pixels is None and as_uint8.clip.frames.dtype == torch.uint8
-    args = argparse.Namespace(pool_stride=2, pool_mode="average", batch_size=None, random_weights=False,
-                              sampling="exact")
+    config = ExtractSettings(num_frames=4, pool_stride=2, pool_mode="average", sampling="exact")
     settings = {"num_frames": 4, "fps": None}
     for name, item in (("worker", in_worker), ("device", as_uint8)):
-        encode_and_save(item, videos / "a.mp4", tmp_path / f"{name}.safetensors", tower, args, "tiny", settings)
+        encode_and_save(item, videos / "a.mp4", tmp_path / f"{name}.safetensors", tower, config, "tiny", settings)
     assert torch.equal(load_video_tokens(tmp_path / "worker.safetensors").tokens,
                        load_video_tokens(tmp_path / "device.safetensors").tokens)
 

@@ -35,7 +35,7 @@ def test_version_is_the_installed_package_version(capsys):
 
 
 def test_input_error_is_one_line_and_exit_2(monkeypatch, capsys):
-    from vlm_vision.commands.errors import InputError
+    from vlm_vision.errors import InputError
 
     class Failing:
         @staticmethod

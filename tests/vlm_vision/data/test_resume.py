@@ -7,7 +7,7 @@ import pytest
 from tests.vlm_vision.training.test_loop import config
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import train
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 
 @pytest.mark.slow

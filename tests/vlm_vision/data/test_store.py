@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.files import load_rows
 from vlm_vision.data.resume import check_data_files
 from vlm_vision.data.scan import LazyRecords

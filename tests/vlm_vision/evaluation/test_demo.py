@@ -19,7 +19,7 @@ import pytest
 
 from tests.vlm_vision.browser import artifacts, browser_page
 from tests.vlm_vision.eval_fixtures import COLOUR_QUESTION, trained_colour_model
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.commands.demo import BUNDLED, DemoConfig, _video_dirs
 from vlm_vision.evaluation.demo_model import Sampling
 

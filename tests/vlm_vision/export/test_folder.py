@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from tests.vlm_vision.train_fixtures import QUESTION, write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision import TrainConfig, train
 from vlm_vision.commands.main import main
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.evaluation.model import load_eval_model
 from vlm_vision.export.folder import ExportSettings, export_model
 from vlm_vision.export.files import ProcessorSettings, processor_files, typed_parts_template

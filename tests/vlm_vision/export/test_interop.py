@@ -9,7 +9,7 @@ with `apply_chat_template`, and processes raw frames of real videos (already sam
 - transformers' `pixel_values_videos` are within one grey level of ours on the same frames;
 - given identical pixel values, the next-token logits agree within 1e-4 (fp32);
 - the greedy answers (each side on its own pixel values) are the same;
-- the README's "without our code" snippet runs there as written.
+- the manual's "without our code" snippet (docs/export.md) runs there as written.
 
 The environment is found at `VLM_VISION_INTEROP_PYTHON` or `REPO/.venv-interop/bin/python`. In CI
 (`CI=true`) a missing one fails the test; elsewhere the test is skipped, saying how to build it.
@@ -18,7 +18,6 @@ The environment is found at `VLM_VISION_INTEROP_PYTHON` or `REPO/.venv-interop/b
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.doc_blocks import interop_blocks
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from video.decode import load_video
 from vlm_vision import TrainConfig, train
@@ -114,16 +114,16 @@ def test_transformers_alone_answers_as_load_trained(python, trained, tmp_path):
         assert theirs["answer"].tolist() == answer.tolist(), (key, processor.batch_decode(answer))
 
 
-def readme_interop_blocks() -> list[str]:
-    """The README's ```python interop blocks (run in the interop environment, not in ours)."""
-    return re.findall(r"```python interop\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+def docs_interop_blocks() -> list[str]:
+    """docs/export.md's ``` {.python .interop} blocks (run in the interop environment, not in ours)."""
+    return interop_blocks((REPO / "docs" / "export.md").read_text())
 
 
 @pytest.mark.slow
-def test_readme_snippet_runs_with_transformers_alone(python, trained, tmp_path):
-    """The README's "without our code" snippet, as written, on the export at runs/export."""
-    blocks = readme_interop_blocks()
-    assert len(blocks) == 1, "the README's 'without our code' section lost its transformers snippet"
+def test_docs_snippet_runs_with_transformers_alone(python, trained, tmp_path):
+    """The manual's "without our code" snippet (docs/export.md), as written, on the export at runs/export."""
+    blocks = docs_interop_blocks()
+    assert len(blocks) == 1, "docs/export.md lost its transformers snippet"
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "export").symlink_to(trained["export"])
     (tmp_path / "tests").mkdir()

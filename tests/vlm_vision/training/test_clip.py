@@ -13,7 +13,7 @@ from transformers import CLIPModel
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from vlm_vision.commands.main import main
 from vlm_vision.data.clip_pairs import Pair, read_pairs, split_pairs
-from vlm_vision.training.clip import retrieval_metrics
+from vlm_vision.training.clip import ClipTrainConfig, config_problems, retrieval_metrics, train
 from vlm_vision.model.zero_shot import ZeroShotClassifier
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30),
@@ -105,13 +105,6 @@ def test_bf16_mixed_precision_trains_float32_weights(colours, tmp_path):
     assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float32}
 
 
-def test_bad_schedule_settings_are_refused(colours, tmp_path, capsys):
-    rc = main(["clip-train", "--model", str(colours["model"]), "--data", str(colours["data"]),
-               "--media-root", str(colours["media"]), "--output-dir", str(tmp_path / "x"), "--warmup-ratio", "1.5"])
-    assert rc == 2
-    assert "bad value (--warmup-ratio 1.5): warmup_ratio must be in [0, 1)" in capsys.readouterr().err
-
-
 def _bad_sample_lines(tmp_path: pathlib.Path) -> list[str]:
     """6 good pairs, then 6 bad ones: a missing file, a corrupt image and video, no caption, two kinds, bad JSON."""
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
@@ -189,17 +182,15 @@ def test_video_text_pairs_train(colours, tmp_path):
     assert metrics["skipped"] == 0 and metrics["num_eval"] == 2 and metrics["after"]["num_pairs"] == 2
 
 
-def test_cli_reports_bad_input(colours, tmp_path, capsys):
-    args = ["clip-train", "--model", str(colours["model"]), "--media-root", str(colours["media"]),
-            "--output-dir", str(tmp_path / "out")]
-    assert main([*args, "--data", str(tmp_path / "missing.jsonl")]) == 2
-    assert "missing.jsonl" in capsys.readouterr().err
-    assert main([*args, "--data", str(colours["data"]), "--max-steps", "0"]) == 2
-    err = capsys.readouterr().err
-    assert "bad value (--max-steps 0): max_steps must be positive" in err and "Traceback" not in err
-    assert main([*args, "--data", str(colours["data"]), "--eval-fraction", "1.0"]) == 2
-    assert "eval_fraction must be in [0, 1)" in capsys.readouterr().err
+def test_unusable_settings_are_named_by_field(colours, tmp_path):
+    config = ClipTrainConfig(str(colours["model"]), colours["data"], colours["media"], tmp_path / "out", max_steps=0,
+                             warmup_ratio=1.5, lr_schedule="linear")
+    assert config_problems(config) == {"max_steps": "positive", "lr_schedule": "'cosine' or 'constant'",
+                                       "warmup_ratio": "in [0, 1)"}
+    with pytest.raises(ValueError, match=r"max_steps must be positive, got 0; lr_schedule .* warmup_ratio"):
+        train(config)
     assert not (tmp_path / "out").exists()
+    assert config_problems(ClipTrainConfig(str(colours["model"]), colours["data"], colours["media"], tmp_path)) == {}
 
 
 def test_read_pairs_json_list_and_split(colours, tmp_path):

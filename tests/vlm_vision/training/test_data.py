@@ -9,7 +9,7 @@ import torch
 from tokenizers import AddedToken
 
 from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colour_video
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.data.formats import BadSample, parse_record
 from vlm_vision.training.data import ConversationDataset, Example, pad_batch

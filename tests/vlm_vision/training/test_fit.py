@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 from vlm_vision.data.files import Skipped
 from vlm_vision.training.checkpoint import load_trainable, save_trainable
 from vlm_vision.training.clip import ClipTrainConfig

@@ -111,8 +111,9 @@ def test_stage1_stage2_with_time_markers_instruction_and_slowfast(tmp_path):
 def test_eval_and_train_flags_take_the_sampling_and_budget_settings():
     import argparse
 
-    from vlm_vision.evaluation.run import EvalConfig, add_arguments
+    from vlm_vision.commands.eval import add_arguments
     from vlm_vision.commands.train import add_arguments as train_arguments
+    from vlm_vision.evaluation.run import EvalConfig
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

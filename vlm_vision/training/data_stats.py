@@ -1,4 +1,4 @@
-"""`vlm-vision data-stats DATA`: what a training run would make of a data spec, before the run.
+"""What a training run would make of a data spec, before the run (`vlm-vision data-stats DATA`).
 
     vlm-vision data-stats mixture.yaml --llm LLM --tower TOWER --num-frames 32 --max-length 8192
 
@@ -11,21 +11,19 @@ No LLM weights are loaded: the tokenizer and the tower's shape are all the scan 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from video.atomic_files import write_atomic
-from vlm_vision.commands.errors import InputError
-from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors
+from vlm_vision.errors import InputError
 
-__all__ = ["DataStatsSettings", "add_arguments", "check_data_stats_inputs", "data_stats", "histogram_png", "run"]
+__all__ = ["DataStatsSettings", "data_stats", "histogram_png", "summary"]
 
 KIND_NAMES = {0: "text", 1: "image", 2: "video"}
 
@@ -47,53 +45,6 @@ class DataStatsSettings:
     seed: int = 0
     workers: int = 1
     bins: int = 40
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `vlm-vision data-stats`."""
-    parser.add_argument("data", help="a .json/.jsonl file, a prefix{a,b}.json pattern or a LLaVA-NeXT .yaml mixture")
-    parser.add_argument("--llm", required=True, help="the LLM (its tokenizer and context) as `train --llm`")
-    parser.add_argument("--tower", required=True, help="the vision tower as `train --tower` (its token grid)")
-    parser.add_argument("--output-dir", default="data-stats",
-                        help="stats, picture and the scan cache (`data-scan/`); a run's --output-dir shares the cache")
-    parser.add_argument("--num-frames", type=int, default=32, help="frames per raw video, as `train --num-frames`")
-    parser.add_argument("--max-length", type=int, default=None, help="as `train --max-length` (default: LLM context)")
-    parser.add_argument("--pool-stride", type=int, default=2, help="as `train --pool-stride`")
-    for name in ("media-root", "image-folder", "video-folder"):
-        parser.add_argument(f"--{name}", default=None, help=f"as `train --{name}`")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a mixture's random:N sampling")
-    parser.add_argument("--workers", type=int, default=1, help="processes that share the scan")
-    parser.add_argument("--bins", type=int, default=40, help="bars of the token-length histogram")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Scan, print the summary, write `data_stats.json` and `token_lengths.png`; 0 on success."""
-    settings = DataStatsSettings(**{f.name: getattr(args, f.name) for f in fields(DataStatsSettings)})
-    check_data_stats_inputs(settings)
-    with weights_errors({"--llm": settings.llm}, "LLM weights"), weights_errors({"--tower": settings.tower},
-                                                                                 "tower weights"):
-        stats = data_stats(settings)
-    print(summary(stats))
-    return 0
-
-
-def check_data_stats_inputs(settings: DataStatsSettings) -> None:
-    """Everything that can be checked before the tokenizer and the tower load and the data is scanned.
-
-    Raises:
-        InputError: naming the flag and its value (numbers, output folder, media folders, data files, weights).
-    """
-    for name in ("num_frames", "max_length", "pool_stride", "workers", "bins"):
-        value = getattr(settings, name)
-        if value is not None and value < 1:
-            raise InputError("not a positive number", f"--{name.replace('_', '-')} {value}", "a positive int")
-    check_output_folder(settings.output_dir, "--output-dir")
-    for path, flag in ((settings.media_root, "--media-root"), (settings.image_folder, "--image-folder"),
-                       (settings.video_folder, "--video-folder")):
-        check_folder(path, flag, "an existing folder that the data's media paths are relative to")
-    check_data_spec(settings.data, "DATA")
-    check_weights(settings.llm, "--llm", what="LLM weights")
-    check_weights(settings.tower, "--tower", what="tower weights")
 
 
 def _visual(settings: DataStatsSettings) -> tuple[Any, Any, int, str]:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from vlm_vision.commands.errors import InputError
+from vlm_vision.errors import InputError
 
 __all__ = ["barrier", "resolve_device"]
 

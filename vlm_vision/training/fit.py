@@ -36,8 +36,8 @@ from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlm_vision.errors import InputError
 from vlm_vision.data.files import Skipped
+from vlm_vision.errors import InputError
 from vlm_vision.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.training.log import RunLog
 from vlm_vision.training.loss import step_loss_scale

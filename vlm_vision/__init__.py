@@ -32,8 +32,8 @@ _EXPORTS: dict[str, str] = {
     "clip_loss": "vlm_vision.model.contrastive",
     "TrainConfig": "vlm_vision.training.config",
     "train": "vlm_vision.training.loop",
-    "load_trained": "vlm_vision.training.trained",
-    "merge_trained": "vlm_vision.training.trained",
+    "load_trained": "vlm_vision.model.run_folder",
+    "merge_trained": "vlm_vision.model.run_folder",
     "ExportSettings": "vlm_vision.export.folder",
     "export_model": "vlm_vision.export.folder",
     "EvalConfig": "vlm_vision.evaluation.run",
@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.model.zero_shot import ZeroShotClassifier  # noqa: F401
     from vlm_vision.training.config import TrainConfig  # noqa: F401
     from vlm_vision.training.loop import train  # noqa: F401
-    from vlm_vision.training.trained import load_trained, merge_trained  # noqa: F401
+    from vlm_vision.model.run_folder import load_trained, merge_trained  # noqa: F401
     from vlm_vision.evaluation.run import EvalConfig, run_eval  # noqa: F401
     from vlm_vision.evaluation.answers import answer_questions  # noqa: F401
     from vlm_vision.evaluation.model import load_eval_model  # noqa: F401

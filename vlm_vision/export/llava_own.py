@@ -21,7 +21,7 @@ from vlm_vision.model.configs import hub_config
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.llava_checkpoint import LLAVA_DEFAULTS, llava_checkpoint_parts
 from vlm_vision.model.processor import VisionLanguageProcessor
-from vlm_vision.training.trained import load_tokenizer
+from vlm_vision.model.llm import load_tokenizer
 
 __all__ = ["grow_embeddings", "is_llava_own", "llava_own_config", "load_llava_own"]
 

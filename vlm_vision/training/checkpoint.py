@@ -23,7 +23,7 @@ from vlm_vision.errors import InputError
 from vlm_vision.training.config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.training.runtime import deepspeed_kwargs
 from vlm_vision.training.sharded import FrozenParts, save_optimizer_state, whole_state
-from vlm_vision.training.trained import TrainedSpec, save_trained
+from vlm_vision.model.run_folder import TrainedSpec, save_trained
 
 __all__ = ["check_resumable", "latest_checkpoint", "prune_checkpoints", "read_state", "save_checkpoint"]
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from video.atomic_files import atomic_dir
 from vlm_vision.errors import InputError
-from vlm_vision.data.conversation_tokens import padding_id
+from vlm_vision.model.llm import padding_id
 from vlm_vision.evaluation.answers import eval_questions, question_accuracy
 from vlm_vision.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from vlm_vision.training.config import TrainConfig
@@ -51,7 +51,7 @@ from vlm_vision.training.runtime import (
 )
 from vlm_vision.training.setup import setup
 from vlm_vision.training.sharded import frozen_parts, load_optimizer_state, shard_model, whole_state
-from vlm_vision.training.trained import load_trained_weights, save_trained
+from vlm_vision.model.run_folder import load_trained_weights, save_trained
 
 __all__ = ["train"]
 
@@ -60,7 +60,7 @@ def train(config: TrainConfig) -> Path:
     """Run one training stage and return its `final/` folder.
 
     Writes into `config.output_dir`: `log.jsonl`, `skipped.jsonl`, `checkpoint-STEP/` every
-    `save_every` steps (the last `keep_last` kept), `final/` (see `vlm_vision.training.trained`) and
+    `save_every` steps (the last `keep_last` kept), `final/` (see `vlm_vision.model.run_folder`) and
     `loss.png`. Launch on several GPUs or machines with `accelerate launch`.
 
     Raises:

@@ -26,12 +26,10 @@ from safetensors import safe_open
 
 from video.extract import read_metadata
 from video.provenance import describe_differences, differences, weights_fingerprint
+from video.tower_pooling import DTYPES
 from vlm_vision.data.formats import Record
 
 __all__ = ["ForeignTokens", "check_cached_tokens", "expected_settings"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class ForeignTokens(ValueError):
     """Cached tokens made with other weights or settings than this run's."""
@@ -85,7 +83,7 @@ def check_cached_tokens(records: Iterable[Record], tower: torch.nn.Module, *, nu
         if "weights_fingerprint" in recorded:
             dtype = recorded.get("dtype", "float32")
             if dtype not in fingerprints:
-                fingerprints[dtype] = weights_fingerprint(tower, loaded_dtype=_DTYPES.get(dtype))
+                fingerprints[dtype] = weights_fingerprint(tower, loaded_dtype=DTYPES.get(dtype))
             differ.update(differences(recorded, {"weights_fingerprint": fingerprints[dtype]}))
         elif not recorded.get("random_weights"):
             unchecked += 1

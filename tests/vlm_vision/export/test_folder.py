@@ -24,7 +24,7 @@ from vlm_vision.evaluation.model import load_eval_model
 from vlm_vision.export.folder import ExportSettings, export_model
 from vlm_vision.export.files import ProcessorSettings, processor_files, typed_parts_template
 from vlm_vision.model.llava_checkpoint import llava_checkpoint_parts
-from vlm_vision.training.trained import load_trained
+from vlm_vision.model.run_folder import load_trained
 from vlm_vision.model.video_prompt import time_instruction
 
 FRAMES = 4
@@ -225,7 +225,7 @@ def test_cli_refuses_bad_input_in_one_line(run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_merged_model_exports_as_its_run_does(run, tmp_path):
-    from vlm_vision.training.trained import merge_trained
+    from vlm_vision.model.run_folder import merge_trained
 
     merged = merge_trained(run["final"], tmp_path / "merged")
     folders = [export_model(ExportSettings(run=str(source), out=str(tmp_path / name)))

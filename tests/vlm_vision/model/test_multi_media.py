@@ -16,7 +16,7 @@ from tests.vlm_vision.train_fixtures import COLOURS, write_colour_video, write_l
 from vlm_vision.model.anyres_grid import BASE_RESOLUTION
 from vlm_vision.data.formats import parse_record
 from vlm_vision.data.record_tokens import VisualSpec, visual_counts
-from vlm_vision.training.data import Example
+from vlm_vision.data.examples import Example
 from vlm_vision.training.loss import model_inputs
 
 

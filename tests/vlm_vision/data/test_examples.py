@@ -1,4 +1,4 @@
-"""Training data: parsing LLaVA records, chat-template labels, placeholder expansion, bad samples."""
+"""Examples of training data: parsing LLaVA records, chat-template labels, placeholder expansion, bad samples."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colo
 from vlm_vision.errors import InputError
 from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.data.formats import BadSample, parse_record
-from vlm_vision.training.data import ConversationDataset, Example, pad_batch
+from vlm_vision.data.examples import ConversationDataset, Example, pad_batch
 from vlm_vision.data.files import Skipped, read_records
 from vlm_vision.data.record_tokens import VisualSpec, expand_placeholder, fit_length, scan_records
 from vlm_vision.data.conversation_tokens import tokenize_conversation

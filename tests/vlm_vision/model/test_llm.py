@@ -1,10 +1,12 @@
-"""padding_id: the pad token, else the end-of-sequence token, else a clear error."""
+"""The base LLM's helpers: padding_id (the pad token, else the end-of-sequence token, else a clear error) and
+takes_logits_to_keep (read off the forward's signature)."""
 
 from types import SimpleNamespace
 
 import pytest
+from torch import nn
 
-from vlm_vision.data.conversation_tokens import padding_id
+from vlm_vision.model.llm import padding_id, takes_logits_to_keep
 
 
 def test_pad_token_first_then_eos():
@@ -16,3 +18,11 @@ def test_pad_token_first_then_eos():
 def test_neither_is_an_error():
     with pytest.raises(ValueError, match="neither a pad nor an eos token"):
         padding_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+
+
+def test_llms_without_logits_to_keep_get_the_plain_call():
+    class Plain(nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None, labels=None):
+            return None
+
+    assert not takes_logits_to_keep(Plain())

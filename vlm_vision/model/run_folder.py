@@ -34,14 +34,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from projector import build_projector, load_projector, save_projector
 from video.atomic_files import atomic_dir
 from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
+from vlm_vision.model.llm import load_llm, load_tokenizer
 from vlm_vision.model.processor import VisionLanguageProcessor
 from vlm_vision.model.tower import CLIPVisionTower
+
+__all__ = ["CONFIG_NAME", "FASTER_FILE", "NEWLINE_FILE", "NEW_TOKENS_FILE", "PROJECTOR_FILE", "TrainedSpec",
+           "absolute_if_local", "build_base", "load_trained", "load_trained_weights", "merge_trained", "save_trained",
+           "set_token_rows", "token_rows"]
 
 FORMAT = "vlm-vision/trained/v1"
 CONFIG_NAME = "vlm_config.json"
@@ -49,7 +53,6 @@ PROJECTOR_FILE = "projector.safetensors"
 NEWLINE_FILE = "image_newline.safetensors"
 FASTER_FILE = "faster_token.safetensors"
 NEW_TOKENS_FILE = "new_tokens.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclasses.dataclass
@@ -120,27 +123,7 @@ class TrainedSpec:
         return str(folder / name[2:]) if name.startswith("./") else name
 
 
-# ----- loading the base parts ---------------------------------------------------------------------
-
-
-def _gguf_split(name_or_path: str) -> tuple[str, dict[str, str]]:
-    # A `.gguf` file is loaded by transformers from its folder with `gguf_file=`.
-    path = Path(name_or_path)
-    if path.suffix == ".gguf":
-        return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
-
-
-def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Module:
-    """A transformers causal LM from a Hub id, a folder, or a `.gguf` file (dequantised)."""
-    where, extra = _gguf_split(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """The fast tokenizer of a Hub id, a folder, or a `.gguf` file."""
-    where, extra = _gguf_split(name_or_path)
-    return AutoTokenizer.from_pretrained(where, **extra)
+# ----- paths the config records -------------------------------------------------------------------
 
 
 def absolute_if_local(name_or_path: str) -> str:

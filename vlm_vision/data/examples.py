@@ -1,4 +1,7 @@
-"""Training data: LLaVA records -> `Example`s (token ids, labels, media) and padded batches.
+"""LLaVA records -> `Example`s (token ids, labels, media), and padded batches of them.
+
+Training reads its data through `ConversationDataset`; evaluation builds `Example`s of its own
+(a prompt and one option) and pads them with the same `pad_batch`.
 
 A record is LLaVA's format: `{"id", "video" | "image", "conversations": [{"from": "human" | "gpt",
 "value": ...}, ...]}`, the media placeholder (`<video>` or `<image>`) inside a human turn, the media

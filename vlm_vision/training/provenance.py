@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from video.extract import read_metadata
+from video.extract import read_token_header
 from video.provenance import describe_differences, differences, weights_fingerprint
 from video.tower_pooling import DTYPES
 from vlm_vision.data.formats import Record
@@ -110,8 +109,7 @@ def check_cached_tokens(records: Iterable[Record], tower: torch.nn.Module, *, nu
 
 def _recorded(path: str) -> dict[str, Any]:
     """A token file's metadata, with `frames` (T, from the tensor's shape) added."""
-    recorded = read_metadata(path)
-    with safe_open(path, framework="pt") as f:
-        recorded["frames"] = int(f.get_slice("tokens").get_shape()[0])
+    header = read_token_header(path)
+    recorded = {**header.metadata, "frames": int(header.shape[0])}
     recorded.setdefault("fps", None)  # a library-written file: uniform sampling
     return recorded

@@ -439,13 +439,13 @@ def test_a_video_added_to_a_folder_renames_nothing(capsys, tmp_path, tiny_model,
 
 
 def test_outputs_record_their_source_and_settings(capsys, tmp_path, tiny_model, videos):
-    from video.extract import read_metadata
+    from video.extract import read_token_header
     from video.provenance import source_fingerprint
 
     out = tmp_path / "out"
     assert extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 2,
                    "--workers", 0)[0] == 0
-    meta = read_metadata(out / "a.safetensors")
+    meta = read_token_header(out / "a.safetensors").metadata
     stat = (videos / "a.mp4").stat()
     assert meta["source_path"] == str((videos / "a.mp4").resolve()) and meta["source_size"] == stat.st_size
     assert meta["source_mtime_ns"] == stat.st_mtime_ns

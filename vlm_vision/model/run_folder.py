@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from projector import build_projector, load_projector, save_projector
+from projector.weight_files import read_weight_file
 from video.atomic_files import atomic_dir
 from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
@@ -281,15 +282,15 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
     folder = Path(folder)
     load_projector(model.projector, folder / PROJECTOR_FILE)
     with torch.no_grad():
-        model.image_newline.copy_(load_file(str(folder / NEWLINE_FILE))["image_newline"])
+        model.image_newline.copy_(read_weight_file(folder / NEWLINE_FILE)["image_newline"])
         if model.faster_token is not None:
             if not (folder / FASTER_FILE).is_file():
                 raise FileNotFoundError(f"{folder} was trained with SlowFast (faster_token_stride "
                                         f"{spec.faster_token_stride}) but has no {FASTER_FILE}")
-            model.faster_token.copy_(load_file(str(folder / FASTER_FILE))["faster_token"])
+            model.faster_token.copy_(read_weight_file(folder / FASTER_FILE)["faster_token"])
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     if spec.new_token_ids:
-        rows = load_file(str(folder / NEW_TOKENS_FILE))
+        rows = read_weight_file(folder / NEW_TOKENS_FILE)
         set_token_rows(base, rows)
         if getattr(model, "new_token_rows", None) is not None:  # training them (resuming a run)
             model.new_token_rows.load(rows)
@@ -298,7 +299,7 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
 
         if hasattr(model.llm, "peft_config"):
             # An adapter is already attached (resuming a run): load its weights in place.
-            result = set_peft_model_state_dict(model.llm, load_file(str(folder / "adapter_model.safetensors")))
+            result = set_peft_model_state_dict(model.llm, read_weight_file(folder / "adapter_model.safetensors"))
             if result.unexpected_keys:
                 raise ValueError(f"{folder}: adapter weights not in the model: {result.unexpected_keys[:4]}")
         else:

@@ -29,7 +29,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.model.anyres import BASE_RESOLUTION
 from vlm_vision.data.formats import CACHED_SUFFIX, BadSample, Record
 from vlm_vision.data.files import Skipped
 from vlm_vision.model.placeholders import IGNORE_INDEX

@@ -17,9 +17,8 @@ from typing import Any
 from torch import nn
 
 from vlm_vision.errors import InputError
-from vlm_vision.data.files import load_rows
+from vlm_vision.data.files import Skipped, load_rows
 from vlm_vision.data.formats import BadSample, normalise
-from vlm_vision.data.files import Skipped
 from vlm_vision.evaluation.model import TRANSFORMERS_KINDS, load_eval_model
 from vlm_vision.export.llava_own import is_llava_own, llava_own_config, load_llava_own
 from vlm_vision.model.interchange import saved_video_processor

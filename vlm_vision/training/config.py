@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from video.pooling import POOL_MODES
-from vlm_vision.model.anyres_grid import CONVENTIONS
+from vlm_vision.model.anyres import CONVENTIONS
 from video.tower_pooling import DTYPES
 from vlm_vision.model.video_tokens import VIDEO_NEWLINES
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.model.anyres import BASE_RESOLUTION
 from vlm_vision.model.fusion_steps import encode_videos, mask_labels
 from vlm_vision.model.llm import takes_logits_to_keep
 from vlm_vision.model.placeholders import IGNORE_INDEX

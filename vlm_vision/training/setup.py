@@ -30,8 +30,7 @@ from torch import nn
 from video import VideoDecodeError, load_video_tokens
 from video.budget import sampled_frame_count
 from vlm_vision.errors import InputError
-from vlm_vision.model.anyres import anyres_pixel_values
-from vlm_vision.model.anyres_grid import anyres_num_tokens
+from vlm_vision.model.anyres import anyres_num_tokens, anyres_pixel_values
 from vlm_vision.data.files import Skipped
 from vlm_vision.data.formats import BadSample, MediaRoots, parse_record
 from vlm_vision.data.resume import DATA_FILES_RECORD, check_data_files

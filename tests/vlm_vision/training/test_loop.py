@@ -484,7 +484,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     from PIL import Image
     from transformers import LlavaNextVideoForConditionalGeneration
 
-    from vlm_vision.model.anyres_grid import anyres_num_tokens
+    from vlm_vision.model.anyres import anyres_num_tokens
 
     sizes = {"wide": (30, 70), "tall": (70, 30), "square": (40, 40)}
     records = []

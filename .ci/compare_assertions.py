@@ -21,8 +21,9 @@ rewrites that make a moved module read the same in both versions:
 An assertion of a test at the first version that is missing from the same test at the second is
 *removed*. When the same text turns up as a new assertion of another test (a test renamed, split or
 merged), it is listed as *moved* and does not count as removed. Exit status 1 when anything was
-removed, unless `--allow-file` names it with a reason: a JSON list of
-`{"test": ..., "assertion": ... or "*", "reason": ...}`.
+removed, unless the allow-file names it with a reason: a JSON list of
+`{"test": ..., "assertion": ... or "*", "reason": ...}` (default: `allowed_removals.json` beside this
+script; `--allow-file ''` for none).
 
 Usage:
     python .ci/compare_assertions.py                       # ca1821a against the working tree
@@ -271,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", default=WORKTREE, help=f"git ref, or {WORKTREE} (default)")
     parser.add_argument("--repo", type=pathlib.Path, default=pathlib.Path.cwd(), help="the repository")
     parser.add_argument("--moves", type=pathlib.Path, default=HERE / "module_moves.json")
-    parser.add_argument("--allow-file", type=pathlib.Path, help="JSON list of removals with reasons")
+    parser.add_argument("--allow-file", help="JSON list of removals with reasons (default: allowed_removals.json "
+                                             "beside this script, when there is one; '' for none)")
     args = parser.parse_args(argv)
     repo = pathlib.Path(_git(args.repo, "rev-parse", "--show-toplevel").strip())
     moves = load_moves(args.moves)
     result = compare(collect_version(repo, args.before, moves), collect_version(repo, args.after, moves))
-    unexplained, explained = allowed(result.removed, args.allow_file)
+    allow_file = pathlib.Path(args.allow_file) if args.allow_file else None
+    if args.allow_file is None and (HERE / "allowed_removals.json").exists():
+        allow_file = HERE / "allowed_removals.json"
+    unexplained, explained = allowed(result.removed, allow_file)
     print(f"assertions: {result.before} at {args.before}, {result.after} at {args.after}")
     print(f"removed: {len(result.removed)} ({len(explained)} with a reason in the allow-file)")
     for test, text in unexplained:

@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -48,10 +48,7 @@ from vlm_vision.model.parts import ModelParts
 from vlm_vision.model.tower import CLIPVisionTower
 from vlm_vision.model.transforms import CLIPImageTransform
 
-if TYPE_CHECKING:  # the model class imports this module; only its type is named here
-    from vlm_vision.model.fusion import VisionLanguageModel
-
-__all__ = ["saved_video_processor", "save_transformers", "split_transformers_keys", "tower_to_hf",
+__all__ = ["SaveableModel", "saved_video_processor", "save_transformers", "split_transformers_keys", "tower_to_hf",
            "transformers_parts"]
 
 # kind -> (transformers config class, model class)
@@ -292,7 +289,26 @@ def _transform_for(model_or_path: Any) -> Any:
 # ----- ours -> transformers ---------------------------------------------------------------------------
 
 
-def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
+class SaveableModel(Protocol):
+    """What `save_transformers` reads of a `VisionLanguageModel`, named by its attributes: the model
+    class imports this module, so this module does not import the class (not even for a type hint)."""
+
+    tower: CLIPVisionTower
+    projector: nn.Module
+    llm: nn.Module
+    image_newline: nn.Parameter
+    image_token_id: int | None
+    video_token_id: int | None
+    image_grid_pinpoints: tuple[tuple[int, int], ...] | None
+    anyres_convention: str
+    video_newline: str
+    pool_mode: str
+    pool_stride: int
+    faster_token_stride: int | None
+    max_video_tokens: int | None
+
+
+def _check_saveable(model: SaveableModel, kind: str) -> None:
     if projector_kind(model.projector) != "mlp2x_gelu":
         raise ValueError(f"transformers' LLaVA classes have an mlp2x_gelu projector, this model has "
                          f"{projector_kind(model.projector)}")
@@ -324,7 +340,7 @@ def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
                          f"{type(model.llm).__name__} uses `.{model.llm.base_model_prefix}`")
 
 
-def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
+def _transformers_config(model: SaveableModel, kind: str) -> Any:
     tower = model.tower
     vision = tower.config.to_dict()
     vision["num_hidden_layers"] = len(tower.blocks)  # only the blocks that feed the features exist
@@ -349,7 +365,7 @@ def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
     return config
 
 
-def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, kind: str,
+def save_transformers(model: SaveableModel, path: str | os.PathLike, *, kind: str,
                       max_shard_size: str | int = "5GB") -> Path:
     """Write `model` as a transformers LLaVA folder (config, generation config, safetensors shards).
 

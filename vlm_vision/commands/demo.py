@@ -26,7 +26,7 @@ from vlm_vision.commands.input_checks import check_folder, check_model_folder
 
 __all__ = ["DemoConfig", "check_demo_paths", "serve_demo"]
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tests" / "data"  # the real videos the repository ships
+BUNDLED = Path(__file__).resolve().parents[2] / "tests" / "data"  # the real videos the repository ships
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pathlib
 import torch
 import torch.distributed as dist
 
-_CLIP_LOSS = pathlib.Path(__file__).resolve().parents[2] / "vlm_vision" / "contrastive.py"
+_CLIP_LOSS = pathlib.Path(__file__).resolve().parents[2] / "vlm_vision" / "model" / "contrastive.py"
 
 
 def _load_clip_loss():

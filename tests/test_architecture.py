@@ -238,13 +238,13 @@ TESTED_ELSEWHERE: dict[str, str] = {
     "video.corpus.decode_jobs": "tests/vlm_vision/commands/test_extract.py (workers, the killed-run resume)",
     "video.corpus.encode": "tests/vlm_vision/commands/test_extract.py (OOM retries, a failing write)",
     "video.corpus.run": "tests/vlm_vision/commands/test_extract.py (every run of the command goes through it)",
-    "video.corpus.settings": "tests/vlm_vision/commands/test_extract.py (changed settings extracted again, budgets)",
     # commands: flags and calls, run by the tests of every command
-    "vlm_vision.commands.data": "tests/vlm_vision/data/test_stats.py runs `vlm-vision data-stats`",
-    "vlm_vision.commands.errors": "tests/vlm_vision/commands/test_main.py (exit 2, --debug) and test_input_checks.py",
+    "vlm_vision.commands.data": "tests/vlm_vision/data/test_formats.py runs `vlm-vision convert-data`",
+    "vlm_vision.commands.eval": "tests/vlm_vision/evaluation/test_run.py runs `vlm-vision eval` (flags, exit codes, --report)",
+    "vlm_vision.errors": "tests/vlm_vision/commands/test_main.py (exit 2, --debug) and test_input_checks.py",
     "vlm_vision.commands.export": "tests/vlm_vision/export/test_folder.py runs `vlm-vision export`",
     "vlm_vision.commands.extract_tower": "tests/vlm_vision/commands/test_extract.py (tiny, random and missing weights)",
-    "vlm_vision.commands.processes": "commands/test_extract.py (accelerate launch), test_input_checks.py (torchrun)",
+    "vlm_vision.evaluation.processes": "commands/test_extract.py (accelerate launch), test_input_checks.py (torchrun)",
     # evaluation
     "vlm_vision.evaluation.demo_model": "tests/vlm_vision/commands/test_demo.py (requests checked, answers)",
     "vlm_vision.evaluation.demo_server": "tests/vlm_vision/commands/test_demo.py (the server driven in Chromium)",
@@ -256,7 +256,6 @@ TESTED_ELSEWHERE: dict[str, str] = {
     "vlm_vision.export.source": "tests/vlm_vision/export/test_folder.py (runs, transformers, LLaVA folders)",
     # model: weights of every layout are written and loaded by one test file
     "vlm_vision.model.checkpoint_keys": "tests/vlm_vision/model/test_vision_weights.py (key maps, shapes named)",
-    "vlm_vision.model.hub_files": "tests/vlm_vision/model/test_vision_weights.py (a Hub id offline from the cache)",
     "vlm_vision.model.torchscript_weights": "tests/vlm_vision/model/test_vision_weights.py (read, never run)",
     "vlm_vision.model.llava_checkpoint": "model/test_interchange.py, test_anyres_fusion.py, export/test_folder.py",
     "vlm_vision.model.parts": "a dataclass without methods, filled by both converters (model/test_interchange.py)",
@@ -265,7 +264,7 @@ TESTED_ELSEWHERE: dict[str, str] = {
     "vlm_vision.training.config": "tests/vlm_vision/training/test_loop.py (test_config_rejects_bad_values)",
     "vlm_vision.training.log": "tests/vlm_vision/training/test_loop.py and test_setup.py (RunLog of every run)",
     "vlm_vision.training.params": "tests/vlm_vision/training/test_loop.py (learning rates, frozen weights)",
-    "vlm_vision.training.trained": "tests/vlm_vision/training/test_loop.py (save then load: identical outputs)",
+    "vlm_vision.model.run_folder": "tests/vlm_vision/training/test_loop.py (save then load: identical outputs)",
 }
 # Test files (or folders) that mirror no one module: each checks the project across modules.
 CROSS_CUTTING: dict[str, str] = {
@@ -276,6 +275,8 @@ CROSS_CUTTING: dict[str, str] = {
     "tests/test_install_matrix.py": "pyproject.toml's bounds, resolved against the package index's versions",
     "tests/test_python310.py": "every file against Python 3.10's grammar and standard library",
     "tests/test_readme.py": "README.md's code blocks and commands, run as written",
+    "tests/test_docs.py": "docs/: every page's code blocks and commands, the API pages, the strict mkdocs build",
+    "tests/test_typed_settings.py": "no argparse namespace below the commands, an AST rule over the three packages",
     "tests/test_example_video_qa.py": "examples/video_qa.py, run end to end",
     "tests/video/test_without_decord.py": "the three packages and the extract command on a machine without decord",
     "tests/vlm_vision/test_frame_scale_users.py": "one frame loader for extract, training and eval",

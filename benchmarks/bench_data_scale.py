@@ -214,7 +214,7 @@ def phase(args) -> dict:
         records = LazyRecords(rows, np.arange(len(rows)), MediaRoots())
         return _epoch(args, records, base)
     data = _training_data(args, tok, visual)
-    from vlm_vision.training.data import ConversationDataset
+    from vlm_vision.data.examples import ConversationDataset
 
     dataset = ConversationDataset(data.records, tok, visual, max_length=args.max_length, load_video=None,
                                   load_cached=None, transform=None)

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vlm_vision import TrainConfig, train  # noqa: E402
-from vlm_vision.training.trained import load_trained, merge_trained  # noqa: E402
+from vlm_vision.model.run_folder import load_trained, merge_trained  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 QUESTION = "<video>\nWhat colour is this video?"

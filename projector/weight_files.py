@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 __all__ = ["HF_WEIGHT_FILES", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "KeyFilter", "StateDict", "UnsafeWeightsError",
-           "read_json", "read_weight_file", "read_weights", "sniff"]
+           "read_json", "read_weight_file", "read_weights", "sniff", "weight_keys"]
 
 StateDict = dict[str, torch.Tensor]
 KeyFilter = Callable[[str], bool] | None
@@ -108,6 +108,26 @@ def read_weight_file(path: str | os.PathLike, keep: KeyFilter = None) -> StateDi
                          f"({', '.join(TORCH_SUFFIXES)}), or for a CLIP tower a TorchScript archive")
     tensors = _read_torch(path, kind)
     return tensors if keep is None else {k: v for k, v in tensors.items() if keep(k)}
+
+
+def weight_keys(path: str | os.PathLike) -> list[str]:
+    """The tensor names of one weights file: a safetensors file's header, or a torch file's state dict
+    (memory-mapped when it is a zip, so its tensors are not read).
+
+    Raises:
+        FileNotFoundError, UnsafeWeightsError, ValueError: as `read_weight_file`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    kind = sniff(path)
+    if kind == "safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    if kind not in ("zip", "pickle"):
+        raise ValueError(f"{path} is not a checkpoint: expected a .safetensors file or a torch.save file "
+                         f"({', '.join(TORCH_SUFFIXES)})")
+    return list(_read_torch(path, kind))
 
 
 def _read_shards(index: Path, keep: KeyFilter, read_file: Callable[[Path, KeyFilter], StateDict]) -> StateDict:

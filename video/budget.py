@@ -34,6 +34,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from video.checks import positive_int
 from video.pooling import NEWLINE_LAYOUTS, check_pool_mode, pooled_grid, stride_fits
 
 __all__ = [
@@ -59,12 +60,6 @@ class VideoBudget:
     num_tokens: int
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 def _counter(tokens: Mapping[int, int] | TokenCount, strides: Sequence[int] | None) -> tuple[TokenCount, list[int]]:
     """A (frames, stride) -> tokens function and the allowed strides, finest first."""
     if isinstance(tokens, Mapping):
@@ -85,10 +80,10 @@ def sampled_frame_count(window_frames: int, native_fps: float, fps: float | None
         >>> sampled_frame_count(300, 30.0, 1.0, min_frames=16)
         16
     """
-    window = _positive_int("window_frames", window_frames)
-    low = _positive_int("min_frames", min_frames)
+    window = positive_int(window_frames, "window_frames")
+    low = positive_int(min_frames, "min_frames")
     if fps is None:
-        count = _positive_int("num_frames", num_frames)
+        count = positive_int(num_frames, "num_frames")
     else:
         if not (isinstance(native_fps, numbers.Real) and math.isfinite(native_fps) and native_fps > 0):
             raise ValueError(f"native_fps must be a positive number, got {native_fps!r}")
@@ -97,7 +92,7 @@ def sampled_frame_count(window_frames: int, native_fps: float, fps: float | None
         step = max(1, round(native_fps / fps))
         count = -(-window // step)
     if max_frames is not None:
-        high = _positive_int("max_frames", max_frames)
+        high = positive_int(max_frames, "max_frames")
         if high < low:
             raise ValueError(f"max_frames ({high}) is below min_frames ({low})")
         count = min(count, high)
@@ -111,7 +106,7 @@ def frame_cap(max_tokens: int, tokens: Mapping[int, int] | TokenCount, strides: 
         >>> frame_cap(4096, {2: 144, 3: 64, 4: 36})  # 113 * 36 = 4068 <= 4096 < 114 * 36
         113
     """
-    budget = _positive_int("max_tokens", max_tokens)
+    budget = positive_int(max_tokens, "max_tokens")
     count, allowed = _counter(tokens, strides)
     coarsest = allowed[-1]
     low, high = 0, budget  # every frame costs at least one token
@@ -137,11 +132,11 @@ def stride_for_frames(num_frames: int, max_tokens: int | None, tokens: Mapping[i
         >>> stride_for_frames(64, 4096, {2: 144, 3: 64, 4: 36})  # 9216 and 4096 tokens: stride 3 fits
         (3, 4096)
     """
-    frames = _positive_int("num_frames", num_frames)
+    frames = positive_int(num_frames, "num_frames")
     count, allowed = _counter(tokens, strides)
     if max_tokens is None:
         return allowed[0], count(frames, allowed[0])
-    budget = _positive_int("max_tokens", max_tokens)
+    budget = positive_int(max_tokens, "max_tokens")
     for stride in allowed:
         n = count(frames, stride)
         if n <= budget:
@@ -192,6 +187,7 @@ def choose_video_budget(window_frames: int, native_fps: float, *, tokens: Mappin
         `VideoBudget(num_frames, stride, num_tokens)`.
 
     Raises:
+        TypeError: a count that is not an int (`video.checks.positive_int`).
         ValueError: bad numbers, or `min_frames` frames that exceed `max_tokens` at every stride.
 
     Example:
@@ -219,7 +215,7 @@ def candidate_strides(grid: tuple[int, int], pool_stride: int, mode: str, *, slo
         [2, 4]
     """
     check_pool_mode(mode)
-    base = _positive_int("pool_stride", pool_stride)
+    base = positive_int(pool_stride, "pool_stride")
 
     def ok(s: int) -> bool:
         return stride_fits(grid, s, mode)
@@ -257,9 +253,9 @@ class VideoLayout:
         if self.newline not in NEWLINE_LAYOUTS:
             raise ValueError(f"unknown newline layout {self.newline!r}; choose from {tuple(NEWLINE_LAYOUTS)}")
         if self.faster_token_stride is not None:
-            _positive_int("faster_token_stride", self.faster_token_stride)
+            positive_int(self.faster_token_stride, "faster_token_stride")
         if self.max_video_tokens is not None:
-            _positive_int("max_video_tokens", self.max_video_tokens)
+            positive_int(self.max_video_tokens, "max_video_tokens")
         object.__setattr__(self, "grid", (int(self.grid[0]), int(self.grid[1])))
         self.strides()  # validates pooling against the grid
 
@@ -284,7 +280,7 @@ class VideoLayout:
             >>> VideoLayout(newline="grid", faster_token_stride=2).frame_tokens(3, 2)  # 12*13+1, 6*7+1
             [157, 43, 157]
         """
-        frames = _positive_int("num_frames", num_frames)
+        frames = positive_int(num_frames, "num_frames")
         per_frame = NEWLINE_LAYOUTS[self.newline] if self.newline != "one_token" else NEWLINE_LAYOUTS["no_token"]
         extra = 0 if self.faster_token_stride is None else 1  # the faster_token after every frame
         slow = per_frame(1, *self.pooled_grid(stride)) + extra

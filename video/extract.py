@@ -37,7 +37,8 @@ from video.decode import load_video
 from video.pooling import pooled_grid
 from video.tower_pooling import check_tower_pooling, encode_frames
 
-__all__ = ["VideoTokens", "extract_video_tokens", "load_video_tokens", "save_video_tokens"]
+__all__ = ["TokenFileHeader", "VideoTokens", "extract_video_tokens", "load_video_tokens", "read_token_header",
+           "save_video_tokens"]
 
 FORMAT = "vlm-vision/video-tokens/v1"
 
@@ -210,17 +211,41 @@ def save_video_tokens(tokens: VideoTokens, path: str | os.PathLike, *, extra: di
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The decoded metadata of a video-tokens file, without reading the tensor.
+@dataclasses.dataclass(frozen=True)
+class TokenFileHeader:
+    """What a token file's header says, read without its tensor."""
+
+    shape: tuple[int, ...]
+    """The shape of its `tokens` tensor: (T, N', D) in a well-formed file."""
+    metadata: dict[str, Any]
+    """The decoded metadata (`VideoTokens`' fields and any `extra`); empty when the format was not required."""
+
+
+def read_token_header(path: str | os.PathLike, *, require_format: bool = True) -> TokenFileHeader:
+    """The shape of a token file's `tokens` and its metadata, from the header only: the one reader of
+    token files (`load_video_tokens`, resuming an extraction, checking a run's cached tokens, and the
+    data scan all read through it).
+
+    Args:
+        path: a `.safetensors` token file.
+        require_format: refuse a file that `save_video_tokens` did not write, and decode its
+            metadata; False accepts any safetensors file with a `tokens` tensor (a cache written by
+            another tool) and leaves `metadata` empty.
 
     Raises:
-        ValueError: if the file is not a vlm-vision video-tokens file.
+        ValueError: for a file that is not a vlm-vision video-tokens file (with `require_format`),
+            or one without a `tokens` tensor.
     """
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
-    if raw.get("format") != FORMAT:
+        keys = list(f.keys())
+        shape = tuple(f.get_slice("tokens").get_shape()) if "tokens" in keys else None
+    if require_format and raw.get("format") != FORMAT:
         raise ValueError(f"{path} is not a video-tokens file (format {raw.get('format')!r}, expected {FORMAT!r})")
-    return {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    if shape is None:
+        raise ValueError(f"{path} has no 'tokens' tensor (keys: {keys})")
+    metadata = {k: json.loads(v) for k, v in raw.items() if k != "format"} if require_format else {}
+    return TokenFileHeader(shape, metadata)
 
 
 def load_video_tokens(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> VideoTokens:
@@ -229,7 +254,7 @@ def load_video_tokens(path: str | os.PathLike, *, device: str | torch.device = "
     Raises:
         ValueError: if the file is not a vlm-vision video-tokens file or lacks a field.
     """
-    meta = read_metadata(path)
+    meta = read_token_header(path).metadata
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         tokens = f.get_tensor("tokens")  # (T, N', D)
     names = {f.name for f in dataclasses.fields(VideoTokens)} - {"tokens"}

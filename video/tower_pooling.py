@@ -18,7 +18,11 @@ import torch
 
 from video.pooling import check_pooling, spatial_pool
 
-__all__ = ["check_tower_pooling", "encode_frames", "encode_pixels", "require_patch_tokens"]
+__all__ = ["DTYPES", "check_tower_pooling", "encode_frames", "encode_pixels", "require_patch_tokens"]
+
+# The dtypes a tower (and the LLM beside it) load in, by the names that flags, configs and the
+# `dtype` of a token file use.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def require_patch_tokens(tower: torch.nn.Module) -> None:

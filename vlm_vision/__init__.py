@@ -14,12 +14,12 @@ from video.lazy_exports import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_PINPOINTS": "vlm_vision.model.anyres_grid",
-    "anyres_num_tokens": "vlm_vision.model.anyres_grid",
+    "DEFAULT_PINPOINTS": "vlm_vision.model.anyres",
+    "anyres_num_tokens": "vlm_vision.model.anyres",
     "anyres_pixel_values": "vlm_vision.model.anyres",
     "pack_image_features": "vlm_vision.model.anyres",
-    "select_best_resolution": "vlm_vision.model.anyres_grid",
-    "unpad_shape": "vlm_vision.model.anyres_grid",
+    "select_best_resolution": "vlm_vision.model.anyres",
+    "unpad_shape": "vlm_vision.model.anyres",
     "CLIP_MEAN": "vlm_vision.model.configs",
     "CLIP_STD": "vlm_vision.model.configs",
     "CLIPImageTransform": "vlm_vision.model.transforms",
@@ -32,8 +32,8 @@ _EXPORTS: dict[str, str] = {
     "clip_loss": "vlm_vision.model.contrastive",
     "TrainConfig": "vlm_vision.training.config",
     "train": "vlm_vision.training.loop",
-    "load_trained": "vlm_vision.training.trained",
-    "merge_trained": "vlm_vision.training.trained",
+    "load_trained": "vlm_vision.model.run_folder",
+    "merge_trained": "vlm_vision.model.run_folder",
     "ExportSettings": "vlm_vision.export.folder",
     "export_model": "vlm_vision.export.folder",
     "EvalConfig": "vlm_vision.evaluation.run",
@@ -47,7 +47,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from vlm_vision.model.anyres_grid import DEFAULT_PINPOINTS, anyres_num_tokens, select_best_resolution, unpad_shape  # noqa: F401
+    from vlm_vision.model.anyres import (  # noqa: F401
+        DEFAULT_PINPOINTS,
+        anyres_num_tokens,
+        select_best_resolution,
+        unpad_shape,
+    )
     from vlm_vision.model.anyres import anyres_pixel_values, pack_image_features  # noqa: F401
     from vlm_vision.model.configs import CLIP_MEAN, CLIP_STD, vision_config  # noqa: F401
     from vlm_vision.model.transforms import CLIPImageTransform  # noqa: F401
@@ -59,7 +64,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from vlm_vision.model.zero_shot import ZeroShotClassifier  # noqa: F401
     from vlm_vision.training.config import TrainConfig  # noqa: F401
     from vlm_vision.training.loop import train  # noqa: F401
-    from vlm_vision.training.trained import load_trained, merge_trained  # noqa: F401
+    from vlm_vision.model.run_folder import load_trained, merge_trained  # noqa: F401
     from vlm_vision.evaluation.run import EvalConfig, run_eval  # noqa: F401
     from vlm_vision.evaluation.answers import answer_questions  # noqa: F401
     from vlm_vision.evaluation.model import load_eval_model  # noqa: F401

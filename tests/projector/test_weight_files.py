@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from projector.weight_files import UnsafeWeightsError, read_weight_file, read_weights, sniff
+from projector.weight_files import UnsafeWeightsError, read_weight_file, read_weights, sniff, weight_keys
 
 TENSORS = {"a.weight": torch.arange(6.0).view(2, 3), "b.bias": torch.ones(2), "c.weight": torch.zeros(1)}
 
@@ -31,6 +31,15 @@ def test_formats_are_read_off_the_content(tmp_path, name):
     _assert_same(read_weight_file(path), TENSORS)
     _assert_same(read_weight_file(path, keep=lambda k: k.endswith("weight")),
                  {k: v for k, v in TENSORS.items() if k.endswith("weight")})
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.bin"])
+def test_keys_are_read_without_the_tensors_they_name(tmp_path, name):
+    path = tmp_path / name
+    save_file(TENSORS, path) if name.endswith(".safetensors") else torch.save({"state_dict": TENSORS}, path)
+    assert sorted(weight_keys(path)) == sorted(TENSORS)
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        weight_keys(tmp_path / "missing.bin")
 
 
 def test_training_checkpoints_are_unwrapped(tmp_path):

@@ -9,73 +9,23 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pathlib
-import pickle
 import signal
 import threading
 import warnings
 
-import av
 import decord
 import numpy as np
 import pytest
 import torch
 
 import video.decode as decode_module
-from video import VideoClip, VideoDecodeError, load_video
-from tests.video.synth import (
-    append_undecodable_packets,
-    corrupt_file,
-    make_audio_only,
-    make_numbered_video,
-    read_frame_number,
-    truncate_file,
-)
-
-
-def sequential_decord(path, upto: int) -> np.ndarray:
-    """Frames 0..upto of a plain sequential decode with decord `next()`: uint8[upto + 1, H, W, 3]."""
-    reader = decord.VideoReader(str(path))
-    return np.stack([reader.next().asnumpy() for _ in range(upto + 1)])
-
-
-def sequential_pyav(path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+from tests.video.reference import VFR_TIMES, numbers, sequential_decord, sequential_pyav
+from tests.video.synth import make_numbered_video
+from tests.video.test_decoder_wire import _crafted_reply
+from video import VideoDecodeError, load_video
 
 
 # A variable-rate stream: 20 fps steps with jitter, and a 0.5 s gap from frame 15 on.
-VFR_TIMES = [i * 0.05 + (0.5 if i >= 15 else 0.0) + 0.02 * (i % 3) for i in range(30)]
-
-
-def numbers(clip: VideoClip) -> list[int]:
-    return [read_frame_number(frame) for frame in clip.frames.numpy()]
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """Synthetic videos, 64x48 unless said otherwise (written once for this module)."""
-    root = tmp_path_factory.mktemp("videos")
-    files = {
-        # libx264's default preset uses B-frames, so decode order differs from display order
-        "mp4": make_numbered_video(root / "n.mp4", 90, gop=10),
-        "mkv": make_numbered_video(root / "n.mkv", 90, gop=10),
-        "odd": make_numbered_video(root / "odd.mp4", 12, size=(321, 241), pix_fmt="yuv444p", gop=5),
-        "short": make_numbered_video(root / "short.mp4", 5),
-        "vfr": make_numbered_video(root / "vfr.mp4", 30, timestamps=VFR_TIMES),
-        "audio": make_audio_only(root / "audio.m4a"),
-    }
-    files["over"] = append_undecodable_packets(files["mp4"], root / "over.mp4", count=7)
-    files["over1"] = append_undecodable_packets(files["mp4"], root / "over1.mp4", count=1)
-    files["truncated"] = truncate_file(files["mp4"], root / "truncated.mp4", keep=0.5)
-    files["corrupt_head"] = corrupt_file(files["mp4"], root / "corrupt_head.mp4", start=0.0, length=64)
-    files["corrupt_tail"] = corrupt_file(files["mp4"], root / "corrupt_tail.mp4", start=0.95, length=4096)
-    files["corrupt_mid"] = corrupt_file(files["mp4"], root / "corrupt_mid.mp4", start=0.4, length=2000)
-    files["text"] = root / "notes.mp4"
-    files["text"].write_text("this is not a video\n" * 20)
-    files["empty"] = root / "empty.mp4"
-    files["empty"].write_bytes(b"")
-    return files
 
 
 # exact frames ------------------------------------------------------------------------------------
@@ -219,58 +169,6 @@ def test_cockatoo_is_yuv444p_720p(data_dir):
 # over-reported frame counts ----------------------------------------------------------------------
 
 
-def test_overreported_synthetic_is_clamped_to_decodable_frames(media):
-    """7 phantom frames of 97 are more than the tolerance (2): an error unless partial clips are allowed."""
-    assert len(decord.VideoReader(str(media["over"]))) == 97  # the container lists 7 phantom frames
-    with pytest.raises(VideoDecodeError, match="declares 97 frames .* but only 90 decode"):
-        load_video(media["over"], num_frames=8)
-    with pytest.warns(UserWarning, match="lists 97 frames but only 90 decode"):
-        clip = load_video(media["over"], num_frames=8, allow_partial=True)
-    assert clip.num_total_frames == 90 and clip.declared_frames == 97 and clip.partial
-    assert clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
-    assert numbers(clip) == clip.indices
-
-
-def test_a_container_over_reporting_by_one_frame_still_loads(media):
-    with pytest.warns(UserWarning, match="lists 91 frames but only 90 decode"):
-        clip = load_video(media["over1"], num_frames=8)
-    assert clip.num_total_frames == 90 and clip.declared_frames == 91 and not clip.partial
-    assert numbers(clip) == clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
-
-
-def test_missing_frames_allowed():
-    assert [decode_module.missing_frames_allowed(n) for n in (1, 36, 149, 150, 217, 1000)] == [2, 2, 2, 3, 4, 20]
-
-
-@pytest.mark.parametrize("keep, decoded", [(0.99, 212), (0.9, 189), (0.5, 94), (0.25, 41)])
-@pytest.mark.parametrize("backend", ["exact", "decord"])
-def test_a_download_cut_short_is_refused_naming_both_counts(data_dir, tmp_path, keep, decoded, backend):
-    """cup.mp4 keeps its header (217 frames, 8.1 s) at the front: cut short, its packets stop early."""
-    path = truncate_file(data_dir / "cup.mp4", tmp_path / "cut.mp4", keep=keep)
-    with pytest.raises(VideoDecodeError, match=f"declares 217 frames \\(8.10 s\\) but only {decoded} decode"):
-        load_video(path, num_frames=8, backend=backend)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the last packet of a cut file may not decode either
-        clip = load_video(path, num_frames=8, backend=backend, allow_partial=True)
-    assert clip.partial and clip.declared_frames == 217 and clip.num_total_frames in (decoded, decoded - 1)
-    assert clip.indices[-1] == clip.num_total_frames - 1
-
-
-def test_a_cut_that_loses_only_the_last_frames_is_tolerated(data_dir, tmp_path):
-    path = truncate_file(data_dir / "cup.mp4", tmp_path / "cut.mp4", keep=0.995)  # 3 of 217 frames lost
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clip = load_video(path, num_frames=8)
-    assert not clip.partial and clip.declared_frames == 217 and clip.num_total_frames == 214
-    complete = load_video(data_dir / "cup.mp4", num_frames=8)
-    assert not complete.partial and complete.declared_frames == complete.num_total_frames == 217
-
-
-@pytest.fixture(scope="module")
-def box_frames() -> list[np.ndarray]:
-    return sequential_pyav(pathlib.Path(__file__).parents[1] / "data" / "box.mp4")
-
-
 def test_box_mp4_counts_the_frames_a_decoder_outputs(data_dir, box_frames):
     """Real file: 456 packets, and a sequential decode outputs 455 frames: the last packet does
     not decode, and the MP4 edit list marks it as discarded. decord counts 456 and, asked for frame
@@ -387,27 +285,6 @@ def test_corrupt_data_inside_the_stream_never_crashes(media):
     assert numbers(load_video(media["mp4"], num_frames=3)) == [0, 44, 89]
 
 
-def test_video_decode_error_pickles():
-    error = pickle.loads(pickle.dumps(VideoDecodeError("/x.mp4", "no such file")))
-    assert (error.path, error.reason) == ("/x.mp4", "no such file")
-    assert str(error) == "cannot decode video '/x.mp4': no such file"
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(num_frames=0), "num_frames must be an int >= 1, got 0"),
-        (dict(fps=-1.0), "fps must be a positive number"),
-        (dict(max_frames=8), "max_frames bounds fps sampling"),
-        (dict(sampling="fast"), "sampling must be 'exact' or 'keyframe', got 'fast'"),
-        (dict(timeout=0), "timeout must be a positive number of seconds or None"),
-    ],
-)
-def test_bad_arguments(media, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        load_video(media["mp4"], **kwargs)
-
-
 # the decoder process -----------------------------------------------------------------------------
 
 
@@ -491,38 +368,6 @@ def test_forked_processes_get_their_own_worker(media):
     assert load_video(media["mp4"], num_frames=2).indices == [0, 89]
 
 
-
-class _Pwned:
-    """Unpickling this runs `pathlib.Path(marker).touch()`: what a hostile worker could send."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return pathlib.Path(self.marker).touch, ()
-
-
-def _crafted_reply(marker: pathlib.Path) -> bytes:
-    payload = pickle.dumps(("meta", _Pwned(str(marker))))
-    return len(payload).to_bytes(8, "big") + payload  # the length prefix the protocol uses
-
-
-def test_a_pickled_reply_is_refused_and_never_run(tmp_path):
-    """The parent's reader gets a reply crafted to run code when unpickled: it raises, nothing ran."""
-    import socket
-
-    from video import decoder_wire as wire
-
-    marker = tmp_path / "code-ran"
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        theirs.sendall(_crafted_reply(marker))
-        with pytest.raises(ValueError, match="not JSON"):
-            wire.recv_message(ours)
-    assert not marker.exists()
-    assert not (pathlib.Path.cwd() / "code-ran").exists()
-
-
 def test_a_worker_sending_a_pickle_is_killed_and_the_call_fails(media, tmp_path, monkeypatch):
     """The same reply from the decoder process itself: VideoDecodeError, the worker is replaced."""
     import socket
@@ -551,183 +396,6 @@ def test_a_worker_sending_a_pickle_is_killed_and_the_call_fails(media, tmp_path,
     assert numbers(load_video(media["mp4"], num_frames=2)) == [0, 89]
 
 
-def test_worker_messages_are_json():
-    """What the worker sends is plain JSON: a frame header reads back as the same values."""
-    import socket
-
-    from video import decoder_wire as wire
-
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        wire.send_message(theirs, ("frame", 3, (48, 64, 3), 0.125))
-        assert wire.recv_message(ours) == ("frame", 3, [48, 64, 3], 0.125)
-
-
 # backend="decord": LLaVA-NeXT-Video's loader inside our worker -----------------------------------
 
 
-def decord_batch(path, indices) -> np.ndarray:
-    """What LLaVA-NeXT-Video's loader gets: `VideoReader(path, ctx=cpu(0)).get_batch(indices)`."""
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    return reader.get_batch(list(indices)).asnumpy()
-
-
-def identify(frames: np.ndarray, reference: list[np.ndarray], indices: list[int], reach: int = 20) -> list[int | None]:
-    """For each frame, the index of the identical frame of a sequential decode near the one asked for."""
-    found = []
-    for frame, index in zip(frames, indices):
-        near = range(max(0, index - reach), min(len(reference), index + reach + 1))
-        found.append(next((j for j in near if np.array_equal(frame, reference[j])), None))
-    return found
-
-
-def test_decord_backend_is_llava_next_video_loader(data_dir):
-    """The reference recipe, written out: linspace over len(vr), then get_batch."""
-    path = data_dir / "realshort.mp4"
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    indices = np.linspace(0, len(reader) - 1, 8, dtype=int)
-    expected = reader.get_batch(indices).asnumpy()
-    clip = load_video(path, num_frames=8, backend="decord")
-    assert clip.backend == "decord" and clip.indices == indices.tolist()
-    assert clip.frames.dtype == torch.uint8 and np.array_equal(clip.frames.numpy(), expected)
-    assert clip.native_fps == reader.get_avg_fps() and clip.num_total_frames == len(reader) == 36
-    assert load_video(path, num_frames=2).backend == "exact"
-
-
-def test_decord_backend_on_yuv444p_720p(data_dir):
-    path = data_dir / "cockatoo.mp4"
-    clip = load_video(path, num_frames=4, end=3.0, backend="decord")
-    assert clip.indices == [0, 19, 39, 59] and clip.frames.shape == (4, 720, 1280, 3)
-    assert np.array_equal(clip.frames.numpy(), decord_batch(path, clip.indices))
-
-
-@pytest.mark.parametrize(
-    "kind, kwargs",
-    [
-        ("mp4", dict(num_frames=8)),  # B-frames: decode order differs from display order
-        ("mkv", dict(num_frames=8)),
-        ("odd", dict(num_frames=4)),  # 321x241 yuv444p
-        ("short", dict(num_frames=8)),  # repeated indices, passed to get_batch as they are
-        ("vfr", dict(num_frames=6)),
-        ("mp4", dict(fps=3.0)),
-        ("mp4", dict(num_frames=4, start=1.0, end=2.0)),
-    ],
-)
-def test_decord_backend_equals_get_batch_on_numbered_videos(media, kind, kwargs):
-    clip = load_video(media[kind], backend="decord", **kwargs)
-    assert clip.indices == load_video(media[kind], **kwargs).indices  # the same sampling as the exact backend
-    assert np.array_equal(clip.frames.numpy(), decord_batch(media[kind], clip.indices))
-    assert numbers(clip) == clip.indices  # and on these files decord is right
-
-
-def test_decord_backend_keyframe_sampling(media):
-    clip = load_video(media["mp4"], num_frames=8, sampling="keyframe", backend="decord")
-    exact = load_video(media["mp4"], num_frames=8, sampling="keyframe")
-    assert clip.snapped and clip.indices == exact.indices == [0, 10, 20, 40, 50, 60, 80, 80]
-    assert clip.timestamp_shift == exact.timestamp_shift
-    assert np.array_equal(clip.frames.numpy(), decord_batch(media["mp4"], clip.indices))
-    assert numbers(clip) == clip.indices
-
-
-def test_decord_backend_resamples_an_overreported_count(media):
-    """decord counts the 7 packets that never decode; asked for one of those frames it returns
-    another frame's pixels. The backend checks the last index first, then samples from the 90."""
-    path = media["over"]
-    assert len(decord.VideoReader(str(path))) == 97
-    assert read_frame_number(decord_batch(path, [96])[0]) < 90  # frame 96 does not exist
-    with pytest.raises(VideoDecodeError, match="declares 97 frames .* but only 90 decode"):
-        load_video(path, num_frames=8, backend="decord")  # 7 missing: more than the tolerance
-    with pytest.warns(UserWarning, match="lists 97 frames but only 90 decode"):
-        clip = load_video(path, num_frames=8, backend="decord", allow_partial=True)
-    assert clip.num_total_frames == 90 and clip.duration == pytest.approx(3.0) and clip.partial
-    assert clip.indices == [0, 12, 25, 38, 50, 63, 76, 89]
-    assert np.array_equal(clip.frames.numpy(), decord_batch(path, clip.indices))
-    assert numbers(clip) == clip.indices
-
-
-def test_box_mp4_the_backends_disagree(data_dir, box_frames):
-    """The real file where decord is wrong. Both backends sample [0, 113, 227, 340, 454] from the
-    455 frames that decode (decord lists 456, so the decord backend warns). The exact backend
-    returns the frames a sequential decode gives; decord's get_batch returns frames 338 and 452 for
-    340 and 454, and the decord backend returns them too: that is what LLaVA-NeXT-Video sees."""
-    path = data_dir / "box.mp4"
-    reference = box_frames
-    assert identify(decord_batch(path, [227, 340]), reference, [227, 340]) == [227, 338]
-    with pytest.warns(UserWarning, match="lists 456 frames but only 455 decode"):
-        ours = load_video(path, num_frames=5, backend="decord")
-    exact = load_video(path, num_frames=5)
-    assert ours.indices == exact.indices == [0, 113, 227, 340, 454]
-    assert ours.num_total_frames == exact.num_total_frames == 455
-    assert identify(exact.frames.numpy(), reference, exact.indices) == [0, 113, 227, 340, 454]
-    assert np.array_equal(ours.frames.numpy(), decord_batch(path, ours.indices))
-    assert identify(ours.frames.numpy(), reference, ours.indices) == [0, 113, 227, 338, 452]
-
-
-@pytest.mark.parametrize(
-    "name, reason",
-    [
-        ("audio", "decord cannot read it as a video (DECORDError"),
-        ("text", "decord cannot read it as a video (RuntimeError: Error reading"),
-        ("empty", "the file is empty (0 bytes)"),
-        ("truncated", "decord cannot read it as a video (RuntimeError: Error reading"),
-        ("corrupt_head", "decord cannot read it as a video (RuntimeError: Error reading"),
-        ("corrupt_tail", "decord cannot read it as a video (RuntimeError: Error reading"),
-    ],
-)
-def test_decord_backend_bad_files_raise_video_decode_error(media, name, reason):
-    with pytest.raises(VideoDecodeError) as info:
-        load_video(media[name], num_frames=4, backend="decord")
-    error = info.value
-    assert error.path == os.fspath(media[name]) and error.reason.startswith(reason)
-    assert error.path in str(error)
-    assert numbers(load_video(media["short"], num_frames=2, backend="decord")) == [0, 4]  # the worker goes on
-
-
-def test_decord_backend_missing_file_and_corrupt_stream(media, tmp_path):
-    with pytest.raises(VideoDecodeError, match="no such file"):
-        load_video(tmp_path / "nope.mp4", backend="decord")
-    try:  # damage inside the coded frames: a clip or an error, never a crash or a hang
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            assert load_video(media["corrupt_mid"], num_frames=16, backend="decord", timeout=30).frames.shape[0] == 16
-    except VideoDecodeError as error:
-        assert error.path == os.fspath(media["corrupt_mid"])
-
-
-def test_decord_backend_hang_and_slow_decode_are_errors(media, data_dir):
-    """A stopped worker stands in for decord hanging in native code (dmlc/decord#373)."""
-    load_video(media["short"], num_frames=1, backend="decord")
-    worker = decode_module._worker
-    os.kill(worker.process.pid, signal.SIGSTOP)
-    with pytest.raises(VideoDecodeError, match="made no progress for 0.5 s and was killed"):
-        load_video(media["mp4"], num_frames=4, timeout=0.5, backend="decord")
-    assert worker.process.poll() is not None and decode_module._worker is None
-    with pytest.raises(VideoDecodeError, match="made no progress"):  # killed inside decord
-        load_video(data_dir / "cockatoo.mp4", num_frames=32, timeout=1e-4, backend="decord")
-    assert numbers(load_video(media["mp4"], num_frames=2, backend="decord")) == [0, 89]
-
-
-def test_worker_loads_decord_only_for_the_decord_backend(media):
-    decode_module.shutdown_worker()
-    load_video(media["short"], num_frames=2)
-    pid = decode_module._worker.process.pid
-
-    def decord_loaded() -> bool:
-        return "libdecord" in pathlib.Path(f"/proc/{pid}/maps").read_text()
-
-    assert not decord_loaded()
-    load_video(media["short"], num_frames=2, backend="decord")
-    assert decode_module._worker.process.pid == pid and decord_loaded()
-
-
-def test_worker_does_not_load_torch(media):
-    """The decoder process imports only its own modules (`video` loads torch lazily): no torch, a fast start."""
-    decode_module.shutdown_worker()
-    load_video(media["short"], num_frames=2)
-    maps = pathlib.Path(f"/proc/{decode_module._worker.process.pid}/maps").read_text()
-    assert "libavcodec" in maps and "libtorch" not in maps
-
-
-def test_bad_backend(media):
-    with pytest.raises(ValueError, match="backend must be 'exact' or 'decord', got 'opencv'"):
-        load_video(media["mp4"], backend="opencv")

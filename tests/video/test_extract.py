@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from video import VideoTokens, extract_video_tokens, load_video, load_video_tokens, save_video_tokens, spatial_pool
-from video.extract import read_metadata
+from video.extract import read_token_header
 from vlm_vision import CLIPVisionTower
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
@@ -110,7 +110,7 @@ def test_save_and_load_round_trip(tower, realshort, tmp_path):
                   "timestamp_shift", "presentation_times", "backend"):
         assert getattr(back, field) == getattr(vt, field), field
     assert vt.presentation_times == pytest.approx(vt.timestamps, abs=1e-3)  # realshort: constant rate
-    meta = read_metadata(path)
+    meta = read_token_header(path).metadata
     assert meta["random_weights"] is True and meta["model"] == "tiny" and meta["num_frames"] == 3
     assert os.listdir(tmp_path) == ["clip.safetensors"]  # no temporary file left behind
 
@@ -126,6 +126,17 @@ def test_loading_a_foreign_safetensors_file_is_an_error(tmp_path):
     save_file({"tokens": torch.zeros(2, 4, 8)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a video-tokens file"):
         load_video_tokens(tmp_path / "other.safetensors")
+
+
+def test_the_header_reader_gives_the_shape_and_refuses_what_is_not_a_token_file(tmp_path):
+    save_file({"tokens": torch.zeros(2, 4, 8)}, tmp_path / "other.safetensors")
+    header = read_token_header(tmp_path / "other.safetensors", require_format=False)
+    assert header.shape == (2, 4, 8) and header.metadata == {}
+    with pytest.raises(ValueError, match="not a video-tokens file"):
+        read_token_header(tmp_path / "other.safetensors")
+    save_file({"features": torch.zeros(2, 4, 8)}, tmp_path / "keys.safetensors")
+    with pytest.raises(ValueError, match=r"has no 'tokens' tensor \(keys: \['features'\]\)"):
+        read_token_header(tmp_path / "keys.safetensors", require_format=False)
 
 
 def test_video_tokens_is_exported():
@@ -144,5 +155,5 @@ def test_decord_backend_reaches_load_video_and_the_file(tower, realshort, tmp_pa
     assert extract_video_tokens(clip, tower).backend == "decord"  # a decoded clip says how it was decoded
     assert extract_video_tokens(realshort, tower, num_frames=4).backend == "exact"
     save_video_tokens(tokens, tmp_path / "t.safetensors")
-    assert read_metadata(tmp_path / "t.safetensors")["backend"] == "decord"
+    assert read_token_header(tmp_path / "t.safetensors").metadata["backend"] == "decord"
     assert load_video_tokens(tmp_path / "t.safetensors").backend == "decord"

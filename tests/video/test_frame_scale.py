@@ -37,23 +37,6 @@ def test_shortest_edge_and_pad_rules_by_hand():
     assert pad_offsets(48, 64) == (8, 0) and pad_offsets(64, 48) == (0, 8)
 
 
-def test_resize_sizes_and_never_enlarges():
-    wide = np.zeros((2160, 3840, 3), np.uint8)
-    assert resize_frame(wide, FrameScale(336)).shape == (336, 597, 3)
-    assert resize_frame(wide, FrameScale(336, "pad")).shape == (336, 336, 3)
-    small = np.zeros((240, 320, 3), np.uint8)
-    assert resize_frame(small, FrameScale(336)) is small  # short side 240 <= 336: sent as decoded
-    assert resize_frame(small, FrameScale(300, "pad")).shape == (300, 300, 3)  # long side 320 > 300
-    assert not FrameScale(336, "pad").shrinks(240, 320)
-
-
-def test_pad_fills_with_the_transforms_colour():
-    frame = np.full((20, 40, 3), 255, np.uint8)
-    out = resize_frame(frame, FrameScale(10, "pad", (122, 116, 104)))  # (10, 10, 3): rows 0-1 and 8-9 are fill
-    assert out.shape == (10, 10, 3)
-    assert (out[0] == (122, 116, 104)).all() and (out[5] == 255).all()
-
-
 def test_wire_round_trip_labels_and_refusals():
     scale = CLIPImageTransform(336, mode="pad").frame_scale()
     assert scale == FrameScale(336, "pad", (122, 116, 104))

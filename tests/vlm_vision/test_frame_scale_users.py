@@ -19,7 +19,7 @@ from tests.vlm_vision.commands.test_extract import extract, manifest, tiny_model
 from tests.vlm_vision.training.test_setup import write_parts
 from tests.vlm_vision.train_fixtures import write_colour_video
 from video import load_video, load_video_tokens
-from video.extract import read_metadata
+from video.extract import read_token_header
 from vlm_vision import TrainConfig
 from vlm_vision.evaluation.questions import Question
 from vlm_vision.evaluation.media import load_medium
@@ -73,7 +73,7 @@ def test_extract_records_the_scale_and_never_mixes_the_two(capsys, tmp_path, tin
     video = data_dir / "realshort.mp4"
     common = (video, "--out", out, "--model", tiny_model, "--num-frames", 3, "--workers", 0)
     code, stdout, _ = extract(capsys, *common, "--full-resolution-frames")
-    assert code == 0 and read_metadata(out / "realshort.safetensors")["frame_scale"] == "full"
+    assert code == 0 and read_token_header(out / "realshort.safetensors").metadata["frame_scale"] == "full"
     full = load_video_tokens(out / "realshort.safetensors").tokens
 
     code, stdout, _ = extract(capsys, *common)  # the default: the decoder resizes for the 28 px tower

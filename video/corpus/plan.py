@@ -20,10 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
-from safetensors import safe_open
 
 from video.atomic_files import temporary_files
-from video.extract import read_metadata
+from video.extract import read_token_header
 from video.corpus.report import Outcome
 from video.provenance import describe_differences, differences, source_identity
 
@@ -144,9 +143,10 @@ def decide(video: Path, output: Path, settings: dict[str, Any], *, overwrite: bo
     except OSError as e:
         return Decision("error", f"{type(e).__name__}: {e.strerror or e} ({video})")
     try:
-        meta = read_metadata(output)
+        header = read_token_header(output)
     except (ValueError, OSError) as e:
         return Decision("extract", f"the existing output is not a readable video-tokens file ({e})", identity)
+    meta = header.metadata
     recorded = meta.get("source_path")
     if (recorded is not None and recorded != identity["source_path"]
             and meta.get("source_fingerprint") != identity["source_fingerprint"]):
@@ -156,9 +156,7 @@ def decide(video: Path, output: Path, settings: dict[str, Any], *, overwrite: bo
     differ = differences(meta, {**identity, **settings})
     if differ:
         return Decision("extract", f"the existing output differs: {describe_differences(differ)}", identity)
-    with safe_open(str(output), framework="pt") as f:
-        shape = tuple(f.get_slice("tokens").get_shape())
-    return Decision("keep", identity=identity, shape=shape)
+    return Decision("keep", identity=identity, shape=header.shape)
 
 
 def shard(items: list, process_index: int, num_processes: int) -> list:

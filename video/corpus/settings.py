@@ -21,6 +21,7 @@ from video.clip import Backend, Sampling
 from video.frame_scale import FrameScale, scale_label
 from video.pooling import NEWLINE_LAYOUTS, POOL_MODES
 from video.provenance import weights_fingerprint
+from video.tower_pooling import DTYPES
 
 __all__ = ["ExtractSettings", "decoder_scale", "load_arguments", "token_settings", "video_layout"]
 
@@ -56,7 +57,7 @@ class ExtractSettings:
     """The model's newline layout (counts tokens for `max_video_tokens` only)."""
     faster_token_stride: int | None = None
     """The model's SlowFast stride (counts tokens for `max_video_tokens` only)."""
-    dtype: str = dataclasses.field(default="float32", metadata={"choices": ("bfloat16", "float16", "float32")})
+    dtype: str = dataclasses.field(default="float32", metadata={"choices": tuple(sorted(DTYPES))})
     """The tower's dtype, by its torch name."""
     batch_size: int | None = None
     """Frames per tower call (None: all frames of a video at once)."""

@@ -50,7 +50,7 @@ from video.corpus.report import merge_rank_manifests, plural, print_summary
 from video.corpus.run import extract_share
 from video.corpus.settings import ExtractSettings, decoder_scale, load_arguments, token_settings, video_layout
 from video.corpus.folder_lock import FolderBusy, FolderLock
-from video.tower_pooling import check_tower_pooling
+from video.tower_pooling import DTYPES, check_tower_pooling
 from vlm_vision.errors import InputError
 from vlm_vision.commands.extract_tower import RANDOM_WEIGHTS_HINT, load_tower
 from vlm_vision.commands.input_checks import check_output_folder, check_weights
@@ -64,7 +64,6 @@ DEFAULT_MODEL = "openai/clip-vit-large-patch14-336"
 _FIELDS = {f.name: f for f in dataclasses.fields(ExtractSettings)}
 # The flags' defaults and choices are `ExtractSettings`'s (an on/off flag is off by default, as its field).
 _DEFAULT = ExtractSettings()
-DTYPES = {name: getattr(torch, name) for name in _FIELDS["dtype"].metadata["choices"]}
 
 
 # ----- arguments --------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def check_model_folder(path: str | os.PathLike, flag: str) -> None:
                                       "LLaVA-NeXT-Video folder (`hf download ID --local-dir DIR`)")
     check_folder(model, flag, "a model folder (a run's final/ or checkpoint-STEP/, a merged model, or a "
                  "transformers LLaVA-NeXT-Video folder)")
-    from vlm_vision.training.trained import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
+    from vlm_vision.model.run_folder import CONFIG_NAME, TrainedSpec  # lazy: torch and transformers, for a run only
 
     if (model / CONFIG_NAME).is_file():  # the base LLM and tower a trained folder names
         spec = TrainedSpec.read(model)

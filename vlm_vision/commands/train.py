@@ -20,7 +20,7 @@ import logging
 
 from accelerate import PartialState
 
-from vlm_vision.model.anyres_grid import DEFAULT_PINPOINTS
+from vlm_vision.model.anyres import DEFAULT_PINPOINTS
 from vlm_vision.errors import InputError
 from vlm_vision.commands.config_flags import Parsers, add_config_arguments, config_from_flags
 from vlm_vision.commands.input_checks import check_data_spec, check_folder, check_output_folder, check_weights, weights_errors

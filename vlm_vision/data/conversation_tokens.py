@@ -16,20 +16,7 @@ from typing import Any
 
 from vlm_vision.model.placeholders import IGNORE_INDEX
 
-__all__ = ["assistant_char_spans", "check_tokenizer", "padding_id", "tokenize_conversation"]
-
-
-def padding_id(tokenizer: Any) -> int:
-    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token (padded
-    positions are masked out, so any id the LLM embeds will do).
-
-    Raises:
-        ValueError: when the tokenizer has neither.
-    """
-    for pad_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if pad_id is not None:
-            return pad_id
-    raise ValueError("the tokenizer has neither a pad nor an eos token to pad with; set tokenizer.pad_token")
+__all__ = ["assistant_char_spans", "check_tokenizer", "tokenize_conversation"]
 
 
 def check_tokenizer(tokenizer: Any) -> None:

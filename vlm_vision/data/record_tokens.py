@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
-from safetensors import safe_open
 
 from vlm_vision.data.conversation_tokens import tokenize_conversation
 from vlm_vision.data.formats import CACHED_SUFFIX, PLACEHOLDERS, BadSample, MediaRoots, Record, parse_record
@@ -110,10 +109,12 @@ def cached_frames(path: Path, tokens_per_frame: int, sample_id: str) -> int:
     Raises:
         BadSample: when the file has no `tokens` float[T, N', D] with the expected N'.
     """
-    with safe_open(str(path), framework="pt") as f:
-        if "tokens" not in f.keys():
-            raise BadSample(sample_id, f"{path} has no 'tokens' tensor (keys: {list(f.keys())})")
-        shape = f.get_slice("tokens").get_shape()
+    from video.extract import read_token_header  # lazy: imports torch, which most scan workers never need
+
+    try:
+        shape = read_token_header(path, require_format=False).shape
+    except ValueError as e:  # no `tokens` tensor
+        raise BadSample(sample_id, str(e)) from None
     if len(shape) != 3 or shape[1] != tokens_per_frame:
         raise BadSample(sample_id, f"{path} holds tokens of shape {list(shape)}; expected [T, {tokens_per_frame}, D]")
     return shape[0]

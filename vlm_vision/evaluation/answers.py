@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.data.conversation_tokens import padding_id, tokenize_conversation
+from vlm_vision.model.llm import padding_id, takes_logits_to_keep
+from vlm_vision.data.conversation_tokens import tokenize_conversation
 from vlm_vision.data.files import Skipped
 from vlm_vision.evaluation.questions import LETTERS, Question, choice_prompt, exact_match, log_fields, open_prompt, parse_choice, parse_question, token_f1
 from vlm_vision.data.formats import BadSample as BadRecord
@@ -37,8 +38,7 @@ from vlm_vision.model.fusion_steps import encode_videos
 from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.data.question_files import question_rows
 from vlm_vision.data.record_tokens import expand_placeholder
-from vlm_vision.training.data import Example, pad_batch
-from vlm_vision.training.loss import takes_logits_to_keep
+from vlm_vision.data.examples import Example, pad_batch
 from vlm_vision.model.video_prompt import time_instruction
 
 # `load_eval_model` and `model_identity` live in `eval_model`; they are importable from here too.

@@ -19,7 +19,8 @@ from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.interchange import saved_video_processor
 from vlm_vision.model.processor import VisionLanguageProcessor
-from vlm_vision.training.trained import CONFIG_NAME, load_tokenizer, load_trained
+from vlm_vision.model.run_folder import CONFIG_NAME, load_trained
+from vlm_vision.model.llm import load_tokenizer
 
 __all__ = ["TRANSFORMERS_KINDS", "load_eval_model", "model_identity"]
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from transformers import CLIPVisionConfig
 
+from projector.weight_files import read_json, weight_keys
 from vlm_vision.model.configs import hub_config
 from vlm_vision.model.fusion import VisionLanguageModel
 from vlm_vision.model.llava_checkpoint import LLAVA_DEFAULTS, llava_checkpoint_parts
 from vlm_vision.model.processor import VisionLanguageProcessor
-from vlm_vision.training.trained import load_tokenizer
+from vlm_vision.model.llm import load_tokenizer
 
 __all__ = ["grow_embeddings", "is_llava_own", "llava_own_config", "load_llava_own"]
 
@@ -40,15 +40,9 @@ def _weight_keys(run: Path) -> list[str]:
     """The tensor names of the folder's weight files (index, safetensors or torch files)."""
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (run / index).is_file():
-            return list(json.loads((run / index).read_text())["weight_map"])
-    keys: list[str] = []
-    for file in sorted(run.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            keys += list(f.keys())
-    for file in sorted(run.glob("*.bin")):
-        if file.name != "mm_projector.bin":
-            keys += list(torch.load(file, map_location="cpu", mmap=True, weights_only=True))
-    return keys
+            return list(read_json(run / index)["weight_map"])
+    files = sorted(run.glob("*.safetensors")) + [f for f in sorted(run.glob("*.bin")) if f.name != "mm_projector.bin"]
+    return [key for file in files for key in weight_keys(file)]
 
 
 def _tower_arguments(run: Path, config: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,12 @@ from typing import Any
 from torch import nn
 
 from vlm_vision.errors import InputError
-from vlm_vision.data.files import load_rows
+from vlm_vision.data.files import Skipped, load_rows
 from vlm_vision.data.formats import BadSample, normalise
-from vlm_vision.data.files import Skipped
 from vlm_vision.evaluation.model import TRANSFORMERS_KINDS, load_eval_model
 from vlm_vision.export.llava_own import is_llava_own, llava_own_config, load_llava_own
 from vlm_vision.model.interchange import saved_video_processor
-from vlm_vision.training.trained import CONFIG_NAME, TrainedSpec, load_trained
+from vlm_vision.model.run_folder import CONFIG_NAME, TrainedSpec, load_trained
 
 __all__ = ["EXPECTED_FOLDER", "Recipe", "load_source", "read_recipe", "run_metrics", "training_images"]
 

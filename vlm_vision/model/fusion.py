@@ -48,8 +48,7 @@ from transformers import AutoModelForCausalLM
 from projector import build_projector, load_projector
 from video.budget import VideoLayout
 from video.pooling import check_pooling
-from vlm_vision.model.anyres import encode_anyres_images
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION, anyres_num_tokens, check_pinpoints
+from vlm_vision.model.anyres import BASE_RESOLUTION, anyres_num_tokens, check_pinpoints, encode_anyres_images
 from vlm_vision.model.fusion_steps import (
     Videos,
     check_input_ids,

@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import transformers
@@ -44,12 +44,9 @@ from projector import build_projector, load_projector
 from projector.builders import projector_kind
 from projector.checkpoints import projector_state_dict
 from vlm_vision.model.checkpoint_keys import HF_BLOCK_KEYS, hf_to_tower
-from vlm_vision.model.parts import ModelParts
+from vlm_vision.model.parts import AssembledModel, ModelParts
 from vlm_vision.model.tower import CLIPVisionTower
 from vlm_vision.model.transforms import CLIPImageTransform
-
-if TYPE_CHECKING:  # the model class imports this module; only its type is named here
-    from vlm_vision.model.fusion import VisionLanguageModel
 
 __all__ = ["saved_video_processor", "save_transformers", "split_transformers_keys", "tower_to_hf",
            "transformers_parts"]
@@ -292,7 +289,7 @@ def _transform_for(model_or_path: Any) -> Any:
 # ----- ours -> transformers ---------------------------------------------------------------------------
 
 
-def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
+def _check_saveable(model: AssembledModel, kind: str) -> None:
     if projector_kind(model.projector) != "mlp2x_gelu":
         raise ValueError(f"transformers' LLaVA classes have an mlp2x_gelu projector, this model has "
                          f"{projector_kind(model.projector)}")
@@ -324,7 +321,7 @@ def _check_saveable(model: VisionLanguageModel, kind: str) -> None:
                          f"{type(model.llm).__name__} uses `.{model.llm.base_model_prefix}`")
 
 
-def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
+def _transformers_config(model: AssembledModel, kind: str) -> Any:
     tower = model.tower
     vision = tower.config.to_dict()
     vision["num_hidden_layers"] = len(tower.blocks)  # only the blocks that feed the features exist
@@ -349,11 +346,12 @@ def _transformers_config(model: VisionLanguageModel, kind: str) -> Any:
     return config
 
 
-def save_transformers(model: VisionLanguageModel, path: str | os.PathLike, *, kind: str,
+def save_transformers(model: AssembledModel, path: str | os.PathLike, *, kind: str,
                       max_shard_size: str | int = "5GB") -> Path:
     """Write `model` as a transformers LLaVA folder (config, generation config, safetensors shards).
 
     Args:
+        model: a `VisionLanguageModel` (what is read off it: `vlm_vision.model.parts.AssembledModel`).
         kind: "llava_next_video" (`LlavaNextVideoForConditionalGeneration`), "llava_next"
             (`LlavaNextForConditionalGeneration`, anyres images) or "llava"
             (`LlavaForConditionalGeneration`, one crop per image).

@@ -85,7 +85,7 @@ class NewTokenRows(nn.Module):
 
     @torch.no_grad()
     def load(self, rows: dict[str, torch.Tensor]) -> None:
-        """Copy rows saved by `vlm_vision.training.trained.token_rows` (`ids`, `input`, optional `output`) in."""
+        """Copy rows saved by `vlm_vision.model.run_folder.token_rows` (`ids`, `input`, optional `output`) in."""
         if rows["ids"].tolist() != self.ids.tolist():
             raise ValueError(f"stored token rows are for ids {rows['ids'].tolist()}, "
                              f"the trained rows for {self.ids.tolist()}")

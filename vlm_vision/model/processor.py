@@ -35,9 +35,8 @@ from tokenizers import AddedToken
 
 from video.budget import VideoLayout, sampled_frame_count
 from video.decode import load_video
-from vlm_vision.model.anyres import anyres_batch
-from vlm_vision.model.anyres_grid import anyres_num_tokens
-from vlm_vision.data.conversation_tokens import padding_id
+from vlm_vision.model.anyres import anyres_batch, anyres_num_tokens
+from vlm_vision.model.llm import padding_id
 from vlm_vision.model.placeholders import VisualSpanCut, expand_placeholders, truncate
 from vlm_vision.model.video_prompt import time_instruction, time_marker
 

@@ -14,8 +14,8 @@ import dataclasses
 from typing import Any
 
 from video.pooling import POOL_MODES
-from vlm_vision.model.anyres_grid import CONVENTIONS
-from vlm_vision.training.trained import DTYPES
+from vlm_vision.model.anyres import CONVENTIONS
+from video.tower_pooling import DTYPES
 from vlm_vision.model.video_tokens import VIDEO_NEWLINES
 
 __all__ = ["DEFAULT_LR", "DEFAULT_PROJECTOR_LR", "LORA_TARGETS", "MIXED_PRECISIONS", "RESUMABLE_CHANGES",

@@ -55,7 +55,7 @@ def _visual(settings: DataStatsSettings) -> tuple[Any, Any, int, str]:
     from vlm_vision.model.tower import CLIPVisionTower  # lazy: as above
     from vlm_vision.training.config import TrainConfig  # lazy: as above
     from vlm_vision.training.setup import llm_context, resolve_max_length, scan_frames, visual_spec  # lazy: as above
-    from vlm_vision.training.trained import load_tokenizer  # lazy: as above
+    from vlm_vision.model.llm import load_tokenizer  # lazy: as above
 
     config = TrainConfig(llm=settings.llm, tower=settings.tower, data=settings.data, output_dir=settings.output_dir,
                          num_frames=settings.num_frames, pool_stride=settings.pool_stride)

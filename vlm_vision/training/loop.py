@@ -37,9 +37,10 @@ import torch
 from torch import nn
 
 from video.atomic_files import atomic_dir
-from vlm_vision.data.conversation_tokens import padding_id
 from vlm_vision.evaluation.answers import eval_questions, question_accuracy
 from vlm_vision.evaluation.questions import Question
+from vlm_vision.model.llm import padding_id
+from vlm_vision.model.run_folder import load_trained_weights, save_trained
 from vlm_vision.training.config import RESUMABLE_CHANGES, TrainConfig, config_dict
 from vlm_vision.training.fit import FitSettings, Fitted, Job, MicroBatch, fit
 from vlm_vision.training.log import RunLog, plot_loss
@@ -49,7 +50,6 @@ from vlm_vision.training.params import cosine_schedule, param_groups, print_trai
 from vlm_vision.training.runtime import resolve_device_defaults, run_device
 from vlm_vision.training.setup import Run, setup
 from vlm_vision.training.sharded import FrozenParts, frozen_parts, shard_model, whole_state
-from vlm_vision.training.trained import load_trained_weights, save_trained
 
 __all__ = ["train"]
 
@@ -58,7 +58,7 @@ def train(config: TrainConfig) -> Path:
     """Run one training stage and return its `final/` folder.
 
     Writes into `config.output_dir`: `log.jsonl`, `skipped.jsonl`, `checkpoint-STEP/` every
-    `save_every` steps (the last `keep_last` kept), `final/` (see `vlm_vision.training.trained`) and
+    `save_every` steps (the last `keep_last` kept), `final/` (see `vlm_vision.model.run_folder`) and
     `loss.png`. Launch on several GPUs or machines with `accelerate launch`.
 
     Raises:

@@ -1,7 +1,7 @@
 """From examples to the loss: the padded model inputs of a batch, the labelled loss, evaluation.
 
 `labelled_loss` and `vlm_vision.evaluation.answers`'s option scoring both run the LM head only where a
-label follows, when the LLM's forward takes `logits_to_keep` (`takes_logits_to_keep`).
+label follows, when the LLM's forward takes `logits_to_keep` (`vlm_vision.model.llm.takes_logits_to_keep`).
 
 Shapes: B batch, L sequence, K kept positions, V vocabulary (logits) or videos (lists), I images,
 P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
@@ -9,8 +9,6 @@ P crops, T frames, S image side, N' pooled tokens per frame, D_v tower width.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.model.anyres import BASE_RESOLUTION
 from vlm_vision.model.fusion_steps import encode_videos, mask_labels
+from vlm_vision.model.llm import takes_logits_to_keep
 from vlm_vision.model.placeholders import IGNORE_INDEX
-from vlm_vision.training.data import ConversationDataset, Example, pad_batch
+from vlm_vision.data.examples import ConversationDataset, Example, pad_batch
 
-__all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "takes_logits_to_keep",
-           "to_device"]
+__all__ = ["evaluate", "label_count", "labelled_loss", "model_inputs", "step_loss_scale", "to_device"]
 
 
 def model_inputs(examples: Sequence[Example], pad_token_id: int, tower: nn.Module | None = None, *,
@@ -123,18 +121,6 @@ def step_loss_scale(step_tokens: int, num_processes: int, grad_accum: int) -> fl
         0.1
     """
     return num_processes * grad_accum / max(step_tokens, 1)
-
-
-def takes_logits_to_keep(llm: nn.Module) -> bool:
-    """Whether the LLM's forward (under a PEFT wrapper: the base model's) takes `logits_to_keep`."""
-    core = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-    return _forward_takes_logits_to_keep(type(core))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    # once per class, not on every training step
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

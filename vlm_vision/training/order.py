@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from vlm_vision.training.data import ConversationDataset, Example
+from vlm_vision.data.examples import ConversationDataset, Example
 from vlm_vision.data.files import Skipped
 
 __all__ = ["DataOrder", "epoch_order", "grouped_epoch_order", "micro_batch_indices", "micro_batch_loader",

@@ -22,16 +22,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from video.extract import read_metadata
+from video.extract import read_token_header
 from video.provenance import describe_differences, differences, weights_fingerprint
+from video.tower_pooling import DTYPES
 from vlm_vision.data.formats import Record
 
 __all__ = ["ForeignTokens", "check_cached_tokens", "expected_settings"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class ForeignTokens(ValueError):
     """Cached tokens made with other weights or settings than this run's."""
@@ -85,7 +82,7 @@ def check_cached_tokens(records: Iterable[Record], tower: torch.nn.Module, *, nu
         if "weights_fingerprint" in recorded:
             dtype = recorded.get("dtype", "float32")
             if dtype not in fingerprints:
-                fingerprints[dtype] = weights_fingerprint(tower, loaded_dtype=_DTYPES.get(dtype))
+                fingerprints[dtype] = weights_fingerprint(tower, loaded_dtype=DTYPES.get(dtype))
             differ.update(differences(recorded, {"weights_fingerprint": fingerprints[dtype]}))
         elif not recorded.get("random_weights"):
             unchecked += 1
@@ -112,8 +109,7 @@ def check_cached_tokens(records: Iterable[Record], tower: torch.nn.Module, *, nu
 
 def _recorded(path: str) -> dict[str, Any]:
     """A token file's metadata, with `frames` (T, from the tensor's shape) added."""
-    recorded = read_metadata(path)
-    with safe_open(path, framework="pt") as f:
-        recorded["frames"] = int(f.get_slice("tokens").get_shape()[0])
+    header = read_token_header(path)
+    recorded = {**header.metadata, "frames": int(header.shape[0])}
     recorded.setdefault("fps", None)  # a library-written file: uniform sampling
     return recorded

@@ -30,28 +30,22 @@ from torch import nn
 from video import VideoDecodeError, load_video_tokens
 from video.budget import sampled_frame_count
 from vlm_vision.errors import InputError
-from vlm_vision.model.anyres import anyres_pixel_values
-from vlm_vision.model.anyres_grid import anyres_num_tokens
+from vlm_vision.model.anyres import anyres_num_tokens, anyres_pixel_values
 from vlm_vision.data.files import Skipped
 from vlm_vision.data.formats import BadSample, MediaRoots, parse_record
 from vlm_vision.data.resume import DATA_FILES_RECORD, check_data_files
 from vlm_vision.data.scan import KINDS, Rows, TrainingData, load_training_data, open_rows
 from vlm_vision.training.config import TrainConfig
-from vlm_vision.training.data import ConversationDataset
+from vlm_vision.data.examples import ConversationDataset
 from vlm_vision.data.record_tokens import VisualSpec
 from vlm_vision.training.log import RunLog, logger
 from vlm_vision.training.params import mark_trainable
 from vlm_vision.training.provenance import check_cached_tokens
 from vlm_vision.training.runtime import resolve_device_defaults
 from vlm_vision.training.skips import SkipCeiling
-from vlm_vision.training.trained import (
-    DTYPES,
-    TrainedSpec,
-    absolute_if_local,
-    build_base,
-    load_tokenizer,
-    load_trained_weights,
-)
+from video.tower_pooling import DTYPES
+from vlm_vision.model.run_folder import TrainedSpec, absolute_if_local, build_base, load_trained_weights
+from vlm_vision.model.llm import load_tokenizer
 
 __all__ = ["Run", "llm_context", "resolve_max_length", "scan_frames", "setup", "video_fit_error", "visual_spec"]
 

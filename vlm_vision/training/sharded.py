@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from vlm_vision.training.trained import token_rows
+from vlm_vision.model.run_folder import token_rows
 
 __all__ = ["FrozenParts", "frozen_parts", "is_fsdp", "load_optimizer_state", "save_optimizer_state", "shard_model",
            "whole_state"]

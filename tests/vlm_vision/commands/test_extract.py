@@ -1,4 +1,5 @@
-"""`vlm-vision extract` end to end: bad files, resume, overwrite, preview, several processes, weights."""
+"""`vlm-vision extract` end to end: bad files, resume, overwrite, preview, several processes, weights,
+a frame budget (per-video stride as the model chooses it)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import time
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
+from projector import build_projector
 from tests.video.synth import corrupt_file, make_audio_only, make_numbered_video, make_video_folder, truncate_file
 from video import load_video, load_video_tokens, spatial_pool
 from video.corpus.plan import output_name
-from vlm_vision import CLIPVisionTower
+from vlm_vision import CLIPVisionTower, VisionLanguageModel
 from vlm_vision.commands.main import main
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
@@ -439,13 +441,13 @@ def test_a_video_added_to_a_folder_renames_nothing(capsys, tmp_path, tiny_model,
 
 
 def test_outputs_record_their_source_and_settings(capsys, tmp_path, tiny_model, videos):
-    from video.extract import read_metadata
+    from video.extract import read_token_header
     from video.provenance import source_fingerprint
 
     out = tmp_path / "out"
     assert extract(capsys, videos / "a.mp4", "--out", out, "--model", tiny_model, "--num-frames", 2,
                    "--workers", 0)[0] == 0
-    meta = read_metadata(out / "a.safetensors")
+    meta = read_token_header(out / "a.safetensors").metadata
     stat = (videos / "a.mp4").stat()
     assert meta["source_path"] == str((videos / "a.mp4").resolve()) and meta["source_size"] == stat.st_size
     assert meta["source_mtime_ns"] == stat.st_mtime_ns
@@ -590,3 +592,39 @@ def test_two_runs_into_one_folder(tmp_path, tiny_model):
     assert third.returncode == 0, third.stderr
     assert "taking over" in third.stderr and "pid 999999999 on host gone" in third.stderr
     assert not lock.exists()
+
+
+def test_budget_picks_each_videos_stride_like_the_model(tiny_model, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_numbered_video(videos / "short.mp4", 12)  # 0.4 s at 30 fps: 4 frames at 10 fps -> 16 tokens fit
+    make_numbered_video(videos / "long.mp4", 90)  # 3 s: 30 frames, capped at 8 -> 32 tokens > 20: stride 4
+    out = tmp_path / "tokens"
+    args = ["extract", str(videos), "--out", str(out), "--model", str(tiny_model), "--fps", "10", "--max-frames", "8",
+            "--max-video-tokens", "20", "--workers", "0"]
+    assert main(args) == 0
+    short, long = load_video_tokens(out / "short.safetensors"), load_video_tokens(out / "long.safetensors")
+    assert (tuple(short.tokens.shape), short.pool_stride) == ((4, 4, 32), 2)
+    assert (tuple(long.tokens.shape), long.pool_stride) == ((8, 1, 32), 4)
+
+    # a model with the same budget takes both files as they are, and counts them as its processor does
+    tower = CLIPVisionTower.from_pretrained(str(tiny_model))
+    llm = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=40))
+    model = VisionLanguageModel(tower, build_projector("linear", 32, 64), llm, image_token_id=None,
+                                video_token_id=39, max_video_tokens=20)
+    got = [v.shape[0] for v in model.video_features(video_features=[short.tokens, long.tokens])]
+    assert got == [model.video_tokens(4), model.video_tokens(8)] == [16, 8]
+
+    stamp = (out / "long.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0  # same settings: both outputs kept, nothing redone
+    assert (out / "long.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_min_frames_that_cannot_fit_stop_the_run(tiny_model, tmp_path, capsys):
+    make_numbered_video(tmp_path / "a.mp4", 12)
+    code = main(["extract", str(tmp_path / "a.mp4"), "--out", str(tmp_path / "o"), "--model", str(tiny_model),
+                 "--fps", "10", "--min-frames", "30", "--max-video-tokens", "20", "--workers", "0"])
+    assert code == 2
+    assert "min_frames=30 frames need 30 tokens" in capsys.readouterr().err

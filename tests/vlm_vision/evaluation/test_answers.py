@@ -28,7 +28,8 @@ def colour(tmp_path_factory):
 
 
 def _untrained(paths):
-    from vlm_vision.training.trained import TrainedSpec, build_base, load_tokenizer
+    from vlm_vision.model.run_folder import TrainedSpec, build_base
+    from vlm_vision.model.llm import load_tokenizer
 
     spec = TrainedSpec(llm=str(paths["llm"]), tower=str(paths["tower"]), projector_type="mlp2x_gelu", vocab_size=0,
                        new_token_ids=[], image_token_id=None, video_token_id=None, num_frames=FRAMES)

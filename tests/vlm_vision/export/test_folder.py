@@ -1,7 +1,7 @@
 """`vlm-vision export`: the folder's files, reading it back, LLaVA's projector file, refusals, safety.
 
-transformers alone loading the export is `test_export_interop.py`; sharded runs exporting as one
-process does are in `test_train_sharded.py`.
+transformers alone loading the export is `test_interop.py`; sharded runs exporting as one
+process does are in `tests/vlm_vision/training/test_sharded.py`; the processor files alone in `test_files.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pytest
 import torch
@@ -22,9 +21,8 @@ from vlm_vision.commands.main import main
 from vlm_vision.errors import InputError
 from vlm_vision.evaluation.model import load_eval_model
 from vlm_vision.export.folder import ExportSettings, export_model
-from vlm_vision.export.files import ProcessorSettings, processor_files, typed_parts_template
 from vlm_vision.model.llava_checkpoint import llava_checkpoint_parts
-from vlm_vision.training.trained import load_trained
+from vlm_vision.model.run_folder import load_trained
 from vlm_vision.model.video_prompt import time_instruction
 
 FRAMES = 4
@@ -96,44 +94,6 @@ def test_the_folder_is_complete_and_reads_back_to_the_same_logits(run, tmp_path)
     assert "vllm serve hf" in card and "LlavaNextVideoForConditionalGeneration.from_pretrained" in card
     logged = [json.loads(line) for line in (run["final"].parent / "log.jsonl").read_text().splitlines()]
     assert f"{[e for e in logged if 'eval_loss' in e][-1]['eval_loss']:.4f}" in card
-
-
-def test_typed_parts_render_the_training_prompt_with_the_time_instruction():
-    base = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def fail(message):
-        raise jinja2.TemplateError(message)
-
-    env.globals["raise_exception"] = fail
-    template = env.from_string(typed_parts_template(base, time_instruction=True))
-    times = [0.0, 0.125, 2.4]
-    typed = [{"role": "user", "content": [{"type": "video", "duration": 2.5, "frame_times": times},
-                                          {"type": "text", "text": "Why?"}]}]
-    sentence = time_instruction(2.5, times)  # "... located at 0.00s,0.12s,2.40s.Please ..."
-    expected = f"<|im_start|>user\n<video>\n{sentence}\nWhy?<|im_end|>\n<|im_start|>assistant\n"
-    assert template.render(messages=typed, add_generation_prompt=True) == expected
-    with pytest.raises(jinja2.TemplateError, match="time instruction"):
-        template.render(messages=[{"role": "user", "content": [{"type": "video"}]}])
-    plain = env.from_string(typed_parts_template(base))
-    with pytest.raises(jinja2.TemplateError, match="unknown message part type: audio"):
-        plain.render(messages=[{"role": "user", "content": [{"type": "audio"}]}])
-
-
-def test_transformers_4_layout_has_separate_processor_files():
-    settings = ProcessorSettings(image_size=336, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), patch_size=14,
-                                 select_strategy="default", image_grid_pinpoints=[[336, 672]], num_frames=None,
-                                 fps=1.0, chat_template="{{ x }}")
-    four, five = processor_files(settings, 4), processor_files(settings, 5)
-    assert sorted(four) == ["chat_template.jinja", "preprocessor_config.json", "processor_config.json",
-                            "video_preprocessor_config.json"]
-    assert sorted(five) == ["chat_template.jinja", "processor_config.json"]
-    video = json.loads(four["video_preprocessor_config.json"])
-    assert video["fps"] == 1.0 and "num_frames" not in video  # never both
-    assert json.loads(four["preprocessor_config.json"])["image_grid_pinpoints"] == [[336, 672]]
-    assert json.loads(five["processor_config.json"])["video_processor"] == {k: v for k, v in video.items()
-                                                                            if k != "processor_class"}
 
 
 @pytest.mark.slow
@@ -225,7 +185,7 @@ def test_cli_refuses_bad_input_in_one_line(run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_merged_model_exports_as_its_run_does(run, tmp_path):
-    from vlm_vision.training.trained import merge_trained
+    from vlm_vision.model.run_folder import merge_trained
 
     merged = merge_trained(run["final"], tmp_path / "merged")
     folders = [export_model(ExportSettings(run=str(source), out=str(tmp_path / name)))

@@ -31,7 +31,7 @@ from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_fold
 from video.decode import load_video
 from vlm_vision import TrainConfig, train
 from vlm_vision.export.folder import ExportSettings, export_model
-from vlm_vision.training.trained import load_trained
+from vlm_vision.model.run_folder import load_trained
 
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parents[1]  # tests/vlm_vision: the interop script

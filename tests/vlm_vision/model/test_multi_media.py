@@ -13,10 +13,10 @@ from PIL import Image
 
 from tests.vlm_vision.training.test_loop import ANYRES_PINPOINTS, config, losses, train_capturing
 from tests.vlm_vision.train_fixtures import COLOURS, write_colour_video, write_llm_folder, write_tower_folder
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.model.anyres import BASE_RESOLUTION
 from vlm_vision.data.formats import parse_record
 from vlm_vision.data.record_tokens import VisualSpec, visual_counts
-from vlm_vision.training.data import Example
+from vlm_vision.data.examples import Example
 from vlm_vision.training.loss import model_inputs
 
 

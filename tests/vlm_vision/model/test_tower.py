@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from tests.vlm_vision.model.test_configs import README_TABLE
 from vlm_vision import CLIPVisionTower, vision_config
-from vlm_vision.model.configs import VARIANTS
 from vlm_vision.model.transforms import CLIPImageTransform
 
 TOL = 1e-5  # fp32 max abs diff against transformers
@@ -170,30 +170,6 @@ def test_unfreeze_lets_gradients_flow_and_train_mode_work():
 
 # ----- attributes and variants ---------------------------------------------------------------------
 
-# name -> (image size, patch, grid side, tokens, width, blocks)
-README_TABLE = {
-    "ViT-B/32": (224, 32, 7, 49, 768, 12),
-    "ViT-B/16": (224, 16, 14, 196, 768, 12),
-    "ViT-L/14": (224, 14, 16, 256, 1024, 24),
-    "ViT-L/14@336": (336, 14, 24, 576, 1024, 24),
-}
-
-
-@pytest.mark.parametrize("name", sorted(README_TABLE))
-def test_vision_config_numbers(name):
-    size, patch, grid, tokens, width, blocks = README_TABLE[name]
-    config = vision_config(name)
-    assert (config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers) == (
-        size, patch, width, blocks)
-    assert (config.image_size // config.patch_size) ** 2 == grid * grid == tokens
-    assert config.hidden_size // config.num_attention_heads == 64
-    assert config.intermediate_size == 4 * width and config.hidden_act == "quick_gelu"
-
-
-def test_variant_table_is_complete():
-    assert set(VARIANTS) == set(README_TABLE)
-    with pytest.raises(ValueError, match="ViT-H/14.*ViT-B/16"):
-        vision_config("ViT-H/14")
 
 
 @pytest.mark.parametrize("name", sorted(README_TABLE))

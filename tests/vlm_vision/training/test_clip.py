@@ -12,7 +12,6 @@ from transformers import CLIPModel
 
 from tests.vlm_vision.tiny_clip import save_tiny_clip
 from vlm_vision.commands.main import main
-from vlm_vision.data.clip_pairs import Pair, read_pairs, split_pairs
 from vlm_vision.training.clip import ClipTrainConfig, config_problems, retrieval_metrics, train
 from vlm_vision.model.zero_shot import ZeroShotClassifier
 
@@ -191,23 +190,6 @@ def test_unusable_settings_are_named_by_field(colours, tmp_path):
         train(config)
     assert not (tmp_path / "out").exists()
     assert config_problems(ClipTrainConfig(str(colours["model"]), colours["data"], colours["media"], tmp_path)) == {}
-
-
-def test_read_pairs_json_list_and_split(colours, tmp_path):
-    (tmp_path / "pairs.json").write_text(json.dumps([{"image": "red0.png", "caption": "red"},
-                                                     {"image": "blue1.png", "caption": "blue"}]))
-    pairs, skipped = read_pairs(tmp_path / "pairs.json", colours["media"])
-    assert skipped == [] and pairs == [Pair(colours["media"] / "red0.png", "image", "red"),
-                                       Pair(colours["media"] / "blue1.png", "image", "blue")]
-    (tmp_path / "bad.json").write_text('{"image": "red0.png"}')
-    with pytest.raises(ValueError, match="must hold a JSON list"):
-        read_pairs(tmp_path / "bad.json", colours["media"])
-
-    many = [Pair(pathlib.Path(f"{i}.png"), "image", str(i)) for i in range(10)]
-    train, held_out = split_pairs(many, 0.25, seed=3)
-    assert len(held_out) == 3 and len(train) == 7 and set(train).isdisjoint(held_out)
-    assert split_pairs(many, 0.25, seed=3) == (train, held_out)  # the same split on every rank
-    assert split_pairs(many, 0.0, seed=3)[1] == []
 
 
 def test_retrieval_metrics_by_hand():

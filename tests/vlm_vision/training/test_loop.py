@@ -28,7 +28,8 @@ from vlm_vision import TrainConfig, train
 from vlm_vision.training.order import micro_batch_indices
 from vlm_vision.training.params import cosine_schedule
 from vlm_vision.export.folder import ExportSettings, export_model
-from vlm_vision.training.trained import load_llm, load_trained, merge_trained
+from vlm_vision.model.llm import load_llm
+from vlm_vision.model.run_folder import load_trained, merge_trained
 
 FRAMES = 4
 
@@ -445,7 +446,8 @@ def test_merge_and_export_give_the_same_outputs(parts, tmp_path):
 def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
     """The training loss runs the LM head only where a label follows: same loss, same gradients."""
     from vlm_vision.training.log import RunLog
-    from vlm_vision.training.loss import labelled_loss, model_inputs, takes_logits_to_keep
+    from vlm_vision.training.loss import labelled_loss, model_inputs
+    from vlm_vision.model.llm import takes_logits_to_keep
     from vlm_vision.training.setup import setup as _setup
 
     out = tmp_path / "ll"
@@ -472,18 +474,6 @@ def test_labelled_loss_equals_the_full_loss_and_its_gradients(parts, tmp_path):
         torch.testing.assert_close(my_grads[name], full_grads[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_llms_without_logits_to_keep_get_the_plain_call():
-    from torch import nn
-
-    from vlm_vision.training.loss import takes_logits_to_keep
-
-    class Plain(nn.Module):
-        def forward(self, inputs_embeds=None, attention_mask=None, labels=None):
-            return None
-
-    assert not takes_logits_to_keep(Plain())
-
-
 ANYRES_PINPOINTS = [[28, 56], [56, 28], [56, 56]]  # [height, width], multiples of the tiny tower's 28 px
 
 
@@ -494,7 +484,7 @@ def test_anyres_images_train_reload_and_export(parts, tmp_path):
     from PIL import Image
     from transformers import LlavaNextVideoForConditionalGeneration
 
-    from vlm_vision.model.anyres_grid import anyres_num_tokens
+    from vlm_vision.model.anyres import anyres_num_tokens
 
     sizes = {"wide": (30, 70), "tall": (70, 30), "square": (40, 40)}
     records = []

@@ -34,7 +34,7 @@ from vlm_vision import TrainConfig, train
 from vlm_vision.export.folder import ExportSettings, export_model
 from vlm_vision.training.order import micro_batch_indices
 from vlm_vision.training.runtime import check_processes
-from vlm_vision.training.trained import load_trained
+from vlm_vision.model.run_folder import load_trained
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "accelerate"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlm_vision import TrainConfig, load_trained, train
-from vlm_vision.training.trained import FASTER_FILE, TrainedSpec
+from vlm_vision.model.run_folder import FASTER_FILE, TrainedSpec
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "train_stage1_stage2.py"
 

@@ -316,7 +316,7 @@ def _unwritable(root: Path) -> Path:
 
 def _trained_folder(folder: Path, llm: Path, tower: Path) -> Path:
     """A trained folder's `vlm_config.json` naming `llm` and `tower` (no weights: every row stops first)."""
-    from vlm_vision.training.trained import CONFIG_NAME, TrainedSpec
+    from vlm_vision.model.run_folder import CONFIG_NAME, TrainedSpec
 
     folder.mkdir()
     spec = TrainedSpec(llm=str(llm), tower=str(tower), projector_type="mlp2x_gelu", vocab_size=0, new_token_ids=[],

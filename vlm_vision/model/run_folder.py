@@ -32,16 +32,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from projector import build_projector, load_projector, save_projector
+from projector.weight_files import read_weight_file
 from video.atomic_files import atomic_dir
 from vlm_vision.errors import InputError
 from vlm_vision.model.fusion import VisionLanguageModel
+from vlm_vision.model.llm import load_llm, load_tokenizer
 from vlm_vision.model.processor import VisionLanguageProcessor
 from vlm_vision.model.tower import CLIPVisionTower
+
+__all__ = ["CONFIG_NAME", "FASTER_FILE", "NEWLINE_FILE", "NEW_TOKENS_FILE", "PROJECTOR_FILE", "TrainedSpec",
+           "absolute_if_local", "build_base", "load_trained", "load_trained_weights", "merge_trained", "save_trained",
+           "set_token_rows", "token_rows"]
 
 FORMAT = "vlm-vision/trained/v1"
 CONFIG_NAME = "vlm_config.json"
@@ -49,7 +54,6 @@ PROJECTOR_FILE = "projector.safetensors"
 NEWLINE_FILE = "image_newline.safetensors"
 FASTER_FILE = "faster_token.safetensors"
 NEW_TOKENS_FILE = "new_tokens.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclasses.dataclass
@@ -120,27 +124,7 @@ class TrainedSpec:
         return str(folder / name[2:]) if name.startswith("./") else name
 
 
-# ----- loading the base parts ---------------------------------------------------------------------
-
-
-def _gguf_split(name_or_path: str) -> tuple[str, dict[str, str]]:
-    # A `.gguf` file is loaded by transformers from its folder with `gguf_file=`.
-    path = Path(name_or_path)
-    if path.suffix == ".gguf":
-        return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
-
-
-def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> nn.Module:
-    """A transformers causal LM from a Hub id, a folder, or a `.gguf` file (dequantised)."""
-    where, extra = _gguf_split(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
-
-
-def load_tokenizer(name_or_path: str) -> Any:
-    """The fast tokenizer of a Hub id, a folder, or a `.gguf` file."""
-    where, extra = _gguf_split(name_or_path)
-    return AutoTokenizer.from_pretrained(where, **extra)
+# ----- paths the config records -------------------------------------------------------------------
 
 
 def absolute_if_local(name_or_path: str) -> str:
@@ -298,15 +282,15 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
     folder = Path(folder)
     load_projector(model.projector, folder / PROJECTOR_FILE)
     with torch.no_grad():
-        model.image_newline.copy_(load_file(str(folder / NEWLINE_FILE))["image_newline"])
+        model.image_newline.copy_(read_weight_file(folder / NEWLINE_FILE)["image_newline"])
         if model.faster_token is not None:
             if not (folder / FASTER_FILE).is_file():
                 raise FileNotFoundError(f"{folder} was trained with SlowFast (faster_token_stride "
                                         f"{spec.faster_token_stride}) but has no {FASTER_FILE}")
-            model.faster_token.copy_(load_file(str(folder / FASTER_FILE))["faster_token"])
+            model.faster_token.copy_(read_weight_file(folder / FASTER_FILE)["faster_token"])
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     if spec.new_token_ids:
-        rows = load_file(str(folder / NEW_TOKENS_FILE))
+        rows = read_weight_file(folder / NEW_TOKENS_FILE)
         set_token_rows(base, rows)
         if getattr(model, "new_token_rows", None) is not None:  # training them (resuming a run)
             model.new_token_rows.load(rows)
@@ -315,7 +299,7 @@ def load_trained_weights(model: nn.Module, folder: str | os.PathLike, spec: Trai
 
         if hasattr(model.llm, "peft_config"):
             # An adapter is already attached (resuming a run): load its weights in place.
-            result = set_peft_model_state_dict(model.llm, load_file(str(folder / "adapter_model.safetensors")))
+            result = set_peft_model_state_dict(model.llm, read_weight_file(folder / "adapter_model.safetensors"))
             if result.unexpected_keys:
                 raise ValueError(f"{folder}: adapter weights not in the model: {result.unexpected_keys[:4]}")
         else:

@@ -15,7 +15,6 @@ import pytest
 
 from video import exact_decoder as worker
 from video import load_video
-from video.h264_nal import is_disposable
 from tests.video.synth import make_numbered_video, read_frame_number
 
 
@@ -51,33 +50,6 @@ def test_load_video_equals_sequential_decode_with_skipping(bframes_video):
     assert set(clip.indices) & worker.Video(str(bframes_video)).disposable  # some targets are disposable
     for frame, index in zip(clip.frames.numpy(), clip.indices):
         np.testing.assert_array_equal(frame, reference[index])
-
-
-def _avcc(*units: bytes) -> memoryview:
-    return memoryview(b"".join(len(unit).to_bytes(4, "big") + unit for unit in units))
-
-
-@pytest.mark.parametrize(
-    "units, disposable",
-    [
-        ((b"\x01\x9a\x00", b"\x01\x9a\x01"), True),  # two slices, nal_ref_idc 0
-        ((b"\x09\xf0", b"\x01\x9a\x00"), True),  # access unit delimiter + slice
-        ((b"\x41\x9a\x00",), False),  # nal_ref_idc 2
-        ((b"\x65\x88\x00",), False),  # IDR slice
-        ((b"\x06\x05\x00", b"\x01\x9a\x00"), False),  # an SEI rides along: decode it
-        ((b"\x68\xee",), False),  # picture parameter set
-        ((b"\x09\xf0",), False),  # no slice at all
-    ],
-)
-def test_is_disposable(units, disposable):
-    assert is_disposable(_avcc(*units), 4) is disposable
-
-
-def test_is_disposable_refuses_malformed_lengths():
-    data = _avcc(b"\x01\x9a\x00")
-    assert not is_disposable(data[:-1], 4)  # the unit runs past the packet
-    assert not is_disposable(memoryview(bytes(data) + b"\x00\x00"), 4)  # a cut length prefix
-    assert not is_disposable(memoryview(b"\x00\x00\x00\x00\x01"), 4)  # an empty unit
 
 
 # what the first packet teaches the decoder -------------------------------------------------------

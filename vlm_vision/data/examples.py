@@ -1,4 +1,7 @@
-"""Training data: LLaVA records -> `Example`s (token ids, labels, media) and padded batches.
+"""LLaVA records -> `Example`s (token ids, labels, media), and padded batches of them.
+
+Training reads its data through `ConversationDataset`; evaluation builds `Example`s of its own
+(a prompt and one option) and pads them with the same `pad_batch`.
 
 A record is LLaVA's format: `{"id", "video" | "image", "conversations": [{"from": "human" | "gpt",
 "value": ...}, ...]}`, the media placeholder (`<video>` or `<image>`) inside a human turn, the media
@@ -26,7 +29,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from vlm_vision.model.anyres_grid import BASE_RESOLUTION
+from vlm_vision.model.anyres import BASE_RESOLUTION
 from vlm_vision.data.formats import CACHED_SUFFIX, BadSample, Record
 from vlm_vision.data.files import Skipped
 from vlm_vision.model.placeholders import IGNORE_INDEX

@@ -1,4 +1,4 @@
-"""Training data: parsing LLaVA records, chat-template labels, placeholder expansion, bad samples."""
+"""Examples (`vlm_vision.data.examples`): the dataset of scanned records, their media loaded (bad media skipped), and batches padded."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer, write_colo
 from vlm_vision.errors import InputError
 from vlm_vision.model.placeholders import IGNORE_INDEX
 from vlm_vision.data.formats import BadSample, parse_record
-from vlm_vision.training.data import ConversationDataset, Example, pad_batch
+from vlm_vision.data.examples import ConversationDataset, Example, pad_batch
 from vlm_vision.data.files import Skipped, read_records
-from vlm_vision.data.record_tokens import VisualSpec, expand_placeholder, fit_length, scan_records
-from vlm_vision.data.conversation_tokens import tokenize_conversation
+from vlm_vision.data.record_tokens import VisualSpec, scan_records
 
 
 @pytest.fixture(scope="module")
@@ -38,47 +37,6 @@ def _record(video="a.mp4", question=QUESTION, answer="The video is mostly red.",
         rec["video"] = video
     rec.update(extra)
     return rec
-
-
-def _decoded_labels(tok, ids, labels):
-    return tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
-
-
-def test_labels_cover_exactly_the_assistant_turns(tok):
-    messages = [{"role": "user", "content": "<video>\nWhat colour is this video?"},
-                {"role": "assistant", "content": "red"},
-                {"role": "user", "content": "Sure?"},
-                {"role": "assistant", "content": "The video is mostly red."}]
-    ids, labels = tokenize_conversation(tok, messages)
-    assert ids == tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
-    assert _decoded_labels(tok, ids, labels) == "red<|im_end|>\nThe video is mostly red.<|im_end|>\n"
-    # Every labelled token is the id itself; everything else (user turns, role headers) is -100.
-    assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(ids, labels))
-    assert labels[: ids.index(tok.convert_tokens_to_ids("<video>")) + 1] == [IGNORE_INDEX] * (
-        ids.index(tok.convert_tokens_to_ids("<video>")) + 1)
-
-
-def test_labels_with_a_system_turn(tok):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "blue"}]
-    ids, labels = tokenize_conversation(tok, messages)
-    assert _decoded_labels(tok, ids, labels) == "blue<|im_end|>\n"
-
-
-def test_expand_placeholder_hand_computed():
-    assert expand_placeholder([1, 9, 2], [-100, -100, 2], token_id=9, count=3) == (
-        [1, 9, 9, 9, 2], [-100, -100, -100, -100, 2])
-    with pytest.raises(ValueError, match="count"):
-        expand_placeholder([1], [1], 9, 0)
-
-
-def test_fit_length_cuts_text_but_never_a_visual_span():
-    ids, labels = [1, 9, 9, 2, 3, 4], [-100, -100, -100, 2, 3, 4]
-    assert fit_length(ids, labels, 4, (9,)) == ([1, 9, 9, 2], [-100, -100, -100, 2])
-    with pytest.raises(BadSample, match=r"visual span would be truncated: tokens 1\.\.2 of 6, max_length=2"):
-        fit_length(ids, labels, 2, (9,))
-    with pytest.raises(BadSample, match="no assistant tokens"):
-        fit_length([1, 2, 3], [-100, -100, 3], 2, ())
 
 
 def test_parse_record_resolves_media_and_maps_roles(tmp_path):
@@ -127,25 +85,6 @@ def test_read_records_json_and_jsonl(tmp_path):
         read_records(tmp_path / "obj.json")
     with pytest.raises(InputError, match="nothing.json"):
         read_records(tmp_path / "nothing.json")
-
-
-def test_scan_keeps_good_records_and_gives_reasons_for_the_rest(tmp_path, tok):
-    (tmp_path / "a.mp4").write_bytes(b"x")
-    long_question = QUESTION + " " + "word " * 200
-    raws = [_record(id="good"), _record(id="gone", video="gone.mp4"), _record(id="empty", conversations=[]),
-            _record(id="long", question=long_question), Skipped("f:3", "line 3 is not valid JSON")]
-    for r, i in zip(raws, ["good", "gone", "empty", "long"]):
-        r["id"] = i
-    kept, skipped = scan_records(raws, tmp_path, tok, _visual(tok, per_frame=4, frames=3), max_length=64)
-    assert [r.id for r in kept] == ["good"]
-    reasons = {s.id: s.reason for s in skipped}
-    assert set(reasons) == {"gone", "empty", "long", "f:3"}
-    assert reasons["gone"].startswith("missing media") and reasons["empty"] == "empty conversation"
-    # The visual span fits; the long question pushes the whole answer past max_length.
-    assert reasons["long"] == "no assistant tokens within max_length=64"
-    # A visual span that itself crosses max_length is refused, never cut.
-    _, skipped = scan_records([_record()], tmp_path, tok, _visual(tok, per_frame=30, frames=3), max_length=64)
-    assert skipped[0].reason.startswith("visual span would be truncated")
 
 
 def test_dataset_expands_video_and_skips_undecodable_media(tmp_path, tok):
@@ -243,23 +182,6 @@ def test_anyres_image_tokens_follow_each_image_size(tmp_path, tok):
     assert int((wide.input_ids == image_id).sum()) == 70 == int((tall.input_ids == image_id).sum())
     with pytest.raises(ValueError, match="anyres VisualSpec needs load_anyres"):
         ConversationDataset(records, tok, visual, max_length=256, load_video=None, load_cached=None, transform=None)
-
-
-def test_image_size_from_the_header_is_upright_like_the_loaded_image(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    from vlm_vision.model.anyres import anyres_pixel_values
-    from vlm_vision.data.record_tokens import image_size
-    from vlm_vision.data.formats import Record
-
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored 50 wide x 20 high, shown turned a quarter: 20 wide x 50 high
-    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
-    record = Record("p", (), "image", tmp_path / "phone.jpg")
-    assert image_size(record) == (50, 20)
-    _, loaded = anyres_pixel_values(tmp_path / "phone.jpg", grid_pinpoints=[[336, 672], [672, 336]])
-    assert loaded == (50, 20)  # the token count and the crops agree on the size
 
 
 def test_pad_batch_right_pads():

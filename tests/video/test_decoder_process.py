@@ -1,12 +1,17 @@
 """The decoder process converts and resizes frame i in a worker thread while frame i + 1 decodes
 (`video.decoder_process.converted_ahead`): same pixels, same order, and frames decoded before an
-error still come out before it."""
+error still come out before it. The process itself imports only what its backend needs: no torch,
+and decord only for backend="decord"."""
 
 from __future__ import annotations
+
+import pathlib
 
 import numpy as np
 import pytest
 
+import video.decode as decode_module
+from video import load_video
 from video.decoder_process import converted_ahead, rgb_pixels
 from video.exact_decoder import FewerFrames
 from video.frame_scale import FrameScale
@@ -41,3 +46,23 @@ def test_frames_before_an_error_come_out_first_then_the_error():
             got.append(k)
     assert got == [0, 1, 2]
 
+
+def test_worker_loads_decord_only_for_the_decord_backend(media):
+    decode_module.shutdown_worker()
+    load_video(media["short"], num_frames=2)
+    pid = decode_module._worker.process.pid
+
+    def decord_loaded() -> bool:
+        return "libdecord" in pathlib.Path(f"/proc/{pid}/maps").read_text()
+
+    assert not decord_loaded()
+    load_video(media["short"], num_frames=2, backend="decord")
+    assert decode_module._worker.process.pid == pid and decord_loaded()
+
+
+def test_worker_does_not_load_torch(media):
+    """The decoder process imports only its own modules (`video` loads torch lazily): no torch, a fast start."""
+    decode_module.shutdown_worker()
+    load_video(media["short"], num_frames=2)
+    maps = pathlib.Path(f"/proc/{decode_module._worker.process.pid}/maps").read_text()
+    assert "libavcodec" in maps and "libtorch" not in maps

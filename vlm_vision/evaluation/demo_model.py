@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from video import VideoDecodeError, load_video
+from video.clip import VideoDecodeError
+from video.decode import load_video
 from vlm_vision.errors import InputError
 from vlm_vision.evaluation.questions import Question
 from vlm_vision.evaluation.media import Loaded

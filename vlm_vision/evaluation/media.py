@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from video import VideoDecodeError, load_video, load_video_tokens
+from video.clip import VideoDecodeError
+from video.decode import load_video
+from video.extract import load_video_tokens
 from vlm_vision.model.anyres import anyres_pixel_values
 from vlm_vision.evaluation.questions import Question
 

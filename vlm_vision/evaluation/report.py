@@ -178,7 +178,8 @@ def _sampling(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
 
 def _thumbnail(row: dict[str, Any], settings: dict[str, Any], config: ReportConfig) -> dict[str, Any]:
     """The row's strip: {"jpeg", "width"} and a `note` when the frames could not be shown as recorded."""
-    from video import VideoDecodeError, load_video  # lazy: the decoder, for thumbnails only
+    from video.clip import VideoDecodeError  # lazy: the decoder, for thumbnails only
+    from video.decode import load_video  # lazy: the decoder, for thumbnails only
 
     media = row["media"]
     try:

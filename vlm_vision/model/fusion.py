@@ -45,7 +45,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from projector import build_projector, load_projector
+from projector.builders import build_projector
+from projector.checkpoints import load_projector
 from video.budget import VideoLayout
 from video.pooling import check_pooling
 from vlm_vision.model.anyres import BASE_RESOLUTION, anyres_num_tokens, check_pinpoints, encode_anyres_images

@@ -40,9 +40,8 @@ from huggingface_hub import save_torch_state_dict
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from projector import build_projector, load_projector
-from projector.builders import projector_kind
-from projector.checkpoints import projector_state_dict
+from projector.builders import build_projector, projector_kind
+from projector.checkpoints import load_projector, projector_state_dict
 from vlm_vision.model.checkpoint_keys import HF_BLOCK_KEYS, hf_to_tower
 from vlm_vision.model.parts import AssembledModel, ModelParts
 from vlm_vision.model.tower import CLIPVisionTower

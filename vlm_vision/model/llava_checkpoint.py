@@ -19,7 +19,8 @@ from typing import Any
 import torch
 import transformers
 
-from projector import build_projector, load_projector
+from projector.builders import build_projector
+from projector.checkpoints import load_projector
 from projector.weight_files import read_weights
 from vlm_vision.model.checkpoint_keys import hf_to_tower
 from vlm_vision.model.configs import hub_config

@@ -35,7 +35,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from projector import build_projector, load_projector, save_projector
+from projector.builders import build_projector
+from projector.checkpoints import load_projector, save_projector
 from projector.weight_files import read_weight_file
 from video.atomic_files import atomic_dir
 from vlm_vision.errors import InputError

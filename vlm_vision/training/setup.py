@@ -27,7 +27,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch import nn
 
-from video import VideoDecodeError, load_video_tokens
+from video.clip import VideoDecodeError
+from video.extract import load_video_tokens
 from video.budget import sampled_frame_count
 from vlm_vision.errors import InputError
 from vlm_vision.model.anyres import anyres_num_tokens, anyres_pixel_values

@@ -5,34 +5,19 @@ and an image's size read from its header upright."""
 from __future__ import annotations
 
 import pytest
-from tokenizers import AddedToken
 
-from tests.vlm_vision.train_fixtures import QUESTION, make_tokenizer
+from tests.vlm_vision.data.records import llava_record as _record
+from tests.vlm_vision.data.records import tokenizer_with_placeholders
+from tests.vlm_vision.data.records import visual_spec as _visual
+from tests.vlm_vision.train_fixtures import QUESTION
 from vlm_vision.data.files import Skipped
 from vlm_vision.data.formats import BadSample
-from vlm_vision.data.record_tokens import VisualSpec, expand_placeholder, fit_length, scan_records
+from vlm_vision.data.record_tokens import expand_placeholder, fit_length, scan_records
 
 
 @pytest.fixture(scope="module")
 def tok():
-    tok = make_tokenizer()
-    tok.add_tokens([AddedToken("<video>", special=True), AddedToken("<image>", special=True)], special_tokens=True)
-    return tok
-
-
-def _visual(tok, per_frame=4, frames=3):
-    return VisualSpec(token_ids={"video": tok.convert_tokens_to_ids("<video>"),
-                                 "image": tok.convert_tokens_to_ids("<image>")},
-                      video_tokens=lambda t: t * per_frame, image_tokens=9, tokens_per_frame=per_frame,
-                      num_frames=frames)
-
-
-def _record(video="a.mp4", question=QUESTION, answer="The video is mostly red.", **extra):
-    rec = {"id": "x", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
-    if video is not None:
-        rec["video"] = video
-    rec.update(extra)
-    return rec
+    return tokenizer_with_placeholders()
 
 
 def test_expand_placeholder_hand_computed():

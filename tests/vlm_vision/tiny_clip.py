@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+import PIL.Image
 import torch
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -66,3 +68,18 @@ def save_tiny_clip(folder: pathlib.Path, seed: int = 0) -> pathlib.Path:
     tiny_clip(tokenizer, seed=seed).save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     return folder / "model"
+
+
+def write_colour_squares(media: pathlib.Path, colours: dict[str, tuple[int, int, int]], per_colour: int,
+                         seed: int = 0) -> list[dict[str, str]]:
+    """Write `per_colour` noisy 32x32 PNGs of each colour into `media` (`{name}{k}.png`); their records
+    (`image`, `caption`: "a photo of a {name} square"), in writing order."""
+    media.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    records = []
+    for name, rgb in colours.items():
+        for k in range(per_colour):
+            pixels = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(pixels).save(media / f"{name}{k}.png")
+            records.append({"image": f"{name}{k}.png", "caption": f"a photo of a {name} square"})
+    return records

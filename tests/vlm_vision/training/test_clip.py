@@ -4,13 +4,11 @@ import json
 import math
 import pathlib
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from transformers import CLIPModel
 
-from tests.vlm_vision.tiny_clip import save_tiny_clip
+from tests.vlm_vision.tiny_clip import save_tiny_clip, write_colour_squares
 from vlm_vision.commands.main import main
 from vlm_vision.training.clip import ClipTrainConfig, config_problems, retrieval_metrics, train
 from vlm_vision.model.zero_shot import ZeroShotClassifier
@@ -24,14 +22,7 @@ def colours(tmp_path_factory) -> dict[str, pathlib.Path]:
     """48 noisy solid-colour PNGs captioned with their colour, and a tiny random CLIP."""
     root = tmp_path_factory.mktemp("colours")
     media = root / "media"
-    media.mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for name, rgb in COLOURS.items():
-        for k in range(6):
-            pixels = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-            PIL.Image.fromarray(pixels).save(media / f"{name}{k}.png")
-            records.append({"image": f"{name}{k}.png", "caption": f"a photo of a {name} square"})
+    records = write_colour_squares(media, COLOURS, per_colour=6)
     (root / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return {"root": root, "media": media, "data": root / "pairs.jsonl", "model": save_tiny_clip(root / "clip")}
 

@@ -12,13 +12,11 @@ import importlib
 import json
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.vlm_vision.tiny_clip import save_tiny_clip
+from tests.vlm_vision.tiny_clip import save_tiny_clip, write_colour_squares
 from tests.vlm_vision.train_fixtures import write_colour_dataset, write_llm_folder, write_tower_folder
 from vlm_vision.errors import InputError
 from vlm_vision.data.files import Skipped
@@ -97,14 +95,7 @@ def pairs(tmp_path_factory) -> dict[str, Path]:
     """12 noisy colour squares captioned by colour, 2 files that do not decode, and a tiny CLIP."""
     root = tmp_path_factory.mktemp("pairs")
     media = root / "media"
-    media.mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for name, rgb in COLOURS.items():
-        for k in range(3):
-            pixels = np.clip(np.array(rgb) + rng.integers(-25, 26, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-            PIL.Image.fromarray(pixels).save(media / f"{name}{k}.png")
-            records.append({"image": f"{name}{k}.png", "caption": f"a photo of a {name} square"})
+    records = write_colour_squares(media, COLOURS, per_colour=3)
     for k in range(2):
         (media / f"broken{k}.png").write_bytes(b"\x89PNG but not really")
         records.insert(4 * k + 2, {"image": f"broken{k}.png", "caption": "a broken square"})
